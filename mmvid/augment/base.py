@@ -1,0 +1,122 @@
+"""Shared mixing machinery: a :class:`Mix` (partner permutation + per-modality partner weights) is
+drawn once and applied to every mixed modality and to the target; the caller's tensors are never
+modified in place.
+
+Convention: mixed_i = (1 - w) * x_i + w * x_pi(i), with w the *partner* weight. Classic mixup with
+lambda ~ Beta(alpha, alpha) is w = 1 - lambda; B-MM's lambda_weak (paper Eq. 8) is w directly.
+The target is y~_i = (1 - w_y) * onehot(y_i) + w_y * onehot(y_pi(i)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Mix:
+    stage: str  # "input" | "feature" | "fused"
+    perm: torch.Tensor  # (B,) partner index pi(i)
+    weights: dict[str, float | torch.Tensor]  # key -> partner weight w (scalar or (B,)); absent keys are not mixed
+    target_weight: float | torch.Tensor  # w_y
+
+    def apply(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, x in tensors.items():
+            w = self.weights.get(k, self.weights.get("*"))
+            if w is None:
+                out[k] = x
+                continue
+            if isinstance(w, torch.Tensor):
+                w = w.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+            out[k] = (1 - w) * x + w * x[self.perm]
+        return out
+
+    def soft_target(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """(B, C) mixed one-hot target; every row sums to 1."""
+        onehot = F.one_hot(y, num_classes).float()
+        w = self.target_weight
+        if isinstance(w, torch.Tensor):
+            w = w.float().view(-1, 1)
+        return (1 - w) * onehot + w * onehot[self.perm]
+
+
+def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, mix: Mix | None) -> torch.Tensor:
+    """CE(logits, y) without a mix; else (1 - w_y) * CE(., y_i) + w_y * CE(., y_pi(i)) (= CE with soft target)."""
+    if mix is None:
+        return F.cross_entropy(logits.float(), y)
+    target = mix.soft_target(y, logits.shape[1])
+    return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+class Augmentation:
+    """Interface of the AUGMENTS family.
+
+    The engine calls, in order: ``on_epoch_start(ctx)`` once per epoch; per step ``compute(model,
+    inputs, y, ctx) -> (ModelOutput, loss)``; ``log()`` for the epoch's metrics line. State that
+    must survive a resume goes through ``state_dict``/``load_state_dict``.
+    """
+
+    stage: str | None = None
+    needs_train_scores = False  # True: engine provides ctx.train_scores (per-modality s_m over the train set) each epoch
+
+    def __init__(self, cfg, modalities: list[str]) -> None:
+        self.cfg = cfg
+        self.modalities = list(modalities)
+
+    def sample(self, y: torch.Tensor, ctx) -> Mix | None:
+        return None
+
+    def compute(self, model, inputs: dict[str, torch.Tensor], y: torch.Tensor, ctx):
+        mix = self.sample(y, ctx)
+        out = model(inputs, mix=mix)
+        return out, mixed_cross_entropy(out.logits, y, mix)
+
+    def on_epoch_start(self, ctx) -> None:
+        pass
+
+    def log(self) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def random_perm(n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    return torch.randperm(n, generator=generator).to(device)
+
+
+def beta_sample(alpha: float, gen: torch.Generator) -> float:
+    """lambda ~ Beta(alpha, alpha) = Ga / (Ga + Gb), drawn through the seeded ``gen`` (resumable).
+
+    alpha <= 0 means no mixing (lambda = 1).
+    """
+    if alpha <= 0:
+        return 1.0
+    a, b = _gamma(alpha, gen), _gamma(alpha, gen)
+    return a / (a + b) if a + b > 0 else 0.5
+
+
+def _gamma(alpha: float, gen: torch.Generator) -> float:
+    """Marsaglia-Tsang gamma sampler driven by ``gen`` (torch's Gamma cannot take a generator)."""
+    boost = 1.0
+    if alpha < 1.0:
+        boost = float(torch.rand((), generator=gen)) ** (1.0 / alpha)
+        alpha += 1.0
+    d = alpha - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    while True:
+        x = float(torch.randn((), generator=gen))
+        v = (1.0 + c * x) ** 3
+        if v <= 0:
+            continue
+        u = float(torch.rand((), generator=gen))
+        if math.log(max(u, 1e-300)) < 0.5 * x * x + d - d * v + d * math.log(v):
+            return boost * d * v

@@ -1,0 +1,89 @@
+"""Balanced Multimodal Mixup, B-MM (paper Sec. 3.3, Eqs. 5-8; reconstructed as METHODS.md recommends)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from mmvid.augment.base import Augmentation, Mix, random_perm
+from mmvid.registry import AUGMENTS
+
+
+def imbalance(scores: dict[str, float], modalities: list[str]) -> tuple[float, dict[str, float]]:
+    """Eq. 6: rho = s_a / s_v for two modalities (first over second); for N > 2, rho_m = s_m / mean_k s_k.
+
+    Returns (rho, per-modality ratios). ``scores`` are summed true-class probabilities (or accuracies).
+    """
+    eps = 1e-12
+    if len(modalities) == 2:
+        a, v = modalities
+        rho = scores[a] / max(scores[v], eps)
+        return rho, {a: rho, v: 1.0 / max(rho, eps)}
+    mean = sum(scores[m] for m in modalities) / len(modalities)
+    ratios = {m: scores[m] / max(mean, eps) for m in modalities}
+    return max(ratios.values()) / max(min(ratios.values()), eps), ratios
+
+
+def weak_lambdas(scores: dict[str, float], modalities: list[str], beta: float, mapping: str = "scaled") -> dict[str, float]:
+    """Eq. 7: the weak modality's mixing ratio; the strong modality gets 0.
+
+    Two modalities: r = max(rho, 1/rho); lambda_weak = beta * tanh(r - 1) (``scaled``) or tanh(beta (r - 1))
+    (``inside``). N > 2: every modality with rho_m < 1 is weak with r_m = 1 / rho_m.
+    """
+    _, ratios = imbalance(scores, modalities)
+    lams = {m: 0.0 for m in modalities}
+    for m, r in ratios.items():
+        if r < 1.0:
+            excess = 1.0 / max(r, 1e-12) - 1.0
+            lams[m] = beta * math.tanh(excess) if mapping == "scaled" else math.tanh(beta * excess)
+    return lams
+
+
+@AUGMENTS.register("bmm")
+class BalancedMultimodalMixup(Augmentation):
+    """B-MM: after ``warmup`` plain epochs, mix only the weak modality's feature (Eq. 8):
+
+        z~_w,i = (1 - lambda_w) z_w,i + lambda_w z_w,pi(i),   z~_s,i = z_s,i (strong modality untouched),
+        loss  = (1 - lambda_y) CE(., y_i) + lambda_y CE(., y_pi(i)),  lambda_y = mean of the mixed lambda_w,
+
+    with lambda_w from the imbalance factor rho measured over the whole training set after every epoch
+    (eval mode, no augmentation, unimodal predictions by masking, Eq. 5). Config: ``augment.warmup``,
+    ``augment.beta``, ``augment.rho_stat`` (score | acc), ``augment.lambda_map`` (scaled | inside).
+    """
+
+    stage = "feature"
+    needs_train_scores = True
+
+    def __init__(self, cfg, modalities: list[str]) -> None:
+        super().__init__(cfg, modalities)
+        self.lambdas = {m: 0.0 for m in modalities}
+        self.rho: float | None = None
+
+    def on_epoch_start(self, ctx) -> None:
+        scores = ctx.train_scores  # from the end of the previous epoch; None before the first
+        self.lambdas = {m: 0.0 for m in self.modalities}
+        if scores is None:
+            return
+        stat = {m: scores[m]["score" if self.cfg.rho_stat == "score" else "correct"] for m in self.modalities}
+        self.rho, _ = imbalance(stat, self.modalities)
+        if ctx.epoch >= self.cfg.warmup:
+            self.lambdas = weak_lambdas(stat, self.modalities, self.cfg.beta, self.cfg.lambda_map)
+
+    def sample(self, y: torch.Tensor, ctx) -> Mix | None:
+        mixed = {m: lam for m, lam in self.lambdas.items() if lam > 0}
+        if not mixed:
+            return None
+        perm = random_perm(y.shape[0], y.device, ctx.generator)
+        return Mix("feature", perm, mixed, sum(mixed.values()) / len(mixed))
+
+    def log(self) -> dict[str, Any]:
+        return {"bmm_rho": self.rho, **{f"lambda_{m}": lam for m, lam in self.lambdas.items()}}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lambdas": dict(self.lambdas), "rho": self.rho}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lambdas = dict(state["lambdas"])
+        self.rho = state["rho"]

@@ -1,0 +1,1 @@
+"""Raw videos -> decode -> features -> HDF5 cache -> Dataset."""

@@ -1,0 +1,127 @@
+"""A torch Dataset over the HDF5 cache. The h5py handle is opened lazily inside each worker
+(h5py handles cannot be pickled), so the Dataset itself is cheap to send to DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mmvid.config import CACHE_KEY
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def frames_to_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (..., T, H, W, 3) -> float (..., T, 3, H, W), ImageNet-normalised."""
+    x = torch.as_tensor(frames).movedim(-1, -3).float().div_(255.0)
+    return (x - IMAGENET_MEAN.to(x.device)) / IMAGENET_STD.to(x.device)
+
+
+def flow_to_tensor(flow: np.ndarray | torch.Tensor, bound: float) -> torch.Tensor:
+    """uint8 (..., T, H, W, 2) quantised flow -> float pixels/frame (..., T, 2, H, W); 127.5 is zero."""
+    x = torch.as_tensor(flow).movedim(-1, -3).float()
+    return x.mul_(2 * bound / 255.0).sub_(bound)
+
+
+def spec_to_tensor(spec: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """float16 (..., F, L) -> float (..., 1, F, L)."""
+    return torch.as_tensor(spec).float().unsqueeze(-3)
+
+
+class CacheDataset(Dataset):
+    """Items: (dict modality -> tensor, label). Shapes: audio (1, F, L), video (T, 3, S, S), flow (T, 2, S, S).
+
+    ``train=True`` applies the training augmentation on tensors: one random resized crop (scale 0.5-1)
+    and one horizontal flip shared by all frames of the clip (a flip of flow negates u).
+    """
+
+    def __init__(self, path: str | Path, indices: np.ndarray, modalities: list[str], train: bool = False,
+                 crop_size: int | None = None, flip: bool = True, random_crop: bool = True, flow_bound: float = 20.0,
+                 in_memory: bool = False) -> None:
+        self.path = str(path)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.modalities = list(modalities)
+        self.train = train
+        self.crop_size = crop_size
+        self.flip = flip
+        self.random_crop = random_crop
+        self.flow_bound = flow_bound
+        self._file: h5py.File | None = None
+        with h5py.File(self.path, "r") as f:
+            self.labels = f["labels"][:][self.indices]
+        self._memory: dict[str, np.ndarray] | None = None
+        if in_memory:
+            with h5py.File(self.path, "r") as f:
+                order = np.argsort(self.indices)
+                self._memory = {}
+                for m in self.modalities:
+                    arr = f[CACHE_KEY[m]][np.sort(self.indices)]
+                    out = np.empty_like(arr)
+                    out[order] = arr
+                    self._memory[m] = out
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_file"] = None
+        return state
+
+    def _h5(self) -> h5py.File:
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        return self._file
+
+    def raw(self, i: int) -> dict[str, np.ndarray]:
+        if self._memory is not None:
+            return {m: self._memory[m][i] for m in self.modalities}
+        f, row = self._h5(), int(self.indices[i])
+        return {m: f[CACHE_KEY[m]][row] for m in self.modalities}
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
+        raw = self.raw(i)
+        out: dict[str, torch.Tensor] = {}
+        for m, arr in raw.items():
+            if m == "audio":
+                out[m] = spec_to_tensor(arr)
+            elif m == "video":
+                out[m] = frames_to_tensor(arr)
+            else:
+                out[m] = flow_to_tensor(arr, self.flow_bound)
+        out = self._spatial(out)
+        return out, int(self.labels[i])
+
+    def _spatial(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        import torchvision.transforms.v2.functional as TF
+
+        visual = [m for m in out if m in ("video", "flow")]
+        if not visual:
+            return out
+        size = out[visual[0]].shape[-1]
+        crop = self.crop_size or size
+        if self.train:
+            # One crop and one flip for the whole clip (and for flow, the same as for RGB).
+            scale = np.random.uniform(0.5, 1.0) if self.random_crop else 1.0
+            ratio = np.exp(np.random.uniform(np.log(3 / 4), np.log(4 / 3))) if self.random_crop else 1.0
+            w = int(round(min(size, np.sqrt(scale * ratio) * size)))
+            h = int(round(min(size, np.sqrt(scale / ratio) * size)))
+            top, left = np.random.randint(0, size - h + 1), np.random.randint(0, size - w + 1)
+            flip = self.flip and np.random.rand() < 0.5
+            for m in visual:
+                x = TF.resized_crop(out[m], top, left, h, w, [crop, crop], antialias=True)
+                if flip:
+                    x = x.flip(-1)
+                    if m == "flow":
+                        x[:, 0] = -x[:, 0]
+                out[m] = x
+        elif crop != size:
+            for m in visual:
+                out[m] = TF.resize(out[m], [crop, crop], antialias=True)
+        return out

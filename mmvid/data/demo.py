@@ -1,0 +1,141 @@
+"""The embedded demo data set: real mp4 files (H.264 video + AAC audio) generated from a seed.
+
+A 10-class audio-visual task with modality imbalance built in:
+
+* **audio** (easy, memorisable): each class has its own three-tone chord (root, major third,
+  fifth) plus white noise. In ``audio_confusion`` of the clips (25 % by default) the chord belongs
+  to another, random class, so audio alone tops out near 77 % on test while it can still be
+  memorised on train;
+* **video** (harder, genuinely learnable): a real handwritten digit of the class, taken from the
+  digits set bundled with scikit-learn (UCI, 8x8), upscaled and moving across a noisy 32x32 frame.
+  Video alone reaches well above the 10 % chance level, and only video can resolve the clips whose
+  audio lies, so a model that leans on audio leaves accuracy on the table.
+
+The files are written under ``<workspace>/raw/demo/<class>/<clip>.mp4`` with ``splits/{train,test}.txt``
+and read back through the same decode -> features -> cache path as real data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mmvid.data.sources import ClipSpec, Source, source
+
+CLASS_NAMES = [f"digit{i}" for i in range(10)]
+FPS = 5
+SECONDS = 2.0
+SIZE = 32
+SR = 16000
+# Roots spaced by a whole tone so that every chord has distinct partials.
+ROOTS = 220.0 * 2 ** (np.arange(10) * 2 / 12)
+
+DEMO_PARAMS = dict(fps=None, num_frames=3, image_size=SIZE, sample_rate=SR, clip_seconds=SECONDS,
+                   n_fft=256, hop=256, tile_audio=True)
+
+
+def _digit_images() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images.astype(np.float32) / 16.0, d.target
+
+
+def _video(rng: np.random.Generator, digit: np.ndarray, noise: float) -> np.ndarray:
+    """(FPS*SECONDS, SIZE, SIZE, 3) uint8: the digit (upscaled to 16x16) drifting over noise."""
+    n = int(FPS * SECONDS)
+    big = np.kron(digit, np.ones((2, 2), dtype=np.float32))  # 16 x 16
+    h = big.shape[0]
+    start = rng.uniform(0, SIZE - h, size=2)
+    end = rng.uniform(0, SIZE - h, size=2)
+    tint = rng.uniform(0.6, 1.0, size=3)
+    frames = np.empty((n, SIZE, SIZE, 3), dtype=np.float32)
+    for t in range(n):
+        y, x = np.round(start + (end - start) * t / max(n - 1, 1)).astype(int)
+        img = rng.normal(0.25, noise, size=(SIZE, SIZE)).astype(np.float32)
+        img[y:y + h, x:x + h] += big
+        frames[t] = img[..., None] * tint
+    return (np.clip(frames, 0, 1) * 255).astype(np.uint8)
+
+
+def _audio(rng: np.random.Generator, cls: int, noise: float) -> np.ndarray:
+    t = np.arange(int(SR * SECONDS)) / SR
+    root = ROOTS[cls]
+    wave = sum(np.sin(2 * np.pi * root * r * t + rng.uniform(0, 2 * np.pi)) for r in (1.0, 1.25, 1.5))
+    wave = 0.2 * wave / 3 + rng.normal(0, noise, size=t.shape)
+    return np.clip(wave, -1, 1).astype(np.float32)
+
+
+def write_mp4(path: Path, frames: np.ndarray, wave: np.ndarray, fps: int = FPS, sr: int = SR) -> None:
+    """Write H.264 video + AAC mono audio with PyAV."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        v.options = {"crf": "18"}
+        a = c.add_stream("aac", rate=sr)
+        a.layout = "mono"
+        for fr in frames:
+            for pkt in v.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")):
+                c.mux(pkt)
+        for pkt in v.encode():
+            c.mux(pkt)
+        af = av.AudioFrame.from_ndarray(wave[None, :], format="fltp", layout="mono")
+        af.sample_rate = sr
+        for pkt in a.encode(af):
+            c.mux(pkt)
+        for pkt in a.encode():
+            c.mux(pkt)
+
+
+def generate(root: Path, n_clips: int = 400, seed: int = 0, audio_confusion: float = 0.25,
+             video_noise: float = 0.35, audio_noise: float = 0.3, test_fraction: float = 0.25) -> Path:
+    """Write the demo videos and split lists under ``root`` (deterministic in ``seed``); returns root."""
+    root = Path(root)
+    done = root / "COMPLETE"
+    stamp = f"{n_clips} {seed} {audio_confusion} {video_noise} {audio_noise} {test_fraction}"
+    if done.exists() and done.read_text() == stamp:
+        return root
+    rng = np.random.default_rng(seed)
+    images, targets = _digit_images()
+    by_class = [np.flatnonzero(targets == c) for c in range(10)]
+    labels = np.arange(n_clips) % 10
+    rng.shuffle(labels)
+    is_test = np.zeros(n_clips, dtype=bool)
+    for c in range(10):
+        idx = np.flatnonzero(labels == c)
+        is_test[idx[: int(round(test_fraction * len(idx)))]] = True
+    # Train and test clips draw from disjoint halves of each class's handwritten digits.
+    lines = {"train": [], "test": []}
+    for i, c in enumerate(labels):
+        pool = by_class[c]
+        half = len(pool) // 2
+        img = images[rng.choice(pool[half:] if is_test[i] else pool[:half])]
+        audio_cls = c if rng.random() >= audio_confusion else int(rng.choice([k for k in range(10) if k != c]))
+        name = f"{CLASS_NAMES[c]}/clip{i:04d}"
+        write_mp4(root / f"{name}.mp4", _video(rng, img, video_noise), _audio(rng, audio_cls, audio_noise))
+        lines["test" if is_test[i] else "train"].append(name)
+    (root / "splits").mkdir(exist_ok=True)
+    for split, names in lines.items():
+        (root / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    done.write_text(stamp)
+    return root
+
+
+@source("demo")
+def demo_source(root: Path | None = None, n_clips: int = 400, seed: int = 0, **_) -> Source:
+    """Generate (once) and list the demo clips; ``root`` defaults to ``<workspace>/raw/demo``."""
+    from mmvid.errors import MmvidError
+
+    if root is None:
+        raise MmvidError("demo source needs a folder to write its videos into")
+    generate(Path(root), n_clips=n_clips, seed=seed)
+    clips = []
+    for split in ("train", "test"):
+        for name in (Path(root) / "splits" / f"{split}.txt").read_text().split():
+            cls = CLASS_NAMES.index(name.split("/")[0])
+            clips.append(ClipSpec(name=name, label=cls, split=split, video=Path(root) / f"{name}.mp4"))
+    return Source("demo", CLASS_NAMES, clips, params=dict(DEMO_PARAMS))

@@ -1,0 +1,194 @@
+"""Decode every clip of a source once into the HDF5 cache: parallel, resumable, safe on bad files."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmvid.data.cache import CacheWriter, read_info
+from mmvid.data.decode import DecodeError, NoAudioError, decode_audio, decode_frames
+from mmvid.data.features import log_spectrogram, spectrogram_shape
+from mmvid.data.sources import ClipSpec, Source
+from mmvid.errors import MmvidError
+
+
+@dataclass
+class PrepareParams:
+    """Every parameter of decoding and features; all are stored as cache attributes."""
+
+    fps: float | None = 1.0  # resample frames to this rate before picking num_frames (paper: 1 fps); None = native
+    num_frames: int = 3
+    image_size: int = 224
+    sample_rate: int = 22050
+    clip_seconds: float = 3.0
+    n_fft: int = 512
+    hop: int = 353
+    window: str = "hann"
+    tile_audio: bool = True
+    flow: str = "none"  # none | precomputed | farneback
+    flow_bound: float = 20.0
+    missing_audio: str = "skip"  # skip | zeros
+    decoder: str = "decord"
+    normalisation: str = "imagenet"  # applied when reading frames; stored frames are raw RGB
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        s = self.image_size
+        shapes: dict[str, tuple[int, ...]] = {
+            "frames": (self.num_frames, s, s, 3),
+            "spectrogram": spectrogram_shape(self.sample_rate, self.clip_seconds, self.n_fft, self.hop),
+        }
+        if self.flow != "none":
+            shapes["flow"] = (self.num_frames, s, s, 2)
+        return shapes
+
+
+@dataclass
+class PrepareReport:
+    cache: Path
+    total: int = 0
+    ok: int = 0
+    skipped_done: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    already_complete: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cache"] = str(self.cache)
+        return d
+
+
+def library_versions() -> dict[str, str]:
+    import h5py
+    import librosa
+
+    out = {"python": platform.python_version(), "h5py": h5py.__version__, "librosa": librosa.__version__,
+           "numpy": np.__version__}
+    for mod in ("decord", "av"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:
+            out[mod] = "missing"
+    from mmvid import __version__
+
+    out["mmvid"] = __version__
+    return out
+
+
+def process_clip(clip: ClipSpec, p: PrepareParams) -> dict[str, np.ndarray]:
+    """Decode one clip into the cache's arrays. Raises DecodeError (reported, skipped) on bad input."""
+    if clip.rgb_dir is not None:
+        from mmvid.data.flow import read_rgb_dir
+
+        frames = read_rgb_dir(clip.rgb_dir, p)
+    else:
+        if clip.video is None:
+            raise DecodeError("no video file")
+        frames, _ = decode_frames(clip.video, p.num_frames, p.fps, p.image_size, p.decoder)
+    sample: dict[str, np.ndarray] = {"frames": frames}
+    audio_src = clip.audio or clip.video
+    try:
+        if audio_src is None:
+            raise NoAudioError("no audio file")
+        wave = decode_audio(audio_src, p.sample_rate, p.decoder)
+        sample["spectrogram"] = log_spectrogram(wave, p.sample_rate, p.clip_seconds, p.n_fft, p.hop,
+                                                p.window, p.tile_audio).astype(np.float16)
+    except NoAudioError:
+        if p.missing_audio != "zeros":
+            raise
+        shape = spectrogram_shape(p.sample_rate, p.clip_seconds, p.n_fft, p.hop)
+        sample["spectrogram"] = np.full(shape, np.log(1e-7), dtype=np.float16)  # log of silence
+    if p.flow != "none":
+        from mmvid.data.flow import clip_flow
+
+        sample["flow"] = clip_flow(clip, p)
+    return sample
+
+
+def _process_safe(i: int, clip: ClipSpec, p: PrepareParams) -> tuple[int, dict[str, np.ndarray] | None, str]:
+    try:
+        return i, process_clip(clip, p), ""
+    except MmvidError as e:
+        return i, None, str(e)
+    except Exception as e:  # a decoder crash on one file must not stop the others
+        return i, None, f"{type(e).__name__}: {e}"
+
+
+def prepare(source: Source, cache: Path, params: PrepareParams, workers: int = 1, force: bool = False,
+            progress: bool = True) -> PrepareReport:
+    """Write (or resume) ``cache`` for ``source``; returns what happened, also saved as ``<cache>.report.json``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    cache = Path(cache)
+    report = PrepareReport(cache=cache, total=len(source.clips), notes=list(source.notes))
+    start = time.time()
+    if not source.clips:
+        raise MmvidError(f"dataset {source.dataset!r} has no clips to prepare; check --root")
+    pdict = asdict(params)
+    if cache.exists() and not force:
+        try:
+            info = read_info(cache)
+            if info.params == json.loads(json.dumps(pdict, default=str)) and info.names == [c.name for c in source.clips]:
+                report.already_complete = True
+                report.ok = int((info.status == 1).sum())
+                return report
+        except MmvidError:
+            pass
+    writer = CacheWriter(cache, [c.name for c in source.clips], [c.label for c in source.clips],
+                         [c.split for c in source.clips], source.class_names, params.shapes(), pdict,
+                         source.dataset, force=force)
+    todo = writer.pending()
+    report.skipped_done = report.total - len(todo)
+    failures_path = cache.with_name(cache.name + ".failures.json")
+    failed: list[dict[str, str]] = json.loads(failures_path.read_text()) if writer.resumed and failures_path.exists() else []
+    columns = [TextColumn("[bold]prepare[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:.1f} clips/s"), TimeRemainingColumn()]
+    try:
+        with Progress(*columns, disable=not progress, transient=False) as bar:
+            task = bar.add_task(source.dataset, total=len(todo), rate=0.0)
+            t0 = time.time()
+
+            def record(i: int, sample, err: str, done: int) -> None:
+                if sample is None:
+                    writer.fail(i)
+                    clip = source.clips[i]
+                    failed.append({"name": clip.name, "file": str(clip.video or clip.audio or clip.rgb_dir), "error": err})
+                else:
+                    writer.write(i, sample)
+                if done % 32 == 0:
+                    writer.flush()
+                    failures_path.write_text(json.dumps(failed))
+                bar.update(task, advance=1, rate=done / max(time.time() - t0, 1e-6))
+
+            if workers <= 1:
+                for done, i in enumerate(todo, 1):
+                    record(*_process_safe(int(i), source.clips[i], params), done)
+            else:
+                import multiprocessing as mp
+
+                with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                    futures = [pool.submit(_process_safe, int(i), source.clips[i], params) for i in todo]
+                    for done, fut in enumerate(as_completed(futures), 1):
+                        record(*fut.result(), done)
+    except KeyboardInterrupt:
+        writer.flush()
+        failures_path.write_text(json.dumps(failed))
+        writer.close()
+        raise MmvidError(f"prepare interrupted; {writer.partial} keeps the finished clips, re-run the same command to resume") from None
+    report.failed = failed
+    versions = library_versions()
+    writer.finalize({"versions": versions, "failed": [f["name"] for f in failed]})
+    failures_path.unlink(missing_ok=True)
+    info = read_info(cache)
+    report.ok = int((info.status == 1).sum())
+    report.seconds = time.time() - start
+    cache.with_name(cache.name + ".report.json").write_text(json.dumps(report.to_json(), indent=2))
+    return report

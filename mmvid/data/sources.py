@@ -1,0 +1,73 @@
+"""Dataset sources: each turns a dataset's own layout into a list of clips with labels and splits.
+
+A source never decodes; ``mmvid.data.prepare`` does that for every source the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from mmvid.errors import MmvidError
+
+
+@dataclass
+class ClipSpec:
+    name: str
+    label: int
+    split: str  # train | val | test
+    video: Path | None = None  # file with the frames (and the audio unless ``audio`` is given)
+    audio: Path | None = None  # separate audio file (CREMA-D AudioWAV), else taken from ``video``
+    flow_dir: Path | None = None  # folder of precomputed x_/y_%05d.jpg flow frames
+    rgb_dir: Path | None = None  # folder of precomputed img_%05d.jpg frames
+
+
+@dataclass
+class Source:
+    dataset: str
+    class_names: list[str]
+    clips: list[ClipSpec]
+    params: dict[str, Any] = field(default_factory=dict)  # dataset defaults for PrepareParams
+    notes: list[str] = field(default_factory=list)  # what the source noticed (e.g. names not in the split)
+
+
+SourceFn = Callable[..., Source]
+SOURCES: dict[str, SourceFn] = {}
+
+
+def source(name: str) -> Callable[[SourceFn], SourceFn]:
+    def deco(fn: SourceFn) -> SourceFn:
+        if name in SOURCES:
+            raise ValueError(f"dataset source {name!r} is already defined")
+        SOURCES[name] = fn
+        return fn
+
+    return deco
+
+
+def get_source(name: str) -> SourceFn:
+    from mmvid.data import demo  # noqa: F401  (defines the demo source)
+
+    try:
+        from mmvid.data import datasets  # noqa: F401  (cremad, kinetics-sounds, ucf101, folder)
+    except ImportError:
+        pass
+    if name not in SOURCES:
+        raise MmvidError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(SOURCES))}")
+    return SOURCES[name]
+
+
+def stratified_split(labels: list[int], test_fraction: float, seed: int) -> list[str]:
+    """Deterministic per-class split: ``round(test_fraction * n_c)`` clips of each class go to test."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = ["train"] * len(labels)
+    arr = np.asarray(labels)
+    for c in np.unique(arr):
+        idx = np.flatnonzero(arr == c)
+        rng.shuffle(idx)
+        for i in idx[: int(round(test_fraction * len(idx)))]:
+            out[i] = "test"
+    return out

@@ -1,0 +1,5 @@
+"""The one user-facing error type: the CLI prints its message on one line, without a traceback."""
+
+
+class MmvidError(Exception):
+    """A problem with the user's input (file, option, data); the message says what to do."""

@@ -1,0 +1,1 @@
+"""Encoders, fusions (+ pre-fusion calibration) and the classifier returning a ModelOutput."""

@@ -1,0 +1,79 @@
+"""Encoders -> optional calibration -> fusion -> head, returning a ModelOutput.
+
+The forward is split into stages (``encode``, ``fuse``, ``classify``) so that augmentations can mix
+at the input, feature or fused stage through a :class:`mmvid.augment.base.Mix` argument; nothing is
+stored on ``self`` during forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mmvid.models.encoders import ModalityEncoder
+from mmvid.registry import FUSIONS
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, C)
+    features: dict[str, torch.Tensor]  # per modality (B, d_m), after calibration and any feature mixing
+    fused: torch.Tensor  # (B, output_dim), after any fused-stage mixing
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. calibration gates
+
+
+class MultimodalClassifier(nn.Module):
+    def __init__(self, modalities: list[str], num_classes: int, encoder: str = "resnet18", width: int = 32,
+                 fusion: str = "concat", calibrate: bool = False, fusion_args: dict | None = None) -> None:
+        super().__init__()
+        self.modalities = list(modalities)
+        self.num_classes = num_classes
+        self.encoders = nn.ModuleDict({m: ModalityEncoder(m, encoder, width) for m in self.modalities})
+        dims = {m: self.encoders[m].output_dim for m in self.modalities}
+        self.calibration: nn.Module | None = None
+        if calibrate:
+            from mmvid.models.calibration import PreFusionCalibration
+
+            self.calibration = PreFusionCalibration(dims)
+        self.fusion = FUSIONS.build(fusion, dims, **(fusion_args or {}))
+        self.head = self.fusion.make_head(num_classes)
+
+    def encode(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-modality features (B, d_m), calibrated when the module is on."""
+        feats = {m: self.encoders[m](inputs[m]) for m in self.modalities}
+        if self.calibration is not None:
+            feats, _ = self.calibration(feats)
+        return feats
+
+    def classify(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.fusion(feats))
+
+    def forward(self, inputs: dict[str, torch.Tensor], mix=None) -> ModelOutput:
+        """inputs: modality -> batch tensor (shapes in ``encoders``); ``mix``: optional Mix to apply."""
+        if mix is not None and mix.stage == "input":
+            inputs = mix.apply(inputs)
+        feats = {m: self.encoders[m](inputs[m]) for m in self.modalities}
+        extras: dict[str, torch.Tensor] = {}
+        if self.calibration is not None:
+            feats, extras = self.calibration(feats)
+        if mix is not None and mix.stage == "feature":
+            feats = mix.apply(feats)
+        fused = self.fusion(feats)
+        if mix is not None and mix.stage == "fused":
+            fused = mix.apply({"fused": fused})["fused"]
+        return ModelOutput(self.head(fused), feats, fused, extras)
+
+    def unimodal_logits(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Paper Eq. 5: modality m alone = the fused model with every other feature set to zero."""
+        out = {}
+        for m in self.modalities:
+            masked = {k: (v if k == m else torch.zeros_like(v)) for k, v in feats.items()}
+            out[m] = self.classify(masked)
+        return out
+
+
+def build_model(cfg, num_classes: int) -> MultimodalClassifier:
+    return MultimodalClassifier(cfg.data.modalities, num_classes, cfg.model.encoder, cfg.model.width,
+                                cfg.model.fusion, cfg.model.calibrate, cfg.model.fusion_args)

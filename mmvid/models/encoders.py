@@ -1,0 +1,52 @@
+"""Per-modality encoders z_m = phi_m(x_m) in R^d.
+
+Input shapes (B batch, T frames):
+    audio  (B, 1, F, L)       log spectrogram
+    video  (B, T, 3, H, W)    RGB frames, each encoded in 2-D, then pooled over T (as OGM-GE)
+    flow   (B, T, 2, H, W)    u, v optical flow
+Output: (B, d); d = 512 for ResNet-18, ``8 * width`` for the small encoder.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+IN_CHANNELS = {"audio": 1, "video": 3, "flow": 2}
+
+
+def _resnet18(in_ch: int) -> tuple[nn.Module, int]:
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None)  # from scratch, as in the paper
+    if in_ch != 3:
+        net.conv1 = nn.Conv2d(in_ch, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    net.fc = nn.Identity()
+    return net, 512
+
+
+def _small(in_ch: int, width: int) -> tuple[nn.Module, int]:
+    """Four conv-BN-ReLU stages with stride 2, then global average pooling: CPU-sized."""
+    layers, c = [], in_ch
+    for i in range(4):
+        out = width * 2 ** min(i, 3)
+        layers += [nn.Conv2d(c, out, 3, stride=2 if i else 1, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        c = out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), c
+
+
+class ModalityEncoder(nn.Module):
+    """2-D backbone applied per frame (video/flow) or once (audio); frame features are averaged."""
+
+    def __init__(self, modality: str, kind: str = "resnet18", width: int = 32) -> None:
+        super().__init__()
+        self.modality = modality
+        in_ch = IN_CHANNELS[modality]
+        self.backbone, self.output_dim = _resnet18(in_ch) if kind == "resnet18" else _small(in_ch, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 5:  # (B, T, C, H, W): 2-D per frame, mean over T
+            b, t = x.shape[:2]
+            return self.backbone(x.flatten(0, 1)).view(b, t, -1).mean(1)
+        return self.backbone(x)

@@ -1,0 +1,69 @@
+"""One small registry class for every plug-in family (fusions, augmentations, balancers).
+
+Entries are registered by decorator at import time of an explicitly imported module
+(``mmvid.models.fusions``, ``mmvid.augment``, ``mmvid.balance``); nothing scans folders.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable, Generic, TypeVar
+
+from mmvid.errors import MmvidError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps a name to a builder. Duplicate names are a ``ValueError``; unknown names list the choices."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Callable[..., T]] = {}
+        self._docs: dict[str, str] = {}
+
+    def register(self, name: str, doc: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def deco(builder: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = builder
+            text = doc or (builder.__doc__ or "").strip().splitlines()
+            self._docs[name] = text if isinstance(text, str) else (text[0] if text else "")
+            return builder
+
+        return deco
+
+    def get(self, name: str) -> Callable[..., T]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise MmvidError(
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
+            ) from None
+
+    def build(self, name: str, *args, **kwargs) -> T:
+        return self.get(name)(*args, **kwargs)
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+
+    def describe(self) -> dict[str, str]:
+        return {n: self._docs[n] for n in self.names()}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+FUSIONS: Registry = Registry("fusion")
+AUGMENTS: Registry = Registry("augmentation")
+BALANCERS: Registry = Registry("balancer")
+
+
+def load_plugins() -> None:
+    """Import every module that registers entries (explicit imports, no scanning)."""
+    import mmvid.augment  # noqa: F401
+    import mmvid.balance  # noqa: F401
+    import mmvid.models.fusions  # noqa: F401

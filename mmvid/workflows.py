@@ -1,0 +1,172 @@
+"""What the CLI commands do, above the library: resolve the workspace, run, and report with Rich.
+The demo composes the same functions a user calls one by one."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from mmvid.errors import MmvidError
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def print_cache_info(console, path: Path) -> None:
+    """Counts per split and class, shapes and attributes; fails if the cache is incomplete or broken."""
+    import numpy as np
+    from rich.table import Table
+
+    from mmvid.data.cache import FAILED, OK, SPLIT_NAMES, read_info
+
+    info = read_info(path)
+    table = Table(title=f"{path.name}: {info.dataset}, {len(info.names)} clips, {int((info.status == OK).sum())} ok, "
+                        f"{int((info.status == FAILED).sum())} failed")
+    table.add_column("class")
+    present = [s for s in SPLIT_NAMES if len(info.indices(s))]
+    for s in present:
+        table.add_column(s, justify="right")
+    for c, cname in enumerate(info.class_names):
+        table.add_row(cname, *[str(int((info.labels[info.indices(s)] == c).sum())) for s in present])
+    table.add_row("[bold]total", *[f"[bold]{len(info.indices(s))}" for s in present])
+    console.print(table)
+    for m, shape in info.shapes.items():
+        console.print(f"  {m}: per clip {shape}")
+    console.print("  params: " + json.dumps(info.params, sort_keys=True))
+    bad = np.flatnonzero(info.status == 0)
+    if len(bad):
+        raise MmvidError(f"cache {path} marks {len(bad)} clips as never written; rebuild it with --force")
+
+
+def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name: str | None = None, workers: int = 1,
+                force: bool = False, info: bool = False, params: dict[str, Any] | None = None, progress: bool = True,
+                **source_kwargs) -> Path:
+    from mmvid.data.prepare import PrepareParams, prepare
+    from mmvid.data.sources import get_source
+    from mmvid.workspace import cache_path
+
+    cache = cache_path(ws, name or dataset)
+    if info:
+        print_cache_info(console, cache)
+        return cache
+    if dataset == "demo" and root is None:
+        root = ws / "raw" / "demo"
+    source_kwargs = {k: v for k, v in source_kwargs.items() if v is not None}
+    if dataset == "demo" and "clips" in source_kwargs:
+        source_kwargs["n_clips"] = source_kwargs.pop("clips")
+    src = get_source(dataset)(root=root, **source_kwargs)
+    merged = dict(src.params)
+    merged.update({k: v for k, v in (params or {}).items() if v is not None})
+    if merged.get("fps") == 0:
+        merged["fps"] = None
+    valid = {f.name for f in fields(PrepareParams)}
+    p = PrepareParams(**{k: v for k, v in merged.items() if k in valid})
+    if p.flow not in ("none", "precomputed", "farneback"):
+        raise MmvidError(f"--flow {p.flow!r} is not valid; choose none, precomputed or farneback")
+    if p.missing_audio not in ("skip", "zeros"):
+        raise MmvidError(f"--missing-audio {p.missing_audio!r} is not valid; choose skip or zeros")
+    report = prepare(src, cache, p, workers=workers, force=force, progress=progress)
+    if report.already_complete:
+        console.print(f"[green]{cache}[/] is already complete ({report.ok} clips); use --force to rebuild")
+        return cache
+    msg = f"[green]wrote {cache}[/]: {report.ok}/{report.total} clips ok"
+    if report.skipped_done:
+        msg += f" ({report.skipped_done} resumed from an earlier run)"
+    console.print(msg + f" in {report.seconds:.1f}s")
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if report.failed:
+        from rich.table import Table
+
+        table = Table(title=f"{len(report.failed)} clips skipped (details in {cache.name}.report.json)")
+        table.add_column("clip")
+        table.add_column("problem")
+        for f in report.failed[:20]:
+            table.add_row(f["name"], f["error"])
+        console.print(table)
+    return cache
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def list_plugins(console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS, load_plugins
+
+    load_plugins()
+    for reg in (FUSIONS, AUGMENTS, BALANCERS):
+        table = Table(title=f"{reg.kind}s ({len(reg)})", show_header=False)
+        for n, doc in reg.describe().items():
+            table.add_row(f"[bold]{n}", escape(doc))
+        console.print(table)
+
+
+def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], resume: str | None = None,
+              progress: bool = True) -> Path:
+    from mmvid.config import config_from_dict, resolve_config
+    from mmvid.engine import CKPT_LAST, default_run_name, load_checkpoint, train
+    from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS, load_plugins
+    from mmvid.workspace import resolve_cache, resolve_run, runs_dir
+
+    load_plugins()
+    if resume:
+        run_dir = resolve_run(ws, resume)
+        ck = load_checkpoint(run_dir / CKPT_LAST)
+        cfg = config_from_dict(ck["config"])
+        cache = Path(ck["cache"])
+        console.print(f"resuming {run_dir.name} after epoch {ck['epoch'] + 1}")
+    else:
+        cfg = resolve_config(recipe, overrides)
+        for reg, name in ((FUSIONS, cfg.model.fusion), (AUGMENTS, cfg.augment.name), (BALANCERS, cfg.balance.name)):
+            reg.get(name)  # unknown names fail here, before any work
+        cache = resolve_cache(ws, cfg.data.dataset)
+        cfg.data.dataset = cache.stem
+        run_dir = runs_dir(ws) / (cfg.run_name or default_run_name(cfg, cache.stem))
+        if (run_dir / CKPT_LAST).exists():
+            raise MmvidError(f"run {run_dir.name} already exists; continue it with --resume {run_dir.name} or pick another --run-name")
+    if cfg.gpus > 1:
+        from mmvid.distributed import launch
+
+        launch(cfg, cache, run_dir, resume=bool(resume), progress=progress)
+        summary = json.loads((run_dir / "summary.json").read_text())
+    else:
+        summary = train(cfg, cache, run_dir, resume=bool(resume), progress=progress)
+    last = summary["last"]
+    console.print(f"[green]run {run_dir.name}[/]: test acc {100 * last.get('test_acc', float('nan')):.2f}%, "
+                  f"best val {100 * summary['best']['val_acc']:.2f}% at epoch {summary['best']['epoch'] + 1} -> {run_dir}")
+    return run_dir
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def run_demo(console, ws: Path, epochs: int | None = None, clips: int | None = None) -> dict[str, Any]:
+    """prepare demo -> train concat -> evaluate, with a Rich summary."""
+    from rich.panel import Panel
+
+    from mmvid.evaluate import evaluate_run, render
+
+    t0 = time.time()
+    console.rule("[bold]mmvid demo: prepare")
+    cache = run_prepare(console, ws, "demo", workers=2, clips=clips)
+    over = {"data.dataset": cache.stem, "epochs": epochs}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results = {}
+    for aug in ("none",):
+        console.rule(f"[bold]mmvid demo: train concat + {aug}")
+        run = run_train(console, ws, "demo", {**over, "augment.name": aug, "run_name": f"demo-concat-{aug}-{stamp}"})
+        results[aug] = evaluate_run(run)
+    console.rule("[bold]mmvid demo: evaluate")
+    render(list(results.values()), console)
+    lines = [f"concat+{k}: test accuracy {100 * r['accuracy']:.2f}%  ("
+             + ", ".join(f"{m} alone {100 * a:.1f}%" for m, a in r["modality_accuracy"].items()) + f", rho {r['rho']:.2f})"
+             for k, r in results.items()]
+    lines.append(f"workspace: {ws}   total time {time.time() - t0:.0f}s")
+    console.print(Panel("\n".join(lines), title="mmvid demo summary"))
+    return results
