@@ -160,6 +160,9 @@ def train(
 
 # ----------------------------------------------------------------------------- evaluate
 
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
+Cache = Annotated[Optional[Path], typer.Option(help="Use this cache instead of the one the run was trained on.")]
+
 
 @app.command()
 @cli_errors
@@ -167,27 +170,30 @@ def evaluate(
     runs: Annotated[Optional[list[str]], typer.Argument(help="Run names, run folders or checkpoints (default: latest run).")] = None,
     workspace: Workspace = None,
     split: Annotated[str, typer.Option(help="test | val | train.")] = "test",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    device: Device = "auto",
+    cache: Cache = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON only.")] = False,
 ):
-    """Accuracy, macro-F1, per-class and per-modality accuracy and rho of one or more runs.
+    """Accuracy, macro-F1, per-class accuracy, confusion matrix, per-modality accuracy (masking) and rho
+    of one or more runs, side by side; each run's metrics also go to [dim]<run>/eval_<split>.json[/].
 
     Examples:
       mmvid evaluate
       mmvid evaluate concat-run bmm-run --split test
+      mmvid evaluate runs/my-run/checkpoint_last.pt
     """
     import json
 
-    from mmvid.evaluate import evaluate_run, render
-    from mmvid.workspace import resolve_run
+    from mmvid.evaluate import evaluate_run, render, resolve_target
 
     ws = _ws(workspace)
-    results = [evaluate_run(resolve_run(ws, r), split, device) for r in (runs or [None])]
+    results = [evaluate_run(resolve_target(ws, r), split, device, cache) for r in (runs or [None])]
     if json_:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))
         return
     render(results, console)
-    console.print_json(data=[{k: r[k] for k in ("run", "split", "accuracy", "macro_f1", "modality_accuracy", "rho")} for r in results])
+    for r in results:
+        console.print(f"wrote {Path(r['run']) / f'eval_{split}.json'}")
 
 
 # ----------------------------------------------------------------------------- robustness
@@ -198,33 +204,37 @@ def evaluate(
 def robustness(
     runs: Annotated[Optional[list[str]], typer.Argument(help="Runs to compare (default: latest run).")] = None,
     workspace: Workspace = None,
-    drop: Annotated[Optional[str], typer.Option(help="Remove a modality: audio | video | flow.")] = None,
-    fill: Annotated[str, typer.Option(help="How a dropped modality is replaced: zero | mean (training mean).")] = "zero",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    drop: Annotated[Optional[list[str]], typer.Option(help="Remove a modality: audio | video | flow (repeatable).")] = None,
+    fill: Annotated[str, typer.Option(help="A dropped modality becomes: zero | mean (its training mean) | both.")] = "zero",
+    noise: Annotated[Optional[str], typer.Option(help="Additive noise model: gaussian.")] = None,
+    modality: Annotated[str, typer.Option(help="Noise on audio | video | flow, on each in turn, or on all at once.")] = "each",
+    levels: Annotated[Optional[list[str]], typer.Option(help="Noise levels: SNR dB (audio), sigma (video on [0,1] pixels, flow in px/frame); "
+                                                       "'20,10,0' or 'audio=20,10,0' (repeatable).")] = None,
+    corruptions: Annotated[Optional[str], typer.Option(help="Comma list: blur, occlusion, audio-dropout, or all.")] = None,
+    severities: Annotated[Optional[str], typer.Option(help="Named corruption severities to run (default light,medium,heavy).")] = None,
+    split: Annotated[str, typer.Option(help="test | val | train.")] = "test",
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default <run>/robustness, or comparisons/ for several runs).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the noise and corruptions (the same for every run).")] = 0,
+    device: Device = "auto",
 ):
-    """Accuracy when a modality is missing.
+    """Accuracy when a modality is missing, noisy or corrupted; several runs side by side.
+    Writes robustness.csv (a row per condition), robustness.json and robustness.png/.svg.
 
     Examples:
       mmvid robustness --drop audio
-      mmvid robustness run_concat run_bmm --drop audio --fill mean
+      mmvid robustness run_concat run_bmm --drop audio --fill both
+      mmvid robustness run_concat run_bmm --noise gaussian --modality audio --levels 20,10,0,-10
+      mmvid robustness run_concat run_bmm --corruptions all
     """
-    from rich.table import Table
+    from mmvid.evaluate import resolve_target
+    from mmvid.robustness import compare_robustness, parse_levels
 
-    from mmvid.errors import MmvidError
-    from mmvid.robustness import drop_modality
-    from mmvid.workspace import resolve_run
-
-    if drop is None:
-        raise MmvidError("say what to test, e.g. --drop audio")
     ws = _ws(workspace)
-    table = Table(title=f"robustness: drop {drop} ({fill})")
-    for col in ("run", "clean acc", "acc", "change"):
-        table.add_column(col, justify="right" if col != "run" else "left")
-    for r in runs or [None]:
-        res = drop_modality(resolve_run(ws, r), drop, fill, device=device)
-        table.add_row(Path(res["run"]).name, f"{100 * res['clean_acc']:.2f}%", f"{100 * res['acc']:.2f}%",
-                      f"{100 * (res['acc'] - res['clean_acc']):+.2f}")
-    console.print(table)
+    split_list = lambda s: [v.strip() for v in s.split(",") if v.strip()] if s else None  # noqa: E731
+    compare_robustness([resolve_target(ws, r) for r in (runs or [None])], drop=drop, fill=fill, noise=noise,
+                       modality=modality, levels=parse_levels(levels, modality), corruptions=split_list(corruptions),
+                       severities=split_list(severities), split=split, device=device, out_dir=out, console=console,
+                       seed=seed)
 
 
 # ----------------------------------------------------------------------------- visualize
@@ -236,21 +246,64 @@ def visualize(
     kind: Annotated[str, typer.Argument(help="curves | umap | confusion.")],
     run: Annotated[Optional[str], typer.Argument(help="Run name or folder (default: latest run).")] = None,
     workspace: Workspace = None,
+    split: Annotated[str, typer.Option(help="confusion: test | val | train.")] = "test",
+    max_points: Annotated[int, typer.Option(min=4, help="umap: at most this many clips per split (balanced over classes).")] = 500,
+    seed: Annotated[int, typer.Option(help="umap: seed of the subsample and of UMAP.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Output path without suffix (default <run>/figures/<kind>).")] = None,
+    device: Device = "auto",
+    cache: Cache = None,
 ):
-    """Figures of a run (PNG, headless).
+    """Figures of a run as PNG and SVG (headless); prints each path.
+
+    curves: fused and per-modality train/test accuracy over epochs, rho and lambda (paper Fig. 1).
+    umap: audio, video and fused features on train and test, coloured by class (paper Figs. 4-5).
+    confusion: confusion matrices of the fused model and of each modality alone.
 
     Examples:
       mmvid visualize curves
-      mmvid visualize umap my-run
+      mmvid visualize umap my-run --max-points 300
+      mmvid visualize confusion my-run --split test
     """
+    from mmvid import visualize as V
     from mmvid.errors import MmvidError
-    from mmvid.visualize import plot_curves
-    from mmvid.workspace import resolve_run
+    from mmvid.evaluate import resolve_target
 
-    kinds = {"curves": plot_curves}
+    kinds = {
+        "curves": lambda r: V.plot_curves(r, out),
+        "umap": lambda r: V.plot_umap(r, max_points=max_points, seed=seed, device=device, cache=cache, out=out),
+        "confusion": lambda r: V.plot_confusion(r, split, device, cache, out),
+    }
     if kind not in kinds:
         raise MmvidError(f"unknown figure {kind!r}; choose one of: {', '.join(kinds)}")
-    path = kinds[kind](resolve_run(_ws(workspace), run))
+    target = resolve_target(_ws(workspace), run)
+    for path in kinds[kind](target.parent if target.is_file() and kind == "curves" else target):
+        console.print(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@app.command()
+@cli_errors
+def report(
+    run: Annotated[Optional[str], typer.Argument(help="Run name or folder (default: latest run).")] = None,
+    workspace: Workspace = None,
+    umap: Annotated[bool, typer.Option("--umap/--no-umap", help="Include the UMAP figure (the slowest part).")] = True,
+    robustness: Annotated[bool, typer.Option("--robustness/--no-robustness", help="Run a missing-modality check if none is saved.")] = True,
+    out: Annotated[Optional[Path], typer.Option(help="HTML file (default <run>/report.html).")] = None,
+    device: Device = "auto",
+):
+    """One self-contained HTML page of a run: config, metrics tables and figures (embedded), to open or share.
+
+    Examples:
+      mmvid report
+      mmvid report my-run --no-umap
+    """
+    from mmvid.report import write_report
+    from mmvid.workspace import resolve_run
+
+    path = write_report(resolve_run(_ws(workspace), run), out=out, umap=umap, robustness=robustness, device=device,
+                        console=console)
     console.print(f"wrote {path}")
 
 

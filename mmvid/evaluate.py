@@ -4,14 +4,18 @@ per-modality accuracy by masking (paper Eq. 5) and the imbalance factor rho (Eq.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from mmvid.data.cache import read_info
+from mmvid.config import TrainConfig
+from mmvid.data.cache import CacheInfo, read_info
 from mmvid.engine import evaluate_model, make_loader, model_from_checkpoint, pick_device, rho_of
 from mmvid.errors import MmvidError
+from mmvid.models.classifier import MultimodalClassifier
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -37,29 +41,85 @@ def cache_for_run(ck: dict[str, Any], cache: str | Path | None = None) -> Path:
     return path
 
 
-def evaluate_run(run: Path, split: str = "test", device: str = "auto", cache: str | Path | None = None,
-                 batch_size: int | None = None) -> dict[str, Any]:
-    """Metrics of one run's best (else last) checkpoint on ``split``; also written to ``<run>/eval_<split>.json``."""
+@dataclass
+class LoadedRun:
+    """A run's model (on its device, eval mode), config, checkpoint, cache and the rows of one split."""
+
+    run: Path
+    model: MultimodalClassifier
+    cfg: TrainConfig
+    ck: dict[str, Any]
+    info: CacheInfo
+    rows: np.ndarray
+    device: torch.device
+    split: str
+
+    @property
+    def label(self) -> str:
+        return method_label(self.ck["config"])
+
+    def loader(self, rows: np.ndarray | None = None, batch_size: int | None = None):
+        return make_loader(self.info, self.rows if rows is None else rows, self.cfg, train=False, batch_size=batch_size)
+
+
+def method_label(config: dict[str, Any]) -> str:
+    """``fusion[+cal]+augment[+balancer]`` from a saved config, e.g. ``concat+bmm``."""
+    model, aug, bal = config["model"], config["augment"]["name"], config["balance"]["name"]
+    parts = [model["fusion"] + ("+cal" if model.get("calibrate") else ""), aug]
+    return "+".join(parts + ([bal] if bal != "none" else []))
+
+
+def resolve_target(ws: Path, run: str | Path | None) -> Path:
+    """A checkpoint file as given, else the run folder named or the latest run (see ``resolve_run``)."""
+    from mmvid.workspace import resolve_run
+
+    if run is not None and Path(run).is_file():
+        return Path(run)
+    return resolve_run(ws, run)
+
+
+def load_run(run: str | Path, split: str = "test", device: str = "auto", cache: str | Path | None = None) -> LoadedRun:
+    """Rebuild a run's model from a run folder (best, else last checkpoint) or a checkpoint file."""
+    run = Path(run)
     model, cfg, ck = model_from_checkpoint(run)
     info = read_info(cache_for_run(ck, cache))
-    rows = ck["splits"].get(split) if split in ck.get("splits", {}) else info.indices(split)
-    if rows is None or len(rows) == 0:
-        raise MmvidError(f"split {split!r} of {info.path.name} has no clips")
+    if split not in ("train", "val", "test"):
+        raise MmvidError(f"--split {split!r} is not valid; choose test, val or train")
+    rows = ck.get("splits", {}).get(split)
+    rows = np.asarray(info.indices(split) if rows is None else rows)
+    if len(rows) == 0:
+        raise MmvidError(f"split {split!r} of {info.path.name} has no clips for run {run.name}; choose another --split")
     dev = pick_device(device)
-    model.to(dev)
-    loader = make_loader(info, np.asarray(rows), cfg, train=False, batch_size=batch_size)
-    res = evaluate_model(model, loader, dev, keep=True)
+    model.to(dev).eval()
+    return LoadedRun(run.parent if run.is_file() else run, model, cfg, ck, info, rows, dev, split)
+
+
+def evaluate_run(run: Path, split: str = "test", device: str = "auto", cache: str | Path | None = None,
+                 batch_size: int | None = None) -> dict[str, Any]:
+    """Metrics of one run's best (else last) checkpoint, or of the checkpoint file given, on ``split``.
+
+    Fused accuracy, macro-F1, per-class accuracy and the (C, C) confusion matrix; per-modality
+    accuracy and confusion by masking (Eq. 5); rho (Eq. 6) from the summed true-class probabilities.
+    Also written to ``<run>/eval_<split>.json``.
+    """
+    lr = load_run(run, split, device, cache)
+    info, model = lr.info, lr.model
+    res = evaluate_model(model, lr.loader(batch_size=batch_size), lr.device, keep=True)
     cm = confusion(res.labels, res.preds, info.num_classes)
     per_class = (np.diag(cm) / np.maximum(cm.sum(1), 1)).tolist()
     out = {
-        "run": str(run), "checkpoint_epoch": int(ck["epoch"]), "split": split, "n": res.n,
+        "run": str(lr.run), "checkpoint_epoch": int(lr.ck["epoch"]), "split": split, "n": res.n,
         "accuracy": res.acc, "macro_f1": macro_f1(cm), "loss": res.loss,
         "per_class_accuracy": dict(zip(info.class_names, per_class)),
         "modality_accuracy": {m: res.modality_acc(m) for m in model.modalities},
+        "modality_score": dict(res.modality_score),
         "rho": rho_of(res, model.modalities), "confusion": cm.tolist(), "class_names": info.class_names,
-        "config": {"fusion": cfg.model.fusion, "augment": cfg.augment.name, "balance": cfg.balance.name},
+        "modality_confusion": {m: confusion(res.labels, res.modality_preds[m], info.num_classes).tolist()
+                               for m in model.modalities},
+        "method": lr.label,
+        "config": {"fusion": lr.cfg.model.fusion, "augment": lr.cfg.augment.name, "balance": lr.cfg.balance.name},
     }
-    Path(run, f"eval_{split}.json").write_text(json.dumps(out, indent=2))
+    Path(lr.run, f"eval_{split}.json").write_text(json.dumps(out, indent=2))
     return out
 
 
@@ -72,7 +132,7 @@ def render(results: list[dict[str, Any]], console) -> None:
     for r in results:
         table.add_column(Path(r["run"]).name, justify="right")
     rows: list[tuple[str, list[str]]] = [
-        ("method", [f"{r['config']['fusion']}+{r['config']['augment']}" + (f"+{r['config']['balance']}" if r['config']['balance'] != 'none' else '') for r in results]),
+        ("method", [r["method"] for r in results]),
         ("clips", [str(r["n"]) for r in results]),
         ("accuracy", [f"{100 * r['accuracy']:.2f}%" for r in results]),
         ("macro-F1", [f"{100 * r['macro_f1']:.2f}" for r in results]),
@@ -86,4 +146,20 @@ def render(results: list[dict[str, Any]], console) -> None:
         rows.append((f"  class {c}", [f"{100 * r['per_class_accuracy'].get(c, float('nan')):.1f}%" for r in results]))
     for name, vals in rows:
         table.add_row(name, *vals)
+    console.print(table)
+    if len(results) == 1:
+        render_confusion(results[0], console)
+
+
+def render_confusion(result: dict[str, Any], console) -> None:
+    """The fused confusion matrix as a Rich table (rows = true class, columns = predicted)."""
+    from rich.table import Table
+
+    names = result["class_names"]
+    table = Table(title=f"confusion matrix, {Path(result['run']).name} ({result['split']}): rows true, columns predicted")
+    table.add_column("true \\ pred")
+    for c in names:
+        table.add_column(c, justify="right")
+    for c, row in zip(names, result["confusion"]):
+        table.add_row(c, *[f"[bold]{v}" if i == names.index(c) else (str(v) if v else "[dim]0") for i, v in enumerate(row)])
     console.print(table)

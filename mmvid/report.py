@@ -1,0 +1,129 @@
+"""``mmvid report RUN``: one self-contained HTML page (no external files: figures are embedded as
+base64 PNG) with the run's config, test metrics, training history, robustness and figures."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from mmvid.errors import MmvidError
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em}.muted{color:#777}
+"""
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def html_table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def embed_png(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<figure><img alt="{_esc(alt)}" src="data:image/png;base64,{data}"><figcaption class="muted">{_esc(Path(path).name)}</figcaption></figure>'
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def metrics_section(ev: dict[str, Any]) -> str:
+    rows = [["accuracy", _pct(ev["accuracy"])], ["macro-F1", f"{100 * ev['macro_f1']:.2f}"],
+            ["loss", f"{ev['loss']:.4f}"]]
+    rows += [[f"{m} alone (masking, Eq. 5)", _pct(a)] for m, a in ev["modality_accuracy"].items()]
+    rows.append(["rho (Eq. 6)", "-" if ev["rho"] is None else f"{ev['rho']:.3f}"])
+    names = ev["class_names"]
+    per_class = html_table(["class", "accuracy", "clips"],
+                           [[c, _pct(ev["per_class_accuracy"][c]), sum(row)] for c, row in zip(names, ev["confusion"])])
+    cm = html_table(["true \\ predicted", *names], [[c, *row] for c, row in zip(names, ev["confusion"])])
+    return (f"<p>{ev['split']} split, {ev['n']} clips, checkpoint of epoch {ev['checkpoint_epoch'] + 1}.</p>"
+            + html_table(["metric", "value"], rows) + "<h3>Per class</h3>" + per_class
+            + "<h3>Confusion matrix (fused)</h3>" + cm)
+
+
+def history_section(recs: list[dict[str, Any]], modalities: list[str]) -> str:
+    cols = ["train_loss", "train_acc", "val_acc", "test_acc", *[f"test_acc_{m}" for m in modalities], "rho",
+            *[f"lambda_{m}" for m in modalities]]
+    cols = [c for c in cols if any(c in r for r in recs)]
+
+    def cell(r: dict, c: str) -> str:
+        v = r.get(c)
+        if v is None:
+            return "-"
+        return f"{100 * v:.1f}%" if "_acc" in c else f"{v:.3f}"
+
+    return html_table(["epoch", *cols], [[r["epoch"] + 1, *[cell(r, c) for c in cols]] for r in recs])
+
+
+def robustness_section(rob: dict[str, Any]) -> str:
+    labels = rob["labels"]
+    rows = [["clean", *[_pct(r["clean_acc"]) for r in rob["runs"]]]]
+    for c in rob["conditions"]:
+        rows.append([c["name"], *[_pct(None if r["results"][c["name"]] is None else r["results"][c["name"]]["acc"])
+                                  for r in rob["runs"]]])
+    return html_table(["condition", *labels], rows)
+
+
+def write_report(run: Path, out: Path | None = None, umap: bool = True, robustness: bool = True, device: str = "auto",
+                 console=None, max_points: int = 500) -> Path:
+    """Evaluate ``run`` on test, draw its figures (curves, confusion, optionally UMAP), reuse or run a
+    missing-modality robustness check, and write everything into one HTML file; returns its path."""
+    import yaml
+
+    from mmvid import visualize as V
+    from mmvid.evaluate import evaluate_run
+    from mmvid.robustness import compare_robustness
+
+    run = Path(run)
+    if not (run / "config.yaml").exists():
+        raise MmvidError(f"{run} is not a run folder (no config.yaml); pass a folder written by `mmvid train`")
+    ev = evaluate_run(run, "test", device)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    modalities = cfg["data"]["modalities"]
+    figures = [("Accuracy, rho and lambda over epochs (paper Fig. 1)", V.plot_curves(run)[0]),
+               ("Confusion matrices (fused and each modality alone)", V.plot_confusion(run, result=ev)[0])]
+    if umap:
+        figures.append(("UMAP of features, train and test (paper Figs. 4-5)",
+                        V.plot_umap(run, max_points=max_points, device=device)[0]))
+    rob_json = run / "robustness" / "robustness.json"
+    if robustness and not rob_json.exists() and len(modalities) > 1:
+        compare_robustness([run], drop=modalities, fill="zero", device=device)
+    rob_html = ""
+    if rob_json.exists():
+        rob_html = "<h2>Robustness</h2>" + robustness_section(json.loads(rob_json.read_text()))
+        png = rob_json.with_suffix(".png")
+        if png.exists():
+            rob_html += embed_png(png, "robustness")
+    recs = V.read_metrics(run)
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    best = summary.get("best", {})
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>mmvid report: {_esc(run.name)}</title>"
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>mmvid report: {_esc(run.name)}</h1>",
+        f"<p><b>{_esc(ev['method'])}</b> on <b>{_esc(cfg['data'].get('dataset'))}</b> "
+        f"({_esc(', '.join(modalities))}), {len(recs)} epochs trained; best validation epoch "
+        f"{_esc(best.get('epoch', -1) + 1)}. <span class='muted'>Written {time.strftime('%Y-%m-%d %H:%M:%S')}.</span></p>",
+        "<h2>Test metrics</h2>", metrics_section(ev),
+        "<h2>Figures</h2>", *[f"<h3>{_esc(t)}</h3>" + embed_png(p, t) for t, p in figures],
+        rob_html,
+        "<h2>Training history</h2>", history_section(recs, modalities),
+        "<h2>Config</h2>", f"<pre>{_esc((run / 'config.yaml').read_text())}</pre>",
+        "</body></html>",
+    ]
+    out = Path(out) if out else run / "report.html"
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return out
