@@ -193,7 +193,7 @@ def evaluate(
         return
     render(results, console)
     for r in results:
-        console.print(f"wrote {Path(r['run']) / f'eval_{split}.json'}")
+        console.print(f"wrote {Path(r['run']) / f'eval_{split}.json'}", soft_wrap=True, highlight=False)
 
 
 # ----------------------------------------------------------------------------- robustness
@@ -277,7 +277,7 @@ def visualize(
         raise MmvidError(f"unknown figure {kind!r}; choose one of: {', '.join(kinds)}")
     target = resolve_target(_ws(workspace), run)
     for path in kinds[kind](target.parent if target.is_file() and kind == "curves" else target):
-        console.print(f"wrote {path}")
+        console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
 
 # ----------------------------------------------------------------------------- report
@@ -304,7 +304,7 @@ def report(
 
     path = write_report(resolve_run(_ws(workspace), run), out=out, umap=umap, robustness=robustness, device=device,
                         console=console)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
 
 # ----------------------------------------------------------------------------- demo

@@ -310,4 +310,4 @@ def render(report: RobustnessReport, console) -> None:
         table.add_row("clean" if cond is None else cond.name, *cells)
     console.print(table)
     for f in report.files:
-        console.print(f"wrote {f}")
+        console.print(f"wrote {f}", soft_wrap=True, highlight=False)
