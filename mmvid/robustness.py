@@ -117,6 +117,10 @@ def build_conditions(available: list[str], drop: list[str] | None = None, fill: 
                      modality: str = "each", levels: dict[str, list[float]] | None = None,
                      corruptions: list[str] | None = None, severities: list[str] | None = None) -> list[Condition]:
     """The conditions asked for, checked against the modalities that at least one run uses."""
+    if levels and noise is None:
+        raise MmvidError("--levels sets noise levels; add --noise gaussian")
+    if severities and not corruptions:
+        raise MmvidError("--severities picks corruption severities; add --corruptions blur,occlusion,audio-dropout")
     conds: list[Condition] = []
     fills = list(FILLS) if fill == "both" else [fill]
     if any(f not in FILLS for f in fills):

@@ -235,6 +235,7 @@ def test_report_is_one_self_contained_html(tiny):
     (["robustness", "{bmm}"], "say what to test"),
     (["robustness", "{bmm}", "--corruptions", "fog"], "unknown corruption 'fog'"),
     (["robustness", "{bmm}", "--noise", "gaussian", "--modality", "each", "--levels", "1,2"], "needs a modality"),
+    (["robustness", "{bmm}", "--drop", "audio", "--levels", "audio=1"], "add --noise gaussian"),
     (["visualize", "spiral", "{bmm}"], "unknown figure 'spiral'"),
     (["visualize", "curves", "{empty}"], "no metrics.jsonl"),
     (["report", "{nowhere}"], "not found"),
