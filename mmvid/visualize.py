@@ -101,7 +101,7 @@ def plot_curves(run: Path, out: Path | None = None) -> list[Path]:
                         label=f"{m} alone, {split}")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy (alone = masking, Eq. 5)", ylim=(0, 101))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="best", framealpha=0.7)
     ax = axes[1]
     for key, style, label in (("rho", "-", "rho, train (monitor)"), ("test_rho", ":", "rho, test")):
         if key in keys:
