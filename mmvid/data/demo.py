@@ -28,11 +28,11 @@ FPS = 5
 SECONDS = 2.0
 SIZE = 32
 SR = 16000
-# Roots spaced by a whole tone so that every chord has distinct partials.
-ROOTS = 220.0 * 2 ** (np.arange(10) * 2 / 12)
+# Roots 250 Hz apart: with n_fft 512 at 16 kHz (31 Hz bins) every chord's partials fall in distinct bins.
+ROOTS = 250.0 * (1 + np.arange(10))
 
 DEMO_PARAMS = dict(fps=None, num_frames=3, image_size=SIZE, sample_rate=SR, clip_seconds=SECONDS,
-                   n_fft=256, hop=256, tile_audio=True)
+                   n_fft=512, hop=256, tile_audio=True)
 
 
 def _digit_images() -> tuple[np.ndarray, np.ndarray]:
@@ -91,8 +91,8 @@ def write_mp4(path: Path, frames: np.ndarray, wave: np.ndarray, fps: int = FPS, 
             c.mux(pkt)
 
 
-def generate(root: Path, n_clips: int = 400, seed: int = 0, audio_confusion: float = 0.25,
-             video_noise: float = 0.35, audio_noise: float = 0.3, test_fraction: float = 0.25) -> Path:
+def generate(root: Path, n_clips: int = 600, seed: int = 0, audio_confusion: float = 0.25,
+             video_noise: float = 0.15, audio_noise: float = 0.3, test_fraction: float = 0.25) -> Path:
     """Write the demo videos and split lists under ``root`` (deterministic in ``seed``); returns root."""
     root = Path(root)
     done = root / "COMPLETE"
@@ -126,7 +126,7 @@ def generate(root: Path, n_clips: int = 400, seed: int = 0, audio_confusion: flo
 
 
 @source("demo")
-def demo_source(root: Path | None = None, n_clips: int = 400, seed: int = 0, **_) -> Source:
+def demo_source(root: Path | None = None, n_clips: int = 600, seed: int = 0, **_) -> Source:
     """Generate (once) and list the demo clips; ``root`` defaults to ``<workspace>/raw/demo``."""
     from mmvid.errors import MmvidError
 
