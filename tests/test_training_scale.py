@@ -1,0 +1,200 @@
+"""Training at scale on CPU: DDP through ``--gpus 2`` (gloo), exact resume (Ctrl-C mid-epoch, kill -9),
+NaN stop, bf16 autocast, the on-device cache; CUDA-only paths skip without a GPU.
+
+All runs use the demo cache (40 real mp4 clips decoded through the normal path) and the small encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from mmvid.engine import CKPT_LAST, load_checkpoint
+from mmvid.errors import MmvidError
+from mmvid.workflows import run_prepare, run_train
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = {"data.dataset": "demo", "device": "cpu", "model.encoder": "small", "epochs": 3, "data.batch_size": 8}
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("ws")
+    run_prepare(Console(quiet=True), ws, "demo", clips=40, progress=False)
+    return ws
+
+
+def train_run(ws: Path, name: str, **over) -> Path:
+    overrides = {**BASE, "run_name": name, **{k.replace("__", "."): v for k, v in over.items()}}
+    return run_train(Console(quiet=True), ws, "demo", overrides, progress=False)
+
+
+def metrics(run: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock field."""
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def cli(ws: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "mmvid.cli", "train", "-w", str(ws), *args], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def cli_args(name: str, epochs: int) -> list[str]:
+    return ["--recipe", "demo", "--device", "cpu", "--encoder", "small", "--batch-size", "4", "--epochs", str(epochs),
+            "--run-name", name]
+
+
+def wait_for_lines(run: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    path, t0 = run / "metrics.jsonl", time.time()
+    while time.time() - t0 < timeout:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} metrics lines in {timeout}s")
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+def test_two_gloo_processes_agree_and_match_one_process(ws):
+    """--gpus 2 on CPU = 2 gloo processes, 8 clips each per step; the 1-process run takes 16 per step.
+
+    The sampler gives both runs the same global batches, so they differ only through BatchNorm's
+    batch statistics (per rank over 8 clips vs over 16) and summation order. Stated tolerance after
+    3 epochs: 0.01 on every loss and on rho, 0.1 on the scores s_m (sums over the 30 train clips);
+    accuracies are left out, since argmax over a near-chance model's logits flips on such differences.
+    Ranks must end with bit-identical parameters.
+    """
+    two = train_run(ws, "ddp2", gpus=2)
+    one = train_run(ws, "ddp1", data__batch_size=16)
+    ck = load_checkpoint(two / CKPT_LAST)
+    assert ck["world_size"] == 2 and len(ck["rank_fingerprints"]) == 2
+    assert ck["rank_fingerprints"][0] == ck["rank_fingerprints"][1]
+    assert len(ck["rank_rng"]) == 2
+    m2, m1 = metrics(two)[-1], metrics(one)[-1]
+    assert m1["epoch"] == m2["epoch"] == 2
+    tolerance = {"train_loss": 0.01, "test_loss": 0.01, "train_rho": 0.01, "test_rho": 0.01, "s_audio": 0.1, "s_video": 0.1}
+    for key, tol in tolerance.items():
+        assert abs(m1[key] - m2[key]) <= tol, (key, m1[key], m2[key])
+    # Sharded evaluation summed across ranks counts every train clip once (s_m sums 30 probabilities).
+    assert 30 * 0.05 < m2["s_audio"] < 30 * 0.2
+
+
+def test_error_on_ranks_is_one_line(ws):
+    with pytest.raises(MmvidError, match=r"distributed training failed on rank \d: --amp fp16 needs a CUDA device"):
+        train_run(ws, "ddp-bad", gpus=2, amp="fp16")
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+@pytest.fixture(scope="module")
+def reference(ws) -> list[dict]:
+    """An uninterrupted 3-epoch run, batch 4 (8 steps per epoch)."""
+    return metrics(train_run(ws, "ref", data__batch_size=4))
+
+
+def test_stop_mid_epoch_then_resume_is_exact(ws, reference, monkeypatch):
+    """A stop request (Ctrl-C) seen at the 11th check saves a mid-epoch checkpoint: the loop checks after
+    each of the 8 steps of an epoch and once after its evaluation, so that is epoch 2 after 2 of 8 batches."""
+    from mmvid import distributed
+
+    calls = {"n": 0}
+
+    def requested(self, all_reduce=None):
+        calls["n"] += 1
+        return calls["n"] == 11
+
+    monkeypatch.setattr(distributed.StopRequest, "requested", requested)
+    with pytest.raises(MmvidError, match="training interrupted; its state is saved"):
+        train_run(ws, "stopped", data__batch_size=4)
+    run = ws / "runs" / "stopped"
+    ck = load_checkpoint(run / CKPT_LAST)
+    assert ck["epoch"] == 0 and ck["partial"]["batch"] == 2 and ck["step"] == 10
+    assert len(metrics(run)) == 1
+    monkeypatch.undo()
+    run_train(Console(quiet=True), ws, None, {}, resume="stopped", progress=False)
+    assert metrics(run) == reference
+
+
+def test_kill9_mid_epoch_then_resume_is_exact(ws, reference):
+    """kill -9 during epoch 2 loses at most that epoch; the resumed run ends with identical metrics."""
+    proc = cli(ws, *cli_args("killed", 3))
+    run = ws / "runs" / "killed"
+    wait_for_lines(run, 1, proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "summary.json").exists(), "the run finished before it was killed"
+    done = subprocess.run([sys.executable, "-m", "mmvid.cli", "train", "-w", str(ws), "--resume", "killed"],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert metrics(run) == reference
+
+
+def test_ctrl_c_saves_and_exits_cleanly(ws, reference):
+    proc = cli(ws, *cli_args("ctrlc", 3))
+    run = ws / "runs" / "ctrlc"
+    wait_for_lines(run, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert "training interrupted; its state is saved" in " ".join(err.split())
+    run_train(Console(quiet=True), ws, None, {}, resume="ctrlc", progress=False)
+    assert metrics(run) == reference
+
+
+# ----------------------------------------------------------------------------- numerics
+
+
+def test_nan_loss_names_epoch_and_step(ws, monkeypatch):
+    from mmvid.augment import base
+
+    real, calls = base.mixed_cross_entropy, {"n": 0}
+
+    def poisoned(logits, y, mix):
+        calls["n"] += 1
+        loss = real(logits, y, mix)
+        return loss * float("nan") if calls["n"] == 6 else loss
+
+    monkeypatch.setattr(base, "mixed_cross_entropy", poisoned)
+    with pytest.raises(MmvidError, match=r"loss became nan at epoch 2, step 5;"):
+        train_run(ws, "nan", data__batch_size=8)  # 4 steps per epoch: the 6th is epoch 2, step index 5
+
+
+def test_bf16_autocast_on_cpu(ws):
+    from mmvid.engine import autocast
+
+    conv = torch.nn.Conv2d(3, 4, 3)
+    with autocast(torch.device("cpu"), "bf16"):
+        assert conv(torch.randn(1, 3, 8, 8)).dtype == torch.bfloat16
+    run = train_run(ws, "bf16", amp="bf16", epochs=1)
+    (m,) = metrics(run)
+    assert all(torch.isfinite(torch.tensor(m[k])) for k in ("train_loss", "test_loss"))
+
+
+def test_cache_on_device_feeds_the_same_batches(ws):
+    """--cache-on-gpu (here on the CPU device) serves exactly what the DataLoader serves."""
+    ref = metrics(train_run(ws, "loader", epochs=2))
+    dev = metrics(train_run(ws, "ondevice", epochs=2, data__cache_on_gpu=True))
+    assert dev == ref
+
+
+@needs_cuda
+def test_cuda_fp16_with_cache_on_gpu(ws):
+    run = train_run(ws, "cuda-fp16", device="cuda", amp="fp16", epochs=1, data__cache_on_gpu=True)
+    ck = load_checkpoint(run / CKPT_LAST)
+    assert ck["scaler"]["scale"] > 0 and torch.isfinite(torch.tensor(metrics(run)[0]["train_loss"]))
