@@ -304,38 +304,17 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
     the model is wrapped in DDP, each rank reads its shard of every split, metrics and the statistics
     that steer methods are summed across ranks, and only rank 0 writes files.
     """
-    from mmvid.distributed import ResumableSampler, StopRequest, average_gradients, gather_objects, sync_buffers
+    from mmvid.distributed import ResumableSampler, StopRequest, gather_objects, sync_buffers
 
     load_plugins()
     info = read_info(cache)
     check_modalities(info, cfg.data.modalities)
-    device = pick_device(cfg.device)
-    if cfg.amp == "fp16" and device.type != "cuda":
-        raise MmvidError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
     run_dir.mkdir(parents=True, exist_ok=True)
     is_main = rank == 0
-    seed_everything(cfg.seed)
-    splits = make_splits(info, cfg.data.val_fraction, cfg.seed)
+    parts = build_training(cfg, info, run_dir, rank, world_size)
+    ctx, augment, balancer, extra, scheduler = parts.ctx, parts.augment, parts.balancer, parts.extra, parts.scheduler
+    model, optimizer, scaler, device, gen, splits = ctx.model, ctx.optimizer, ctx.scaler, ctx.device, ctx.generator, ctx.splits
     modalities = cfg.data.modalities
-
-    augment = AUGMENTS.build(cfg.augment.name, cfg.augment, modalities)
-    balancer = BALANCERS.build(cfg.balance.name, cfg.balance, modalities)
-    balancer.check(cfg.model, cfg.augment.name)
-
-    model = build_model(cfg, info.num_classes).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    gen = torch.Generator().manual_seed(cfg.seed)  # same seed on every rank: mixing decisions agree
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=(0.9, 0.999), weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.optim.step_size, cfg.optim.gamma)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
-    ctx = TrainContext(cfg, model, optimizer, scaler, device, gen, modalities, info.num_classes, info, splits, run_dir,
-                       world_size=world_size, rank=rank)
-    extra = balancer.setup(model, ctx)
-    if extra is not None:
-        extra.to(device)
-        optimizer.add_param_group({"params": [p for p in extra.parameters() if p.requires_grad]})
-    net = wrap_model(model, device, world_size, cfg.compile)  # what the training step calls
     if rank:
         seed_everything(cfg.seed + rank)  # per-rank crops/flips; the model init above is shared
 
@@ -415,25 +394,7 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                 batch, loss_sum, hits, seen = partial["batch"], partial["loss_sum"], partial["hits"], partial["seen"]
                 partial = {"batch": 0, "loss_sum": 0.0, "hits": 0, "seen": 0}
                 for inputs, y in train_loader:
-                    inputs, y = to_device(inputs, device), y.to(device, non_blocking=True)
-                    inputs, y = balancer.on_batch(inputs, y, ctx)  # data stage
-                    with autocast(device, cfg.amp):
-                        out, loss = augment.compute(net, inputs, y, ctx)  # forward + augmentation's loss
-                        loss = balancer.loss(loss, out, inputs, y, ctx)  # loss stage
-                    if not torch.isfinite(loss):
-                        raise MmvidError(f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {ctx.step}; "
-                                         f"lower optim.lr or try --amp off")
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()  # DDP averages the model's gradients across ranks here
-                    if extra is not None:
-                        average_gradients(extra.parameters(), world_size)
-                    scaler.unscale_(optimizer)  # gradients are true values from here on
-                    balancer.after_backward(model, out, y, ctx)  # optimisation stage
-                    if cfg.optim.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    ctx.step += 1
+                    out, loss, y = train_step(parts, inputs, y)
                     batch += 1
                     loss_sum += float(loss.detach()) * len(y)
                     hits += int((out.logits.argmax(1) == y).sum())
@@ -500,6 +461,80 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
     if is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
+
+
+@dataclass
+class TrainingParts:
+    """Everything one training step touches, built once by :func:`build_training`."""
+
+    ctx: TrainContext
+    augment: Any
+    balancer: Any
+    extra: torch.nn.Module | None  # a balancer's own trainable modules (outside DDP)
+    scheduler: Any
+    net: torch.nn.Module  # what the step calls: the model, DDP-wrapped and/or compiled
+
+
+def build_training(cfg: TrainConfig, info: CacheInfo, run_dir: Path, rank: int = 0, world_size: int = 1) -> TrainingParts:
+    """Seeded model, optimizer, scheduler, scaler, augmentation and balancer on the rank's device.
+
+    Every rank builds the same initial model (same seed); DDP then keeps the ranks equal.
+    """
+    device = pick_device(cfg.device)
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise MmvidError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+    seed_everything(cfg.seed)
+    splits = make_splits(info, cfg.data.val_fraction, cfg.seed)
+    modalities = cfg.data.modalities
+    augment = AUGMENTS.build(cfg.augment.name, cfg.augment, modalities)
+    balancer = BALANCERS.build(cfg.balance.name, cfg.balance, modalities)
+    balancer.check(cfg.model, cfg.augment.name)
+
+    model = build_model(cfg, info.num_classes).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(cfg.seed)  # same seed on every rank: mixing decisions agree
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=(0.9, 0.999), weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.optim.step_size, cfg.optim.gamma)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+    ctx = TrainContext(cfg, model, optimizer, scaler, device, gen, modalities, info.num_classes, info, splits, run_dir,
+                       world_size=world_size, rank=rank)
+    extra = balancer.setup(model, ctx)
+    if extra is not None:
+        extra.to(device)
+        optimizer.add_param_group({"params": [p for p in extra.parameters() if p.requires_grad]})
+    return TrainingParts(ctx, augment, balancer, extra, scheduler, wrap_model(model, device, world_size, cfg.compile))
+
+
+def train_step(parts: TrainingParts, inputs: dict[str, torch.Tensor], y: torch.Tensor):
+    """One optimisation step on a batch (any device): returns (ModelOutput, loss, y on the device).
+
+    data -> forward + loss (autocast) -> backward (DDP all-reduce) -> unscale -> ``after_backward``
+    -> clip -> step. Raises MmvidError naming the epoch and step when the loss is not finite.
+    """
+    from mmvid.distributed import average_gradients
+
+    ctx, balancer, cfg = parts.ctx, parts.balancer, parts.ctx.cfg
+    inputs, y = to_device(inputs, ctx.device), y.to(ctx.device, non_blocking=True)
+    inputs, y = balancer.on_batch(inputs, y, ctx)  # data stage
+    with autocast(ctx.device, cfg.amp):
+        out, loss = parts.augment.compute(parts.net, inputs, y, ctx)  # forward + augmentation's loss
+        loss = balancer.loss(loss, out, inputs, y, ctx)  # loss stage
+    if not torch.isfinite(loss):
+        raise MmvidError(f"loss became {float(loss.detach())} at epoch {ctx.epoch + 1}, step {ctx.step}; "
+                         f"lower optim.lr or try --amp off")
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.scaler.scale(loss).backward()  # DDP averages the model's gradients across ranks here
+    if parts.extra is not None:
+        average_gradients(parts.extra.parameters(), ctx.world_size)
+    ctx.scaler.unscale_(ctx.optimizer)  # gradients are true values from here on
+    balancer.after_backward(ctx.model, out, y, ctx)  # optimisation stage
+    if cfg.optim.grad_clip:
+        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg.optim.grad_clip)
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
+    ctx.step += 1
+    return out, loss, y
 
 
 def fingerprint(model: torch.nn.Module) -> str:

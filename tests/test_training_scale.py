@@ -52,18 +52,19 @@ def cli(ws: Path, *args: str) -> subprocess.Popen:
 
 
 def cli_args(name: str, epochs: int) -> list[str]:
-    return ["--recipe", "demo", "--device", "cpu", "--encoder", "small", "--batch-size", "4", "--epochs", str(epochs),
+    return ["--recipe", "demo", "--device", "cpu", "--encoder", "small", "--batch-size", "8", "--epochs", str(epochs),
             "--run-name", name]
 
 
-def wait_for_lines(run: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for_epoch(run: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the first epoch's metrics line and checkpoint are written."""
     path, t0 = run / "metrics.jsonl", time.time()
     while time.time() - t0 < timeout:
-        if path.exists() and len(path.read_text().splitlines()) >= n:
+        if path.exists() and path.read_text().strip() and (run / CKPT_LAST).exists():
             return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
-    raise AssertionError(f"no {n} metrics lines in {timeout}s")
+    raise AssertionError(f"no finished epoch in {timeout}s")
 
 
 # ----------------------------------------------------------------------------- DDP
@@ -103,27 +104,27 @@ def test_error_on_ranks_is_one_line(ws):
 
 @pytest.fixture(scope="module")
 def reference(ws) -> list[dict]:
-    """An uninterrupted 3-epoch run, batch 4 (8 steps per epoch)."""
-    return metrics(train_run(ws, "ref", data__batch_size=4))
+    """An uninterrupted 2-epoch run, batch 8 (4 steps per epoch)."""
+    return metrics(train_run(ws, "ref", epochs=2))
 
 
 def test_stop_mid_epoch_then_resume_is_exact(ws, reference, monkeypatch):
-    """A stop request (Ctrl-C) seen at the 11th check saves a mid-epoch checkpoint: the loop checks after
-    each of the 8 steps of an epoch and once after its evaluation, so that is epoch 2 after 2 of 8 batches."""
+    """A stop request (Ctrl-C) seen at the 7th check saves a mid-epoch checkpoint: the loop checks after
+    each of the 4 steps of an epoch and once after its evaluation, so that is epoch 2 after 2 of 4 batches."""
     from mmvid import distributed
 
     calls = {"n": 0}
 
     def requested(self, all_reduce=None):
         calls["n"] += 1
-        return calls["n"] == 11
+        return calls["n"] == 7
 
     monkeypatch.setattr(distributed.StopRequest, "requested", requested)
     with pytest.raises(MmvidError, match="training interrupted; its state is saved"):
-        train_run(ws, "stopped", data__batch_size=4)
+        train_run(ws, "stopped", epochs=2)
     run = ws / "runs" / "stopped"
     ck = load_checkpoint(run / CKPT_LAST)
-    assert ck["epoch"] == 0 and ck["partial"]["batch"] == 2 and ck["step"] == 10
+    assert ck["epoch"] == 0 and ck["partial"]["batch"] == 2 and ck["step"] == 6
     assert len(metrics(run)) == 1
     monkeypatch.undo()
     run_train(Console(quiet=True), ws, None, {}, resume="stopped", progress=False)
@@ -132,10 +133,10 @@ def test_stop_mid_epoch_then_resume_is_exact(ws, reference, monkeypatch):
 
 def test_kill9_mid_epoch_then_resume_is_exact(ws, reference):
     """kill -9 during epoch 2 loses at most that epoch; the resumed run ends with identical metrics."""
-    proc = cli(ws, *cli_args("killed", 3))
+    proc = cli(ws, *cli_args("killed", 2))
     run = ws / "runs" / "killed"
-    wait_for_lines(run, 1, proc)
-    time.sleep(0.3)
+    wait_for_epoch(run, proc)
+    time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "summary.json").exists(), "the run finished before it was killed"
@@ -146,9 +147,9 @@ def test_kill9_mid_epoch_then_resume_is_exact(ws, reference):
 
 
 def test_ctrl_c_saves_and_exits_cleanly(ws, reference):
-    proc = cli(ws, *cli_args("ctrlc", 3))
+    proc = cli(ws, *cli_args("ctrlc", 2))
     run = ws / "runs" / "ctrlc"
-    wait_for_lines(run, 1, proc)
+    wait_for_epoch(run, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "Traceback" not in err
