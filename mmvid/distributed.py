@@ -44,18 +44,18 @@ def backend_for(device: str) -> str:
     return "nccl" if use_cuda else "gloo"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _limit_threads(local_world: int) -> None:
+def limit_threads(local_world: int) -> None:
     # N CPU processes on one machine: split the cores instead of oversubscribing them N times.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
 
-def _init(backend: str, rank: int, world_size: int, local_rank: int) -> None:
+def init_group(backend: str, rank: int, world_size: int, local_rank: int) -> None:
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT)
@@ -162,9 +162,9 @@ def _worker(local_rank: int, world_size: int, port: int, cfg_dict: dict, cache: 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     cfg = config_from_dict(cfg_dict)
     backend = backend_for(cfg.device)
-    _limit_threads(world_size)
+    limit_threads(world_size)
     try:
-        _init(backend, local_rank, world_size, local_rank)
+        init_group(backend, local_rank, world_size, local_rank)
         train(cfg, Path(cache), Path(run_dir), resume=resume, progress=progress, rank=local_rank, world_size=world_size)
     except BaseException as e:  # noqa: BLE001 - every failure must reach the parent as one line
         text = str(e) if isinstance(e, MmvidError) else f"{type(e).__name__}: {e}"
@@ -191,7 +191,7 @@ def _spawn(cfg, cache: Path, run_dir: Path, resume: bool, progress: bool) -> dic
         raise MmvidError(f"--gpus {n} asks for {n} GPUs but {torch.cuda.device_count()} are visible; "
                          f"lower --gpus or use --device cpu for CPU processes")
     with tempfile.TemporaryDirectory(prefix="mmvid-ranks-") as err_dir:
-        ctx = mp.start_processes(_worker, args=(n, _free_port(), cfg.to_dict(), str(cache), str(run_dir), resume,
+        ctx = mp.start_processes(_worker, args=(n, free_port(), cfg.to_dict(), str(cache), str(run_dir), resume,
                                                 progress, err_dir), nprocs=n, join=False, start_method="spawn")
 
         def forward_interrupt(signum, frame):  # the children save and stop; the parent waits for them
@@ -221,10 +221,10 @@ def _join_torchrun(cfg, cache: Path, run_dir: Path, resume: bool, progress: bool
 
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    _limit_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    limit_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     backend = backend_for(cfg.device)
     try:
-        _init(backend, rank, world_size, local_rank)
+        init_group(backend, rank, world_size, local_rank)
         # Every rank named the run by its own clock; rank 0's name wins.
         run_dir = Path(broadcast_object(str(run_dir), world_size))
         summary = train(cfg, cache, run_dir, resume=resume, progress=progress, rank=rank, world_size=world_size)
