@@ -99,6 +99,32 @@ def test_error_on_ranks_is_one_line(ws):
         train_run(ws, "ddp-bad", gpus=2, amp="fp16")
 
 
+def test_failure_on_one_rank_ends_the_run(ws, tmp_path):
+    """NaN spectrograms in exactly the clips rank 1 gets first: rank 1 stops, rank 0 (waiting in the
+    gradient all-reduce) is stopped too, and the parent names the rank, the epoch and the step."""
+    import shutil
+
+    import h5py
+
+    from mmvid.config import resolve_config
+    from mmvid.data.cache import read_info
+    from mmvid.distributed import ResumableSampler
+    from mmvid.engine import make_splits
+
+    cache = tmp_path / "poisoned.h5"
+    shutil.copy(ws / "caches" / "demo.h5", cache)
+    cfg = resolve_config("demo", BASE)
+    train_rows = make_splits(read_info(cache), cfg.data.val_fraction, cfg.seed).train
+    sampler = ResumableSampler(len(train_rows), 2, 1, cfg.seed)
+    sampler.set_epoch(0)
+    first = sorted(int(train_rows[i]) for i in list(sampler)[: cfg.data.batch_size])
+    with h5py.File(cache, "r+") as f:
+        for row in first:
+            f["spectrogram"][row] = float("nan")
+    with pytest.raises(MmvidError, match=r"failed on rank 1: loss became nan at epoch 1, step 0; .*other processes were stopped"):
+        train_run(ws, "one-rank-fails", gpus=2, data__dataset=str(cache))
+
+
 # ----------------------------------------------------------------------------- resume
 
 
@@ -156,6 +182,17 @@ def test_ctrl_c_saves_and_exits_cleanly(ws, reference):
     assert "training interrupted; its state is saved" in " ".join(err.split())
     run_train(Console(quiet=True), ws, None, {}, resume="ctrlc", progress=False)
     assert metrics(run) == reference
+
+
+def test_same_command_under_torchrun(ws):
+    """``torchrun --nproc-per-node 2 -m mmvid.cli train ...``: the ranks agree on one run folder and weights."""
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "mmvid.cli",
+                           "train", "-w", str(ws), *cli_args("torchrun", 1)],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ck = load_checkpoint(ws / "runs" / "torchrun" / CKPT_LAST)
+    assert ck["world_size"] == 2 and ck["rank_fingerprints"][0] == ck["rank_fingerprints"][1]
+    assert done.stdout.count("run torchrun:") == 1  # only rank 0 reports
 
 
 # ----------------------------------------------------------------------------- numerics
