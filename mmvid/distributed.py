@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from mmvid.errors import MmvidError
+from mmvid.errors import Interrupted, MmvidError
 
 # How long a collective may wait for a peer before the run is declared failed (gloo and NCCL).
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
@@ -169,7 +169,8 @@ def _worker(local_rank: int, world_size: int, port: int, cfg_dict: dict, cache: 
     except BaseException as e:  # noqa: BLE001 - every failure must reach the parent as one line
         text = str(e) if isinstance(e, MmvidError) else f"{type(e).__name__}: {e}"
         Path(err_dir, f"rank{local_rank}.txt").write_text(text.splitlines()[0] if text else type(e).__name__)
-        raise SystemExit(1) from None
+        if not isinstance(e, Interrupted):  # an interrupted rank ends normally: the parent must not kill its peers
+            raise SystemExit(1) from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -205,11 +206,12 @@ def _spawn(cfg, cache: Path, run_dir: Path, resume: bool, progress: bool) -> dic
                 pass
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
             rank, text = _first_error(Path(err_dir)) or ("?", str(e).strip().splitlines()[-1])
-            if text.startswith("training interrupted"):
-                raise MmvidError(text) from None
             raise MmvidError(f"distributed training failed on rank {rank}: {text} (the other processes were stopped)") from None
         finally:
             signal.signal(signal.SIGINT, old)
+        stopped = _first_error(Path(err_dir))
+        if stopped is not None:  # every rank stopped on request at the same step
+            raise Interrupted(stopped[1])
     summary = run_dir / "summary.json"
     if not summary.exists():
         raise MmvidError(f"distributed training ended without writing {summary}")

@@ -27,7 +27,7 @@ from mmvid.config import CACHE_KEY, TrainConfig, config_from_dict, save_config
 from mmvid.data.cache import CacheInfo, read_info
 from mmvid.data.dataset import CacheDataset
 from mmvid.data.sources import stratified_split
-from mmvid.errors import MmvidError
+from mmvid.errors import Interrupted, MmvidError
 from mmvid.models.classifier import MultimodalClassifier, build_model
 from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
 
@@ -107,9 +107,9 @@ def check_modalities(info: CacheInfo, modalities: list[str]) -> None:
 
 def make_loader(info: CacheInfo, rows: np.ndarray, cfg: TrainConfig, train: bool, shuffle: bool | None = None,
                 sampler=None, batch_size: int | None = None, device: torch.device | None = None):
-    """A DataLoader over ``rows`` of the cache, or with ``data.cache_on_gpu`` a DeviceLoader serving
-    the rows from tensors already on ``device`` (default: ``cfg.device``)."""
-    on_device = cfg.data.cache_on_gpu
+    """A DataLoader over ``rows`` of the cache, or, when ``data.cache_on_gpu`` and a ``device`` are
+    given (the training loop), a DeviceLoader serving the rows from tensors already on ``device``."""
+    on_device = cfg.data.cache_on_gpu and device is not None
     ds = CacheDataset(info.path, rows, cfg.data.modalities, train=train, crop_size=cfg.data.crop_size,
                       flip=cfg.data.flip, random_crop=cfg.data.random_crop,
                       flow_bound=float(info.params.get("flow_bound", 20.0)), in_memory=cfg.data.cache_in_memory or on_device)
@@ -117,7 +117,7 @@ def make_loader(info: CacheInfo, rows: np.ndarray, cfg: TrainConfig, train: bool
     if on_device:
         from mmvid.data.device_loader import DeviceLoader
 
-        return DeviceLoader(ds, batch_size or cfg.data.batch_size, device or pick_device(cfg.device), sampler, shuffle)
+        return DeviceLoader(ds, batch_size or cfg.data.batch_size, device, sampler, shuffle)
     workers = cfg.data.workers
     return DataLoader(ds, batch_size=batch_size or cfg.data.batch_size, shuffle=shuffle, sampler=sampler,
                       num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=False,
@@ -273,6 +273,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise MmvidError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
 
 
+def own_state(ck: dict[str, Any], key: str, rank: int, world_size: int) -> Any:
+    """This rank's entry of a per-rank checkpoint field (``rank_<key>``); rank 0's when the number
+    of processes changed since the checkpoint, or when it holds only ``<key>``."""
+    per_rank = ck.get(f"rank_{key}") or [ck[key]]
+    return per_rank[rank] if len(per_rank) == world_size else per_rank[0]
+
+
 def model_from_checkpoint(path: Path) -> tuple[MultimodalClassifier, TrainConfig, dict[str, Any]]:
     """Rebuild the model and its config from a checkpoint file or a run folder (best, else last)."""
     load_plugins()
@@ -340,12 +347,11 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
         if extra is not None and ck.get("extra") is not None:
             extra.load_state_dict(ck["extra"])
         gen.set_state(ck["generator"])
-        rngs = ck.get("rank_rng") or [ck["rng"]]
-        set_rng_state(rngs[rank] if len(rngs) == world_size else rngs[0])
+        set_rng_state(own_state(ck, "rng", rank, world_size))
         ctx.train_scores, ctx.step = ck.get("train_scores"), ck.get("step", 0)
         start_epoch, best = ck["epoch"] + 1, ck["best"]
         if ck.get("partial"):
-            partial = dict(ck["partial"])
+            partial = dict(own_state(ck, "partial", rank, world_size))
             sampler.skip = partial["batch"] * cfg.data.batch_size
         if is_main and metrics_path.exists():  # drop lines of an epoch that was interrupted after its checkpoint
             keep = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= ck["epoch"]]
@@ -357,7 +363,8 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
 
     def checkpoint(epoch: int, part: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """State after ``epoch`` (and ``part`` of the next one); None on ranks other than 0."""
-        rngs = gather_objects(rng_state(), world_size)  # collective: every rank calls it
+        rngs = gather_objects(rng_state(), world_size)  # collectives: every rank calls them
+        rank_part = gather_objects(part, world_size)
         prints = gather_objects(fingerprint(model), world_size)
         if len(set(prints)) > 1:
             raise MmvidError(f"model parameters differ across ranks after epoch {epoch + 1} ({prints}); "
@@ -368,7 +375,7 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                 "scaler": scaler.state_dict(), "augment": augment.state_dict(), "balancer": balancer.state_dict(),
                 "extra": extra.state_dict() if extra is not None else None, "generator": gen.get_state(),
                 "rng": rngs[0], "rank_rng": rngs, "epoch": epoch, "step": ctx.step, "best": best,
-                "partial": part, "train_scores": ctx.train_scores, "world_size": world_size, "rank_fingerprints": prints,
+                "partial": part, "rank_partial": rank_part, "train_scores": ctx.train_scores, "world_size": world_size, "rank_fingerprints": prints,
                 "config": cfg.to_dict(), "class_names": info.class_names, "cache": str(info.path),
                 "modalities": modalities, "splits": {"train": splits.train, "val": splits.val, "test": splits.test}}
 
@@ -455,7 +462,7 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                 if epoch_stop and epoch + 1 < cfg.epochs:
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
-            raise MmvidError(f"training interrupted; its state is saved in {run_dir / CKPT_LAST}; "
+            raise Interrupted(f"training interrupted; its state is saved in {run_dir / CKPT_LAST}; "
                              f"continue with `mmvid train --resume {run_dir}`") from None
     summary = {"run_dir": str(run_dir), "epochs": cfg.epochs, "last": last, "best": best}
     if is_main:

@@ -46,9 +46,10 @@ def metrics(run: Path) -> list[dict]:
 
 
 def cli(ws: Path, *args: str) -> subprocess.Popen:
+    """``mmvid train`` in its own process group, as a shell runs it (Ctrl-C reaches the whole group)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "mmvid.cli", "train", "-w", str(ws), *args], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def cli_args(name: str, epochs: int) -> list[str]:
@@ -176,7 +177,7 @@ def test_ctrl_c_saves_and_exits_cleanly(ws, reference):
     proc = cli(ws, *cli_args("ctrlc", 2))
     run = ws / "runs" / "ctrlc"
     wait_for_epoch(run, proc)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "Traceback" not in err
     assert "training interrupted; its state is saved" in " ".join(err.split())
@@ -193,6 +194,22 @@ def test_same_command_under_torchrun(ws):
     ck = load_checkpoint(ws / "runs" / "torchrun" / CKPT_LAST)
     assert ck["world_size"] == 2 and ck["rank_fingerprints"][0] == ck["rank_fingerprints"][1]
     assert done.stdout.count("run torchrun:") == 1  # only rank 0 reports
+
+
+@pytest.mark.slow
+def test_ddp_ctrl_c_then_resume_is_exact(ws):
+    """Ctrl-C to a --gpus 2 run (the whole process group, as a terminal sends it): every rank stops at the
+    same step and saves its RNG and partial sums; the resumed run ends exactly as an uninterrupted one."""
+    ref = metrics(train_run(ws, "ddp-ref", gpus=2, epochs=2, data__batch_size=4))
+    proc = cli(ws, *cli_args("ddp-ctrlc", 2), "--gpus", "2", "--batch-size", "4")
+    run = ws / "runs" / "ddp-ctrlc"
+    wait_for_epoch(run, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "training interrupted; its state is saved" in " ".join(err.split())
+    assert len(load_checkpoint(run / CKPT_LAST)["rank_rng"]) == 2
+    run_train(Console(quiet=True), ws, None, {}, resume="ddp-ctrlc", progress=False)
+    assert metrics(run) == ref
 
 
 # ----------------------------------------------------------------------------- numerics
