@@ -42,7 +42,8 @@ def make_cfg(args: argparse.Namespace, amp: str, cache: Path):
     return resolve_config("cremad", {"data.dataset": cache.stem, "device": args.device, "amp": amp,
                                      "data.batch_size": args.batch_size, "data.workers": args.workers,
                                      "data.cache_on_gpu": args.cache_on_gpu, "model.encoder": args.encoder,
-                                     "channels_last": args.channels_last, "data.val_fraction": 0.0})
+                                     "channels_last": args.channels_last, "compile": args.compile,
+                                     "data.val_fraction": 0.0})
 
 
 def _sync(device: torch.device) -> None:
@@ -127,6 +128,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--cache-on-gpu", action="store_true", help="feed from tensors on the device (mmvid --cache-on-gpu)")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (mmvid --set compile=true)")
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
@@ -152,6 +154,7 @@ def main() -> None:
             "device": torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
             "shapes": {k: list(v) for k, v in info.shapes.items()}, "batch_size": args.batch_size,
             "encoder": args.encoder, "workers": args.workers, "cache_on_gpu": args.cache_on_gpu, "steps": args.steps,
+            "channels_last": args.channels_last, "compile": args.compile,
             "torch": torch.__version__, "amp": rows,
             "amp_speedup": {a: rows[a]["compute_limit"] / rows["off"]["compute_limit"] for a in amps if a != "off"},
         }
