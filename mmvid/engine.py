@@ -351,6 +351,9 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
         ctx.train_scores, ctx.step = ck.get("train_scores"), ck.get("step", 0)
         start_epoch, best = ck["epoch"] + 1, ck["best"]
         if ck.get("partial"):
+            if ck.get("world_size", 1) != world_size:
+                raise MmvidError(f"{run_dir / CKPT_LAST} was saved in the middle of an epoch by {ck.get('world_size', 1)} "
+                                 f"processes; resume it with as many (now {world_size})")
             partial = dict(own_state(ck, "partial", rank, world_size))
             sampler.skip = partial["batch"] * cfg.data.batch_size
         if is_main and metrics_path.exists():  # drop lines of an epoch that was interrupted after its checkpoint
@@ -375,7 +378,8 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                 "scaler": scaler.state_dict(), "augment": augment.state_dict(), "balancer": balancer.state_dict(),
                 "extra": extra.state_dict() if extra is not None else None, "generator": gen.get_state(),
                 "rng": rngs[0], "rank_rng": rngs, "epoch": epoch, "step": ctx.step, "best": best,
-                "partial": part, "rank_partial": rank_part, "train_scores": ctx.train_scores, "world_size": world_size, "rank_fingerprints": prints,
+                "partial": part, "rank_partial": rank_part, "world_size": world_size, "rank_fingerprints": prints,
+                "train_scores": ctx.train_scores,
                 "config": cfg.to_dict(), "class_names": info.class_names, "cache": str(info.path),
                 "modalities": modalities, "splits": {"train": splits.train, "val": splits.val, "test": splits.test}}
 

@@ -248,6 +248,22 @@ def test_cache_on_device_feeds_the_same_batches(ws):
     assert dev == ref
 
 
+def test_device_loader_crops_on_the_device(ws):
+    """Train-time crops on the DeviceLoader: one random resized crop per clip, output at crop_size."""
+    from mmvid.config import resolve_config
+    from mmvid.data.cache import read_info
+    from mmvid.engine import make_loader
+
+    cfg = resolve_config("demo", {**BASE, "data.cache_on_gpu": True, "data.crop_size": 24, "data.random_crop": True})
+    info = read_info(ws / "caches" / "demo.h5")
+    loader = make_loader(info, info.indices("train")[:10], cfg, train=True, device=torch.device("cpu"))
+    batches = list(loader)
+    assert len(loader) == len(batches) == 2 and sum(len(y) for _, y in batches) == 10
+    inputs, y = batches[0]
+    assert inputs["video"].shape == (8, 3, 3, 24, 24) and inputs["audio"].shape[:2] == (8, 1)
+    assert inputs["video"].dtype == torch.float32 and torch.isfinite(inputs["video"]).all()
+
+
 @needs_cuda
 def test_cuda_fp16_with_cache_on_gpu(ws):
     run = train_run(ws, "cuda-fp16", device="cuda", amp="fp16", epochs=1, data__cache_on_gpu=True)
