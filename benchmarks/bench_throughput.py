@@ -158,7 +158,9 @@ def main() -> None:
             "torch": torch.__version__, "amp": rows,
             "amp_speedup": {a: rows[a]["compute_limit"] / rows["off"]["compute_limit"] for a in amps if a != "off"},
         }
-        if args.procs > 1:
+        if args.procs > 1 and cuda and torch.cuda.device_count() < args.procs:
+            report["ddp"] = {"skipped": f"{args.procs} processes need {args.procs} GPUs; {torch.cuda.device_count()} visible"}
+        elif args.procs > 1:
             amp = best_amp if cuda else "off"
             multi = ddp_rate(args, cache, amp)
             report["ddp"] = {"amp": amp, "procs": args.procs, "samples_per_s": multi,
@@ -182,8 +184,10 @@ def _print(report: dict) -> None:
     console.print(table)
     for amp, s in report["amp_speedup"].items():
         console.print(f"AMP {amp} over fp32 (compute limit): x{s:.2f}")
-    if "ddp" in report:
-        d = report["ddp"]
+    d = report.get("ddp", {})
+    if "skipped" in d:
+        console.print(f"DDP figure skipped: {d['skipped']}")
+    elif d:
         console.print(f"{d['procs']} processes over 1 (cache-fed, amp {d['amp']}): {d['samples_per_s']:.2f} samples/s, "
                       f"x{d['speedup_over_1']:.2f}")
 
