@@ -484,6 +484,10 @@ class TrainingParts:
     extra: torch.nn.Module | None  # a balancer's own trainable modules (outside DDP)
     scheduler: Any
     net: torch.nn.Module  # what the step calls: the model, DDP-wrapped and/or compiled
+    aug_extra: torch.nn.Module | None = None  # an augmentation's own trainable modules (outside DDP)
+
+    def extra_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for m in (self.extra, self.aug_extra) if m is not None for p in m.parameters()]
 
 
 def build_training(cfg: TrainConfig, info: CacheInfo, run_dir: Path, rank: int = 0, world_size: int = 1) -> TrainingParts:
@@ -511,10 +515,14 @@ def build_training(cfg: TrainConfig, info: CacheInfo, run_dir: Path, rank: int =
     ctx = TrainContext(cfg, model, optimizer, scaler, device, gen, modalities, info.num_classes, info, splits, run_dir,
                        world_size=world_size, rank=rank)
     extra = balancer.setup(model, ctx)
-    if extra is not None:
-        extra.to(device)
-        optimizer.add_param_group({"params": [p for p in extra.parameters() if p.requires_grad]})
-    return TrainingParts(ctx, augment, balancer, extra, scheduler, wrap_model(model, device, world_size, cfg.compile))
+    # Augmentations with trainable parts (MS-Mix's intensity heads) define ``setup`` like balancers.
+    aug_extra = augment.setup(model, ctx) if hasattr(augment, "setup") else None
+    for module in (extra, aug_extra):
+        if module is not None:
+            module.to(device)
+            optimizer.add_param_group({"params": [p for p in module.parameters() if p.requires_grad]})
+    net = wrap_model(model, device, world_size, cfg.compile)
+    return TrainingParts(ctx, augment, balancer, extra, scheduler, net, aug_extra)
 
 
 def train_step(parts: TrainingParts, inputs: dict[str, torch.Tensor], y: torch.Tensor):
@@ -536,8 +544,7 @@ def train_step(parts: TrainingParts, inputs: dict[str, torch.Tensor], y: torch.T
                          f"lower optim.lr or try --amp off")
     ctx.optimizer.zero_grad(set_to_none=True)
     ctx.scaler.scale(loss).backward()  # DDP averages the model's gradients across ranks here
-    if parts.extra is not None:
-        average_gradients(parts.extra.parameters(), ctx.world_size)
+    average_gradients(parts.extra_parameters(), ctx.world_size)
     ctx.scaler.unscale_(ctx.optimizer)  # gradients are true values from here on
     balancer.after_backward(ctx.model, out, y, ctx)  # optimisation stage
     if cfg.optim.grad_clip:
