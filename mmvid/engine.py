@@ -1,9 +1,14 @@
 """The one explicit training loop. Balancers and augmentations attach at named hook points
 (see :mod:`mmvid.balance.base`); nothing else copies this loop.
 
-Per epoch: augment/balancer ``on_epoch_start`` -> steps (data -> forward+loss -> backward ->
-unscale -> ``after_backward`` -> clip -> step) -> evaluation (val, test, and the train-set
+Per epoch: augment/balancer ``on_epoch_start`` -> steps (:func:`train_step`: data -> forward+loss ->
+backward -> unscale -> ``after_backward`` -> clip -> step) -> evaluation (val, test, and the train-set
 imbalance monitor of paper Fig. 1) -> ``on_epoch_end`` -> metrics.jsonl line -> checkpoint.
+
+The same loop runs as one rank of a DDP group (:mod:`mmvid.distributed`). A checkpoint holds
+everything a resume needs to continue bit for bit on CPU: model, optimizer, scheduler, scaler,
+augmentation and balancer state, the shared mixing generator and every rank's RNG; the sampler's
+order follows from ``seed + epoch``. Ctrl-C between two steps also saves the position inside the epoch.
 """
 
 from __future__ import annotations
