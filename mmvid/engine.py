@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -66,6 +67,9 @@ def seed_everything(seed: int) -> None:
 
 def _worker_init(worker_id: int) -> None:
     np.random.seed(torch.initial_seed() % 2**32)
+    # Ctrl-C reaches the whole process group; a worker that died of it would fail the step
+    # instead of letting the main process save and stop (mmvid.distributed.StopRequest).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def rng_state() -> dict[str, Any]:
