@@ -95,6 +95,28 @@ def test_two_gloo_processes_agree_and_match_one_process(ws):
     assert 30 * 0.05 < m2["s_audio"] < 30 * 0.2
 
 
+def test_sampler_gives_w_ranks_the_global_batches_of_one_process():
+    """Rank r's k-th batch of b clips + the other ranks' = the 1-process run's k-th batch of W * b clips;
+    the order depends on seed + epoch only, and ``skip`` resumes inside an epoch."""
+    from mmvid.distributed import ResumableSampler
+
+    n, b, world = 30, 4, 2
+    one = ResumableSampler(n, 1, 0, seed=3)
+    ranks = [ResumableSampler(n, world, r, seed=3) for r in range(world)]
+    for s in (one, *ranks):
+        s.set_epoch(5)
+    order, shares = list(one), [list(s) for s in ranks]
+    for k in range(len(shares[0]) // b):
+        merged = sorted(i for share in shares for i in share[k * b:(k + 1) * b])
+        assert merged == sorted(order[k * world * b:(k + 1) * world * b])
+    again = ResumableSampler(n, 1, 0, seed=3)
+    again.set_epoch(5)
+    again.skip = 12
+    assert len(again) == n - 12 and list(again) == order[12:] and len(again) == n
+    again.set_epoch(6)
+    assert list(again) != order
+
+
 def test_error_on_ranks_is_one_line(ws):
     with pytest.raises(MmvidError, match=r"distributed training failed on rank \d: --amp fp16 needs a CUDA device"):
         train_run(ws, "ddp-bad", gpus=2, amp="fp16")
