@@ -130,11 +130,13 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
         run_dir = runs_dir(ws) / (cfg.run_name or default_run_name(cfg, cache.stem))
         if (run_dir / CKPT_LAST).exists():
             raise MmvidError(f"run {run_dir.name} already exists; continue it with --resume {run_dir.name} or pick another --run-name")
-    if cfg.gpus > 1:
-        from mmvid.distributed import launch
+    from mmvid.distributed import launch, under_torchrun
 
-        launch(cfg, cache, run_dir, resume=bool(resume), progress=progress)
-        summary = json.loads((run_dir / "summary.json").read_text())
+    if cfg.gpus > 1 or under_torchrun():
+        summary = launch(cfg, cache, run_dir, resume=bool(resume), progress=progress)
+        if summary is None:  # a torchrun rank other than 0: rank 0 reports
+            return run_dir
+        run_dir = Path(summary["run_dir"])
     else:
         summary = train(cfg, cache, run_dir, resume=bool(resume), progress=progress)
     last = summary["last"]
