@@ -30,7 +30,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("ws")
-    run_prepare(Console(quiet=True), ws, "demo", clips=40, progress=False)
+    run_prepare(Console(quiet=True), ws, "demo", clips=50, progress=False)  # 30 train clips: 4 steps of 8
     return ws
 
 
