@@ -32,8 +32,9 @@ class PrepareParams:
     hop: int = 353
     window: str = "hann"
     tile_audio: bool = True
-    flow: str = "none"  # none | precomputed | farneback
-    flow_bound: float = 20.0
+    flow: str = "none"  # none | precomputed | farneback | dis (mmvid.data.flow)
+    flow_bound: float = 20.0  # flow quantisation bound B in px/frame (also the bound of precomputed x_/y_ jpgs)
+    frames_fps: float = 25.0  # frame rate of precomputed frame folders (img_/x_/y_%05d.jpg)
     missing_audio: str = "skip"  # skip | zeros
     decoder: str = "decord"
     normalisation: str = "imagenet"  # applied when reading frames; stored frames are raw RGB
@@ -57,6 +58,7 @@ class PrepareReport:
     skipped_done: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    excluded: list[dict[str, str]] = field(default_factory=list)  # listed without a file / on disk in no list
     seconds: float = 0.0
     already_complete: bool = False
 
@@ -122,13 +124,32 @@ def _process_safe(i: int, clip: ClipSpec, p: PrepareParams) -> tuple[int, dict[s
         return i, None, f"{type(e).__name__}: {e}"
 
 
+def _run_pool(todo: np.ndarray, source: Source, params: PrepareParams, workers: int, record) -> None:
+    """Decode ``todo`` in ``workers`` processes; results are written by this process only (one HDF5 writer)."""
+    import multiprocessing as mp
+
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    try:
+        futures = [pool.submit(_process_safe, int(i), source.clips[i], params) for i in todo]
+        for done, fut in enumerate(as_completed(futures), 1):
+            record(*fut.result(), done)
+    finally:
+        # On Ctrl-C or an error, drop the queued clips instead of decoding them all before exiting.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def prepare(source: Source, cache: Path, params: PrepareParams, workers: int = 1, force: bool = False,
             progress: bool = True) -> PrepareReport:
-    """Write (or resume) ``cache`` for ``source``; returns what happened, also saved as ``<cache>.report.json``."""
+    """Write (or resume) ``cache`` for ``source``; returns what happened, also saved as ``<cache>.report.json``.
+
+    Crash safety: rows go to ``<cache>.partial`` with a per-clip status, flushed every 32 clips
+    together with ``<cache>.failures.json``; only a finished file is renamed to ``cache``. Re-running
+    the same command resumes the partial file (clips already written or failed are not redone).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     cache = Path(cache)
-    report = PrepareReport(cache=cache, total=len(source.clips), notes=list(source.notes))
+    report = PrepareReport(cache=cache, total=len(source.clips), notes=list(source.notes), excluded=list(source.excluded))
     start = time.time()
     if not source.clips:
         raise MmvidError(f"dataset {source.dataset!r} has no clips to prepare; check --root")
@@ -151,6 +172,11 @@ def prepare(source: Source, cache: Path, params: PrepareParams, workers: int = 1
     failed: list[dict[str, str]] = json.loads(failures_path.read_text()) if writer.resumed and failures_path.exists() else []
     columns = [TextColumn("[bold]prepare[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:.1f} clips/s"), TimeRemainingColumn()]
+
+    def checkpoint() -> None:
+        writer.flush()
+        failures_path.write_text(json.dumps(failed))
+
     try:
         with Progress(*columns, disable=not progress, transient=False) as bar:
             task = bar.add_task(source.dataset, total=len(todo), rate=0.0)
@@ -164,25 +190,22 @@ def prepare(source: Source, cache: Path, params: PrepareParams, workers: int = 1
                 else:
                     writer.write(i, sample)
                 if done % 32 == 0:
-                    writer.flush()
-                    failures_path.write_text(json.dumps(failed))
+                    checkpoint()
                 bar.update(task, advance=1, rate=done / max(time.time() - t0, 1e-6))
 
             if workers <= 1:
                 for done, i in enumerate(todo, 1):
                     record(*_process_safe(int(i), source.clips[i], params), done)
             else:
-                import multiprocessing as mp
-
-                with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                    futures = [pool.submit(_process_safe, int(i), source.clips[i], params) for i in todo]
-                    for done, fut in enumerate(as_completed(futures), 1):
-                        record(*fut.result(), done)
+                _run_pool(todo, source, params, workers, record)
     except KeyboardInterrupt:
-        writer.flush()
-        failures_path.write_text(json.dumps(failed))
+        checkpoint()
         writer.close()
         raise MmvidError(f"prepare interrupted; {writer.partial} keeps the finished clips, re-run the same command to resume") from None
+    except BaseException:
+        checkpoint()  # keep what was written: the next run resumes from here
+        writer.close()
+        raise
     report.failed = failed
     versions = library_versions()
     writer.finalize({"versions": versions, "failed": [f["name"] for f in failed]})
