@@ -79,7 +79,7 @@ def select_indices(num_frames: int, native_fps: float, num_out: int, sample_fps:
 
 
 def select_from_times(times: np.ndarray, num_out: int, sample_fps: float | None) -> np.ndarray:
-    """Indices of ``num_out`` frames given each frame's presentation time in seconds (n,).
+    """Indices of ``num_out`` frames given each frame's presentation time in seconds (n,), increasing.
 
     The clip is resampled to ``sample_fps`` (1 fps in the paper): second k keeps the frame shown at
     its centre (k + 0.5) / sample_fps, i.e. the last frame whose time is <= that instant, so a
@@ -91,18 +91,26 @@ def select_from_times(times: np.ndarray, num_out: int, sample_fps: float | None)
     n = len(times)
     if n <= 0:
         raise DecodeError("clip has no frames")
-    order = np.argsort(times, kind="stable")
     if sample_fps:
-        t = np.asarray(times, dtype=np.float64)[order]
-        step = np.median(np.diff(t)) if n > 1 else 1.0 / sample_fps
+        t = np.asarray(times, dtype=np.float64)
+        step = float(np.median(np.diff(t))) if n > 1 else 1.0 / sample_fps
         duration = t[-1] - t[0] + step
         centres = t[0] + (np.arange(max(int(np.ceil(duration * sample_fps - 1e-9)), 1)) + 0.5) / sample_fps
-        pos = np.clip(np.searchsorted(t, centres + 1e-9, side="right") - 1, 0, n - 1)
-        candidates = np.unique(order[pos])
+        candidates = np.unique(np.clip(np.searchsorted(t, centres + 1e-9, side="right") - 1, 0, n - 1))
     else:
-        candidates = order
+        candidates = np.arange(n)
     pick = (np.arange(num_out) + 0.5) * len(candidates) / num_out
     return candidates[np.minimum(pick.astype(np.int64), len(candidates) - 1)]
+
+
+def frame_times(raw: np.ndarray | list, fps: float) -> np.ndarray:
+    """Presentation times of the decoded frames: the container's when they are trustworthy (finite and
+    strictly increasing in display order, which variable-rate files need), else ``index / fps``
+    (AVI has no presentation times; demuxers then guess them, sometimes out of order or missing)."""
+    t = np.asarray([np.nan if v is None else v for v in raw], dtype=np.float64)
+    if len(t) and np.isfinite(t).all() and (np.diff(t) > 0).all() and t[0] > -1e6:
+        return t
+    return np.arange(len(t)) / (fps if fps > 0 else 1.0)
 
 
 def _rotate(frames: np.ndarray, rotation: float) -> np.ndarray:
@@ -129,7 +137,7 @@ def _decord_frames(path: Path, num_out: int, sample_fps: float | None, size: int
     n, fps = len(vr), float(vr.get_avg_fps())
     if n <= 0:
         raise DecodeError("clip has no frames")
-    times = vr.get_frame_timestamp(np.arange(n))[:, 0]
+    times = frame_times(vr.get_frame_timestamp(np.arange(n))[:, 0], fps)
     idx = select_from_times(times, num_out, sample_fps)
     want = np.concatenate([np.minimum(idx + o, n - 1) for o in offsets])
     frames = vr.get_batch(list(want)).asnumpy()
@@ -140,27 +148,38 @@ def _pyav_frames(path: Path, num_out: int, sample_fps: float | None, size: int |
                  offsets: tuple[int, ...]) -> tuple[np.ndarray, VideoInfo]:
     import av
 
+    # Two passes, so memory holds only the chosen frames: times first, then the frames themselves.
     with av.open(str(path)) as c:
         if not c.streams.video:
             raise DecodeError("no video stream")
         stream = c.streams.video[0]  # the first video stream, whatever decord would choose
-        kept, times, rotation = [], [], 0.0
-        for f in c.decode(stream):
-            rotation = f.rotation or 0.0
-            kept.append(f.to_ndarray(width=size, height=size, format="rgb24") if size else f.to_ndarray(format="rgb24"))
-            times.append(f.time if f.time is not None else len(times) / float(stream.average_rate or 1))
+        raw_times = [f.time for f in c.decode(stream)]
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-    n = len(kept)
+    n = len(raw_times)
     if n == 0:
         raise DecodeError("clip has no frames")
-    idx = select_from_times(np.asarray(times), num_out, sample_fps)
+    times = frame_times(raw_times, fps)
+    idx = select_from_times(times, num_out, sample_fps)
     want = np.concatenate([np.minimum(idx + o, n - 1) for o in offsets])
+    wanted = set(want.tolist())
+    kept: dict[int, np.ndarray] = {}
+    rotation = 0.0
+    with av.open(str(path)) as c:
+        for i, f in enumerate(c.decode(c.streams.video[0])):
+            if i in wanted:
+                rotation = f.rotation or 0.0
+                kept[i] = f.to_ndarray(width=size, height=size, format="rgb24") if size else f.to_ndarray(format="rgb24")
+            if i >= want.max():
+                break
+    if len(kept) != len(wanted):
+        raise DecodeError(f"second decoding pass found {len(kept)} of {len(wanted)} chosen frames")
     frames = _rotate(np.stack([kept[i] for i in want]), rotation)
-    return frames, _info(n, fps, np.asarray(times), "pyav", idx)
+    return frames, _info(n, fps, times, "pyav", idx)
 
 
 def decode_frames(path: str | Path, num_out: int, sample_fps: float | None, size: int | None,
-                  backend: str = "decord", offsets: tuple[int, ...] = (0,)) -> tuple[np.ndarray, VideoInfo]:
+                  backend: str = "decord", offsets: tuple[int, ...] = (0,),
+                  min_seconds: float = 0.0) -> tuple[np.ndarray, VideoInfo]:
     """(len(offsets) * T, size, size, 3) uint8 RGB frames and stream info.
 
     The T chosen frames come first; with ``offsets=(0, 1)`` the T frames right after them follow
@@ -181,9 +200,12 @@ def decode_frames(path: str | Path, num_out: int, sample_fps: float | None, size
             frames, info = fn(path, num_out, sample_fps, size, offsets)
             if frames.ndim != 4 or frames.shape[0] != num_out * len(offsets):
                 raise DecodeError(f"decoded frames have shape {frames.shape}")
-            return frames, info
         except Exception as e:  # each backend raises its own exception types
             errors.append(f"{name}: {_first_line(e)}")
+            continue
+        if info.duration < min_seconds:
+            raise DecodeError(f"too short: {info.num_frames} frame(s), {info.duration:.2f} s of video (< min_seconds {min_seconds})")
+        return frames, info
     raise DecodeError(f"cannot decode video ({'; '.join(errors)})")
 
 

@@ -36,6 +36,7 @@ class PrepareParams:
     flow_bound: float = 20.0  # flow quantisation bound B in px/frame (also the bound of precomputed x_/y_ jpgs)
     frames_fps: float = 25.0  # frame rate of precomputed frame folders (img_/x_/y_%05d.jpg)
     missing_audio: str = "skip"  # skip | zeros
+    min_seconds: float = 0.5  # shorter videos are reported and skipped (half a sampling period at 1 fps)
     decoder: str = "decord"
     normalisation: str = "imagenet"  # applied when reading frames; stored frames are raw RGB
 
@@ -94,7 +95,7 @@ def process_clip(clip: ClipSpec, p: PrepareParams) -> dict[str, np.ndarray]:
     else:
         if clip.video is None:
             raise DecodeError("no video file")
-        frames, _ = decode_frames(clip.video, p.num_frames, p.fps, p.image_size, p.decoder)
+        frames, _ = decode_frames(clip.video, p.num_frames, p.fps, p.image_size, p.decoder, min_seconds=p.min_seconds)
     sample: dict[str, np.ndarray] = {"frames": frames}
     audio_src = clip.audio or clip.video
     try:
