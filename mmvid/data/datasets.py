@@ -97,7 +97,10 @@ def _finish(dataset: str, class_names: list[str], clips: list[ClipSpec], params:
     if not clips:
         raise MmvidError(f"no {dataset} clips found under {root} that are in the split"
                          + (f" ({ex.notes[0]})" if ex.notes else "") + "; check --root and the split lists")
-    return Source(dataset, class_names, clips, params=dict(params), notes=(notes or []) + ex.notes, excluded=ex.items)
+    notes = (notes or []) + ex.notes
+    if not any(c.split == "test" for c in clips):
+        notes.append("no clip is in the test split (too few clips per class for a ~9:1 split?); give split lists")
+    return Source(dataset, class_names, clips, params=dict(params), notes=notes, excluded=ex.items)
 
 
 def _seeded_splits(labels: list[int], seed: int) -> list[str]:

@@ -104,9 +104,9 @@ def process_clip(clip: ClipSpec, p: PrepareParams) -> dict[str, np.ndarray]:
         wave = decode_audio(audio_src, p.sample_rate, p.decoder)
         sample["spectrogram"] = log_spectrogram(wave, p.sample_rate, p.clip_seconds, p.n_fft, p.hop,
                                                 p.window, p.tile_audio).astype(np.float16)
-    except NoAudioError:
+    except NoAudioError as e:
         if p.missing_audio != "zeros":
-            raise
+            raise NoAudioError(f"{e} (--missing-audio zeros keeps such clips with a silent spectrogram)") from None
         shape = spectrogram_shape(p.sample_rate, p.clip_seconds, p.n_fft, p.hop)
         sample["spectrogram"] = np.full(shape, np.log(1e-7), dtype=np.float16)  # log of silence
     if p.flow != "none":
