@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmvid.data.decode import (DecodeError, NoAudioError, decode_audio, decode_frames, frame_times, probe,
-                               select_from_times, select_indices)
+from mmvid.data.decode import DecodeError, NoAudioError, decode_audio, decode_frames, frame_times, probe, select_indices
 
 # (file under shared data, frames, native fps): from the dataset README and ffprobe
 CLIPS = [
@@ -94,7 +93,7 @@ def test_no_audio_stream(shared_data):
         decode_audio(shared_data / "kinetics_sounds_style/videos/mmaction2_test_noaudio.mp4", 16000)
 
 
-def _remux(src: Path, dst: Path, rotation: float | None = None, retime=None) -> None:
+def _remux(src: Path, dst: Path, rotation: float | None = None) -> None:
     """Copy the first video stream's packets of a real file (no re-encoding), optionally with a rotation."""
     import av
 
