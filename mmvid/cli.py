@@ -86,7 +86,7 @@ def prepare(
     image_size: Annotated[Optional[int], typer.Option(help="Stored frame size (square).")] = None,
     sample_rate: Annotated[Optional[int], typer.Option(help="Audio sample rate in Hz.")] = None,
     clip_seconds: Annotated[Optional[float], typer.Option(help="Audio length in seconds (tiled or padded).")] = None,
-    flow: Annotated[Optional[str], typer.Option(help="Optical flow: none | precomputed | farneback.")] = None,
+    flow: Annotated[Optional[str], typer.Option(help="Optical flow: none | precomputed | farneback | dis.")] = None,
     missing_audio: Annotated[Optional[str], typer.Option(help="Clips without audio: skip | zeros.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of generated splits (and of the demo).")] = 0,
     clips: Annotated[Optional[int], typer.Option(help="Demo only: number of clips to generate.")] = None,

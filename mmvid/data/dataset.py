@@ -24,9 +24,9 @@ def frames_to_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def flow_to_tensor(flow: np.ndarray | torch.Tensor, bound: float) -> torch.Tensor:
-    """uint8 (..., T, H, W, 2) quantised flow -> float pixels/frame (..., T, 2, H, W); 127.5 is zero."""
+    """uint8 (..., T, H, W, 2) quantised flow -> float pixels/frame (..., T, 2, H, W); 128 is zero (mmvid.data.flow)."""
     x = torch.as_tensor(flow).movedim(-1, -3).float()
-    return x.mul_(2 * bound / 255.0).sub_(bound)
+    return x.sub_(128.0).mul_(2 * bound / 255.0)
 
 
 def spec_to_tensor(spec: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ class Source:
     clips: list[ClipSpec]
     params: dict[str, Any] = field(default_factory=dict)  # dataset defaults for PrepareParams
     notes: list[str] = field(default_factory=list)  # what the source noticed (e.g. names not in the split)
+    excluded: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}: listed without a file, or in no list
 
 
 SourceFn = Callable[..., Source]
