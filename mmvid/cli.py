@@ -86,7 +86,7 @@ def prepare(
     image_size: Annotated[Optional[int], typer.Option(help="Stored frame size (square).")] = None,
     sample_rate: Annotated[Optional[int], typer.Option(help="Audio sample rate in Hz.")] = None,
     clip_seconds: Annotated[Optional[float], typer.Option(help="Audio length in seconds (tiled or padded).")] = None,
-    flow: Annotated[Optional[str], typer.Option(help="Optical flow: none | precomputed | farneback.")] = None,
+    flow: Annotated[Optional[str], typer.Option(help="Optical flow: none | precomputed | farneback | dis.")] = None,
     missing_audio: Annotated[Optional[str], typer.Option(help="Clips without audio: skip | zeros.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of generated splits (and of the demo).")] = 0,
     clips: Annotated[Optional[int], typer.Option(help="Demo only: number of clips to generate.")] = None,
@@ -129,6 +129,8 @@ def train(
     amp: Annotated[Optional[str], typer.Option(help="off | bf16 | fp16.")] = None,
     gpus: Annotated[Optional[int], typer.Option(help="Processes (DDP); without a GPU, CPU processes with gloo.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers.")] = None,
+    cache_in_memory: Annotated[Optional[bool], typer.Option("--cache-in-memory/--no-cache-in-memory", help="Read the whole cache into RAM first.")] = None,
+    cache_on_gpu: Annotated[Optional[bool], typer.Option("--cache-on-gpu/--no-cache-on-gpu", help="Serve the whole cache from tensors on the device.")] = None,
     run_name: Annotated[Optional[str], typer.Option(help="Run folder name under runs/.")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue an interrupted run (name or folder).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set augment.beta=0.5.")] = None,
@@ -141,6 +143,7 @@ def train(
     Examples:
       mmvid train --recipe demo --aug bmm
       mmvid train --fusion concat --aug bmm --gpus 2
+      torchrun --nnodes 2 --nproc-per-node 8 -m mmvid.cli train --recipe cremad --amp bf16
       mmvid train --list
     """
     from mmvid.workflows import list_plugins, run_train
@@ -152,7 +155,7 @@ def train(
         "data.dataset": dataset, "model.fusion": fusion, "augment.name": aug, "balance.name": balance,
         "model.calibrate": calibrate, "model.encoder": encoder, "epochs": epochs, "data.batch_size": batch_size,
         "optim.lr": lr, "seed": seed, "device": device, "amp": amp, "gpus": gpus, "data.workers": workers,
-        "run_name": run_name,
+        "run_name": run_name, "data.cache_in_memory": cache_in_memory, "data.cache_on_gpu": cache_on_gpu,
     }
     overrides.update(_parse_sets(set_))
     run_train(console, _ws(workspace), recipe, overrides, resume)

@@ -34,6 +34,7 @@ class DataConfig:
     random_crop: bool = True  # train-time random resized crop (scale 0.5-1) of frames/flow
     flip: bool = True
     cache_in_memory: bool = False
+    cache_on_gpu: bool = False  # serve every split from tensors on the training device (mmvid.data.device_loader)
 
 
 @dataclass
@@ -83,6 +84,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "off"  # off | bf16 | fp16
     gpus: int = 1
+    channels_last: bool = False  # NHWC convolutions (tensor cores under AMP on CUDA)
+    compile: bool = False  # torch.compile the training step's model
     run_name: str | None = None
     monitor_train: bool = True  # per-modality train accuracy each epoch (paper Fig. 1)
 

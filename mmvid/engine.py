@@ -1,9 +1,14 @@
 """The one explicit training loop. Balancers and augmentations attach at named hook points
 (see :mod:`mmvid.balance.base`); nothing else copies this loop.
 
-Per epoch: augment/balancer ``on_epoch_start`` -> steps (data -> forward+loss -> backward ->
-unscale -> ``after_backward`` -> clip -> step) -> evaluation (val, test, and the train-set
+Per epoch: augment/balancer ``on_epoch_start`` -> steps (:func:`train_step`: data -> forward+loss ->
+backward -> unscale -> ``after_backward`` -> clip -> step) -> evaluation (val, test, and the train-set
 imbalance monitor of paper Fig. 1) -> ``on_epoch_end`` -> metrics.jsonl line -> checkpoint.
+
+The same loop runs as one rank of a DDP group (:mod:`mmvid.distributed`). A checkpoint holds
+everything a resume needs to continue bit for bit on CPU: model, optimizer, scheduler, scaler,
+augmentation and balancer state, the shared mixing generator and every rank's RNG; the sampler's
+order follows from ``seed + epoch``. Ctrl-C between two steps also saves the position inside the epoch.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -27,7 +33,7 @@ from mmvid.config import CACHE_KEY, TrainConfig, config_from_dict, save_config
 from mmvid.data.cache import CacheInfo, read_info
 from mmvid.data.dataset import CacheDataset
 from mmvid.data.sources import stratified_split
-from mmvid.errors import MmvidError
+from mmvid.errors import Interrupted, MmvidError
 from mmvid.models.classifier import MultimodalClassifier, build_model
 from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
 
@@ -41,8 +47,9 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise MmvidError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    # An explicit index: DDP and the NCCL collectives need the rank's own GPU (set by mmvid.distributed).
+    return torch.device("cuda", torch.cuda.current_device()) if name == "cuda" else torch.device(name)
 
 
 def autocast(device: torch.device, amp: str):
@@ -60,6 +67,9 @@ def seed_everything(seed: int) -> None:
 
 def _worker_init(worker_id: int) -> None:
     np.random.seed(torch.initial_seed() % 2**32)
+    # Ctrl-C reaches the whole process group; a worker that died of it would fail the step
+    # instead of letting the main process save and stop (mmvid.distributed.StopRequest).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def rng_state() -> dict[str, Any]:
@@ -105,13 +115,20 @@ def check_modalities(info: CacheInfo, modalities: list[str]) -> None:
 
 
 def make_loader(info: CacheInfo, rows: np.ndarray, cfg: TrainConfig, train: bool, shuffle: bool | None = None,
-                sampler=None, batch_size: int | None = None) -> DataLoader:
+                sampler=None, batch_size: int | None = None, device: torch.device | None = None):
+    """A DataLoader over ``rows`` of the cache, or, when ``data.cache_on_gpu`` and a ``device`` are
+    given (the training loop), a DeviceLoader serving the rows from tensors already on ``device``."""
+    on_device = cfg.data.cache_on_gpu and device is not None
     ds = CacheDataset(info.path, rows, cfg.data.modalities, train=train, crop_size=cfg.data.crop_size,
                       flip=cfg.data.flip, random_crop=cfg.data.random_crop,
-                      flow_bound=float(info.params.get("flow_bound", 20.0)), in_memory=cfg.data.cache_in_memory)
+                      flow_bound=float(info.params.get("flow_bound", 20.0)), in_memory=cfg.data.cache_in_memory or on_device)
+    shuffle = (train if shuffle is None else shuffle) and sampler is None
+    if on_device:
+        from mmvid.data.device_loader import DeviceLoader
+
+        return DeviceLoader(ds, batch_size or cfg.data.batch_size, device, sampler, shuffle)
     workers = cfg.data.workers
-    return DataLoader(ds, batch_size=batch_size or cfg.data.batch_size,
-                      shuffle=(train if shuffle is None else shuffle) and sampler is None, sampler=sampler,
+    return DataLoader(ds, batch_size=batch_size or cfg.data.batch_size, shuffle=shuffle, sampler=sampler,
                       num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=False,
                       persistent_workers=workers > 0, worker_init_fn=_worker_init if workers > 0 else None)
 
@@ -265,6 +282,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise MmvidError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
 
 
+def own_state(ck: dict[str, Any], key: str, rank: int, world_size: int) -> Any:
+    """This rank's entry of a per-rank checkpoint field (``rank_<key>``); rank 0's when the number
+    of processes changed since the checkpoint, or when it holds only ``<key>``."""
+    per_rank = ck.get(f"rank_{key}") or [ck[key]]
+    return per_rank[rank] if len(per_rank) == world_size else per_rank[0]
+
+
 def model_from_checkpoint(path: Path) -> tuple[MultimodalClassifier, TrainConfig, dict[str, Any]]:
     """Rebuild the model and its config from a checkpoint file or a run folder (best, else last)."""
     load_plugins()
@@ -290,42 +314,36 @@ def default_run_name(cfg: TrainConfig, dataset: str) -> str:
 
 def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, progress: bool = True,
           rank: int = 0, world_size: int = 1) -> dict[str, Any]:
-    """Train per ``cfg`` on ``cache``; writes config.yaml, metrics.jsonl and checkpoints into ``run_dir``."""
+    """Train per ``cfg`` on ``cache``; writes config.yaml, metrics.jsonl and checkpoints into ``run_dir``.
+
+    With ``world_size > 1`` this is one rank of a process group already joined (:mod:`mmvid.distributed`):
+    the model is wrapped in DDP, each rank reads its shard of every split, metrics and the statistics
+    that steer methods are summed across ranks, and only rank 0 writes files.
+    """
+    from mmvid.distributed import ResumableSampler, StopRequest, gather_objects, sync_buffers
+
     load_plugins()
     info = read_info(cache)
     check_modalities(info, cfg.data.modalities)
-    device = pick_device(cfg.device)
-    if cfg.amp == "fp16" and device.type != "cuda":
-        raise MmvidError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
     run_dir.mkdir(parents=True, exist_ok=True)
     is_main = rank == 0
-    seed_everything(cfg.seed)
-    splits = make_splits(info, cfg.data.val_fraction, cfg.seed)
+    parts = build_training(cfg, info, run_dir, rank, world_size)
+    ctx, augment, balancer, extra, scheduler = parts.ctx, parts.augment, parts.balancer, parts.extra, parts.scheduler
+    model, optimizer, scaler, device, gen, splits = ctx.model, ctx.optimizer, ctx.scaler, ctx.device, ctx.generator, ctx.splits
     modalities = cfg.data.modalities
+    if rank:
+        seed_everything(cfg.seed + rank)  # per-rank crops/flips; the model init above is shared
 
-    augment = AUGMENTS.build(cfg.augment.name, cfg.augment, modalities)
-    balancer = BALANCERS.build(cfg.balance.name, cfg.balance, modalities)
-    balancer.check(cfg.model, cfg.augment.name)
-
-    model = build_model(cfg, info.num_classes).to(device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=(0.9, 0.999), weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.optim.step_size, cfg.optim.gamma)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
-    ctx = TrainContext(cfg, model, optimizer, scaler, device, gen, modalities, info.num_classes, info, splits, run_dir,
-                       world_size=world_size, rank=rank)
-    extra = balancer.setup(model, ctx)
-    if extra is not None:
-        extra.to(device)
-        optimizer.add_param_group({"params": [p for p in extra.parameters() if p.requires_grad]})
-
-    train_loader = make_loader(info, splits.train, cfg, train=True)
-    eval_loaders = {k: make_loader(info, rows, cfg, train=False) for k, rows in
+    # Each rank trains on its DistributedSampler share and evaluates its slice of every split.
+    sampler = ResumableSampler(len(splits.train), world_size, rank, cfg.seed)
+    train_loader = make_loader(info, splits.train, cfg, train=True, sampler=sampler, device=device)
+    eval_loaders = {k: make_loader(info, rows[rank::world_size], cfg, train=False, device=device) for k, rows in
                     (("val", splits.val), ("test", splits.test)) if len(rows)}
-    monitor_loader = make_loader(info, splits.train, cfg, train=False)
+    monitor_loader = make_loader(info, splits.train[rank::world_size], cfg, train=False, device=device)
     need_scores = cfg.monitor_train or augment.needs_train_scores or balancer.needs_train_scores
 
     start_epoch, best = 0, {"val_acc": -1.0, "epoch": -1}
+    partial = {"batch": 0, "loss_sum": 0.0, "hits": 0, "seen": 0}  # progress inside an interrupted epoch
     metrics_path = run_dir / METRICS
     if resume and (run_dir / CKPT_LAST).exists():
         ck = load_checkpoint(run_dir / CKPT_LAST)
@@ -338,10 +356,16 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
         if extra is not None and ck.get("extra") is not None:
             extra.load_state_dict(ck["extra"])
         gen.set_state(ck["generator"])
-        set_rng_state(ck["rng"])
+        set_rng_state(own_state(ck, "rng", rank, world_size))
         ctx.train_scores, ctx.step = ck.get("train_scores"), ck.get("step", 0)
         start_epoch, best = ck["epoch"] + 1, ck["best"]
-        if metrics_path.exists():  # drop lines of an epoch that was interrupted after its checkpoint
+        if ck.get("partial"):
+            if ck.get("world_size", 1) != world_size:
+                raise MmvidError(f"{run_dir / CKPT_LAST} was saved in the middle of an epoch by {ck.get('world_size', 1)} "
+                                 f"processes; resume it with as many (now {world_size})")
+            partial = dict(own_state(ck, "partial", rank, world_size))
+            sampler.skip = partial["batch"] * cfg.data.batch_size
+        if is_main and metrics_path.exists():  # drop lines of an epoch that was interrupted after its checkpoint
             keep = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= ck["epoch"]]
             metrics_path.write_text("".join(k + "\n" for k in keep))
     elif is_main:
@@ -349,11 +373,22 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
     if is_main:
         save_config(cfg, run_dir / "config.yaml")
 
-    def checkpoint(epoch: int) -> dict[str, Any]:
+    def checkpoint(epoch: int, part: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """State after ``epoch`` (and ``part`` of the next one); None on ranks other than 0."""
+        rngs = gather_objects(rng_state(), world_size)  # collectives: every rank calls them
+        rank_part = gather_objects(part, world_size)
+        prints = gather_objects(fingerprint(model), world_size)
+        if len(set(prints)) > 1:
+            raise MmvidError(f"model parameters differ across ranks after epoch {epoch + 1} ({prints}); "
+                             f"a balancer or augmentation changed them on one rank only")
+        if not is_main:
+            return None
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "augment": augment.state_dict(), "balancer": balancer.state_dict(),
                 "extra": extra.state_dict() if extra is not None else None, "generator": gen.get_state(),
-                "rng": rng_state(), "epoch": epoch, "step": ctx.step, "best": best, "train_scores": ctx.train_scores,
+                "rng": rngs[0], "rank_rng": rngs, "epoch": epoch, "step": ctx.step, "best": best,
+                "partial": part, "rank_partial": rank_part, "world_size": world_size, "rank_fingerprints": prints,
+                "train_scores": ctx.train_scores,
                 "config": cfg.to_dict(), "class_names": info.class_names, "cache": str(info.path),
                 "modalities": modalities, "splits": {"train": splits.train, "val": splits.val, "test": splits.test}}
 
@@ -362,50 +397,48 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
     last: dict[str, Any] = {}
-    with Progress(*columns, disable=not (progress and is_main)) as bar:
+    reduce = ctx.all_reduce if world_size > 1 else None
+    with Progress(*columns, disable=not (progress and is_main)) as bar, StopRequest() as stop:
         ep_task = bar.add_task("epochs", total=cfg.epochs, completed=start_epoch, info="")
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 ctx.epoch = epoch
                 t0 = time.time()
-                augment.on_epoch_start(ctx)
-                balancer.on_epoch_start(ctx)
-                if hasattr(train_loader.sampler, "set_epoch"):
-                    train_loader.sampler.set_epoch(epoch)
+                if not partial["batch"]:  # a resumed half epoch has its augment/balancer state from the checkpoint
+                    augment.on_epoch_start(ctx)
+                    balancer.on_epoch_start(ctx)
+                sampler.set_epoch(epoch)
                 model.train()
-                step_task = bar.add_task(f"epoch {epoch + 1}", total=len(train_loader), info="")
-                loss_sum, seen, hits = 0.0, 0, 0
+                step_task = bar.add_task(f"epoch {epoch + 1}", total=len(train_loader) + partial["batch"],
+                                         completed=partial["batch"], info="")
+                batch, loss_sum, hits, seen = partial["batch"], partial["loss_sum"], partial["hits"], partial["seen"]
+                partial = {"batch": 0, "loss_sum": 0.0, "hits": 0, "seen": 0}
                 for inputs, y in train_loader:
-                    inputs, y = to_device(inputs, device), y.to(device, non_blocking=True)
-                    inputs, y = balancer.on_batch(inputs, y, ctx)  # data stage
-                    with autocast(device, cfg.amp):
-                        out, loss = augment.compute(model, inputs, y, ctx)  # forward + augmentation's loss
-                        loss = balancer.loss(loss, out, inputs, y, ctx)  # loss stage
-                    if not torch.isfinite(loss):
-                        raise MmvidError(f"loss became {float(loss)} at epoch {epoch + 1}, step {ctx.step}; "
-                                         f"lower optim.lr or try --amp off")
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)  # gradients are true values from here on
-                    balancer.after_backward(model, out, y, ctx)  # optimisation stage
-                    if cfg.optim.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    ctx.step += 1
+                    out, loss, y = train_step(parts, inputs, y)
+                    batch += 1
                     loss_sum += float(loss.detach()) * len(y)
                     hits += int((out.logits.argmax(1) == y).sum())
                     seen += len(y)
                     bar.update(step_task, advance=1, info=f"loss {loss_sum / seen:.3f}")
+                    if stop.requested(reduce) and batch < len(train_loader):
+                        part = {"batch": batch, "loss_sum": loss_sum, "hits": hits, "seen": seen}
+                        ck = checkpoint(epoch - 1, part)
+                        if is_main:
+                            atomic_save(ck, run_dir / CKPT_LAST)
+                        raise KeyboardInterrupt
                 bar.remove_task(step_task)
                 scheduler.step()
+                sync_buffers(model, world_size)  # BN statistics: every rank evaluates (and saves) rank 0's model
+                epoch_stop = stop.requested(reduce)
 
                 # Evaluation and the imbalance monitor (paper Fig. 1).
+                tr_loss, tr_hits, tr_seen = (ctx.all_reduce(torch.tensor([loss_sum, hits, seen], dtype=torch.float64))
+                                             .tolist())
                 rec: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                                       "train_loss": loss_sum / max(seen, 1), "train_acc_batch": hits / max(seen, 1)}
-                results = {k: evaluate_model(model, ld, device, cfg.amp, reduce=ctx.all_reduce) for k, ld in eval_loaders.items()}
+                                       "train_loss": tr_loss / max(tr_seen, 1), "train_acc_batch": tr_hits / max(tr_seen, 1)}
+                results = {k: evaluate_model(model, ld, device, cfg.amp, reduce=reduce) for k, ld in eval_loaders.items()}
                 if need_scores:
-                    tr = evaluate_model(model, monitor_loader, device, cfg.amp, reduce=ctx.all_reduce)
+                    tr = evaluate_model(model, monitor_loader, device, cfg.amp, reduce=reduce)
                     ctx.train_scores = {m: {"score": tr.modality_score[m], "correct": float(tr.modality_correct[m]), "n": float(tr.n)}
                                         for m in modalities}
                     results["train"] = tr
@@ -429,17 +462,20 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                 improved = select > best["val_acc"]
                 if improved:
                     best = {"val_acc": select, "epoch": epoch, "test_acc": rec.get("test_acc")}
+                ck = checkpoint(epoch)
                 if is_main:
-                    ck = checkpoint(epoch)
+                    # The line first: a crash before the checkpoint is renamed redoes this epoch, and resume drops the line.
+                    with metrics_path.open("a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
                     atomic_save(ck, run_dir / CKPT_LAST)
                     if improved:
                         atomic_save(ck, run_dir / CKPT_BEST)
-                    with metrics_path.open("a") as fh:
-                        fh.write(json.dumps(rec) + "\n")
                 last = rec
                 bar.update(ep_task, advance=1, info=f"val {rec.get('val_acc', float('nan')):.3f} test {rec.get('test_acc', float('nan')):.3f}")
+                if epoch_stop and epoch + 1 < cfg.epochs:
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
-            raise MmvidError(f"training interrupted; the last finished epoch is saved in {run_dir / CKPT_LAST}; "
+            raise Interrupted(f"training interrupted; its state is saved in {run_dir / CKPT_LAST}; "
                              f"continue with `mmvid train --resume {run_dir}`") from None
     summary = {"run_dir": str(run_dir), "epochs": cfg.epochs, "last": last, "best": best}
     if is_main:
@@ -447,3 +483,107 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
     return summary
 
 
+@dataclass
+class TrainingParts:
+    """Everything one training step touches, built once by :func:`build_training`."""
+
+    ctx: TrainContext
+    augment: Any
+    balancer: Any
+    extra: torch.nn.Module | None  # a balancer's own trainable modules (outside DDP)
+    scheduler: Any
+    net: torch.nn.Module  # what the step calls: the model, DDP-wrapped and/or compiled
+    aug_extra: torch.nn.Module | None = None  # an augmentation's own trainable modules (outside DDP)
+
+    def extra_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for m in (self.extra, self.aug_extra) if m is not None for p in m.parameters()]
+
+
+def build_training(cfg: TrainConfig, info: CacheInfo, run_dir: Path, rank: int = 0, world_size: int = 1) -> TrainingParts:
+    """Seeded model, optimizer, scheduler, scaler, augmentation and balancer on the rank's device.
+
+    Every rank builds the same initial model (same seed); DDP then keeps the ranks equal.
+    """
+    device = pick_device(cfg.device)
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise MmvidError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+    seed_everything(cfg.seed)
+    splits = make_splits(info, cfg.data.val_fraction, cfg.seed)
+    modalities = cfg.data.modalities
+    augment = AUGMENTS.build(cfg.augment.name, cfg.augment, modalities)
+    balancer = BALANCERS.build(cfg.balance.name, cfg.balance, modalities)
+    balancer.check(cfg.model, cfg.augment.name)
+
+    model = build_model(cfg, info.num_classes).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(cfg.seed)  # same seed on every rank: mixing decisions agree
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=(0.9, 0.999), weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.optim.step_size, cfg.optim.gamma)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+    ctx = TrainContext(cfg, model, optimizer, scaler, device, gen, modalities, info.num_classes, info, splits, run_dir,
+                       world_size=world_size, rank=rank)
+    extra = balancer.setup(model, ctx)
+    # Augmentations with trainable parts (MS-Mix's intensity heads) define ``setup`` like balancers.
+    aug_extra = augment.setup(model, ctx) if hasattr(augment, "setup") else None
+    for module in (extra, aug_extra):
+        if module is not None:
+            module.to(device)
+            optimizer.add_param_group({"params": [p for p in module.parameters() if p.requires_grad]})
+    net = wrap_model(model, device, world_size, cfg.compile)
+    return TrainingParts(ctx, augment, balancer, extra, scheduler, net, aug_extra)
+
+
+def train_step(parts: TrainingParts, inputs: dict[str, torch.Tensor], y: torch.Tensor):
+    """One optimisation step on a batch (any device): returns (ModelOutput, loss, y on the device).
+
+    data -> forward + loss (autocast) -> backward (DDP all-reduce) -> unscale -> ``after_backward``
+    -> clip -> step. Raises MmvidError naming the epoch and step when the loss is not finite.
+    """
+    from mmvid.distributed import average_gradients
+
+    ctx, balancer, cfg = parts.ctx, parts.balancer, parts.ctx.cfg
+    inputs, y = to_device(inputs, ctx.device), y.to(ctx.device, non_blocking=True)
+    inputs, y = balancer.on_batch(inputs, y, ctx)  # data stage
+    with autocast(ctx.device, cfg.amp):
+        out, loss = parts.augment.compute(parts.net, inputs, y, ctx)  # forward + augmentation's loss
+        loss = balancer.loss(loss, out, inputs, y, ctx)  # loss stage
+    if not torch.isfinite(loss):
+        raise MmvidError(f"loss became {float(loss.detach())} at epoch {ctx.epoch + 1}, step {ctx.step}; "
+                         f"lower optim.lr or try --amp off")
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.scaler.scale(loss).backward()  # DDP averages the model's gradients across ranks here
+    average_gradients(parts.extra_parameters(), ctx.world_size)
+    ctx.scaler.unscale_(ctx.optimizer)  # gradients are true values from here on
+    balancer.after_backward(ctx.model, out, y, ctx)  # optimisation stage
+    if cfg.optim.grad_clip:
+        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg.optim.grad_clip)
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
+    ctx.step += 1
+    return out, loss, y
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """SHA-1 of every parameter's bytes: equal on all DDP ranks exactly when their weights are."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for p in model.parameters():
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def wrap_model(model: MultimodalClassifier, device: torch.device, world_size: int, compile_: bool):
+    """The callable of the training step: DDP across ranks, optionally ``torch.compile``-d.
+
+    Attribute access falls through to the bare model (``net.unimodal_logits``, ``net.modalities``).
+    """
+    net: torch.nn.Module = model
+    if world_size > 1:
+        from mmvid.distributed import DDP
+
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile_:
+        net = torch.compile(net)
+    return net

@@ -3,3 +3,7 @@
 
 class MmvidError(Exception):
     """A problem with the user's input (file, option, data); the message says what to do."""
+
+
+class Interrupted(MmvidError):
+    """Training stopped on request (Ctrl-C) after saving a checkpoint it can resume from."""

@@ -17,10 +17,9 @@ from mmvid.errors import MmvidError
 
 def print_cache_info(console, path: Path) -> None:
     """Counts per split and class, shapes and attributes; fails if the cache is incomplete or broken."""
-    import numpy as np
     from rich.table import Table
 
-    from mmvid.data.cache import FAILED, OK, SPLIT_NAMES, read_info
+    from mmvid.data.cache import FAILED, OK, SPLIT_NAMES, read_info, verify_cache
 
     info = read_info(path)
     table = Table(title=f"{path.name}: {info.dataset}, {len(info.names)} clips, {int((info.status == OK).sum())} ok, "
@@ -36,9 +35,10 @@ def print_cache_info(console, path: Path) -> None:
     for m, shape in info.shapes.items():
         console.print(f"  {m}: per clip {shape}")
     console.print("  params: " + json.dumps(info.params, sort_keys=True))
-    bad = np.flatnonzero(info.status == 0)
-    if len(bad):
-        raise MmvidError(f"cache {path} marks {len(bad)} clips as never written; rebuild it with --force")
+    problems = verify_cache(path)
+    if problems:
+        raise MmvidError(f"cache {path} failed verification: {'; '.join(problems)}; rebuild it with --force")
+    console.print(f"[green]verified[/]: schema, counts, fingerprint and every stored row of {', '.join(info.modalities)}")
 
 
 def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name: str | None = None, workers: int = 1,
@@ -64,8 +64,10 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
         merged["fps"] = None
     valid = {f.name for f in fields(PrepareParams)}
     p = PrepareParams(**{k: v for k, v in merged.items() if k in valid})
-    if p.flow not in ("none", "precomputed", "farneback"):
-        raise MmvidError(f"--flow {p.flow!r} is not valid; choose none, precomputed or farneback")
+    from mmvid.data.flow import FLOW_METHODS
+
+    if p.flow not in FLOW_METHODS:
+        raise MmvidError(f"--flow {p.flow!r} is not valid; choose {', '.join(FLOW_METHODS)}")
     if p.missing_audio not in ("skip", "zeros"):
         raise MmvidError(f"--missing-audio {p.missing_audio!r} is not valid; choose skip or zeros")
     report = prepare(src, cache, p, workers=workers, force=force, progress=progress)
@@ -130,11 +132,13 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
         run_dir = runs_dir(ws) / (cfg.run_name or default_run_name(cfg, cache.stem))
         if (run_dir / CKPT_LAST).exists():
             raise MmvidError(f"run {run_dir.name} already exists; continue it with --resume {run_dir.name} or pick another --run-name")
-    if cfg.gpus > 1:
-        from mmvid.distributed import launch
+    from mmvid.distributed import launch, under_torchrun
 
-        launch(cfg, cache, run_dir, resume=bool(resume), progress=progress)
-        summary = json.loads((run_dir / "summary.json").read_text())
+    if cfg.gpus > 1 or under_torchrun():
+        summary = launch(cfg, cache, run_dir, resume=bool(resume), progress=progress)
+        if summary is None:  # a torchrun rank other than 0: rank 0 reports
+            return run_dir
+        run_dir = Path(summary["run_dir"])
     else:
         summary = train(cfg, cache, run_dir, resume=bool(resume), progress=progress)
     last = summary["last"]

@@ -3,7 +3,8 @@
 Layout (N clips, T frames, S image size, F x L spectrogram bins x steps)::
 
     /frames       uint8   (N, T, S, S, 3)  RGB, chunk = one clip
-    /flow         uint8   (N, T, S, S, 2)  optional; u, v quantised q = round((f + B) / 2B * 255), B = flow_bound
+    /flow         uint8   (N, T, S, S, 2)  optional; u, v quantised q = round(f * 255 / 2B) + 128, B = flow_bound
+                                           (128 = zero motion, the denseflow JPEG convention; mmvid.data.flow)
     /spectrogram  float16 (N, F, L)        log(|STFT| + 1e-7)
     /labels       int64   (N,)
     /names        str     (N,)
@@ -193,3 +194,48 @@ def read_info(path: str | Path) -> CacheInfo:
             )
     except OSError as e:
         raise MmvidError(f"cannot read cache {path}: {e}; re-run `mmvid prepare ... --force`") from None
+
+
+def verify_cache(path: str | Path) -> list[str]:
+    """Integrity problems of a finished cache (empty list = sound).
+
+    Checks the schema (row counts, label and split ranges, unique names), that no clip is left
+    pending, that the stored counts and fingerprint match the rows, and reads every decoded row of
+    every modality (a damaged HDF5 chunk fails here, not in the middle of training), requiring
+    finite spectrograms.
+    """
+    info = read_info(path)
+    problems: list[str] = []
+    n = len(info.names)
+    with h5py.File(info.path, "r") as f:
+        for key in [*info.modalities, "labels", "split", "status"]:
+            if f[key].shape[0] != n:
+                problems.append(f"/{key} has {f[key].shape[0]} rows, /names has {n}")
+    if len(set(info.names)) != n:
+        problems.append("clip names are not unique")
+    if ((info.labels < 0) | (info.labels >= info.num_classes)).any():
+        problems.append(f"labels outside 0..{info.num_classes - 1}")
+    if ((info.split < 0) | (info.split >= len(SPLIT_NAMES))).any():
+        problems.append("split indices outside the split names")
+    pending = int((info.status == PENDING).sum())
+    if pending:
+        problems.append(f"{pending} clips were never written (status pending)")
+    for key, want in (("num_ok", OK), ("num_failed", FAILED)):
+        if int(info.attrs.get(key, -1)) != int((info.status == want).sum()):
+            problems.append(f"attribute {key}={info.attrs.get(key)} but /status says {int((info.status == want).sum())}")
+    if info.attrs.get("fingerprint") != fingerprint(info.names, info.params):
+        problems.append("fingerprint does not match the stored parameters and clip names")
+    rows = np.flatnonzero(info.status == OK)
+    with h5py.File(info.path, "r") as f:
+        for key in info.modalities:
+            for start in range(0, len(rows), 64):
+                chunk = rows[start:start + 64]
+                try:
+                    data = f[key][chunk]
+                except OSError as e:
+                    problems.append(f"/{key} rows {chunk[0]}..{chunk[-1]} are unreadable: {e}")
+                    break
+                if data.dtype.kind == "f" and not np.isfinite(data).all():
+                    bad = chunk[~np.isfinite(data.reshape(len(chunk), -1)).all(1)]
+                    problems.append(f"/{key} has non-finite values in clips {[info.names[i] for i in bad[:5]]}")
+    return problems

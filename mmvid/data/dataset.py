@@ -24,9 +24,9 @@ def frames_to_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def flow_to_tensor(flow: np.ndarray | torch.Tensor, bound: float) -> torch.Tensor:
-    """uint8 (..., T, H, W, 2) quantised flow -> float pixels/frame (..., T, 2, H, W); 127.5 is zero."""
+    """uint8 (..., T, H, W, 2) quantised flow -> float pixels/frame (..., T, 2, H, W); 128 is zero (mmvid.data.flow)."""
     x = torch.as_tensor(flow).movedim(-1, -3).float()
-    return x.mul_(2 * bound / 255.0).sub_(bound)
+    return x.sub_(128.0).mul_(2 * bound / 255.0)
 
 
 def spec_to_tensor(spec: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -86,42 +86,49 @@ class CacheDataset(Dataset):
         return {m: f[CACHE_KEY[m]][row] for m in self.modalities}
 
     def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
-        raw = self.raw(i)
-        out: dict[str, torch.Tensor] = {}
-        for m, arr in raw.items():
-            if m == "audio":
-                out[m] = spec_to_tensor(arr)
-            elif m == "video":
-                out[m] = frames_to_tensor(arr)
-            else:
-                out[m] = flow_to_tensor(arr, self.flow_bound)
-        out = self._spatial(out)
-        return out, int(self.labels[i])
+        out = to_tensors(self.raw(i), self.flow_bound)
+        return self._spatial(out), int(self.labels[i])
 
     def _spatial(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        import torchvision.transforms.v2.functional as TF
+        return spatial_transform(out, self.train, self.crop_size, self.flip, self.random_crop)
 
-        visual = [m for m in out if m in ("video", "flow")]
-        if not visual:
-            return out
-        size = out[visual[0]].shape[-1]
-        crop = self.crop_size or size
-        if self.train:
-            # One crop and one flip for the whole clip (and for flow, the same as for RGB).
-            scale = np.random.uniform(0.5, 1.0) if self.random_crop else 1.0
-            ratio = np.exp(np.random.uniform(np.log(3 / 4), np.log(4 / 3))) if self.random_crop else 1.0
-            w = int(round(min(size, np.sqrt(scale * ratio) * size)))
-            h = int(round(min(size, np.sqrt(scale / ratio) * size)))
-            top, left = np.random.randint(0, size - h + 1), np.random.randint(0, size - w + 1)
-            flip = self.flip and np.random.rand() < 0.5
-            for m in visual:
-                x = TF.resized_crop(out[m], top, left, h, w, [crop, crop], antialias=True)
-                if flip:
-                    x = x.flip(-1)
-                    if m == "flow":
-                        x[:, 0] = -x[:, 0]
-                out[m] = x
-        elif crop != size:
-            for m in visual:
-                out[m] = TF.resize(out[m], [crop, crop], antialias=True)
+
+def to_tensors(raw: dict[str, np.ndarray | torch.Tensor], flow_bound: float) -> dict[str, torch.Tensor]:
+    """Cache arrays (one clip, or a batch with a leading B axis) -> model tensors, on their own device."""
+    convert = {"audio": spec_to_tensor, "video": frames_to_tensor,
+               "flow": lambda a: flow_to_tensor(a, flow_bound)}
+    return {m: convert[m](arr) for m, arr in raw.items()}
+
+
+def spatial_transform(out: dict[str, torch.Tensor], train: bool, crop_size: int | None, flip: bool,
+                      random_crop: bool) -> dict[str, torch.Tensor]:
+    """One clip's video (T, 3, S, S) / flow (T, 2, S, S): train-time crop and flip, test-time resize.
+
+    Works on any device; the random draws use numpy's global generator (seeded, resumable).
+    """
+    import torchvision.transforms.v2.functional as TF
+
+    visual = [m for m in out if m in ("video", "flow")]
+    if not visual:
         return out
+    size = out[visual[0]].shape[-1]
+    crop = crop_size or size
+    if train:
+        # One crop and one flip for the whole clip (and for flow, the same as for RGB).
+        scale = np.random.uniform(0.5, 1.0) if random_crop else 1.0
+        ratio = np.exp(np.random.uniform(np.log(3 / 4), np.log(4 / 3))) if random_crop else 1.0
+        w = int(round(min(size, np.sqrt(scale * ratio) * size)))
+        h = int(round(min(size, np.sqrt(scale / ratio) * size)))
+        top, left = np.random.randint(0, size - h + 1), np.random.randint(0, size - w + 1)
+        flipped = flip and np.random.rand() < 0.5
+        for m in visual:
+            x = TF.resized_crop(out[m], top, left, h, w, [crop, crop], antialias=True)
+            if flipped:
+                x = x.flip(-1)
+                if m == "flow":
+                    x[:, 0] = -x[:, 0]
+            out[m] = x
+    elif crop != size:
+        for m in visual:
+            out[m] = TF.resize(out[m], [crop, crop], antialias=True)
+    return out

@@ -1,8 +1,15 @@
 """Decoding backends: decord by default, PyAV as the fallback when decord fails on a file.
 
 Both return RGB uint8 frames of shape (T, H, W, 3) and mono float32 audio at the requested
-sample rate. Multi-stream files use the first video and the first audio stream; any channel
-count is down-mixed, any sample rate is resampled.
+sample rate. Every file is first probed with PyAV (header only), which raises Python errors on
+unreadable files before decord (which can abort the process on some broken inputs) touches them.
+
+* Multi-stream files: the first video and the first audio stream are used. decord always picks
+  the "best" stream, so files with more than one stream of a kind are decoded with PyAV.
+* Any channel count is down-mixed to mono, any sample rate resampled.
+* Variable frame rate: frames are chosen by their presentation time, not by index.
+* Rotation metadata (display matrix): frames are turned as a player shows them (decord does
+  this itself; the PyAV path applies ``frame.rotation``).
 """
 
 from __future__ import annotations
@@ -29,65 +36,176 @@ class VideoInfo:
     fps: float
     duration: float
     backend: str
+    indices: np.ndarray | None = None  # (T,) the chosen frames, in decode order
+
+
+@dataclass
+class Probe:
+    """What the container header says, read with PyAV without decoding frames."""
+
+    video_streams: int
+    audio_streams: int
+    duration: float  # seconds, 0.0 when the container does not say
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def probe(path: str | Path) -> Probe:
+    """Open the container header; DecodeError when it is unreadable or has nothing to decode."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise DecodeError(f"file not found: {path}")
+    if path.stat().st_size == 0:
+        raise DecodeError("file is empty (0 bytes)")
+    try:
+        with av.open(str(path)) as c:
+            dur = float(c.duration) / 1e6 if c.duration else 0.0
+            return Probe(len(c.streams.video), len(c.streams.audio), dur)
+    except Exception as e:
+        raise DecodeError(f"unreadable container: {_first_line(e)}") from None
 
 
 def select_indices(num_frames: int, native_fps: float, num_out: int, sample_fps: float | None) -> np.ndarray:
-    """Frame indices: resample to ``sample_fps`` (1 fps in the paper), then pick ``num_out`` uniformly.
-
-    Each chosen index is the centre of one of ``num_out`` equal segments (deterministic, as the
-    reference implementations do at test time). Clips with fewer candidates repeat frames.
-    """
+    """Frame indices for a constant-rate clip: the frames shown at ``select_times`` (see there)."""
     if num_frames <= 0:
         raise DecodeError("clip has no frames")
-    if sample_fps and native_fps > 0:
-        step = native_fps / sample_fps
-        candidates = np.arange(0.0, num_frames, step)
-        candidates = np.minimum(np.round(candidates + step / 2 - 0.5), num_frames - 1).astype(np.int64)
-        candidates = np.unique(candidates)
+    if not (sample_fps and native_fps > 0):
+        return select_from_times(np.arange(num_frames, dtype=np.float64), num_out, None)
+    return select_from_times(np.arange(num_frames) / native_fps, num_out, sample_fps)
+
+
+def select_from_times(times: np.ndarray, num_out: int, sample_fps: float | None) -> np.ndarray:
+    """Indices of ``num_out`` frames given each frame's presentation time in seconds (n,), increasing.
+
+    The clip is resampled to ``sample_fps`` (1 fps in the paper): second k keeps the frame shown at
+    its centre (k + 0.5) / sample_fps, i.e. the last frame whose time is <= that instant, so a
+    variable-rate clip is sampled by time, not by frame count. ``num_out`` of these candidates are
+    then picked uniformly, the centre of each of ``num_out`` equal segments (deterministic, as the
+    reference implementations do at test time). Clips with fewer candidates repeat frames.
+    ``sample_fps=None`` keeps every frame as a candidate.
+    """
+    n = len(times)
+    if n <= 0:
+        raise DecodeError("clip has no frames")
+    if sample_fps:
+        t = np.asarray(times, dtype=np.float64)
+        step = float(np.median(np.diff(t))) if n > 1 else 1.0 / sample_fps
+        duration = t[-1] - t[0] + step
+        centres = t[0] + (np.arange(max(int(np.ceil(duration * sample_fps - 1e-9)), 1)) + 0.5) / sample_fps
+        candidates = np.unique(np.clip(np.searchsorted(t, centres + 1e-9, side="right") - 1, 0, n - 1))
     else:
-        candidates = np.arange(num_frames)
-    pos = (np.arange(num_out) + 0.5) * len(candidates) / num_out
-    return candidates[np.minimum(pos.astype(np.int64), len(candidates) - 1)]
+        candidates = np.arange(n)
+    pick = (np.arange(num_out) + 0.5) * len(candidates) / num_out
+    return candidates[np.minimum(pick.astype(np.int64), len(candidates) - 1)]
 
 
-def _decord_frames(path: Path, num_out: int, sample_fps: float | None, size: int) -> tuple[np.ndarray, VideoInfo]:
+def frame_times(raw: np.ndarray | list, fps: float) -> np.ndarray:
+    """Presentation times of the decoded frames: the container's when they are trustworthy (finite and
+    strictly increasing in display order, which variable-rate files need), else ``index / fps``
+    (AVI has no presentation times; demuxers then guess them, sometimes out of order or missing)."""
+    t = np.asarray([np.nan if v is None else v for v in raw], dtype=np.float64)
+    if len(t) and np.isfinite(t).all() and (np.diff(t) > 0).all() and t[0] > -1e6:
+        return t
+    return np.arange(len(t)) / (fps if fps > 0 else 1.0)
+
+
+def _rotate(frames: np.ndarray, rotation: float) -> np.ndarray:
+    """Turn (T, H, W, C) frames counter-clockwise by the display matrix angle, as players do."""
+    k = int(round(rotation / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(frames, k, axes=(1, 2))) if k else frames
+
+
+def _info(n: int, fps: float, times: np.ndarray, backend: str, idx: np.ndarray) -> VideoInfo:
+    return VideoInfo(n, fps, float(times.max() - times.min()) + (1 / fps if fps else 0.0), backend, idx)
+
+
+def _decord_reader(path: Path, size: int | None):
     import decord
 
-    vr = decord.VideoReader(str(path), width=size, height=size, num_threads=1)
+    if size:
+        return decord.VideoReader(str(path), width=size, height=size, num_threads=1)
+    return decord.VideoReader(str(path), num_threads=1)
+
+
+def _decord_frames(path: Path, num_out: int, sample_fps: float | None, size: int | None,
+                   offsets: tuple[int, ...]) -> tuple[np.ndarray, VideoInfo]:
+    vr = _decord_reader(path, size)
     n, fps = len(vr), float(vr.get_avg_fps())
-    idx = select_indices(n, fps, num_out, sample_fps)
-    frames = vr.get_batch(list(idx)).asnumpy()
-    return frames, VideoInfo(n, fps, n / fps if fps else 0.0, "decord")
+    if n <= 0:
+        raise DecodeError("clip has no frames")
+    times = frame_times(vr.get_frame_timestamp(np.arange(n))[:, 0], fps)
+    idx = select_from_times(times, num_out, sample_fps)
+    want = np.concatenate([np.minimum(idx + o, n - 1) for o in offsets])
+    frames = vr.get_batch(list(want)).asnumpy()
+    return frames, _info(n, fps, times, "decord", idx)
 
 
-def _pyav_frames(path: Path, num_out: int, sample_fps: float | None, size: int) -> tuple[np.ndarray, VideoInfo]:
+def _pyav_frames(path: Path, num_out: int, sample_fps: float | None, size: int | None,
+                 offsets: tuple[int, ...]) -> tuple[np.ndarray, VideoInfo]:
     import av
 
+    # Two passes, so memory holds only the chosen frames: times first, then the frames themselves.
     with av.open(str(path)) as c:
         if not c.streams.video:
             raise DecodeError("no video stream")
-        stream = c.streams.video[0]
-        decoded = [f.to_ndarray(width=size, height=size, format="rgb24") for f in c.decode(stream)]
+        stream = c.streams.video[0]  # the first video stream, whatever decord would choose
+        raw_times = [f.time for f in c.decode(stream)]
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-    n = len(decoded)
-    idx = select_indices(n, fps, num_out, sample_fps)
-    return np.stack([decoded[i] for i in idx]), VideoInfo(n, fps, n / fps if fps else 0.0, "pyav")
+    n = len(raw_times)
+    if n == 0:
+        raise DecodeError("clip has no frames")
+    times = frame_times(raw_times, fps)
+    idx = select_from_times(times, num_out, sample_fps)
+    want = np.concatenate([np.minimum(idx + o, n - 1) for o in offsets])
+    wanted = set(want.tolist())
+    kept: dict[int, np.ndarray] = {}
+    rotation = 0.0
+    with av.open(str(path)) as c:
+        for i, f in enumerate(c.decode(c.streams.video[0])):
+            if i in wanted:
+                rotation = f.rotation or 0.0
+                kept[i] = f.to_ndarray(width=size, height=size, format="rgb24") if size else f.to_ndarray(format="rgb24")
+            if i >= want.max():
+                break
+    if len(kept) != len(wanted):
+        raise DecodeError(f"second decoding pass found {len(kept)} of {len(wanted)} chosen frames")
+    frames = _rotate(np.stack([kept[i] for i in want]), rotation)
+    return frames, _info(n, fps, times, "pyav", idx)
 
 
-def decode_frames(path: str | Path, num_out: int, sample_fps: float | None, size: int, backend: str = "decord") -> tuple[np.ndarray, VideoInfo]:
-    """(T, size, size, 3) uint8 RGB frames and stream info; falls back to PyAV when decord fails."""
+def decode_frames(path: str | Path, num_out: int, sample_fps: float | None, size: int | None,
+                  backend: str = "decord", offsets: tuple[int, ...] = (0,),
+                  min_seconds: float = 0.0) -> tuple[np.ndarray, VideoInfo]:
+    """(len(offsets) * T, size, size, 3) uint8 RGB frames and stream info.
+
+    The T chosen frames come first; with ``offsets=(0, 1)`` the T frames right after them follow
+    (the pairs optical flow needs). ``size=None`` keeps the native resolution. Falls back to PyAV
+    when decord fails, and uses PyAV directly for files with several video streams.
+    """
     path = Path(path)
+    pr = probe(path)
+    if pr.video_streams == 0:
+        raise DecodeError("no video stream")
     order = [backend] + [b for b in ("decord", "pyav") if b != backend]
+    if pr.video_streams > 1:
+        order = ["pyav"]
     errors = []
     for name in order:
         try:
             fn = _decord_frames if name == "decord" else _pyav_frames
-            frames, info = fn(path, num_out, sample_fps, size)
-            if frames.ndim != 4 or frames.shape[0] != num_out:
+            frames, info = fn(path, num_out, sample_fps, size, offsets)
+            if frames.ndim != 4 or frames.shape[0] != num_out * len(offsets):
                 raise DecodeError(f"decoded frames have shape {frames.shape}")
-            return frames, info
         except Exception as e:  # each backend raises its own exception types
-            errors.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            errors.append(f"{name}: {_first_line(e)}")
+            continue
+        if info.duration < min_seconds:
+            raise DecodeError(f"too short: {info.num_frames} frame(s), {info.duration:.2f} s of video (< min_seconds {min_seconds})")
+        return frames, info
     raise DecodeError(f"cannot decode video ({'; '.join(errors)})")
 
 
@@ -111,12 +229,9 @@ def _pyav_audio(path: Path, sr: int) -> np.ndarray:
 
 
 def has_audio_stream(path: str | Path) -> bool:
-    import av
-
     try:
-        with av.open(str(path)) as c:
-            return bool(c.streams.audio)
-    except Exception:
+        return probe(path).audio_streams > 0
+    except DecodeError:
         return False
 
 
@@ -130,11 +245,16 @@ def decode_audio(path: str | Path, sr: int, backend: str = "decord") -> np.ndarr
             wave, _ = librosa.load(str(path), sr=sr, mono=True)
         except Exception as e:
             raise DecodeError(f"cannot read audio: {e}") from None
+        if wave.size == 0:
+            raise NoAudioError("audio file has no samples")
         return wave.astype(np.float32)
-    if not has_audio_stream(path):
+    pr = probe(path)
+    if pr.audio_streams == 0:
         raise NoAudioError("no audio stream")
     errors = []
     order = [backend] + [b for b in ("decord", "pyav") if b != backend]
+    if pr.audio_streams > 1:  # decord would take the "best" audio stream, not the first
+        order = ["pyav"]
     for name in order:
         try:
             if name == "decord":
@@ -144,10 +264,10 @@ def decode_audio(path: str | Path, sr: int, backend: str = "decord") -> np.ndarr
             else:
                 wave = _pyav_audio(path, sr)
             if wave.size == 0:
-                raise DecodeError("audio stream is empty")
+                raise NoAudioError("audio stream is empty")
             return wave.astype(np.float32)
         except NoAudioError:
             raise
         except Exception as e:
-            errors.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            errors.append(f"{name}: {_first_line(e)}")
     raise DecodeError(f"cannot decode audio ({'; '.join(errors)})")

@@ -32,9 +32,11 @@ class PrepareParams:
     hop: int = 353
     window: str = "hann"
     tile_audio: bool = True
-    flow: str = "none"  # none | precomputed | farneback
-    flow_bound: float = 20.0
+    flow: str = "none"  # none | precomputed | farneback | dis (mmvid.data.flow)
+    flow_bound: float = 20.0  # flow quantisation bound B in px/frame (also the bound of precomputed x_/y_ jpgs)
+    frames_fps: float = 25.0  # frame rate of precomputed frame folders (img_/x_/y_%05d.jpg)
     missing_audio: str = "skip"  # skip | zeros
+    min_seconds: float = 0.5  # shorter videos are reported and skipped (half a sampling period at 1 fps)
     decoder: str = "decord"
     normalisation: str = "imagenet"  # applied when reading frames; stored frames are raw RGB
 
@@ -57,6 +59,7 @@ class PrepareReport:
     skipped_done: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    excluded: list[dict[str, str]] = field(default_factory=list)  # listed without a file / on disk in no list
     seconds: float = 0.0
     already_complete: bool = False
 
@@ -92,7 +95,7 @@ def process_clip(clip: ClipSpec, p: PrepareParams) -> dict[str, np.ndarray]:
     else:
         if clip.video is None:
             raise DecodeError("no video file")
-        frames, _ = decode_frames(clip.video, p.num_frames, p.fps, p.image_size, p.decoder)
+        frames, _ = decode_frames(clip.video, p.num_frames, p.fps, p.image_size, p.decoder, min_seconds=p.min_seconds)
     sample: dict[str, np.ndarray] = {"frames": frames}
     audio_src = clip.audio or clip.video
     try:
@@ -101,9 +104,9 @@ def process_clip(clip: ClipSpec, p: PrepareParams) -> dict[str, np.ndarray]:
         wave = decode_audio(audio_src, p.sample_rate, p.decoder)
         sample["spectrogram"] = log_spectrogram(wave, p.sample_rate, p.clip_seconds, p.n_fft, p.hop,
                                                 p.window, p.tile_audio).astype(np.float16)
-    except NoAudioError:
+    except NoAudioError as e:
         if p.missing_audio != "zeros":
-            raise
+            raise NoAudioError(f"{e} (--missing-audio zeros keeps such clips with a silent spectrogram)") from None
         shape = spectrogram_shape(p.sample_rate, p.clip_seconds, p.n_fft, p.hop)
         sample["spectrogram"] = np.full(shape, np.log(1e-7), dtype=np.float16)  # log of silence
     if p.flow != "none":
@@ -122,13 +125,32 @@ def _process_safe(i: int, clip: ClipSpec, p: PrepareParams) -> tuple[int, dict[s
         return i, None, f"{type(e).__name__}: {e}"
 
 
+def _run_pool(todo: np.ndarray, source: Source, params: PrepareParams, workers: int, record) -> None:
+    """Decode ``todo`` in ``workers`` processes; results are written by this process only (one HDF5 writer)."""
+    import multiprocessing as mp
+
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    try:
+        futures = [pool.submit(_process_safe, int(i), source.clips[i], params) for i in todo]
+        for done, fut in enumerate(as_completed(futures), 1):
+            record(*fut.result(), done)
+    finally:
+        # On Ctrl-C or an error, drop the queued clips instead of decoding them all before exiting.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def prepare(source: Source, cache: Path, params: PrepareParams, workers: int = 1, force: bool = False,
             progress: bool = True) -> PrepareReport:
-    """Write (or resume) ``cache`` for ``source``; returns what happened, also saved as ``<cache>.report.json``."""
+    """Write (or resume) ``cache`` for ``source``; returns what happened, also saved as ``<cache>.report.json``.
+
+    Crash safety: rows go to ``<cache>.partial`` with a per-clip status, flushed after every clip
+    together with ``<cache>.failures.json``; only a finished file is renamed to ``cache``. Re-running
+    the same command resumes the partial file (clips already written or failed are not redone).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     cache = Path(cache)
-    report = PrepareReport(cache=cache, total=len(source.clips), notes=list(source.notes))
+    report = PrepareReport(cache=cache, total=len(source.clips), notes=list(source.notes), excluded=list(source.excluded))
     start = time.time()
     if not source.clips:
         raise MmvidError(f"dataset {source.dataset!r} has no clips to prepare; check --root")
@@ -151,6 +173,11 @@ def prepare(source: Source, cache: Path, params: PrepareParams, workers: int = 1
     failed: list[dict[str, str]] = json.loads(failures_path.read_text()) if writer.resumed and failures_path.exists() else []
     columns = [TextColumn("[bold]prepare[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:.1f} clips/s"), TimeRemainingColumn()]
+
+    def checkpoint() -> None:
+        writer.flush()
+        failures_path.write_text(json.dumps(failed))
+
     try:
         with Progress(*columns, disable=not progress, transient=False) as bar:
             task = bar.add_task(source.dataset, total=len(todo), rate=0.0)
@@ -163,26 +190,22 @@ def prepare(source: Source, cache: Path, params: PrepareParams, workers: int = 1
                     failed.append({"name": clip.name, "file": str(clip.video or clip.audio or clip.rgb_dir), "error": err})
                 else:
                     writer.write(i, sample)
-                if done % 32 == 0:
-                    writer.flush()
-                    failures_path.write_text(json.dumps(failed))
+                checkpoint()  # per clip (cheap next to decoding): a killed run loses at most one clip
                 bar.update(task, advance=1, rate=done / max(time.time() - t0, 1e-6))
 
             if workers <= 1:
                 for done, i in enumerate(todo, 1):
                     record(*_process_safe(int(i), source.clips[i], params), done)
             else:
-                import multiprocessing as mp
-
-                with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                    futures = [pool.submit(_process_safe, int(i), source.clips[i], params) for i in todo]
-                    for done, fut in enumerate(as_completed(futures), 1):
-                        record(*fut.result(), done)
+                _run_pool(todo, source, params, workers, record)
     except KeyboardInterrupt:
-        writer.flush()
-        failures_path.write_text(json.dumps(failed))
+        checkpoint()
         writer.close()
         raise MmvidError(f"prepare interrupted; {writer.partial} keeps the finished clips, re-run the same command to resume") from None
+    except BaseException:
+        checkpoint()  # keep what was written: the next run resumes from here
+        writer.close()
+        raise
     report.failed = failed
     versions = library_versions()
     writer.finalize({"versions": versions, "failed": [f["name"] for f in failed]})

@@ -30,6 +30,7 @@ class Source:
     clips: list[ClipSpec]
     params: dict[str, Any] = field(default_factory=dict)  # dataset defaults for PrepareParams
     notes: list[str] = field(default_factory=list)  # what the source noticed (e.g. names not in the split)
+    excluded: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}: listed without a file, or in no list
 
 
 SourceFn = Callable[..., Source]
@@ -59,7 +60,8 @@ def get_source(name: str) -> SourceFn:
 
 
 def stratified_split(labels: list[int], test_fraction: float, seed: int) -> list[str]:
-    """Deterministic per-class split: ``round(test_fraction * n_c)`` clips of each class go to test."""
+    """Deterministic per-class split: ``round(test_fraction * n_c)`` clips of each class go to test
+    (at least one when the class has two or more clips and ``test_fraction > 0``)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -68,6 +70,9 @@ def stratified_split(labels: list[int], test_fraction: float, seed: int) -> list
     for c in np.unique(arr):
         idx = np.flatnonzero(arr == c)
         rng.shuffle(idx)
-        for i in idx[: int(round(test_fraction * len(idx)))]:
+        k = int(round(test_fraction * len(idx)))
+        if test_fraction > 0 and len(idx) >= 2:
+            k = max(k, 1)
+        for i in idx[:k]:
             out[i] = "test"
     return out

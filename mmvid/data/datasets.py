@@ -1,0 +1,311 @@
+"""Sources for the real datasets, each in the layout it is distributed in.
+
+=================  ==========================================================================
+``cremad``         ``<root>/VideoFlash/*.flv`` (+ ``AudioWAV/*.wav``, used when present);
+                   split: OGM-GE ``name,LABEL`` CSVs, else stratified ~9:1 from ``--seed``.
+``kinetics-sounds`` mp4/mkv/webm/avi anywhere under ``<root>``; split: OGM-GE ``id,10,label_idx``
+                   lists plus a class-name file next to them, else ``<root>/<class>/<clip>``.
+``ucf101``         ``<root>/UCF-101/<Class>/v_*.avi`` and ``<root>/ucfTrainTestlist/``;
+                   precomputed frames in ``<root>/{frames,rawframes}/[<Class>/]<v_name>/``.
+``folder``         ``<root>/<class>/<video>``; optional lists of ``<class>/<video>`` lines.
+=================  ==========================================================================
+
+Sources only list files; list entries without a file and files in no list are reported in
+``Source.notes`` / ``Source.excluded`` (and in the prepare report), never silently dropped.
+Dataset defaults (``Source.params``) follow the data protocol of the reference implementations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from mmvid.data.sources import ClipSpec, Source, source, stratified_split
+from mmvid.errors import MmvidError
+
+VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".flv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv")
+TEST_FRACTION = 0.1  # the ~9:1 split used when no lists are given
+
+CREMAD_CLASSES = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]  # OGM-GE order (its stat.csv)
+# Paper protocol (OGM-GE loader): 1 fps, 2 frames; 22,050 Hz tiled to 3 s; n_fft 512, hop 353 -> 257 x 188.
+CREMAD_PARAMS = dict(fps=1.0, num_frames=2, image_size=224, sample_rate=22050, clip_seconds=3.0, n_fft=512, hop=353)
+# 1 fps over the 10 s clips, 3 frames; librosa log-STFT of 10 s at 16 kHz (n_fft 512, hop 353 -> 257 x 454).
+KS_PARAMS = dict(fps=1.0, num_frames=3, image_size=224, sample_rate=16000, clip_seconds=10.0, n_fft=512, hop=353)
+# RGB + optical flow, 3 frames each at 1 fps; UCF-101 videos are 25 fps (also the rate of frame folders).
+# About half of UCF-101 has no audio track, and the paper uses RGB + flow: zero spectrograms, not skips.
+UCF_PARAMS = dict(fps=1.0, num_frames=3, image_size=224, sample_rate=22050, clip_seconds=3.0, n_fft=512, hop=353,
+                  frames_fps=25.0, missing_audio="zeros")
+FOLDER_PARAMS = dict(KS_PARAMS)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def read_lines(path: Path) -> list[str]:
+    """Non-empty lines of a text file, tolerant of a UTF-8 BOM and CRLF line ends (as distributed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MmvidError(f"split list {path} not found")
+    return [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+
+
+def _require_dir(path: Path | None, expected: str) -> Path:
+    if path is None:
+        raise MmvidError(f"--root is required; expected {expected}")
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise MmvidError(f"--root {path} is not a folder; expected {expected}")
+    return path
+
+
+def _lists_given(train_list: Path | None, test_list: Path | None) -> bool:
+    if (train_list is None) != (test_list is None):
+        raise MmvidError("give both --train-list and --test-list, or neither (for a seeded ~9:1 split)")
+    return train_list is not None
+
+
+def index_videos(root: Path, exts: Iterable[str] = VIDEO_EXTS) -> dict[str, Path]:
+    """Every video file under ``root`` by its stem (first one wins, sorted for determinism)."""
+    exts = tuple(exts)
+    out: dict[str, Path] = {}
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in exts and p.is_file():
+            out.setdefault(p.stem, p)
+    return out
+
+
+def _summary(names: list[str], what: str) -> str:
+    head = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return f"{len(names)} {what}; skipped ({head})"
+
+
+class _Excluded:
+    """Collects list entries without a file and files in no list, for notes and the JSON report."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, str]] = []
+        self.notes: list[str] = []
+
+    def add(self, names: list[str], reason: str, what: str) -> None:
+        if names:
+            self.items += [{"name": n, "reason": reason} for n in names]
+            self.notes.append(_summary(names, what))
+
+
+def _finish(dataset: str, class_names: list[str], clips: list[ClipSpec], params: dict, ex: _Excluded,
+            root: Path, notes: list[str] | None = None) -> Source:
+    if not clips:
+        raise MmvidError(f"no {dataset} clips found under {root} that are in the split"
+                         + (f" ({ex.notes[0]})" if ex.notes else "") + "; check --root and the split lists")
+    notes = (notes or []) + ex.notes
+    if not any(c.split == "test" for c in clips):
+        notes.append("no clip is in the test split (too few clips per class for a ~9:1 split?); give split lists")
+    return Source(dataset, class_names, clips, params=dict(params), notes=notes, excluded=ex.items)
+
+
+def _seeded_splits(labels: list[int], seed: int) -> list[str]:
+    return stratified_split(labels, TEST_FRACTION, seed)
+
+
+# ----------------------------------------------------------------------------- CREMA-D
+
+
+def parse_cremad_list(path: Path) -> list[tuple[str, int]]:
+    """OGM-GE ``name,LABEL`` lines -> (name, class index in ``CREMAD_CLASSES``)."""
+    out = []
+    for n, line in enumerate(read_lines(path), 1):
+        parts = [s.strip() for s in line.split(",")]
+        if len(parts) < 2 or parts[1] not in CREMAD_CLASSES:
+            raise MmvidError(f"{path}:{n}: expected `clip,LABEL` with LABEL in {', '.join(CREMAD_CLASSES)}, got {line!r}")
+        out.append((parts[0], CREMAD_CLASSES.index(parts[1])))
+    return out
+
+
+@source("cremad")
+def cremad_source(root: Path | None = None, train_list: Path | None = None, test_list: Path | None = None,
+                  seed: int = 0, **_) -> Source:
+    expected = "the official CREMA-D layout <root>/VideoFlash/*.flv (and optionally <root>/AudioWAV/*.wav)"
+    root = _require_dir(root, expected)
+    video_dir, wav_dir = root / "VideoFlash", root / "AudioWAV"
+    videos = {p.stem: p for p in sorted(video_dir.glob("*.flv"))} if video_dir.is_dir() else {}
+    if not videos:
+        raise MmvidError(f"no {video_dir}/*.flv found; expected {expected}")
+    ex = _Excluded()
+    if _lists_given(train_list, test_list):
+        entries = [(n, y, s) for s, lst in (("train", train_list), ("test", test_list)) for n, y in parse_cremad_list(lst)]
+        ex.add([n for n, _, _ in entries if n not in videos], "in a split list, no file in VideoFlash",
+               "clips of the split lists have no VideoFlash/*.flv")
+        listed = {n for n, _, _ in entries}
+        ex.add([n for n in videos if n not in listed], "file in VideoFlash, in no split list",
+               "VideoFlash files are in neither split list")
+        entries = [e for e in entries if e[0] in videos]
+    else:
+        names = [n for n in videos if len(n.split("_")) > 2 and n.split("_")[2] in CREMAD_CLASSES]
+        ex.add([n for n in videos if n not in names], "no emotion code in the file name",
+               "VideoFlash files have no emotion code as their third name field")
+        labels = [CREMAD_CLASSES.index(n.split("_")[2]) for n in names]
+        entries = list(zip(names, labels, _seeded_splits(labels, seed)))
+    clips = []
+    for name, label, split in entries:
+        wav = wav_dir / f"{name}.wav"
+        clips.append(ClipSpec(name=name, label=label, split=split, video=videos[name], audio=wav if wav.is_file() else None))
+    notes = [] if wav_dir.is_dir() else ["no AudioWAV folder: audio is decoded from the flv files"]
+    return _finish("cremad", CREMAD_CLASSES, clips, CREMAD_PARAMS, ex, root, notes)
+
+
+# ----------------------------------------------------------------------------- folder tree
+
+
+def _folder_clips(dataset: str, root: Path, train_list: Path | None, test_list: Path | None, seed: int,
+                  params: dict) -> Source:
+    """``<root>/<class>/<video>``; lists hold ``<class>/<video>`` (extension optional, extra fields ignored)."""
+    expected = "<root>/<class>/<video> folders (e.g. <root>/dog/clip1.mp4)"
+    files = sorted(p for p in root.glob("*/*") if p.suffix.lower() in VIDEO_EXTS and p.is_file())
+    if not files:
+        raise MmvidError(f"no videos found in {root}/<class>/; expected {expected}")
+    class_names = sorted({p.parent.name for p in files})
+    by_key = {f"{p.parent.name}/{p.stem}": p for p in files}
+    ex = _Excluded()
+    if _lists_given(train_list, test_list):
+        entries = []
+        for split, lst in (("train", train_list), ("test", test_list)):
+            for line in read_lines(lst):
+                rel = Path(line.replace(",", " ").split()[0])
+                entries.append((f"{rel.parent.as_posix()}/{rel.stem}" if rel.parent.name else rel.stem, split))
+        ex.add([k for k, _ in entries if k not in by_key], "in a split list, no file under --root",
+               "entries of the split lists have no video (lines must read <class>/<video>)")
+        listed = {k for k, _ in entries}
+        ex.add([k for k in by_key if k not in listed], "file under --root, in no split list",
+               "videos are in neither split list")
+        entries = [e for e in entries if e[0] in by_key]
+    else:
+        keys = list(by_key)
+        entries = list(zip(keys, _seeded_splits([class_names.index(k.split("/")[0]) for k in keys], seed)))
+    clips = [ClipSpec(name=k, label=class_names.index(k.split("/")[0]), split=s, video=by_key[k]) for k, s in entries]
+    return _finish(dataset, class_names, clips, params, ex, root)
+
+
+@source("folder")
+def folder_source(root: Path | None = None, train_list: Path | None = None, test_list: Path | None = None,
+                  seed: int = 0, **_) -> Source:
+    root = _require_dir(root, "<root>/<class>/<video> folders")
+    return _folder_clips("folder", root, train_list, test_list, seed, FOLDER_PARAMS)
+
+
+# ----------------------------------------------------------------------------- Kinetics-Sounds
+
+
+def parse_class_names(path: Path) -> list[str]:
+    """One class a line, either ``name`` or ``index name`` (indices 0-based and in order)."""
+    names = []
+    for n, line in enumerate(read_lines(path)):
+        head, _, rest = line.partition(" ")
+        if rest and head.isdigit():
+            if int(head) != n:
+                raise MmvidError(f"{path}: line {n + 1} has index {head}, expected {n} (0-based, in order)")
+            line = rest.strip()
+        names.append(line)
+    return names
+
+
+def find_class_file(*folders: Path) -> Path | None:
+    for folder in folders:
+        found = sorted(p for p in folder.glob("*.txt") if "class" in p.name.lower())
+        if found:
+            return found[0]
+    return None
+
+
+def parse_ks_list(path: Path, num_classes: int) -> list[tuple[str, int]]:
+    """OGM-GE ``youtubeid_start_end,10,label_idx`` lines -> (clip id, label)."""
+    out = []
+    for n, line in enumerate(read_lines(path), 1):
+        parts = [s.strip() for s in line.split(",")]
+        if len(parts) < 2 or not parts[-1].isdigit() or int(parts[-1]) >= num_classes:
+            raise MmvidError(f"{path}:{n}: expected `clip_id,10,label_idx` with label_idx < {num_classes}, got {line!r}")
+        out.append((parts[0], int(parts[-1])))
+    return out
+
+
+@source("kinetics-sounds")
+def kinetics_sounds_source(root: Path | None = None, train_list: Path | None = None, test_list: Path | None = None,
+                           seed: int = 0, **_) -> Source:
+    expected = ("video files named <clip_id>.mp4|mkv|webm under <root> with --train-list/--test-list "
+                "(`clip_id,10,label_idx`) and a *class*.txt file next to them, or <root>/<class>/<clip> folders")
+    root = _require_dir(root, expected)
+    if not _lists_given(train_list, test_list):
+        return _folder_clips("kinetics-sounds", root, None, None, seed, KS_PARAMS)
+    class_file = find_class_file(Path(train_list).parent, root)
+    if class_file is None:
+        raise MmvidError(f"no class-name file (*class*.txt, one name or `index name` a line) next to {train_list} or in {root}")
+    class_names = parse_class_names(class_file)
+    videos = index_videos(root)
+    if not videos:
+        raise MmvidError(f"no video files under {root}; expected {expected}")
+    ex = _Excluded()
+    entries = [(n, y, s) for s, lst in (("train", train_list), ("test", test_list))
+               for n, y in parse_ks_list(lst, len(class_names))]
+    ex.add([n for n, _, _ in entries if n not in videos], "in a split list, no video under --root",
+           "clips of the split lists have no video file")
+    listed = {n for n, _, _ in entries}
+    ex.add([n for n in videos if n not in listed], "video under --root, in no split list", "videos are in neither split list")
+    clips = [ClipSpec(name=n, label=y, split=s, video=videos[n]) for n, y, s in entries if n in videos]
+    return _finish("kinetics-sounds", class_names, clips, KS_PARAMS, ex, root, [f"class names from {class_file}"])
+
+
+# ----------------------------------------------------------------------------- UCF-101
+
+
+def frame_folder(root: Path, cls: str, stem: str) -> Path | None:
+    """The clip's precomputed frame folder in one of the common layouts, if any."""
+    for base in ("frames", "rawframes"):
+        for cand in (root / base / stem, root / base / cls / stem):
+            if cand.is_dir():
+                return cand
+    return None
+
+
+@source("ucf101")
+def ucf101_source(root: Path | None = None, split: str | int | None = None, **_) -> Source:
+    expected = "<root>/UCF-101/<Class>/v_*.avi and <root>/ucfTrainTestlist/ (classInd.txt, trainlist0N.txt, testlist0N.txt)"
+    root = _require_dir(root, expected)
+    lists = root / "ucfTrainTestlist"
+    if not (lists / "classInd.txt").is_file():
+        raise MmvidError(f"{lists / 'classInd.txt'} not found; expected {expected}")
+    s = str(split or 1)
+    if s not in ("1", "2", "3"):
+        raise MmvidError(f"--split {split!r} is not a UCF-101 split; choose 1, 2 or 3")
+    video_root = root / "UCF-101" if (root / "UCF-101").is_dir() else root
+    class_names = []
+    for n, line in enumerate(read_lines(lists / "classInd.txt"), 1):
+        idx, _, name = line.partition(" ")
+        if not idx.isdigit() or int(idx) != n or not name:
+            raise MmvidError(f"{lists / 'classInd.txt'}:{n}: expected `{n} ClassName`, got {line!r}")
+        class_names.append(name.strip())
+    entries = [(line.split()[0], split_name) for split_name, fname in (("train", f"trainlist0{s}.txt"), ("test", f"testlist0{s}.txt"))
+               for line in read_lines(lists / fname)]
+    ex = _Excluded()
+    ex.add([rel for rel, _ in entries if not (video_root / rel).is_file()], "in the split list, no video file",
+           f"videos of split {s} are missing under {video_root}")
+    on_disk = {p.relative_to(video_root).as_posix() for p in video_root.glob("*/*.avi")}
+    listed = {rel for rel, _ in entries}
+    ex.add(sorted(on_disk - listed), "video in no split list", f"videos are in neither list of split {s}")
+    clips = []
+    for rel, split_name in entries:
+        path = video_root / rel
+        if not path.is_file():
+            continue
+        cls = rel.split("/")[0]
+        if cls not in class_names:
+            raise MmvidError(f"{rel} in split {s} has class folder {cls!r}, which is not in classInd.txt")
+        frames = frame_folder(root, cls, path.stem)
+        clips.append(ClipSpec(name=path.stem, label=class_names.index(cls), split=split_name, video=path, flow_dir=frames))
+    params = dict(UCF_PARAMS)
+    with_frames = sum(c.flow_dir is not None for c in clips)
+    if clips and with_frames == len(clips):
+        params["flow"] = "precomputed"
+        note = f"flow: precomputed x_/y_ frames found for all {len(clips)} clips (--flow dis to compute it instead)"
+    else:
+        params["flow"] = "dis"
+        note = f"flow: computed with OpenCV DIS ({with_frames}/{len(clips)} clips have precomputed frames; --flow precomputed to use them)"
+    return _finish("ucf101", class_names, clips, params, ex, root, [note])

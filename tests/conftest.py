@@ -1,0 +1,48 @@
+"""Shared fixtures: the real clips of ../shared/data and a tiny demo cache + trained run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _shared_data() -> Path | None:
+    for cand in (os.environ.get("MMVID_SHARED_DATA"), REPO.parent / "shared" / "data", Path("/work/shared/data")):
+        if cand and Path(cand).is_dir():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = _shared_data()
+    if path is None:
+        pytest.skip("real test clips not found: set MMVID_SHARED_DATA or place shared/data beside the repository")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_ws(tmp_path_factory) -> Path:
+    """A workspace with a 60-clip demo cache (prepared through the real decode path)."""
+    from rich.console import Console
+
+    from mmvid.workflows import run_prepare
+
+    ws = tmp_path_factory.mktemp("ws")
+    run_prepare(Console(quiet=True), ws, "demo", clips=60, progress=False)
+    return ws
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_ws) -> Path:
+    """One epoch of concat training on the tiny demo cache."""
+    from rich.console import Console
+
+    from mmvid.workflows import run_train
+
+    return run_train(Console(quiet=True), tiny_ws, "demo",
+                     {"epochs": 1, "run_name": "tiny-concat", "data.batch_size": 16}, progress=False)

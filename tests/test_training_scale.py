@@ -1,0 +1,299 @@
+"""Training at scale on CPU: DDP through ``--gpus 2`` (gloo), exact resume (Ctrl-C mid-epoch, kill -9),
+NaN stop, bf16 autocast, the on-device cache; CUDA-only paths skip without a GPU.
+
+All runs use the demo cache (40 real mp4 clips decoded through the normal path) and the small encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from mmvid.engine import CKPT_LAST, load_checkpoint
+from mmvid.errors import MmvidError
+from mmvid.workflows import run_prepare, run_train
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = {"data.dataset": "demo", "device": "cpu", "model.encoder": "small", "epochs": 3, "data.batch_size": 8}
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("ws")
+    run_prepare(Console(quiet=True), ws, "demo", clips=50, progress=False)  # 30 train clips: 4 steps of 8
+    return ws
+
+
+def train_run(ws: Path, name: str, **over) -> Path:
+    overrides = {**BASE, "run_name": name, **{k.replace("__", "."): v for k, v in over.items()}}
+    return run_train(Console(quiet=True), ws, "demo", overrides, progress=False)
+
+
+def metrics(run: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock field."""
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def cli(ws: Path, *args: str) -> subprocess.Popen:
+    """``mmvid train`` in its own process group, as a shell runs it (Ctrl-C reaches the whole group)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "mmvid.cli", "train", "-w", str(ws), *args], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def cli_args(name: str, epochs: int) -> list[str]:
+    return ["--recipe", "demo", "--device", "cpu", "--encoder", "small", "--batch-size", "8", "--epochs", str(epochs),
+            "--run-name", name]
+
+
+def wait_for_epoch(run: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the first epoch's metrics line and checkpoint are written."""
+    path, t0 = run / "metrics.jsonl", time.time()
+    while time.time() - t0 < timeout:
+        if path.exists() and path.read_text().strip() and (run / CKPT_LAST).exists():
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"no finished epoch in {timeout}s")
+
+
+# ----------------------------------------------------------------------------- DDP
+
+
+def test_two_gloo_processes_agree_and_match_one_process(ws):
+    """--gpus 2 on CPU = 2 gloo processes, 8 clips each per step; the 1-process run takes 16 per step.
+
+    The sampler gives both runs the same global batches, so they differ only through BatchNorm's
+    batch statistics (per rank over 8 clips vs over 16) and summation order. Stated tolerance after
+    3 epochs: 0.01 on every loss and on rho, 0.1 on the scores s_m (sums over the 30 train clips);
+    accuracies are left out, since argmax over a near-chance model's logits flips on such differences.
+    Ranks must end with bit-identical parameters.
+    """
+    two = train_run(ws, "ddp2", gpus=2)
+    one = train_run(ws, "ddp1", data__batch_size=16)
+    ck = load_checkpoint(two / CKPT_LAST)
+    assert ck["world_size"] == 2 and len(ck["rank_fingerprints"]) == 2
+    assert ck["rank_fingerprints"][0] == ck["rank_fingerprints"][1]
+    assert len(ck["rank_rng"]) == 2
+    m2, m1 = metrics(two)[-1], metrics(one)[-1]
+    assert m1["epoch"] == m2["epoch"] == 2
+    tolerance = {"train_loss": 0.01, "test_loss": 0.01, "train_rho": 0.01, "test_rho": 0.01, "s_audio": 0.1, "s_video": 0.1}
+    for key, tol in tolerance.items():
+        assert abs(m1[key] - m2[key]) <= tol, (key, m1[key], m2[key])
+    # Sharded evaluation summed across ranks counts every train clip once (s_m sums 30 probabilities).
+    assert 30 * 0.05 < m2["s_audio"] < 30 * 0.2
+
+
+def test_sampler_gives_w_ranks_the_global_batches_of_one_process():
+    """Rank r's k-th batch of b clips + the other ranks' = the 1-process run's k-th batch of W * b clips;
+    the order depends on seed + epoch only, and ``skip`` resumes inside an epoch."""
+    from mmvid.distributed import ResumableSampler
+
+    n, b, world = 30, 4, 2
+    one = ResumableSampler(n, 1, 0, seed=3)
+    ranks = [ResumableSampler(n, world, r, seed=3) for r in range(world)]
+    for s in (one, *ranks):
+        s.set_epoch(5)
+    order, shares = list(one), [list(s) for s in ranks]
+    for k in range(len(shares[0]) // b):
+        merged = sorted(i for share in shares for i in share[k * b:(k + 1) * b])
+        assert merged == sorted(order[k * world * b:(k + 1) * world * b])
+    again = ResumableSampler(n, 1, 0, seed=3)
+    again.set_epoch(5)
+    again.skip = 12
+    assert len(again) == n - 12 and list(again) == order[12:] and len(again) == n
+    again.set_epoch(6)
+    assert list(again) != order
+
+
+def test_error_on_ranks_is_one_line(ws):
+    with pytest.raises(MmvidError, match=r"distributed training failed on rank \d: --amp fp16 needs a CUDA device"):
+        train_run(ws, "ddp-bad", gpus=2, amp="fp16")
+
+
+def test_failure_on_one_rank_ends_the_run(ws, tmp_path):
+    """NaN spectrograms in exactly the clips rank 1 gets first: rank 1 stops, rank 0 (waiting in the
+    gradient all-reduce) is stopped too, and the parent names the rank, the epoch and the step."""
+    import shutil
+
+    import h5py
+
+    from mmvid.config import resolve_config
+    from mmvid.data.cache import read_info
+    from mmvid.distributed import ResumableSampler
+    from mmvid.engine import make_splits
+
+    cache = tmp_path / "poisoned.h5"
+    shutil.copy(ws / "caches" / "demo.h5", cache)
+    cfg = resolve_config("demo", BASE)
+    train_rows = make_splits(read_info(cache), cfg.data.val_fraction, cfg.seed).train
+    sampler = ResumableSampler(len(train_rows), 2, 1, cfg.seed)
+    sampler.set_epoch(0)
+    first = sorted(int(train_rows[i]) for i in list(sampler)[: cfg.data.batch_size])
+    with h5py.File(cache, "r+") as f:
+        for row in first:
+            f["spectrogram"][row] = float("nan")
+    with pytest.raises(MmvidError, match=r"failed on rank 1: loss became nan at epoch 1, step 0; .*other processes were stopped"):
+        train_run(ws, "one-rank-fails", gpus=2, data__dataset=str(cache))
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+@pytest.fixture(scope="module")
+def reference(ws) -> list[dict]:
+    """An uninterrupted 2-epoch run, batch 8 (4 steps per epoch)."""
+    return metrics(train_run(ws, "ref", epochs=2))
+
+
+def test_stop_mid_epoch_then_resume_is_exact(ws, reference, monkeypatch):
+    """A stop request (Ctrl-C) seen at the 7th check saves a mid-epoch checkpoint: the loop checks after
+    each of the 4 steps of an epoch and once after its evaluation, so that is epoch 2 after 2 of 4 batches."""
+    from mmvid import distributed
+
+    calls = {"n": 0}
+
+    def requested(self, all_reduce=None):
+        calls["n"] += 1
+        return calls["n"] == 7
+
+    monkeypatch.setattr(distributed.StopRequest, "requested", requested)
+    with pytest.raises(MmvidError, match="training interrupted; its state is saved"):
+        train_run(ws, "stopped", epochs=2)
+    run = ws / "runs" / "stopped"
+    ck = load_checkpoint(run / CKPT_LAST)
+    assert ck["epoch"] == 0 and ck["partial"]["batch"] == 2 and ck["step"] == 6
+    assert len(metrics(run)) == 1
+    monkeypatch.undo()
+    run_train(Console(quiet=True), ws, None, {}, resume="stopped", progress=False)
+    assert metrics(run) == reference
+
+
+def test_kill9_mid_epoch_then_resume_is_exact(ws, reference):
+    """kill -9 during epoch 2 loses at most that epoch; the resumed run ends with identical metrics."""
+    proc = cli(ws, *cli_args("killed", 2))
+    run = ws / "runs" / "killed"
+    wait_for_epoch(run, proc)
+    time.sleep(0.05)  # into epoch 2, which takes far longer than this even on a fast machine
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "summary.json").exists(), "the run finished before it was killed"
+    done = subprocess.run([sys.executable, "-m", "mmvid.cli", "train", "-w", str(ws), "--resume", "killed"],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert metrics(run) == reference
+
+
+def test_ctrl_c_saves_and_exits_cleanly(ws):
+    """Ctrl-C to the process group, a DataLoader worker included: saved, one line, exit code 2, exact resume.
+
+    Compared with an uninterrupted run that also loads through one worker (runs with and without a
+    worker were seen to differ in the last bits of the loss), and the comparison is exact.
+    """
+    reference = metrics(train_run(ws, "ref-worker", epochs=2, data__workers=1))
+    proc = cli(ws, *cli_args("ctrlc", 2), "--workers", "1")
+    run = ws / "runs" / "ctrlc"
+    wait_for_epoch(run, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert "training interrupted; its state is saved" in " ".join(err.split())
+    run_train(Console(quiet=True), ws, None, {}, resume="ctrlc", progress=False)
+    assert metrics(run) == reference
+
+
+def test_same_command_under_torchrun(ws):
+    """``torchrun --nproc-per-node 2 -m mmvid.cli train ...``: the ranks agree on one run folder and weights."""
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "mmvid.cli",
+                           "train", "-w", str(ws), *cli_args("torchrun", 1)],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ck = load_checkpoint(ws / "runs" / "torchrun" / CKPT_LAST)
+    assert ck["world_size"] == 2 and ck["rank_fingerprints"][0] == ck["rank_fingerprints"][1]
+    assert done.stdout.count("run torchrun:") == 1  # only rank 0 reports
+
+
+@pytest.mark.slow
+def test_ddp_ctrl_c_then_resume_is_exact(ws):
+    """Ctrl-C to a --gpus 2 run (the whole process group, as a terminal sends it): every rank stops at the
+    same step and saves its RNG and partial sums; the resumed run ends exactly as an uninterrupted one."""
+    ref = metrics(train_run(ws, "ddp-ref", gpus=2, epochs=2, data__batch_size=4))
+    proc = cli(ws, *cli_args("ddp-ctrlc", 2), "--gpus", "2", "--batch-size", "4")
+    run = ws / "runs" / "ddp-ctrlc"
+    wait_for_epoch(run, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "training interrupted; its state is saved" in " ".join(err.split())
+    assert len(load_checkpoint(run / CKPT_LAST)["rank_rng"]) == 2
+    run_train(Console(quiet=True), ws, None, {}, resume="ddp-ctrlc", progress=False)
+    assert metrics(run) == ref
+
+
+# ----------------------------------------------------------------------------- numerics
+
+
+def test_nan_loss_names_epoch_and_step(ws, monkeypatch):
+    from mmvid.augment import base
+
+    real, calls = base.mixed_cross_entropy, {"n": 0}
+
+    def poisoned(logits, y, mix):
+        calls["n"] += 1
+        loss = real(logits, y, mix)
+        return loss * float("nan") if calls["n"] == 6 else loss
+
+    monkeypatch.setattr(base, "mixed_cross_entropy", poisoned)
+    with pytest.raises(MmvidError, match=r"loss became nan at epoch 2, step 5;"):
+        train_run(ws, "nan", data__batch_size=8)  # 4 steps per epoch: the 6th is epoch 2, step index 5
+
+
+def test_bf16_autocast_on_cpu(ws):
+    from mmvid.engine import autocast
+
+    conv = torch.nn.Conv2d(3, 4, 3)
+    with autocast(torch.device("cpu"), "bf16"):
+        assert conv(torch.randn(1, 3, 8, 8)).dtype == torch.bfloat16
+    run = train_run(ws, "bf16", amp="bf16", epochs=1)
+    (m,) = metrics(run)
+    assert all(torch.isfinite(torch.tensor(m[k])) for k in ("train_loss", "test_loss"))
+
+
+def test_cache_on_device_feeds_the_same_batches(ws):
+    """--cache-on-gpu (here on the CPU device) serves exactly what the DataLoader serves."""
+    ref = metrics(train_run(ws, "loader", epochs=1))
+    dev = metrics(train_run(ws, "ondevice", epochs=1, data__cache_on_gpu=True))
+    assert dev == ref
+
+
+def test_device_loader_crops_on_the_device(ws):
+    """Train-time crops on the DeviceLoader: one random resized crop per clip, output at crop_size."""
+    from mmvid.config import resolve_config
+    from mmvid.data.cache import read_info
+    from mmvid.engine import make_loader
+
+    cfg = resolve_config("demo", {**BASE, "data.cache_on_gpu": True, "data.crop_size": 24, "data.random_crop": True})
+    info = read_info(ws / "caches" / "demo.h5")
+    loader = make_loader(info, info.indices("train")[:10], cfg, train=True, device=torch.device("cpu"))
+    batches = list(loader)
+    assert len(loader) == len(batches) == 2 and sum(len(y) for _, y in batches) == 10
+    inputs, y = batches[0]
+    assert inputs["video"].shape == (8, 3, 3, 24, 24) and inputs["audio"].shape[:2] == (8, 1)
+    assert inputs["video"].dtype == torch.float32 and torch.isfinite(inputs["video"]).all()
+
+
+@needs_cuda
+def test_cuda_fp16_with_cache_on_gpu(ws):
+    run = train_run(ws, "cuda-fp16", device="cuda", amp="fp16", epochs=1, data__cache_on_gpu=True)
+    ck = load_checkpoint(run / CKPT_LAST)
+    assert ck["scaler"]["scale"] > 0 and torch.isfinite(torch.tensor(metrics(run)[0]["train_loss"]))
