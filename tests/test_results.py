@@ -132,7 +132,9 @@ def test_robustness_cli_one_row_per_condition_and_plot(tiny, tmp_path):
 def test_dropping_a_modality_changes_predictions(tiny, tmp_path):
     from mmvid.robustness import compare_robustness
 
-    rep = compare_robustness([tiny["bmm"]], drop=["audio", "video"], fill="both", out_dir=tmp_path, plot=False)
+    # on the 30 training clips: the 10 test clips of a 3-epoch model are too few to be sure of a change
+    rep = compare_robustness([tiny["bmm"]], drop=["audio", "video"], fill="both", split="train", out_dir=tmp_path,
+                             plot=False)
     res = rep.runs[0]["results"]
     for name in ("drop audio (zero)", "drop audio (mean)", "drop video (zero)", "drop video (mean)"):
         assert res[name]["changed"] > 0, name  # a trained model that uses the modality answers differently
