@@ -96,7 +96,7 @@ class OnTheFlyDataset:
         import librosa
         import torch
 
-        from mmvid.data.dataset import frames_to_tensor, spec_to_tensor
+        from mmvid.data.dataset import frames_to_tensor, normalise_frames, spec_to_tensor
         from mmvid.data.decode import select_indices
         from mmvid.data.features import log_spectrogram
 
@@ -106,13 +106,15 @@ class OnTheFlyDataset:
         imgs = [cv2.resize(cv2.imread(str(files[j]))[..., ::-1], (p["image_size"],) * 2) for j in idx]
         wave, _ = librosa.load(str(self.folders[i] / "audio.wav"), sr=p["sample_rate"])
         spec = log_spectrogram(wave, p["sample_rate"], p["clip_seconds"], p["n_fft"], p["hop"])
-        video = frames_to_tensor(np.stack(imgs))
+        video = normalise_frames(frames_to_tensor(np.stack(imgs)))  # per sample, as the reference transforms do
         return {"audio": spec_to_tensor(spec), "video": video}, torch.tensor(self.labels[i])
 
 
 def loader_rate(dataset, n_samples: int, workers: int, batch: int) -> float:
     """Samples/s over ``n_samples`` (whole epochs) through a DataLoader, after one warm-up batch."""
     from torch.utils.data import DataLoader, Subset
+
+    from mmvid.data.dataset import finish_batch
 
     reps = int(np.ceil(n_samples / len(dataset)))
     ds = Subset(dataset, list(range(len(dataset))) * reps)
@@ -121,6 +123,7 @@ def loader_rate(dataset, n_samples: int, workers: int, batch: int) -> float:
     next(it)  # workers started, imports done
     t0, seen = time.perf_counter(), 0
     for x, _ in it:
+        x = finish_batch(x)  # the cache path leaves frame normalisation to this batched step
         seen += len(x["audio"])
     return seen / (time.perf_counter() - t0)
 

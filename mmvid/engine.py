@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from mmvid.augment.bmm import imbalance
 from mmvid.config import CACHE_KEY, TrainConfig, config_from_dict, save_config
 from mmvid.data.cache import CacheInfo, read_info
-from mmvid.data.dataset import CacheDataset
+from mmvid.data.dataset import CacheDataset, finish_batch
 from mmvid.data.sources import stratified_split
 from mmvid.errors import Interrupted, MmvidError
 from mmvid.models.classifier import MultimodalClassifier, build_model
@@ -134,7 +134,8 @@ def make_loader(info: CacheInfo, rows: np.ndarray, cfg: TrainConfig, train: bool
 
 
 def to_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+    """Move a loader's batch to ``device`` and finish decoding it there (uint8 frames -> normalised float)."""
+    return finish_batch({k: v.to(device, non_blocking=True) for k, v in inputs.items()})
 
 
 # ----------------------------------------------------------------------------- evaluation

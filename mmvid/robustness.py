@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from mmvid import corruptions as C
+from mmvid.data.dataset import finish_batch
 from mmvid.engine import evaluate_model
 from mmvid.errors import MmvidError
 from mmvid.evaluate import LoadedRun, load_run
@@ -178,7 +179,7 @@ def training_mean(lr: LoadedRun, modality: str, batch_size: int = 64) -> torch.T
     """Mean input of ``modality`` over the run's training rows (eval preprocessing): (1, *item shape)."""
     total, n = None, 0
     for inputs, _ in lr.loader(np.asarray(lr.ck["splits"]["train"]), batch_size=batch_size):
-        x = inputs[modality].double()
+        x = finish_batch(inputs)[modality].double()
         total = x.sum(0) if total is None else total + x.sum(0)
         n += x.shape[0]
     return (total / max(n, 1)).float()[None]

@@ -151,26 +151,39 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
 
 
 def run_demo(console, ws: Path, epochs: int | None = None, clips: int | None = None) -> dict[str, Any]:
-    """prepare demo -> train concat -> evaluate, with a Rich summary."""
+    """prepare demo -> train concat and concat + B-MM -> evaluate -> robustness -> figures, with a Rich summary."""
     from rich.panel import Panel
 
+    from mmvid import visualize
     from mmvid.evaluate import evaluate_run, render
+    from mmvid.robustness import compare_robustness
 
     t0 = time.time()
     console.rule("[bold]mmvid demo: prepare")
     cache = run_prepare(console, ws, "demo", workers=2, clips=clips)
     over = {"data.dataset": cache.stem, "epochs": epochs}
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    results = {}
-    for aug in ("none",):
+    runs, results = {}, {}
+    for aug in ("none", "bmm"):
         console.rule(f"[bold]mmvid demo: train concat + {aug}")
-        run = run_train(console, ws, "demo", {**over, "augment.name": aug, "run_name": f"demo-concat-{aug}-{stamp}"})
-        results[aug] = evaluate_run(run)
+        runs[aug] = run_train(console, ws, "demo", {**over, "augment.name": aug, "run_name": f"demo-concat-{aug}-{stamp}"})
+        results[aug] = evaluate_run(runs[aug])
     console.rule("[bold]mmvid demo: evaluate")
     render(list(results.values()), console)
+    console.rule("[bold]mmvid demo: robustness (concat vs concat + B-MM)")
+    rob = compare_robustness([runs["none"], runs["bmm"]], drop=["audio", "video"], fill="zero", noise="gaussian",
+                             modality="audio", corruptions=["all"], severities=["medium"],
+                             out_dir=ws / "comparisons" / f"demo-{stamp}", console=console)
+    console.rule("[bold]mmvid demo: figures")
+    figures = [p for p in rob.files if p.suffix == ".png"]
+    for run in runs.values():
+        figures += [p for p in visualize.plot_curves(run) + visualize.plot_umap(run, max_points=300)
+                    + visualize.plot_confusion(run) if p.suffix == ".png"]
     lines = [f"concat+{k}: test accuracy {100 * r['accuracy']:.2f}%  ("
              + ", ".join(f"{m} alone {100 * a:.1f}%" for m, a in r["modality_accuracy"].items()) + f", rho {r['rho']:.2f})"
              for k, r in results.items()]
+    lines.append("figures:")
+    lines += [f"  {p}" for p in figures]
     lines.append(f"workspace: {ws}   total time {time.time() - t0:.0f}s")
-    console.print(Panel("\n".join(lines), title="mmvid demo summary"))
-    return results
+    console.print(Panel("\n".join(lines), title="mmvid demo summary"), soft_wrap=True)
+    return {"results": results, "runs": runs, "figures": figures}

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from mmvid.cli import app
 
 runner = CliRunner()
-COMMANDS = ["prepare", "train", "evaluate", "robustness", "visualize", "demo"]
+COMMANDS = ["prepare", "train", "evaluate", "robustness", "visualize", "report", "demo"]
 
 
 def test_top_level_help_lists_commands():
