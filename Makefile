@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.mmvid-installed
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast bench bench-prepare bench-throughput bench-methods clean
 
 venv: $(STAMP)
 
@@ -25,8 +25,17 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-bench: $(STAMP)
-	$(PY) -m benchmarks.run
+# Benchmarks print figures and ratios measured in one run (never part of the tests).
+bench: bench-prepare bench-throughput bench-methods
+
+bench-prepare: $(STAMP)
+	$(PY) -m benchmarks.bench_prepare
+
+bench-throughput: $(STAMP)
+	$(PY) -m benchmarks.bench_throughput
+
+bench-methods: $(STAMP)
+	$(PY) -m benchmarks.bench_methods
 
 clean:
 	rm -rf $(VENV) mmvid-workspace
