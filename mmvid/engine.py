@@ -318,6 +318,10 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
     if extra is not None:
         extra.to(device)
         optimizer.add_param_group({"params": [p for p in extra.parameters() if p.requires_grad]})
+    aug_extra = augment.setup(model, ctx)  # trainable parts of an augmentation (MS-Mix intensity heads)
+    if aug_extra is not None:
+        aug_extra.to(device)
+        optimizer.add_param_group({"params": [p for p in aug_extra.parameters() if p.requires_grad]})
 
     train_loader = make_loader(info, splits.train, cfg, train=True)
     eval_loaders = {k: make_loader(info, rows, cfg, train=False) for k, rows in
