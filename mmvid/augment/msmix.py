@@ -136,7 +136,7 @@ class MSMix(Augmentation):
         mixed_ce = (per_row * valid).sum() / valid.sum().clamp_min(1)
         sal = alignment_loss(intensity, out.logits.detach().float().softmax(1).gather(1, y[:, None]).squeeze(1))
         loss = loss + self.mix_weight * mixed_ce + self.sal_weight * sal
-        self.stats.add({"msmix_sal": float(sal), "msmix_paired": float(valid.float().mean()),
+        self.stats.add({"msmix_sal": float(sal.detach()), "msmix_paired": float(valid.float().mean()),
                         **{f"msmix_lambda_{m}": float(lam.mean()) for m, lam in lams.items()}})
         return out, loss
 

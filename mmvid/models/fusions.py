@@ -102,7 +102,7 @@ class FiLMFusion(Fusion):
     def __init__(self, dims: dict[str, int], condition: str | None = None, **_) -> None:
         super().__init__(dims)
         _check_two_plus("film", dims)
-            self.condition = condition or ("audio" if "audio" in dims else self.modalities[0])
+        self.condition = condition or ("audio" if "audio" in dims else self.modalities[0])
         if self.condition not in dims:
             raise MmvidError(f"model.fusion_args.condition={self.condition!r} is not one of the modalities {list(dims)}")
         self.targets = [m for m in self.modalities if m != self.condition]
