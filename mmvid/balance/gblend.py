@@ -53,8 +53,9 @@ class GradientBlending(Balancer):
 
     def setup(self, model, ctx) -> nn.Module:
         if len(ctx.splits.val) == 0:
-            raise MmvidError("balancer gblend needs a validation split to estimate its weights; "
-                             "set data.val_fraction > 0 (e.g. --set data.val_fraction=0.1)")
+            raise MmvidError(f"balancer gblend needs a validation split to estimate its weights, but it is empty "
+                             f"(data.val_fraction={ctx.cfg.data.val_fraction} of {len(ctx.splits.train)} train clips); "
+                             f"raise data.val_fraction (e.g. --set data.val_fraction=0.2) or use more clips")
         net = unwrap(model)
         self.heads = nn.ModuleDict({m: nn.Linear(net.encoders[m].output_dim, ctx.num_classes) for m in self.modalities})
         return self.heads
