@@ -17,7 +17,7 @@ def atf_lr_ratios(losses: dict[str, float], gamma: float) -> dict[str, float]:
     return {m: (v / max(mean, 1e-12)) ** gamma for m, v in losses.items()}
 
 
-@BALANCERS.register("atf")
+@BALANCERS.register("atf", doc="ATF (reconstructed): encoder lr follows its unimodal loss, (l_m / mean l)^gamma.")
 class AdaptiveTrackingFactor(Balancer):
     """ATF (reconstructed): every step, EMAs l_m (``momentum`` 0.9) of the unimodal CE losses (Eq. 5 masking,
     summed over ranks) set encoder m's learning rate to base_lr * (l_m / mean_k l_k)^gamma (``gamma`` 1.0),

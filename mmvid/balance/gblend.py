@@ -32,7 +32,7 @@ def gblend_weights(start: dict[str, tuple[float, float]], end: dict[str, tuple[f
     return {k: v / total for k, v in raw.items()}
 
 
-@BALANCERS.register("gblend")
+@BALANCERS.register("gblend", doc="G-Blend: per-modality heads, loss weights from val/train losses per super-epoch.")
 class GradientBlending(Balancer):
     """G-Blend: one extra linear head per modality on z_m plus the fused head;
     loss = w_fused L(fused) + sum_m w_m CE(head_m(z_m), y), with the weights re-estimated every

@@ -20,7 +20,7 @@ def learning_speed(params: list[torch.nn.Parameter]) -> float:
     return math.log(max(g2, 1e-30) / max(w2, 1e-30))
 
 
-@BALANCERS.register("greedy")
+@BALANCERS.register("greedy", doc="Greedy: re-balancing steps cut the slower modality's MMTM input (needs --fusion mmtm).")
 class GreedyRebalance(Balancer):
     """Greedy: after each step, d = speed_a - speed_v (:func:`learning_speed`, the balanced-learning
     difference); when |d| > ``epsilon`` (0.5) for ``window`` (5) consecutive steps, the next step is a

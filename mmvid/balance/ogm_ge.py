@@ -18,7 +18,7 @@ def ogm_coefficients(scores: dict[str, float], alpha: float) -> dict[str, float]
     return {m: (1 - math.tanh(alpha * r)) if r > 1 else 1.0 for m, r in relative_to_others(scores).items()}
 
 
-@BALANCERS.register("ogm-ge")
+@BALANCERS.register("ogm-ge", doc="OGM-GE: scale the strong encoder's gradients by 1 - tanh(alpha rho), plus GE noise.")
 class OGMGE(Balancer):
     """OGM-GE, per step after backward (gradients unscaled, not yet clipped), for every parameter of
     encoder u: g <- k_u g (+ N(0, std(g)^2) with GE), k_u from the batch's unimodal scores (Eq. 5 masking,

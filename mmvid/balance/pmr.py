@@ -36,7 +36,7 @@ def pmr_coefficients(scores: dict[str, float], alpha: float, scale: str = "ratio
     return out
 
 
-@BALANCERS.register("pmr")
+@BALANCERS.register("pmr", doc="PMR: prototype cross-entropy for the weak modality, scaled by the imbalance.")
 class PrototypicalRebalance(Balancer):
     """PMR: class prototypes c_m,k (mean z_m of class k) recomputed at each epoch start from ``fraction``
     (0.2) of the training set (EMA ``momentum``, default 0); L_PCE,m = CE(-||z_m - C_m||, y); per step

@@ -26,7 +26,7 @@ def teacher_config(cfg, modality: str, epochs: int):
     return t
 
 
-@BALANCERS.register("umt")
+@BALANCERS.register("umt", doc="UMT: distil frozen unimodal teachers into the encoders (beta * MSE).")
 class UniModalTeacher(Balancer):
     """UMT: loss = L + beta sum_m MSE(phi_m^teacher(x_m), z_m), beta = 10 (``balance.args.beta``).
     Teachers come from ``balance.args.teachers`` ({modality: run folder or checkpoint}) or, when absent, are

@@ -82,7 +82,7 @@ class MeanOfModalityHeads(nn.Module):
         return torch.stack(list(self.modality_logits(h).values())).mean(0)
 
 
-@FUSIONS.register("decision")
+@FUSIONS.register("decision", doc="Late fusion: mean of one linear head per modality (Table 1, Decision).")
 class DecisionFusion(ConcatFusion):
     """Late fusion (paper Table 1, Decision): h = [z_a; z_v; ...] (B, sum d_m) and the head averages
     one linear classifier per modality, logits = (1/M) sum_m (W_m z_m + b_m). MM mixes h, i.e. every
@@ -92,7 +92,7 @@ class DecisionFusion(ConcatFusion):
         return MeanOfModalityHeads(self.dims, num_classes)
 
 
-@FUSIONS.register("film")
+@FUSIONS.register("film", doc="FiLM: h = gamma(z_c) * z_other + beta(z_c); c = fusion_args.condition (audio).")
 class FiLMFusion(Fusion):
     """FiLM (Perez et al. 2018): gamma, beta = Linear(z_c) from the conditioning modality c
     (``fusion_args.condition``, default audio as in OGM-GE, else the first modality);
@@ -114,7 +114,7 @@ class FiLMFusion(Fusion):
         return gamma * torch.cat([feats[m] for m in self.targets], dim=1) + beta
 
 
-@FUSIONS.register("bigated")
+@FUSIONS.register("bigated", doc="Bidirectional gating: h = [sigma(W_a z_v) * z_a ; sigma(W_v z_a) * z_v].")
 class BiGatedFusion(Fusion):
     """Bidirectional gating (Kiela et al. 2018): h = [sigma(W_a z_v) * z_a ; sigma(W_v z_a) * z_v]
     (B, sum d_m); with N > 2 modality m is gated by the concatenation of the others."""
@@ -133,7 +133,7 @@ class BiGatedFusion(Fusion):
         return torch.cat(out, dim=1)
 
 
-@FUSIONS.register("mmtm")
+@FUSIONS.register("mmtm", doc="MMTM excitation of each feature from all, then concat (needed by greedy).")
 class MMTMFusion(ConcatFusion):
     """Multimodal transfer module (Joze et al. 2020) on the pooled features, then concatenation; the
     fusion that the ``greedy`` balancer (Wu et al. 2022) steers:
