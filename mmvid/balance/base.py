@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmvid.augment.base import EpochMeans, modality_mix, target_probability
+from mmvid.augment.base import modality_mix, target_probability
 from mmvid.errors import MmvidError
 
 
