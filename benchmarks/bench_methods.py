@@ -57,6 +57,7 @@ def main() -> None:
             s = train(cfg, cache, run, progress=False)
             results.setdefault(name, []).append({"test_acc": s["last"]["test_acc"], "best_test": s["best"]["test_acc"],
                                                  "rho": s["last"]["rho"], "seconds": time.time() - t0})
+            (ws / "bench_methods.json").write_text(json.dumps(results, indent=2))  # partial results survive a stop
             console.print(f"{name} seed {seed}: test {100 * s['last']['test_acc']:.1f}%  rho {s['last']['rho']:.2f}  "
                           f"({time.time() - t0:.0f}s)")
     table = Table(title=f"demo, {a.seeds} seeds, recipe demo ({time.time() - t0:.0f}s)")
