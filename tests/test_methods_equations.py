@@ -314,7 +314,8 @@ def test_atf_sets_encoder_learning_rates_from_unimodal_losses():
     ctx = attach(cfg, model, AUGMENTS.build("none", cfg.augment, AV), bal, [(inputs, y)])
     out = model(inputs)
     out.logits.sum().backward()
-    uni = model.unimodal_logits({m: z.detach() for m, z in out.features.items()})
+    with torch.no_grad():
+        uni = model.unimodal_logits({m: z.detach() for m, z in out.features.items()})
     losses = {m: float(F.cross_entropy(uni[m], y)) for m in AV}
     mean = sum(losses.values()) / 2
     bal.after_backward(model, out, y, ctx)
