@@ -54,7 +54,12 @@ def main() -> None:
         for seed in range(a.seeds):
             cfg = resolve_config("demo", {**CONFIGS[name], "seed": seed, "epochs": a.epochs})
             run = ws / "runs" / f"bench-{name}-s{seed}"
-            s = train(cfg, cache, run, progress=False)
+            done = run / "summary.json"
+            # A finished run of the same config is reused, so an interrupted benchmark continues where it stopped.
+            if done.exists() and json.loads(done.read_text()).get("epochs") == cfg.epochs:
+                s = json.loads(done.read_text())
+            else:
+                s = train(cfg, cache, run, progress=False)
             results.setdefault(name, []).append({"test_acc": s["last"]["test_acc"], "best_test": s["best"]["test_acc"],
                                                  "rho": s["last"]["rho"], "seconds": time.time() - t0})
             (ws / "bench_methods.json").write_text(json.dumps(results, indent=2))  # partial results survive a stop
