@@ -45,12 +45,46 @@ class Mix:
         return (1 - w) * onehot + w * onehot[self.perm]
 
 
+def modality_mix(mix: Mix | None, m: str) -> Mix | None:
+    """The mix as modality m's own prediction sees it: z_m was mixed with its partner weight w_m (input
+    stage: every modality; feature stage: ``weights[m]``, e.g. only B-MM's weak modality), so its target is
+    mixed by w_m; fused-stage mixing (MM) leaves z_m untouched, so its target is the plain label."""
+    if mix is None or mix.stage == "fused":
+        return None
+    w = mix.weights.get(m, mix.weights.get("*"))
+    return None if w is None else Mix(mix.stage, mix.perm, {m: w}, w)
+
+
+def target_probability(logits: torch.Tensor, y: torch.Tensor, mix: Mix | None) -> torch.Tensor:
+    """(B,) probability given to the (mixed) target: p_i[y_i] without a mix, sum_c y~_i,c p_i,c with one."""
+    p = logits.float().softmax(1)
+    if mix is None:
+        return p.gather(1, y[:, None]).squeeze(1)
+    return (mix.soft_target(y, logits.shape[1]) * p).sum(1)
+
+
 def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, mix: Mix | None) -> torch.Tensor:
     """CE(logits, y) without a mix; else (1 - w_y) * CE(., y_i) + w_y * CE(., y_pi(i)) (= CE with soft target)."""
     if mix is None:
         return F.cross_entropy(logits.float(), y)
     target = mix.soft_target(y, logits.shape[1])
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+class EpochMeans:
+    """Running means of per-step statistics over one epoch, for the ``log()`` line of metrics.jsonl."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, stats: dict[str, float]) -> None:
+        for k, v in stats.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.n += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.n for k, v in self.sums.items()} if self.n else {}
 
 
 class Augmentation:
@@ -75,6 +109,10 @@ class Augmentation:
         mix = self.sample(y, ctx)
         out = model(inputs, mix=mix)
         return out, mixed_cross_entropy(out.logits, y, mix)
+
+    def setup(self, model, ctx):
+        """Once, after the model is built: return trainable modules of the augmentation (or None)."""
+        return None
 
     def on_epoch_start(self, ctx) -> None:
         pass

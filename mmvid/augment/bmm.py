@@ -41,7 +41,7 @@ def weak_lambdas(scores: dict[str, float], modalities: list[str], beta: float, m
     return lams
 
 
-@AUGMENTS.register("bmm")
+@AUGMENTS.register("bmm", doc="B-MM: after warm-up, mix only the weak modality by lambda = beta tanh(rho' - 1) (Eqs. 5-8).")
 class BalancedMultimodalMixup(Augmentation):
     """B-MM: after ``warmup`` plain epochs, mix only the weak modality's feature (Eq. 8):
 

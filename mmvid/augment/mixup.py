@@ -24,7 +24,7 @@ class _BetaMix(Augmentation):
         return Mix(self.stage, perm, {self.key: 1.0 - lam}, 1.0 - lam)
 
 
-@AUGMENTS.register("mixup")
+@AUGMENTS.register("mixup", doc="Input mixup of every modality, same lambda ~ Beta(alpha, alpha) (reference).")
 class InputMixup(_BetaMix):
     """Input-level mixup of every modality with the same lambda and pi (a reference baseline):
     x~_m = lambda x_m,i + (1 - lambda) x_m,pi(i); loss = lambda CE(., y_i) + (1 - lambda) CE(., y_pi(i))."""
@@ -32,7 +32,7 @@ class InputMixup(_BetaMix):
     stage = "input"
 
 
-@AUGMENTS.register("mm")
+@AUGMENTS.register("mm", doc="MM: mixup of the fused feature before the head (Eq. 3).")
 class MultimodalMixup(_BetaMix):
     """MM (paper Eq. 3): mix the fused multimodal feature h = fuse(z) just before the head,
     h~ = lambda h_i + (1 - lambda) h_pi(i), lambda ~ Beta(alpha, alpha); the target is mixed alike.

@@ -1,5 +1,6 @@
-"""BALANCERS: none (and ogm-ge, gblend, pmr, greedy, umt, atf). Imported explicitly to register them."""
+"""BALANCERS: none, ogm-ge, gblend, pmr, greedy, umt, atf. Imported explicitly to register them."""
 
+from mmvid.balance import atf, gblend, greedy, ogm_ge, pmr, umt  # noqa: F401
 from mmvid.balance.base import Balancer
 from mmvid.registry import BALANCERS
 
@@ -7,3 +8,5 @@ from mmvid.registry import BALANCERS
 @BALANCERS.register("none")
 class NoBalance(Balancer):
     """No balancing."""
+
+    min_modalities = 1

@@ -21,9 +21,47 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmvid.augment.base import modality_mix, target_probability
+from mmvid.errors import MmvidError
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The classifier inside a DDP wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def encoder_parameters(model: nn.Module, m: str) -> list[nn.Parameter]:
+    """Every trainable parameter of modality m's encoder (all of them, not chosen by name or rank)."""
+    return [p for p in unwrap(model).encoders[m].parameters() if p.requires_grad]
+
+
+@torch.no_grad()
+def unimodal_logits(model: nn.Module, out) -> dict[str, torch.Tensor]:
+    """Paper Eq. 5 on the step's (detached, float32) features: m -> (B, C) logits of m alone."""
+    return unwrap(model).unimodal_logits({m: z.detach().float() for m, z in out.features.items()})
+
+
+def modality_scores(logits: dict[str, torch.Tensor], out, y: torch.Tensor, ctx) -> dict[str, float]:
+    """s_m = sum_i p_m,i[y~_i] over the batch, summed over ranks; y~ is the target modality m's features
+    were mixed towards (plain y without mixing)."""
+    mods = list(logits)
+    local = torch.stack([target_probability(logits[m], y, modality_mix(out.mix, m)).sum().detach().cpu().double()
+                         for m in mods])
+    return dict(zip(mods, ctx.all_reduce(local).tolist()))
+
+
+def relative_to_others(scores: dict[str, float]) -> dict[str, float]:
+    """rho_m = s_m / mean_{k != m} s_k (for two modalities rho_a = s_a / s_v, rho_v = s_v / s_a)."""
+    out = {}
+    for m, s in scores.items():
+        others = [v for k, v in scores.items() if k != m]
+        out[m] = s / max(sum(others) / len(others), 1e-12)
+    return out
+
 
 class Balancer:
     needs_train_scores = False
+    min_modalities = 2  # most balancers compare modalities; a lone modality has nothing to balance
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         self.cfg = cfg  # BalanceConfig (name + args)
@@ -31,7 +69,10 @@ class Balancer:
         self.modalities = list(modalities)
 
     def check(self, model_cfg, augment_name: str) -> None:
-        """Raise MmvidError when this balancer cannot work with the fusion / augmentation."""
+        """Raise MmvidError when this balancer cannot work with the fusion / augmentation / modalities."""
+        if len(self.modalities) < self.min_modalities:
+            raise MmvidError(f"balancer {self.cfg.name!r} needs at least {self.min_modalities} modalities, "
+                             f"data.modalities has {self.modalities}; add a modality or use --balance none")
 
     def setup(self, model: nn.Module, ctx) -> nn.Module | None:
         return None

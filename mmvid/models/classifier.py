@@ -8,6 +8,7 @@ stored on ``self`` during forward.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,8 @@ class ModelOutput:
     features: dict[str, torch.Tensor]  # per modality (B, d_m), after calibration and any feature mixing
     fused: torch.Tensor  # (B, output_dim), after any fused-stage mixing
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. calibration gates
+    tokens: dict[str, torch.Tensor] | None = None  # per modality (B, N_m, d_m) when asked for (MS-Mix)
+    mix: Any = None  # the Mix applied in this forward (balancers derive per-modality targets from it)
 
 
 class MultimodalClassifier(nn.Module):
@@ -50,11 +53,13 @@ class MultimodalClassifier(nn.Module):
     def classify(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.fusion(feats))
 
-    def forward(self, inputs: dict[str, torch.Tensor], mix=None) -> ModelOutput:
-        """inputs: modality -> batch tensor (shapes in ``encoders``); ``mix``: optional Mix to apply."""
+    def forward(self, inputs: dict[str, torch.Tensor], mix=None, tokens: bool = False) -> ModelOutput:
+        """inputs: modality -> batch tensor (shapes in ``encoders``); ``mix``: optional Mix to apply;
+        ``tokens``: also return each encoder's token sequence (B, N_m, d_m), whose mean is the feature."""
         if mix is not None and mix.stage == "input":
             inputs = mix.apply(inputs)
-        feats = {m: self.encoders[m](inputs[m]) for m in self.modalities}
+        toks = {m: self.encoders[m].tokens(inputs[m]) for m in self.modalities} if tokens else None
+        feats = {m: toks[m].mean(1) for m in self.modalities} if toks else {m: self.encoders[m](inputs[m]) for m in self.modalities}
         extras: dict[str, torch.Tensor] = {}
         if self.calibration is not None:
             feats, extras = self.calibration(feats)
@@ -63,7 +68,7 @@ class MultimodalClassifier(nn.Module):
         fused = self.fusion(feats)
         if mix is not None and mix.stage == "fused":
             fused = mix.apply({"fused": fused})["fused"]
-        return ModelOutput(self.head(fused), feats, fused, extras)
+        return ModelOutput(self.head(fused), feats, fused, extras, toks, mix)
 
     def unimodal_logits(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Paper Eq. 5: modality m alone = the fused model with every other feature set to zero."""

@@ -45,6 +45,22 @@ class ModalityEncoder(nn.Module):
         in_ch = IN_CHANNELS[modality]
         self.backbone, self.output_dim = _resnet18(in_ch) if kind == "resnet18" else _small(in_ch, width)
 
+    def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> the last stage's map (N, d, h, w), before global pooling."""
+        net = self.backbone
+        if isinstance(net, nn.Sequential):  # small: [..stages.., pool, flatten]
+            return net[:-2](x)
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, d) tokens whose mean over N equals ``forward(x)``: one per frame for video/flow (N = T),
+        one per time step of the last feature map for audio (frequency pooled), as MS-Mix's attention needs."""
+        if x.dim() == 5:
+            b, t = x.shape[:2]
+            return self.backbone(x.flatten(0, 1)).view(b, t, -1)
+        return self._feature_map(x).mean(2).transpose(1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 5:  # (B, T, C, H, W): 2-D per frame, mean over T
             b, t = x.shape[:2]

@@ -1,0 +1,110 @@
+"""Gradient-Blending, G-Blend (Wang et al. 2020)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmvid.augment.base import mixed_cross_entropy, modality_mix
+from mmvid.balance.base import Balancer, unwrap
+from mmvid.errors import MmvidError
+from mmvid.registry import BALANCERS
+
+FUSED = "fused"
+
+
+def gblend_weights(start: dict[str, tuple[float, float]], end: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """w_k prop. to |G_k| / O_k^2, normalised to sum 1; per head k, (train loss, val loss) at epochs n and n+N:
+
+        G_k = L_val,k(n) - L_val,k(n+N),   O_k = (L_val,k - L_train,k)(n+N) - (L_val,k - L_train,k)(n).
+    """
+    raw = {}
+    for k in start:
+        (t0, v0), (t1, v1) = start[k], end[k]
+        g, o = v0 - v1, (v1 - t1) - (v0 - t0)
+        raw[k] = abs(g) / max(o * o, 1e-8)
+    total = sum(raw.values())
+    if total <= 0:
+        return {k: 1.0 / len(raw) for k in raw}
+    return {k: v / total for k, v in raw.items()}
+
+
+@BALANCERS.register("gblend", doc="G-Blend: per-modality heads, loss weights from val/train losses per super-epoch.")
+class GradientBlending(Balancer):
+    """G-Blend: one extra linear head per modality on z_m plus the fused head;
+    loss = w_fused L(fused) + sum_m w_m CE(head_m(z_m), y), with the weights re-estimated every
+    ``super_epoch`` (N, default 2) epochs from the held-out validation split (never test) by
+    :func:`gblend_weights`; train losses are the epoch's running means. Weights start uniform."""
+
+    min_modalities = 1
+
+    def __init__(self, cfg, modalities: list[str]) -> None:
+        super().__init__(cfg, modalities)
+        self.super_epoch = int(self.args.get("super_epoch", 2))
+        keys = [FUSED, *modalities]
+        self.weights = {k: 1.0 / len(keys) for k in keys}
+        self.heads: nn.ModuleDict | None = None
+        self.anchor: dict[str, Any] | None = None  # {"epoch", "losses"} at the window start n
+        self._train = torch.zeros(len(keys), dtype=torch.float64)
+        self._count = 0
+
+    def setup(self, model, ctx) -> nn.Module:
+        if len(ctx.splits.val) == 0:
+            raise MmvidError(f"balancer gblend needs a validation split to estimate its weights, but it is empty "
+                             f"(data.val_fraction={ctx.cfg.data.val_fraction} of {len(ctx.splits.train)} train clips); "
+                             f"raise data.val_fraction (e.g. --set data.val_fraction=0.2) or use more clips")
+        net = unwrap(model)
+        self.heads = nn.ModuleDict({m: nn.Linear(net.encoders[m].output_dim, ctx.num_classes) for m in self.modalities})
+        return self.heads
+
+    def head_losses(self, out, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {m: mixed_cross_entropy(self.heads[m](out.features[m].float()), y, modality_mix(out.mix, m))
+                for m in self.modalities}
+
+    def loss(self, loss, out, inputs, y, ctx):
+        losses = {FUSED: loss, **self.head_losses(out, y)}
+        self._train += torch.tensor([float(v.detach()) for v in losses.values()], dtype=torch.float64) * len(y)
+        self._count += len(y)
+        return sum(self.weights[k] * v for k, v in losses.items())
+
+    @torch.no_grad()
+    def _val_losses(self, ctx) -> torch.Tensor:
+        from mmvid.engine import to_device
+
+        net = ctx.model
+        was = net.training
+        net.eval()
+        sums, n = torch.zeros(len(self.weights), dtype=torch.float64), 0
+        for inputs, y in ctx.loader(ctx.splits.val):
+            inputs, y = to_device(inputs, ctx.device), y.to(ctx.device)
+            out = net(inputs)
+            losses = [F.cross_entropy(out.logits.float(), y)] + list(self.head_losses(out, y).values())
+            sums += torch.tensor([float(v) for v in losses], dtype=torch.float64) * len(y)
+            n += len(y)
+        net.train(was)
+        return torch.cat([sums, torch.tensor([float(n)], dtype=torch.float64)])
+
+    def on_epoch_end(self, ctx) -> None:
+        val = ctx.all_reduce(self._val_losses(ctx))
+        train = ctx.all_reduce(torch.cat([self._train, torch.tensor([float(self._count)], dtype=torch.float64)]))
+        keys = list(self.weights)
+        losses = {k: (float(train[i] / max(train[-1], 1)), float(val[i] / max(val[-1], 1))) for i, k in enumerate(keys)}
+        self._train.zero_()
+        self._count = 0
+        if self.anchor is None:
+            self.anchor = {"epoch": ctx.epoch, "losses": losses}
+        elif ctx.epoch - self.anchor["epoch"] >= self.super_epoch:
+            self.weights = gblend_weights(self.anchor["losses"], losses)
+            self.anchor = {"epoch": ctx.epoch, "losses": losses}
+
+    def log(self) -> dict[str, Any]:
+        return {f"gblend_w_{k}": w for k, w in self.weights.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": dict(self.weights), "anchor": self.anchor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.weights, self.anchor = dict(state["weights"]), state["anchor"]

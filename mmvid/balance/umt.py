@@ -1,0 +1,99 @@
+"""Uni-Modal Teacher, UMT (Du et al. 2021): distil frozen unimodal teachers into the multimodal encoders."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmvid.augment.base import EpochMeans
+from mmvid.balance.base import Balancer, unwrap
+from mmvid.errors import MmvidError
+from mmvid.registry import BALANCERS
+
+
+def teacher_config(cfg, modality: str, epochs: int):
+    """The run config of modality m's teacher: the same encoder and optimiser, one modality, plain training."""
+    t = copy.deepcopy(cfg)
+    t.data.modalities = [modality]
+    t.model.fusion, t.model.calibrate, t.model.fusion_args = "concat", False, {}
+    t.augment.name, t.balance.name, t.balance.args = "none", "none", {}
+    t.epochs, t.gpus, t.run_name = epochs, 1, None
+    return t
+
+
+@BALANCERS.register("umt", doc="UMT: distil frozen unimodal teachers into the encoders (beta * MSE).")
+class UniModalTeacher(Balancer):
+    """UMT: loss = L + beta sum_m MSE(phi_m^teacher(x_m), z_m), beta = 10 (``balance.args.beta``).
+    Teachers come from ``balance.args.teachers`` ({modality: run folder or checkpoint}) or, when absent, are
+    trained first inside the same command by :func:`mmvid.engine.train` (one modality, ``teacher_epochs``,
+    default = epochs) into <run>/teachers/<modality> (resumable). The teacher sees the same (mixed) input
+    as the student, and feature-stage mixing is applied to its features too. The student features are
+    those the fusion receives (after calibration when it is on)."""
+
+    def __init__(self, cfg, modalities: list[str]) -> None:
+        super().__init__(cfg, modalities)
+        self.beta = float(self.args.get("beta", 10.0))
+        self.paths: dict[str, str] = {m: str(p) for m, p in (self.args.get("teachers") or {}).items()}
+        self.teacher_epochs = self.args.get("teacher_epochs")
+        self.teachers: nn.ModuleDict | None = None
+        self.stats = EpochMeans()
+
+    def check(self, model_cfg, augment_name: str) -> None:
+        super().check(model_cfg, augment_name)
+        unknown = [m for m in self.paths if m not in self.modalities]
+        if unknown:
+            raise MmvidError(f"balance.args.teachers names {unknown}, which are not in data.modalities {self.modalities}")
+
+    def _teacher_checkpoint(self, m: str, ctx) -> Path:
+        from mmvid.engine import CKPT_BEST, CKPT_LAST, train
+
+        if m in self.paths:
+            return Path(self.paths[m])
+        run = ctx.run_dir / "teachers" / m
+        epochs = int(self.teacher_epochs or ctx.cfg.epochs)
+        train(teacher_config(ctx.cfg, m, epochs), Path(ctx.info.path), run, resume=True, progress=False)
+        return run / CKPT_BEST if (run / CKPT_BEST).exists() else run / CKPT_LAST
+
+    def setup(self, model, ctx):
+        from mmvid.engine import model_from_checkpoint
+
+        net = unwrap(model)
+        teachers = {}
+        for m in self.modalities:
+            path = self._teacher_checkpoint(m, ctx)
+            teacher, tcfg, _ = model_from_checkpoint(path)
+            if m not in teacher.modalities or teacher.encoders[m].output_dim != net.encoders[m].output_dim:
+                raise MmvidError(f"teacher {path} has no {m} encoder of size {net.encoders[m].output_dim}; "
+                                 f"train it with the same model.encoder / model.width and data.modalities [{m}]")
+            teachers[m] = teacher.encoders[m]
+            self.paths[m] = str(path)
+        self.teachers = nn.ModuleDict(teachers).to(ctx.device).eval().requires_grad_(False)
+        return None
+
+    def on_epoch_start(self, ctx) -> None:
+        self.stats = EpochMeans()
+
+    def loss(self, loss, out, inputs, y, ctx):
+        mix = out.mix
+        with torch.no_grad():
+            x = mix.apply(inputs) if mix is not None and mix.stage == "input" else inputs
+            target = {m: self.teachers[m](x[m]).float() for m in self.modalities}
+            if mix is not None and mix.stage == "feature":
+                target = mix.apply(target)
+        dist = {m: F.mse_loss(out.features[m].float(), target[m]) for m in self.modalities}
+        self.stats.add({f"umt_mse_{m}": float(v.detach()) for m, v in dist.items()})
+        return loss + self.beta * sum(dist.values())
+
+    def log(self) -> dict[str, Any]:
+        return self.stats.means()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"teachers": dict(self.paths)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,72 @@
+"""Quick training smoke runs of every balancer (and MS-Mix, B-MM) through the one engine loop on a tiny
+demo cache: the run finishes, its per-epoch coefficients reach metrics.jsonl, and the choices are saved."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from rich.console import Console
+
+from mmvid.config import resolve_config
+from mmvid.engine import train
+from mmvid.registry import BALANCERS, load_plugins
+from mmvid.workflows import run_prepare
+
+load_plugins()
+
+# Each run's log must carry the method's own per-epoch coefficient.
+LOG_KEY = {"none": "rho", "ogm-ge": "ogm_coeff_audio", "gblend": "gblend_w_fused", "pmr": "pmr_coeff_video",
+           "greedy": "greedy_d", "umt": "umt_mse_audio", "atf": "atf_lr_ratio_audio"}
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("ws")
+    return run_prepare(Console(quiet=True), ws, "demo", clips=60, progress=False)
+
+
+def tiny(overrides):
+    base = {"epochs": 2, "model.width": 4, "data.batch_size": 16, "data.val_fraction": 0.25}
+    return resolve_config("demo", {**base, **overrides})
+
+
+@pytest.mark.parametrize("name", BALANCERS.names())
+def test_balancer_trains_on_the_demo(name, demo_cache, tmp_path):
+    args = {"none": {}, "gblend": {"super_epoch": 1}, "umt": {"teacher_epochs": 1}}.get(name, {})
+    cfg = tiny({"balance.name": name, "balance.args": args, "model.fusion": "mmtm" if name == "greedy" else "concat"})
+    summary = train(cfg, demo_cache, tmp_path / "run", progress=False)
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["epoch"] for ln in lines] == [0, 1] and summary["last"]["test_acc"] is not None
+    assert all(LOG_KEY[name] in ln for ln in lines), f"{LOG_KEY[name]} missing from metrics.jsonl"
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["balance"]["name"] == name and saved["balance"]["args"] == args
+    if name == "gblend":
+        assert lines[1]["gblend_w_fused"] != pytest.approx(1 / 3), "weights must be re-estimated after a super-epoch"
+    if name == "umt":
+        assert (tmp_path / "run" / "teachers" / "audio" / "checkpoint_last.pt").exists()
+
+
+@pytest.mark.parametrize("augment", ["bmm", "msmix"])
+def test_augment_trains_and_logs_its_ratios(augment, demo_cache, tmp_path):
+    cfg = tiny({"augment.name": augment, "augment.warmup": 1, "model.calibrate": True, "model.fusion": "decision"})
+    train(cfg, demo_cache, tmp_path / "run", progress=False)
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    key = "lambda_video" if augment == "bmm" else "msmix_lambda_audio"
+    assert all(key in ln for ln in lines)
+    if augment == "bmm":
+        assert lines[0]["lambda_audio"] == 0 and lines[0]["lambda_video"] == 0, "warm-up epoch mixes nothing"
+        assert lines[1]["bmm_rho"] == pytest.approx(lines[0]["rho"]), "epoch 2 uses rho measured after epoch 1"
+
+
+def test_msmix_resume_restores_the_intensity_heads(demo_cache, tmp_path):
+    import torch
+
+    cfg = tiny({"augment.name": "msmix", "epochs": 1})
+    train(cfg, demo_cache, tmp_path / "run", progress=False)
+    ck = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
+    assert ck["augment"]["heads"] is not None
+    cfg.epochs = 2
+    train(cfg, demo_cache, tmp_path / "run", resume=True, progress=False)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
