@@ -166,6 +166,7 @@ def _worker(local_rank: int, world_size: int, port: int, cfg_dict: dict, cache: 
     try:
         init_group(backend, local_rank, world_size, local_rank)
         train(cfg, Path(cache), Path(run_dir), resume=resume, progress=progress, rank=local_rank, world_size=world_size)
+        dist.barrier()  # no rank tears the group down while a peer's last collective is in flight
     except BaseException as e:  # noqa: BLE001 - every failure must reach the parent as one line
         text = str(e) if isinstance(e, MmvidError) else f"{type(e).__name__}: {e}"
         Path(err_dir, f"rank{local_rank}.txt").write_text(text.splitlines()[0] if text else type(e).__name__)
@@ -230,6 +231,7 @@ def _join_torchrun(cfg, cache: Path, run_dir: Path, resume: bool, progress: bool
         # Every rank named the run by its own clock; rank 0's name wins.
         run_dir = Path(broadcast_object(str(run_dir), world_size))
         summary = train(cfg, cache, run_dir, resume=resume, progress=progress, rank=rank, world_size=world_size)
+        dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
