@@ -153,6 +153,7 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
 def run_demo(console, ws: Path, epochs: int | None = None, clips: int | None = None) -> dict[str, Any]:
     """prepare demo -> train concat and concat + B-MM -> evaluate -> robustness -> figures, with a Rich summary."""
     from rich.panel import Panel
+    from rich.text import Text
 
     from mmvid import visualize
     from mmvid.evaluate import evaluate_run, render
@@ -182,8 +183,9 @@ def run_demo(console, ws: Path, epochs: int | None = None, clips: int | None = N
     lines = [f"concat+{k}: test accuracy {100 * r['accuracy']:.2f}%  ("
              + ", ".join(f"{m} alone {100 * a:.1f}%" for m, a in r["modality_accuracy"].items()) + f", rho {r['rho']:.2f})"
              for k, r in results.items()]
-    lines.append("figures:")
-    lines += [f"  {p}" for p in figures]
     lines.append(f"workspace: {ws}   total time {time.time() - t0:.0f}s")
-    console.print(Panel("\n".join(lines), title="mmvid demo summary"), soft_wrap=True)
+    console.print(Panel(Text("\n".join(lines), overflow="fold"), title="mmvid demo summary"))
+    console.print("figures:")
+    for p in figures:
+        console.print(f"  {p}", soft_wrap=True, highlight=False)
     return {"results": results, "runs": runs, "figures": figures}
