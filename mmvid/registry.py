@@ -57,6 +57,23 @@ class Registry(Generic[T]):
         return len(self._entries)
 
 
+class Plugin:
+    """What augmentations and balancers share: per-epoch logging and state that survives a resume."""
+
+    def on_epoch_start(self, ctx) -> None:
+        pass
+
+    def log(self) -> dict:
+        """Coefficients for this epoch's metrics.jsonl line."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 FUSIONS: Registry = Registry("fusion")
 AUGMENTS: Registry = Registry("augmentation")
 BALANCERS: Registry = Registry("balancer")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from mmvid.registry import Plugin
 
 
 @dataclass
@@ -87,7 +88,7 @@ class EpochMeans:
         return {k: v / self.n for k, v in self.sums.items()} if self.n else {}
 
 
-class Augmentation:
+class Augmentation(Plugin):
     """Interface of the AUGMENTS family.
 
     The engine calls, in order: ``on_epoch_start(ctx)`` once per epoch; per step ``compute(model,
@@ -114,17 +115,6 @@ class Augmentation:
         """Once, after the model is built: return trainable modules of the augmentation (or None)."""
         return None
 
-    def on_epoch_start(self, ctx) -> None:
-        pass
-
-    def log(self) -> dict[str, Any]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 def random_perm(n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -16,13 +16,13 @@ hook                when / what it may change
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import nn
 
 from mmvid.augment.base import modality_mix, target_probability
 from mmvid.errors import MmvidError
+from mmvid.registry import Plugin
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -59,7 +59,7 @@ def relative_to_others(scores: dict[str, float]) -> dict[str, float]:
     return out
 
 
-class Balancer:
+class Balancer(Plugin):
     needs_train_scores = False
     min_modalities = 2  # most balancers compare modalities; a lone modality has nothing to balance
 
@@ -77,9 +77,6 @@ class Balancer:
     def setup(self, model: nn.Module, ctx) -> nn.Module | None:
         return None
 
-    def on_epoch_start(self, ctx) -> None:
-        pass
-
     def on_batch(self, inputs: dict[str, torch.Tensor], y: torch.Tensor, ctx):
         return inputs, y
 
@@ -92,11 +89,3 @@ class Balancer:
     def on_epoch_end(self, ctx) -> None:
         pass
 
-    def log(self) -> dict[str, Any]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
