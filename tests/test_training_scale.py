@@ -280,7 +280,7 @@ def test_device_loader_crops_on_the_device(ws):
     """Train-time crops on the DeviceLoader: one random resized crop per clip, output at crop_size."""
     from mmvid.config import resolve_config
     from mmvid.data.cache import read_info
-    from mmvid.engine import make_loader
+    from mmvid.engine import make_loader, to_device
 
     cfg = resolve_config("demo", {**BASE, "data.cache_on_gpu": True, "data.crop_size": 24, "data.random_crop": True})
     info = read_info(ws / "caches" / "demo.h5")
@@ -289,7 +289,9 @@ def test_device_loader_crops_on_the_device(ws):
     assert len(loader) == len(batches) == 2 and sum(len(y) for _, y in batches) == 10
     inputs, y = batches[0]
     assert inputs["video"].shape == (8, 3, 3, 24, 24) and inputs["audio"].shape[:2] == (8, 1)
-    assert inputs["video"].dtype == torch.float32 and torch.isfinite(inputs["video"]).all()
+    assert inputs["video"].dtype == torch.uint8  # frames stay uint8 until the batch is on the device
+    video = to_device(inputs, torch.device("cpu"))["video"]
+    assert video.dtype == torch.float32 and torch.isfinite(video).all()
 
 
 @needs_cuda
