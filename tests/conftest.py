@@ -10,7 +10,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _shared_data() -> Path | None:
+def shared_data_dir() -> Path | None:
+    """$MMVID_SHARED_DATA, else <repo>/../shared/data, else /work/shared/data; None when absent."""
     for cand in (os.environ.get("MMVID_SHARED_DATA"), REPO.parent / "shared" / "data", Path("/work/shared/data")):
         if cand and Path(cand).is_dir():
             return Path(cand)
@@ -19,7 +20,7 @@ def _shared_data() -> Path | None:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    path = _shared_data()
+    path = shared_data_dir()
     if path is None:
         pytest.skip("real test clips not found: set MMVID_SHARED_DATA or place shared/data beside the repository")
     return path
