@@ -48,12 +48,8 @@ def source(name: str) -> Callable[[SourceFn], SourceFn]:
 
 
 def get_source(name: str) -> SourceFn:
-    from mmvid.data import demo  # noqa: F401  (defines the demo source)
+    from mmvid.data import datasets, demo  # noqa: F401  (explicit imports register every source)
 
-    try:
-        from mmvid.data import datasets  # noqa: F401  (cremad, kinetics-sounds, ucf101, folder)
-    except ImportError:
-        pass
     if name not in SOURCES:
         raise MmvidError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(SOURCES))}")
     return SOURCES[name]
