@@ -163,14 +163,20 @@ def test_ogm_coefficient_formula():
     assert k3["flow"] == pytest.approx(1 - math.tanh(0.5 * 3.0 / 2.5))
 
 
-def test_ogm_scales_the_strong_encoder_gradients_and_leaves_the_weak_ones():
-    cfg = make_cfg(AV, balance="ogm-ge", balance_args={"alpha": 0.8, "ge": False})
+def _ogm_after_forward_backward(cfg):
+    """An OGM-GE balancer attached to a fresh model whose loss on one batch has been back-propagated."""
     model = make_model(cfg)
     inputs, y = make_batch(AV, 8)
     bal = BALANCERS.build("ogm-ge", cfg.balance, AV)
     ctx = attach(cfg, model, AUGMENTS.build("none", cfg.augment, AV), bal, [(inputs, y)])
     out = model(inputs)
     F.cross_entropy(out.logits, y).backward()
+    return model, bal, ctx, out, y
+
+
+def test_ogm_scales_the_strong_encoder_gradients_and_leaves_the_weak_ones():
+    cfg = make_cfg(AV, balance="ogm-ge", balance_args={"alpha": 0.8, "ge": False})
+    model, bal, ctx, out, y = _ogm_after_forward_backward(cfg)
     before = {n: p.grad.clone() for n, p in model.named_parameters()}
     with torch.no_grad():
         uni = model.unimodal_logits({m: z.detach() for m, z in out.features.items()})
@@ -190,12 +196,7 @@ def test_ogm_ge_noise_is_the_same_for_equal_seeds():
     grads = []
     for _ in range(2):
         cfg = make_cfg(AV, balance="ogm-ge")
-        model = make_model(cfg)
-        inputs, y = make_batch(AV, 8)
-        bal = BALANCERS.build("ogm-ge", cfg.balance, AV)
-        ctx = attach(cfg, model, AUGMENTS.build("none", cfg.augment, AV), bal, [(inputs, y)])
-        out = model(inputs)
-        F.cross_entropy(out.logits, y).backward()
+        model, bal, ctx, out, y = _ogm_after_forward_backward(cfg)
         clean = model.encoders["video"].backbone[0].weight.grad.clone()
         bal.after_backward(model, out, y, ctx)
         grads.append(model.encoders["video"].backbone[0].weight.grad.clone())
