@@ -14,7 +14,8 @@ no-audio clip gets zero spectrograms), with the CREMA-D preset (1 fps, T = 3, 22
    ``__getitem__`` reads T JPEGs of the folder, resizes and normalises them and loads the wav with
    librosa and computes the log spectrogram, every epoch; same DataLoader workers and batch size,
    once in-process (0 workers: the per-sample cost) and once with ``--workers`` (where moving the
-   batches between processes adds the same cost to both paths).
+   batches between processes adds the same cost to both paths); each the median of ``--repeats``
+   interleaved measurements.
 
 It prints each figure and the ratios. Timings on a shared machine vary by some tens of percent.
 """
@@ -83,30 +84,38 @@ def reference_preprocess(video: Path, out: Path, sr: int) -> None:
 
 
 class OnTheFlyDataset:
-    """The reference loader: JPEG folder + wav, decoded and transformed in every ``__getitem__``."""
+    """The reference loader, as OGM-GE's ``CramedDataset`` (the loader the B-MM code builds on) does it in
+    every ``__getitem__``: librosa loads the wav, tiles and clips it to 3 s and computes the log STFT; each
+    of the T JPEGs is opened with PIL and goes through torchvision's Resize((S, S)), ToTensor and
+    Normalize (its test-time transform; the cache path is also measured without augmentation)."""
 
     def __init__(self, folders: list[Path], labels: list[int]) -> None:
         self.folders, self.labels = folders, labels
+        self.transform = None
 
     def __len__(self) -> int:
         return len(self.folders)
 
     def __getitem__(self, i: int):
-        import cv2
         import librosa
         import torch
+        from PIL import Image
+        from torchvision import transforms
 
-        from mmvid.data.dataset import frames_to_tensor, normalise_frames, spec_to_tensor
+        from mmvid.data.dataset import IMAGENET_MEAN, IMAGENET_STD, spec_to_tensor
         from mmvid.data.decode import select_indices
         from mmvid.data.features import log_spectrogram
 
         p = PARAMS
+        if self.transform is None:
+            self.transform = transforms.Compose([
+                transforms.Resize(size=(p["image_size"],) * 2), transforms.ToTensor(),
+                transforms.Normalize(IMAGENET_MEAN.flatten().tolist(), IMAGENET_STD.flatten().tolist())])
         files = sorted((self.folders[i] / "frames").glob("img_*.jpg"))
         idx = select_indices(len(files), 1.0, p["num_frames"], None)
-        imgs = [cv2.resize(cv2.imread(str(files[j]))[..., ::-1], (p["image_size"],) * 2) for j in idx]
+        video = torch.stack([self.transform(Image.open(files[j]).convert("RGB")) for j in idx])
         wave, _ = librosa.load(str(self.folders[i] / "audio.wav"), sr=p["sample_rate"])
         spec = log_spectrogram(wave, p["sample_rate"], p["clip_seconds"], p["n_fft"], p["hop"])
-        video = normalise_frames(frames_to_tensor(np.stack(imgs)))  # per sample, as the reference transforms do
         return {"audio": spec_to_tensor(spec), "video": video}, torch.tensor(self.labels[i])
 
 
@@ -136,8 +145,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=shared_data_dir())
     ap.add_argument("--workers", type=int, default=2, help="prepare processes and DataLoader workers")
-    ap.add_argument("--epochs", type=int, default=8, help="loader epochs over the clips")
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=60, help="loader epochs over the clips, per measurement")
+    ap.add_argument("--repeats", type=int, default=3, help="measurements per loader; the median is printed")
+    ap.add_argument("--batch", type=int, default=16, help="DataLoader batch size (OGM-GE trains CREMA-D with 64)")
     args = ap.parse_args()
     if args.data is None or not Path(args.data).is_dir():
         raise SystemExit("real clips not found: pass --data or set MMVID_SHARED_DATA")
@@ -179,8 +189,10 @@ def main() -> None:
         ref_ds = OnTheFlyDataset([tmp / "ref" / info.names[i] for i in idx], [int(info.labels[i]) for i in idx])
         n_samples = args.epochs * len(idx)
         for workers in sorted({0, args.workers}):
-            r_cache = loader_rate(cache_ds, n_samples, workers, args.batch)
-            r_ref = loader_rate(ref_ds, n_samples, workers, args.batch)
+            # Interleaved and repeated, so that a burst of load from another process hits both paths alike.
+            rates = [(loader_rate(cache_ds, n_samples, workers, args.batch),
+                      loader_rate(ref_ds, n_samples, workers, args.batch)) for _ in range(args.repeats)]
+            r_cache, r_ref = np.median(rates, axis=0)
             con.print(f"loader, {workers} workers, batch {args.batch}, {n_samples} samples: cache {r_cache:.1f} samples/s, "
                       f"on-the-fly (JPEG + librosa) {r_ref:.1f} samples/s")
             con.print(f"  ratio cache / on-the-fly: {r_cache / r_ref:.2f}x (goal >= 5x)")

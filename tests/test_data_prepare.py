@@ -62,6 +62,7 @@ def test_cremad_cli_end_to_end(shared_data, tmp_path):
     assert np.allclose(spec.astype(np.float32), log_spectrogram(wave, 22050, 3.0, 512, 353), atol=0.02)
     report = json.loads((tmp_path / "caches/cremad.h5.report.json").read_text())
     assert report["ok"] == 6 and report["failed"] == []
+    _loader_batch_matches_cache(cache, frames, spec, i)
     # --info prints counts per split and class and verifies every row
     res = runner.invoke(app, ["prepare", "cremad", "--workspace", str(tmp_path), "--info"])
     assert res.exit_code == 0 and "verified" in res.output and "HAP" in res.output
@@ -72,6 +73,23 @@ def test_cremad_cli_end_to_end(shared_data, tmp_path):
         f["spectrogram"][i] = np.nan
     res = runner.invoke(app, ["prepare", "cremad", "--workspace", str(tmp_path), "--info"])
     assert res.exit_code == 2 and "failed verification" in res.output and "1001_DFA_ANG_XX" in res.output
+
+
+def _loader_batch_matches_cache(cache: Path, frames: np.ndarray, spec: np.ndarray, i: int) -> None:
+    """A DataLoader batch crosses as uint8 frames and float16 spectrograms (half the bytes between
+    processes); ``finish_batch`` turns it into exactly the normalised cache row."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from mmvid.data.dataset import IMAGENET_MEAN, IMAGENET_STD, CacheDataset, finish_batch
+
+    ds = CacheDataset(cache, np.array([i, i]), ["audio", "video"])
+    raw, y = next(iter(DataLoader(ds, batch_size=2, num_workers=1)))
+    assert raw["video"].dtype == torch.uint8 and raw["audio"].dtype == torch.float16 and y.tolist() == [ds.labels[0]] * 2
+    x = finish_batch(raw)
+    want = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255 - IMAGENET_MEAN) / IMAGENET_STD
+    assert x["video"].shape == (2, 2, 3, 224, 224) and torch.allclose(x["video"][1], want, atol=1e-5)
+    assert x["audio"].dtype == torch.float32 and torch.equal(x["audio"][0, 0], torch.from_numpy(spec).float())
 
 
 def test_wrong_root_cli_one_line(tmp_path):
