@@ -71,7 +71,7 @@ def _parse_sets(items: list[str] | None) -> dict[str, str]:
 @app.command()
 @cli_errors
 def prepare(
-    dataset: Annotated[str, typer.Argument(help="demo | cremad | kinetics-sounds | ucf101 | folder")],
+    dataset: Annotated[str, typer.Argument(help="demo | demo-shortcut | cremad | kinetics-sounds | ucf101 | folder")],
     root: Annotated[Optional[Path], typer.Option(help="Dataset root folder in its official layout.")] = None,
     workspace: Workspace = None,
     name: Annotated[Optional[str], typer.Option(help="Cache name (default: the dataset name).")] = None,

@@ -52,10 +52,11 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
     if info:
         print_cache_info(console, cache)
         return cache
-    if dataset == "demo" and root is None:
-        root = ws / "raw" / "demo"
+    generated = dataset.startswith("demo")  # demo, demo-shortcut: written by mmvid itself
+    if generated and root is None:
+        root = ws / "raw" / dataset
     source_kwargs = {k: v for k, v in source_kwargs.items() if v is not None}
-    if dataset == "demo" and "clips" in source_kwargs:
+    if generated and "clips" in source_kwargs:
         source_kwargs["n_clips"] = source_kwargs.pop("clips")
     src = get_source(dataset)(root=root, **source_kwargs)
     merged = dict(src.params)

@@ -95,11 +95,18 @@ def write_mp4(path: Path, frames: np.ndarray, wave: np.ndarray, fps: int = FPS, 
 
 def generate(root: Path, n_clips: int = 600, seed: int = 0, audio_confusion: float = 0.0,
              video_noise: float = 0.25, audio_noise: float = 0.3, test_fraction: float = 0.25,
-             chords: int = 5) -> Path:
-    """Write the demo videos and split lists under ``root`` (deterministic in ``seed``); returns root."""
+             chords: int = 5, train_chords: int | None = None) -> Path:
+    """Write the demo videos and split lists under ``root`` (deterministic in ``seed``); returns root.
+
+    ``train_chords`` (default ``chords``): how many distinct chords the training clips use. With 10 the
+    audio of every training clip names its class (audio explains the training set alone, as a memorised
+    audio track does on CREMA-D) while test clips keep ``chords`` (c and c + 5 share one).
+    """
     root = Path(root)
     done = root / "COMPLETE"
+    train_chords = train_chords or chords
     stamp = f"{n_clips} {seed} {audio_confusion} {video_noise} {audio_noise} {test_fraction} {chords}"
+    stamp += f" {train_chords}" if train_chords != chords else ""
     if done.exists() and done.read_text() == stamp:
         return root
     rng = np.random.default_rng(seed)
@@ -119,7 +126,8 @@ def generate(root: Path, n_clips: int = 600, seed: int = 0, audio_confusion: flo
         img = images[rng.choice(pool[half:] if is_test[i] else pool[:half])]
         audio_cls = c if rng.random() >= audio_confusion else int(rng.choice([k for k in range(10) if k != c]))
         name = f"{CLASS_NAMES[c]}/clip{i:04d}"
-        write_mp4(root / f"{name}.mp4", _video(rng, img, video_noise), _audio(rng, audio_cls % chords, audio_noise))
+        chord = audio_cls % (chords if is_test[i] else train_chords)
+        write_mp4(root / f"{name}.mp4", _video(rng, img, video_noise), _audio(rng, chord, audio_noise))
         lines["test" if is_test[i] else "train"].append(name)
     (root / "splits").mkdir(exist_ok=True)
     for split, names in lines.items():
@@ -131,14 +139,26 @@ def generate(root: Path, n_clips: int = 600, seed: int = 0, audio_confusion: flo
 @source("demo")
 def demo_source(root: Path | None = None, n_clips: int = 600, seed: int = 0, **_) -> Source:
     """Generate (once) and list the demo clips; ``root`` defaults to ``<workspace>/raw/demo``."""
+    return _demo("demo", root, dict(n_clips=n_clips, seed=seed))
+
+
+@source("demo-shortcut")
+def demo_shortcut_source(root: Path | None = None, n_clips: int = 600, seed: int = 0, **_) -> Source:
+    """The demo with a stronger imbalance, the regime of the paper's CREMA-D: on the training clips each
+    class has its own chord, so audio alone fits the training set and starves video; on test, classes
+    c and c + 5 share a chord as in the demo, so only a model that also learned video does well."""
+    return _demo("demo-shortcut", root, dict(n_clips=n_clips, seed=seed, train_chords=10))
+
+
+def _demo(name: str, root: Path | None, kwargs: dict) -> Source:
     from mmvid.errors import MmvidError
 
     if root is None:
-        raise MmvidError("demo source needs a folder to write its videos into")
-    generate(Path(root), n_clips=n_clips, seed=seed)
+        raise MmvidError(f"{name} source needs a folder to write its videos into")
+    generate(Path(root), **kwargs)
     clips = []
     for split in ("train", "test"):
-        for name in (Path(root) / "splits" / f"{split}.txt").read_text().split():
-            cls = CLASS_NAMES.index(name.split("/")[0])
-            clips.append(ClipSpec(name=name, label=cls, split=split, video=Path(root) / f"{name}.mp4"))
-    return Source("demo", CLASS_NAMES, clips, params=dict(DEMO_PARAMS))
+        for clip in (Path(root) / "splits" / f"{split}.txt").read_text().split():
+            cls = CLASS_NAMES.index(clip.split("/")[0])
+            clips.append(ClipSpec(name=clip, label=cls, split=split, video=Path(root) / f"{clip}.mp4"))
+    return Source(name, CLASS_NAMES, clips, params=dict(DEMO_PARAMS))
