@@ -41,6 +41,7 @@ VARIANTS = {
     "bmm-warmup0": {"augment.name": "bmm", "augment.warmup": 0},
     "bmm-warmup4": {"augment.name": "bmm", "augment.warmup": 4},
     "bmm-rho-acc": {"augment.name": "bmm", "augment.rho_stat": "acc"},
+    "bmm-rho-val": {"augment.name": "bmm", "augment.rho_split": "val"},  # an mmvid option, not the paper's
 }
 
 

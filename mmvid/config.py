@@ -54,6 +54,7 @@ class AugmentConfig:
     beta: float = 1.0  # B-MM: degree of mixup, lambda_weak = beta * tanh(r - 1)
     rho_stat: str = "score"  # B-MM: score | acc
     lambda_map: str = "scaled"  # B-MM: scaled | inside
+    rho_split: str = "train"  # B-MM: rho over train (the paper) | val (held out; an mmvid option, not in the paper)
     args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,6 +100,7 @@ def _choices_check(cfg: TrainConfig) -> None:
         "amp": (cfg.amp, ("off", "bf16", "fp16")),
         "augment.rho_stat": (cfg.augment.rho_stat, ("score", "acc")),
         "augment.lambda_map": (cfg.augment.lambda_map, ("scaled", "inside")),
+        "augment.rho_split": (cfg.augment.rho_split, ("train", "val")),
         "model.encoder": (cfg.model.encoder, ("resnet18", "small")),
     }
     for key, (value, allowed) in checks.items():

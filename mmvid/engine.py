@@ -164,6 +164,12 @@ class EvalResult:
 
 
 @torch.no_grad()
+def modality_scores(res: "EvalResult", modalities: list[str]) -> dict[str, dict[str, float]]:
+    """Per modality {"score": summed true-class probability under masking (Eq. 5), "correct", "n"}."""
+    return {m: {"score": res.modality_score[m], "correct": float(res.modality_correct[m]), "n": float(res.n)}
+            for m in modalities}
+
+
 def evaluate_model(model: MultimodalClassifier, loader: DataLoader, device: torch.device, amp: str = "off",
                    keep: bool = False, keep_features: bool = False, reduce=None,
                    transform=None) -> EvalResult:
@@ -247,6 +253,7 @@ class TrainContext:
     epoch: int = 0
     step: int = 0
     train_scores: dict[str, dict[str, float]] | None = None  # per modality {"score", "correct", "n"} last epoch
+    val_scores: dict[str, dict[str, float]] | None = None  # the same on the validation split
     val_losses: dict[str, float] | None = None
     world_size: int = 1
     rank: int = 0
@@ -358,7 +365,7 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
             extra.load_state_dict(ck["extra"])
         gen.set_state(ck["generator"])
         set_rng_state(own_state(ck, "rng", rank, world_size))
-        ctx.train_scores, ctx.step = ck.get("train_scores"), ck.get("step", 0)
+        ctx.train_scores, ctx.val_scores, ctx.step = ck.get("train_scores"), ck.get("val_scores"), ck.get("step", 0)
         start_epoch, best = ck["epoch"] + 1, ck["best"]
         if ck.get("partial"):
             if ck.get("world_size", 1) != world_size:
@@ -389,7 +396,7 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                 "extra": extra.state_dict() if extra is not None else None, "generator": gen.get_state(),
                 "rng": rngs[0], "rank_rng": rngs, "epoch": epoch, "step": ctx.step, "best": best,
                 "partial": part, "rank_partial": rank_part, "world_size": world_size, "rank_fingerprints": prints,
-                "train_scores": ctx.train_scores,
+                "train_scores": ctx.train_scores, "val_scores": ctx.val_scores,
                 "config": cfg.to_dict(), "class_names": info.class_names, "cache": str(info.path),
                 "modalities": modalities, "splits": {"train": splits.train, "val": splits.val, "test": splits.test}}
 
@@ -440,9 +447,10 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                 results = {k: evaluate_model(model, ld, device, cfg.amp, reduce=reduce) for k, ld in eval_loaders.items()}
                 if need_scores:
                     tr = evaluate_model(model, monitor_loader, device, cfg.amp, reduce=reduce)
-                    ctx.train_scores = {m: {"score": tr.modality_score[m], "correct": float(tr.modality_correct[m]), "n": float(tr.n)}
-                                        for m in modalities}
+                    ctx.train_scores = modality_scores(tr, modalities)
                     results["train"] = tr
+                if "val" in results:
+                    ctx.val_scores = modality_scores(results["val"], modalities)
                 ctx.val_losses = {"fused": results["val"].loss} if "val" in results else None
                 for split, res in results.items():
                     rec[f"{split}_acc"] = res.acc
@@ -510,6 +518,8 @@ def build_training(cfg: TrainConfig, info: CacheInfo, run_dir: Path, rank: int =
         raise MmvidError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
     seed_everything(cfg.seed)
     splits = make_splits(info, cfg.data.val_fraction, cfg.seed)
+    if cfg.augment.name == "bmm" and cfg.augment.rho_split == "val" and not len(splits.val):
+        raise MmvidError("augment.rho_split=val needs a validation split: set data.val_fraction > 0")
     modalities = cfg.data.modalities
     augment = AUGMENTS.build(cfg.augment.name, cfg.augment, modalities)
     balancer = BALANCERS.build(cfg.balance.name, cfg.balance, modalities)

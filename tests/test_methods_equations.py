@@ -56,6 +56,22 @@ def test_bmm_lambda_follows_rho_through_tanh(mapping):
     assert lams3["audio"] == 0.0 and lams3["flow"] == 0.0 and lams3["video"] == pytest.approx(math.tanh(2 - 1))
 
 
+def test_bmm_rho_split_val_reads_the_held_out_scores():
+    """augment.rho_split=val: rho and lambda follow the validation split's scores, not the training split's."""
+    cfg = make_cfg(AV, augment="bmm")
+    cfg.augment.warmup, cfg.augment.rho_split = 0, "val"
+    aug = AUGMENTS.build("bmm", cfg.augment, AV)
+    ctx = type("Ctx", (), {"train_scores": {"audio": {"score": 10.0}, "video": {"score": 20.0}},  # video ahead on train
+                           "val_scores": {"audio": {"score": 9.0}, "video": {"score": 6.0}},  # audio ahead held out
+                           "epoch": 1, "generator": torch.Generator().manual_seed(0)})()
+    aug.on_epoch_start(ctx)
+    assert aug.rho == pytest.approx(1.5)
+    assert aug.lambdas == {"audio": 0.0, "video": pytest.approx(math.tanh(0.5))}
+    cfg.augment.rho_split = "train"
+    aug.on_epoch_start(ctx)
+    assert aug.rho == pytest.approx(0.5) and aug.lambdas == {"audio": pytest.approx(math.tanh(1.0)), "video": 0.0}
+
+
 def test_bmm_leaves_the_strong_modality_untouched_and_mixes_the_weak_one_by_lambda():
     cfg = make_cfg(AV, augment="bmm")
     cfg.augment.warmup, cfg.augment.beta = 1, 0.8

@@ -60,6 +60,18 @@ def test_augment_trains_and_logs_its_ratios(augment, demo_cache, tmp_path):
         assert lines[1]["bmm_rho"] == pytest.approx(lines[0]["rho"]), "epoch 2 uses rho measured after epoch 1"
 
 
+def test_bmm_rho_split_val_uses_the_validation_rho(demo_cache, tmp_path):
+    from mmvid.errors import MmvidError
+
+    cfg = tiny({"augment.name": "bmm", "augment.warmup": 1, "augment.rho_split": "val"})
+    train(cfg, demo_cache, tmp_path / "run", progress=False)
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[1]["bmm_rho"] == pytest.approx(lines[0]["val_rho"]) and lines[0]["val_rho"] != lines[0]["rho"]
+    with pytest.raises(MmvidError, match="val_fraction"):
+        train(tiny({"augment.name": "bmm", "augment.rho_split": "val", "data.val_fraction": 0.0}), demo_cache,
+              tmp_path / "run2", progress=False)
+
+
 def test_msmix_resume_restores_the_intensity_heads(demo_cache, tmp_path):
     import torch
 
