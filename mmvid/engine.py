@@ -163,13 +163,13 @@ class EvalResult:
         return self.modality_correct[m] / max(self.n, 1)
 
 
-@torch.no_grad()
 def modality_scores(res: "EvalResult", modalities: list[str]) -> dict[str, dict[str, float]]:
     """Per modality {"score": summed true-class probability under masking (Eq. 5), "correct", "n"}."""
     return {m: {"score": res.modality_score[m], "correct": float(res.modality_correct[m]), "n": float(res.n)}
             for m in modalities}
 
 
+@torch.no_grad()
 def evaluate_model(model: MultimodalClassifier, loader: DataLoader, device: torch.device, amp: str = "off",
                    keep: bool = False, keep_features: bool = False, reduce=None,
                    transform=None) -> EvalResult:

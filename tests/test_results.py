@@ -251,3 +251,20 @@ def test_bad_input_is_one_clear_line(tiny, tmp_path, args, message):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.output
     assert "Traceback" not in res.output
+
+
+def test_evaluation_builds_no_autograd_graph(tiny):
+    """Every evaluation pass (test metrics, the per-epoch imbalance monitor) runs without autograd."""
+    from mmvid.engine import evaluate_model
+    from mmvid.evaluate import load_run
+
+    lr = load_run(tiny["bmm"])
+    grad_on = []
+
+    def spy(inputs, y):
+        grad_on.append(torch.is_grad_enabled())
+        return inputs
+
+    res = evaluate_model(lr.model, lr.loader(), lr.device, transform=spy)
+    assert grad_on and not any(grad_on) and torch.is_grad_enabled()
+    assert res.n == len(lr.rows) and 0 <= res.acc <= 1
