@@ -162,11 +162,11 @@ class EvalResult:
     def modality_acc(self, m: str) -> float:
         return self.modality_correct[m] / max(self.n, 1)
 
-
-def modality_scores(res: "EvalResult", modalities: list[str]) -> dict[str, dict[str, float]]:
-    """Per modality {"score": summed true-class probability under masking (Eq. 5), "correct", "n"}."""
-    return {m: {"score": res.modality_score[m], "correct": float(res.modality_correct[m]), "n": float(res.n)}
-            for m in modalities}
+    def scores(self) -> dict[str, dict[str, float]]:
+        """What steers methods (``ctx.train_scores``/``val_scores``): per modality {"score": s_m (Eq. 5),
+        "correct", "n"}."""
+        return {m: {"score": s, "correct": float(self.modality_correct[m]), "n": float(self.n)}
+                for m, s in self.modality_score.items()}
 
 
 @torch.no_grad()
@@ -447,10 +447,10 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                 results = {k: evaluate_model(model, ld, device, cfg.amp, reduce=reduce) for k, ld in eval_loaders.items()}
                 if need_scores:
                     tr = evaluate_model(model, monitor_loader, device, cfg.amp, reduce=reduce)
-                    ctx.train_scores = modality_scores(tr, modalities)
+                    ctx.train_scores = tr.scores()
                     results["train"] = tr
                 if "val" in results:
-                    ctx.val_scores = modality_scores(results["val"], modalities)
+                    ctx.val_scores = results["val"].scores()
                 ctx.val_losses = {"fused": results["val"].loss} if "val" in results else None
                 for split, res in results.items():
                     rec[f"{split}_acc"] = res.acc
@@ -518,8 +518,6 @@ def build_training(cfg: TrainConfig, info: CacheInfo, run_dir: Path, rank: int =
         raise MmvidError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
     seed_everything(cfg.seed)
     splits = make_splits(info, cfg.data.val_fraction, cfg.seed)
-    if cfg.augment.name == "bmm" and cfg.augment.rho_split == "val" and not len(splits.val):
-        raise MmvidError("augment.rho_split=val needs a validation split: set data.val_fraction > 0")
     modalities = cfg.data.modalities
     augment = AUGMENTS.build(cfg.augment.name, cfg.augment, modalities)
     balancer = BALANCERS.build(cfg.balance.name, cfg.balance, modalities)
@@ -536,7 +534,7 @@ def build_training(cfg: TrainConfig, info: CacheInfo, run_dir: Path, rank: int =
                        world_size=world_size, rank=rank)
     extra = balancer.setup(model, ctx)
     # Augmentations with trainable parts (MS-Mix's intensity heads) define ``setup`` like balancers.
-    aug_extra = augment.setup(model, ctx) if hasattr(augment, "setup") else None
+    aug_extra = augment.setup(model, ctx)
     for module in (extra, aug_extra):
         if module is not None:
             module.to(device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -45,20 +45,21 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
                 force: bool = False, info: bool = False, params: dict[str, Any] | None = None, progress: bool = True,
                 **source_kwargs) -> Path:
     from mmvid.data.prepare import PrepareParams, prepare
-    from mmvid.data.sources import get_source
+    from mmvid.data.sources import GENERATED, get_source
     from mmvid.workspace import cache_path
 
     cache = cache_path(ws, name or dataset)
     if info:
         print_cache_info(console, cache)
         return cache
-    generated = dataset.startswith("demo")  # demo, demo-shortcut: written by mmvid itself
+    make_source = get_source(dataset)  # first: registers every source, and rejects an unknown name
+    generated = dataset in GENERATED
     if generated and root is None:
         root = ws / "raw" / dataset
     source_kwargs = {k: v for k, v in source_kwargs.items() if v is not None}
     if generated and "clips" in source_kwargs:
         source_kwargs["n_clips"] = source_kwargs.pop("clips")
-    src = get_source(dataset)(root=root, **source_kwargs)
+    src = make_source(root=root, **source_kwargs)
     merged = dict(src.params)
     merged.update({k: v for k, v in (params or {}).items() if v is not None})
     if merged.get("fps") == 0:

@@ -41,6 +41,17 @@ def make_model(cfg: TrainConfig) -> MultimodalClassifier:
                                 cfg.model.fusion_args)
 
 
+def save_teachers(modalities, folder: Path) -> dict[str, str]:
+    """Checkpoints of untrained unimodal teachers (UMT needs their encoders' shapes): modality -> path."""
+    paths = {}
+    for m in modalities:
+        cfg = make_cfg([m])
+        torch.save({"config": cfg.to_dict(), "class_names": [f"c{i}" for i in range(CLASSES)],
+                    "model": make_model(cfg).state_dict()}, folder / f"{m}.pt")
+        paths[m] = str(folder / f"{m}.pt")
+    return paths
+
+
 def make_ctx(cfg: TrainConfig, model, optimizer, batches, run_dir: Path | None = None) -> SimpleNamespace:
     """The fields of TrainContext that hooks read; ``loader(rows)`` yields the given batches."""
     n = sum(len(y) for _, y in batches)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _methods_util import CLASSES, attach, make_batch, make_cfg, make_model, train_step
+from _methods_util import CLASSES, attach, make_batch, make_cfg, make_model, save_teachers, train_step
 from mmvid.augment.base import Mix, mixed_cross_entropy, modality_mix, target_probability
 from mmvid.augment.bmm import imbalance, weak_lambdas
 from mmvid.augment.msmix import alignment_loss, label_groups, select_partners, sig_lambdas, similarity
@@ -365,12 +365,7 @@ def test_greedy_rebalancing_step_cuts_the_cross_modal_input():
 
 
 def test_umt_loss_adds_beta_times_feature_mse(tmp_path):
-    teachers = {}
-    for m in AV:
-        tcfg = make_cfg([m])
-        torch.save({"config": tcfg.to_dict(), "class_names": [f"c{i}" for i in range(CLASSES)],
-                    "model": make_model(tcfg).state_dict()}, tmp_path / f"{m}.pt")
-        teachers[m] = str(tmp_path / f"{m}.pt")
+    teachers = save_teachers(AV, tmp_path)
     cfg = make_cfg(AV, balance="umt", balance_args={"teachers": teachers, "beta": 10.0})
     model = make_model(cfg)
     inputs, y = make_batch(AV, 4)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _methods_util import CLASSES, WIDTH, attach, make_batch, make_cfg, make_model, train_step
+from _methods_util import CLASSES, WIDTH, attach, make_batch, make_cfg, make_model, save_teachers, train_step
 from mmvid.errors import MmvidError
 from mmvid.models.calibration import PreFusionCalibration
 from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS, load_plugins
@@ -111,15 +111,7 @@ def test_augment_entry(name):
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    """Checkpoints of unimodal teachers (untrained: UMT only needs their encoders' shapes here)."""
-    d = tmp_path_factory.mktemp("teachers")
-    paths = {}
-    for m in AVF:
-        cfg = make_cfg([m])
-        torch.save({"config": cfg.to_dict(), "class_names": [f"c{i}" for i in range(CLASSES)],
-                    "model": make_model(cfg).state_dict()}, d / f"{m}.pt")
-        paths[m] = str(d / f"{m}.pt")
-    return paths
+    return save_teachers(AVF, tmp_path_factory.mktemp("teachers"))
 
 
 def balancer_setup(name, mods, teachers, augment="none"):

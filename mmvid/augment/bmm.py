@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from mmvid.augment.base import Augmentation, Mix, random_perm
+from mmvid.errors import MmvidError
 from mmvid.registry import AUGMENTS
 
 
@@ -64,6 +65,10 @@ class BalancedMultimodalMixup(Augmentation):
         super().__init__(cfg, modalities)
         self.lambdas = {m: 0.0 for m in modalities}
         self.rho: float | None = None
+
+    def setup(self, model, ctx) -> None:
+        if self.cfg.rho_split == "val" and not len(ctx.splits.val):
+            raise MmvidError("augment.rho_split=val needs a validation split: set data.val_fraction > 0")
 
     def on_epoch_start(self, ctx) -> None:
         # From the end of the previous epoch; None before the first.

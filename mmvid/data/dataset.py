@@ -77,8 +77,7 @@ class CacheDataset(Dataset):
         self.flip = flip
         self.random_crop = random_crop
         self.flow_bound = flow_bound
-        self._file: h5py.File | None = None
-        self._dsets: dict[str, h5py.Dataset] = {}
+        self._dsets: dict[str, h5py.Dataset] = {}  # opened lazily, per worker
         with h5py.File(self.path, "r") as f:
             self.labels = f["labels"][:][self.indices]
         self._memory: dict[str, np.ndarray] | None = None
@@ -97,16 +96,15 @@ class CacheDataset(Dataset):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_file"], state["_dsets"] = None, {}
+        state["_dsets"] = {}
         return state
 
     def _datasets(self) -> dict[str, h5py.Dataset]:
         # Opened on first use in each worker; the h5py.Dataset objects are kept because looking one
         # up by name costs as much as reading a clip's spectrogram.
-        if self._file is None:
-            f = h5py.File(self.path, "r")
+        if not self._dsets:
+            f = h5py.File(self.path, "r")  # each h5py.Dataset keeps its file open
             self._dsets = {m: f[CACHE_KEY[m]] for m in self.modalities}
-            self._file = f
         return self._dsets
 
     def raw(self, i: int) -> dict[str, np.ndarray]:

@@ -136,13 +136,13 @@ def generate(root: Path, n_clips: int = 600, seed: int = 0, audio_confusion: flo
     return root
 
 
-@source("demo")
+@source("demo", generated=True)
 def demo_source(root: Path | None = None, n_clips: int = 600, seed: int = 0, **_) -> Source:
     """Generate (once) and list the demo clips; ``root`` defaults to ``<workspace>/raw/demo``."""
     return _demo("demo", root, dict(n_clips=n_clips, seed=seed))
 
 
-@source("demo-shortcut")
+@source("demo-shortcut", generated=True)
 def demo_shortcut_source(root: Path | None = None, n_clips: int = 600, seed: int = 0, **_) -> Source:
     """The demo with a stronger imbalance, the regime of the paper's CREMA-D: on the training clips each
     class has its own chord, so audio alone fits the training set and starves video; on test, classes

@@ -35,13 +35,16 @@ class Source:
 
 SourceFn = Callable[..., Source]
 SOURCES: dict[str, SourceFn] = {}
+GENERATED: set[str] = set()  # sources that write their own videos (under <workspace>/raw/<name> by default)
 
 
-def source(name: str) -> Callable[[SourceFn], SourceFn]:
+def source(name: str, generated: bool = False) -> Callable[[SourceFn], SourceFn]:
     def deco(fn: SourceFn) -> SourceFn:
         if name in SOURCES:
             raise ValueError(f"dataset source {name!r} is already defined")
         SOURCES[name] = fn
+        if generated:
+            GENERATED.add(name)
         return fn
 
     return deco
