@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -125,11 +128,49 @@ def _process_safe(i: int, clip: ClipSpec, p: PrepareParams) -> tuple[int, dict[s
         return i, None, f"{type(e).__name__}: {e}"
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: a decoder worker never outlives ``prepare``.
+
+    A worker blocks on its task queue, and holds that queue's write end itself, so it never sees
+    EOF when the parent is killed (``kill -9``, OOM killer): it would wait forever, and keep the
+    multiprocessing resource tracker (which exits once every holder of its pipe is gone) alive too.
+    On Linux the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``); elsewhere, or
+    should ``prctl`` be unavailable, a daemon thread notices the parent pid change within a second.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl (e.g. a static build): the watchdog still works
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="mmvid-parent-watchdog", daemon=True).start()
+
+
+def _watch_parent(parent: int, interval: float = 1.0) -> None:
+    while True:
+        time.sleep(interval)
+        if os.getppid() != parent:  # reparented: the parent is gone
+            os._exit(1)
+
+
 def _run_pool(todo: np.ndarray, source: Source, params: PrepareParams, workers: int, record) -> None:
-    """Decode ``todo`` in ``workers`` processes; results are written by this process only (one HDF5 writer)."""
+    """Decode ``todo`` in ``workers`` processes; results are written by this process only (one HDF5 writer).
+
+    Worker processes, not threads: decord's audio reader leaks memory on every call, which dies with
+    the worker. They exit with the parent, however it ends (``_exit_with_parent``).
+    """
     import multiprocessing as mp
 
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    # The pool spawns its workers from this thread (in ``submit``), which PR_SET_PDEATHSIG ties them to.
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent,
+                               initargs=(os.getpid(),))
     try:
         futures = [pool.submit(_process_safe, int(i), source.clips[i], params) for i in todo]
         for done, fut in enumerate(as_completed(futures), 1):
