@@ -80,8 +80,13 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
     if report.skipped_done:
         msg += f" ({report.skipped_done} resumed from an earlier run)"
     console.print(msg + f" in {report.seconds:.1f}s")
+    from rich.markup import escape
+
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    if report.excluded:
+        console.print(f"[yellow]note:[/] {len(report.excluded)} inputs were not prepared; each is named with its "
+                      f"reason under \"excluded\" in {cache.name}.report.json")
     if report.failed:
         from rich.table import Table
 
@@ -89,8 +94,14 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
         table.add_column("clip")
         table.add_column("problem")
         for f in report.failed[:20]:
-            table.add_row(f["name"], f["error"])
+            table.add_row(escape(f["name"]), escape(f["error"]))
         console.print(table)
+    empty = report.empty_classes
+    if empty:
+        named = "; ".join(f"{e['name']}: {e['reason']}" for e in empty[:5]) + ("; ..." if len(empty) > 5 else "")
+        console.print(f"[bold yellow]warning:[/] {len(empty)} of {len(src.class_names)} classes have no usable "
+                      f"training clip and cannot be learned ({escape(named)}); they keep their label. Add or fix "
+                      f"their clips and re-run with --force (\"empty_classes\" in {cache.name}.report.json)")
     return cache
 
 

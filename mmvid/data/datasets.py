@@ -8,6 +8,7 @@
 ``ucf101``         ``<root>/UCF-101/<Class>/v_*.avi`` and ``<root>/ucfTrainTestlist/``;
                    precomputed frames in ``<root>/{frames,rawframes}/[<Class>/]<v_name>/``.
 ``folder``         ``<root>/<class>/<video>``; optional lists of ``<class>/<video>`` lines.
+                   Classes: the class folders holding at least one video, sorted by name.
 =================  ==========================================================================
 
 Sources only list files; list entries without a file and files in no list are reported in
@@ -17,6 +18,8 @@ Dataset defaults (``Source.params``) follow the data protocol of the reference i
 
 from __future__ import annotations
 
+import errno
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -156,16 +159,102 @@ def cremad_source(root: Path | None = None, train_list: Path | None = None, test
 # ----------------------------------------------------------------------------- folder tree
 
 
+def _entry_kind(path: Path) -> str:
+    """What ``path`` is once links are followed: file | dir | loop | broken | other | unreadable."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        return {errno.ELOOP: "loop", errno.ENOENT: "broken"}.get(e.errno, "unreadable")
+    if stat.S_ISDIR(mode):
+        # a link to a folder that contains it (e.g. <root>/all -> <root>) would list the tree again
+        if path.is_symlink() and path.parent.resolve().is_relative_to(path.resolve()):
+            return "loop"
+        return "dir"
+    return "file" if stat.S_ISREG(mode) else "other"
+
+
+def _listdir(folder: Path, ex: _Excluded, name: str) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as e:
+        ex.add([name], f"cannot read the folder: {e.strerror}", f"folders cannot be read ({e.strerror})")
+        return []
+
+
+# (reason in the report, note text) for each input the class-folder scan skips
+_SKIP = {
+    "top": ("video at the top level of --root, not in a <class>/ folder",
+            "videos are at the top level of --root, not in a <class>/ folder (move each into its class folder)"),
+    "nested": ("folder inside a class folder: only <root>/<class>/<video> files are read",
+               "folders inside class folders are not read (the layout is <root>/<class>/<video>)"),
+    "dir_video": ("a folder named like a video, not a video file",
+                  "folders are named like videos (only files are videos)"),
+    "empty": ("class folder with no video files: not a class",
+              "class folders have no video files and are not classes (nothing to learn from)"),
+    "loop": ("symlink loop", "entries are symlink loops"),
+    "broken": ("broken symlink: its target does not exist", "entries are broken symlinks"),
+    "other": ("not a regular file", "video names are not regular files"),
+    "unreadable": ("cannot be read (permissions?)", "entries cannot be read (permissions?)"),
+    "duplicate": ("same <class>/<name> as another video of the class (the first, sorted by name, is used)",
+                  "videos share a <class>/<name> with another video of the class"),
+}
+
+
+def scan_class_tree(root: Path) -> tuple[list[Path], _Excluded]:
+    """Video files at ``<root>/<class>/<video>`` (sorted), and every other entry that looks like input,
+    each reported by its path under ``root`` with the reason: videos at the top level, folders inside a
+    class folder (one named ``x.mp4`` too), class folders without videos, symlink loops, broken links,
+    two videos with one ``<class>/<stem>``. Only these two levels are read, so no link makes it recurse.
+    Other files (lists, READMEs) are not input and are passed over."""
+    ex = _Excluded()
+    skipped: dict[str, list[str]] = {k: [] for k in _SKIP}
+    files: list[Path] = []
+    for top in _listdir(root, ex, "."):
+        kind = _entry_kind(top)
+        if kind == "file":
+            if top.suffix.lower() in VIDEO_EXTS:
+                skipped["top"].append(top.name)
+            continue
+        if kind != "dir":
+            skipped[kind].append(top.name)
+            continue
+        videos: dict[str, Path] = {}
+        for p in _listdir(top, ex, top.name):
+            rel, kind = f"{top.name}/{p.name}", _entry_kind(p)
+            if kind == "dir":
+                skipped["dir_video" if p.suffix.lower() in VIDEO_EXTS else "nested"].append(rel)
+            elif p.suffix.lower() not in VIDEO_EXTS:
+                if kind in ("loop", "broken"):
+                    skipped[kind].append(rel)
+            elif kind != "file":
+                skipped[kind].append(rel)
+            elif p.stem in videos:
+                skipped["duplicate"].append(rel)
+            else:
+                videos[p.stem] = p
+        if videos:
+            files += videos.values()
+        else:
+            skipped["empty"].append(top.name)
+    for kind, names in skipped.items():
+        ex.add(names, *_SKIP[kind])
+    return files, ex
+
+
 def _folder_clips(dataset: str, root: Path, train_list: Path | None, test_list: Path | None, seed: int,
                   params: dict) -> Source:
-    """``<root>/<class>/<video>``; lists hold ``<class>/<video>`` (extension optional, extra fields ignored)."""
+    """``<root>/<class>/<video>``; lists hold ``<class>/<video>`` (extension optional, extra fields ignored).
+
+    Classes are the class folders with at least one video, in sorted order (label = index); a folder
+    without videos is reported, not made a class, since a class without data cannot be learned.
+    """
     expected = "<root>/<class>/<video> folders (e.g. <root>/dog/clip1.mp4)"
-    files = sorted(p for p in root.glob("*/*") if p.suffix.lower() in VIDEO_EXTS and p.is_file())
+    files, ex = scan_class_tree(root)
     if not files:
-        raise MmvidError(f"no videos found in {root}/<class>/; expected {expected}")
+        raise MmvidError(f"no videos found in {root}/<class>/; expected {expected}"
+                         + (f" ({ex.notes[0]})" if ex.notes else ""))
     class_names = sorted({p.parent.name for p in files})
     by_key = {f"{p.parent.name}/{p.stem}": p for p in files}
-    ex = _Excluded()
     if _lists_given(train_list, test_list):
         entries = []
         for split, lst in (("train", train_list), ("test", test_list)):

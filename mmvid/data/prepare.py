@@ -62,7 +62,8 @@ class PrepareReport:
     skipped_done: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    excluded: list[dict[str, str]] = field(default_factory=list)  # listed without a file / on disk in no list
+    excluded: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}: inputs the source skipped
+    empty_classes: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}: no usable training clip
     seconds: float = 0.0
     already_complete: bool = False
 
@@ -70,6 +71,31 @@ class PrepareReport:
         d = asdict(self)
         d["cache"] = str(self.cache)
         return d
+
+
+def unlearnable_classes(info) -> list[dict[str, str]]:
+    """Classes of a finished cache without a usable training clip, each with the reason: no clip was
+    listed, every clip failed to decode, or the usable ones are all in other splits. Such a class keeps
+    its label (labels are fixed before decoding, so a resumed run and the cache agree) but cannot be learned.
+    """
+    from mmvid.data.cache import OK, SPLIT_NAMES
+
+    out = []
+    for c, name in enumerate(info.class_names):
+        mine = info.labels == c
+        ok = mine & (info.status == OK)
+        if not mine.any():
+            reason = "no clip of this class in the source"
+        elif not ok.any():
+            reason = f"all {int(mine.sum())} clips failed to decode"
+        elif not (ok & (info.split == SPLIT_NAMES.index("train"))).any():
+            where = ", ".join(f"{int((ok & (info.split == k)).sum())} in {s}" for k, s in enumerate(SPLIT_NAMES)
+                              if (ok & (info.split == k)).any())
+            reason = f"no usable clip in the train split ({where})"
+        else:
+            continue
+        out.append({"name": name, "reason": reason})
+    return out
 
 
 def library_versions() -> dict[str, str]:
@@ -253,6 +279,7 @@ def prepare(source: Source, cache: Path, params: PrepareParams, workers: int = 1
     failures_path.unlink(missing_ok=True)
     info = read_info(cache)
     report.ok = int((info.status == 1).sum())
+    report.empty_classes = unlearnable_classes(info)
     report.seconds = time.time() - start
     cache.with_name(cache.name + ".report.json").write_text(json.dumps(report.to_json(), indent=2))
     return report
