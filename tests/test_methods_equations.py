@@ -146,7 +146,7 @@ def test_fusion_equations():
     za, zv = torch.randn(3, 6), torch.randn(3, 6)
     feats = {"audio": za, "video": zv}
     dims = {"audio": 6, "video": 6}
-    assert torch.equal(FUSIONS.build("sum", dims)(feats), za + zv)
+    assert torch.equal(FUSIONS.build("sum", dims, form="feature")(feats), za + zv)
     film = FUSIONS.build("film", dims)
     gamma, beta = film.film(za).chunk(2, dim=1)
     assert torch.allclose(film(feats), gamma * zv + beta)
@@ -191,7 +191,7 @@ def _ogm_after_forward_backward(cfg):
 
 
 def test_ogm_scales_the_strong_encoder_gradients_and_leaves_the_weak_ones():
-    cfg = make_cfg(AV, balance="ogm-ge", balance_args={"alpha": 0.8, "ge": False})
+    cfg = make_cfg(AV, balance="ogm-ge", balance_args={"alpha": 0.8, "ge": False, "params": "all"})
     model, bal, ctx, out, y = _ogm_after_forward_backward(cfg)
     before = {n: p.grad.clone() for n, p in model.named_parameters()}
     with torch.no_grad():

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 
 from mmvid.augment.base import EpochMeans
-from mmvid.balance.base import Balancer, encoder_parameters, modality_scores, relative_to_others, unimodal_logits
+from mmvid.balance.base import (Balancer, encoder_parameters, modality_scores, relative_to_others, unimodal_logits,
+                                unwrap)
+from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
 
 
@@ -18,21 +20,52 @@ def ogm_coefficients(scores: dict[str, float], alpha: float) -> dict[str, float]
     return {m: (1 - math.tanh(alpha * r)) if r > 1 else 1.0 for m, r in relative_to_others(scores).items()}
 
 
+PARAMS = {  # which encoder parameters are modulated: balance.args.params
+    "conv": lambda p: p.dim() == 4,  # OGM-GE main.py: len(grad.size()) == 4, the 2-D conv kernels
+    "nd": lambda p: p.dim() > 1,  # BalanceBenchmark: every parameter that is not a vector
+    "all": lambda p: True,  # mmvid before issue 11: BatchNorm and bias vectors too
+}
+SCORES = ("mask", "split-head")
+
+
 @BALANCERS.register("ogm-ge", doc="OGM-GE: scale the strong encoder's gradients by 1 - tanh(alpha rho), plus GE noise.")
 class OGMGE(Balancer):
-    """OGM-GE, per step after backward (gradients unscaled, not yet clipped), for every parameter of
-    encoder u: g <- k_u g (+ N(0, std(g)^2) with GE), k_u from the batch's unimodal scores (Eq. 5 masking,
-    summed over ranks). ``balance.args``: alpha (0.8), start (0), end (last epoch), ge (true)."""
+    """OGM-GE (Peng et al. 2022, Eq. 10), as GeWu-Lab/OGM-GE_CVPR2022 main.py does it: per step after
+    backward (here: gradients unscaled, not yet clipped) and before the optimizer step, while
+    start <= epoch <= end (0-based, both inclusive), for every chosen parameter of encoder u:
+
+        g <- k_u g + N(0, (std(g) + 1e-8)^2)   (GE; std of the unmodulated g)   or   g <- k_u g   (ge: false)
+
+    with k_u from the batch's unimodal scores (:func:`ogm_coefficients`, summed over ranks).
+    ``balance.args``: alpha (0.8); start (0); end (50, the reference's default); ge (true: OGM_GE,
+    false: OGM); params (``conv``: 4-D conv kernels only, the reference; ``nd``: every parameter with
+    more than one dimension, BalanceBenchmark; ``all``); score (``mask``: paper Eq. 5; ``split-head``:
+    the reference's slices of the head, :meth:`MultimodalClassifier.split_head_logits`).
+    """
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
         self.alpha = float(self.args.get("alpha", 0.8))
         self.start = int(self.args.get("start", 0))
-        self.end = self.args.get("end")
+        self.end = self.args.get("end", 50)
         self.ge = bool(self.args.get("ge", True))
+        self.params = str(self.args.get("params", "conv"))
+        self.score = str(self.args.get("score", "mask"))
+        if self.params not in PARAMS:
+            raise MmvidError(f"balance.args.params={self.params!r} is not one of {list(PARAMS)}; "
+                             f"conv is the reference (4-D conv kernels only)")
+        if self.score not in SCORES:
+            raise MmvidError(f"balance.args.score={self.score!r} is not one of {list(SCORES)}; "
+                             f"mask is paper Eq. 5, split-head the reference code")
         self.gens: dict[str, torch.Generator] = {}
         self.seed = 0
         self.stats = EpochMeans()
+
+    def check(self, model_cfg, augment_name: str) -> None:
+        super().check(model_cfg, augment_name)
+        if self.score == "split-head" and model_cfg.fusion not in ("concat", "sum", "decision"):
+            raise MmvidError(f"balance.args.score=split-head needs --fusion concat, sum or decision (got "
+                             f"{model_cfg.fusion!r}); use balance.args.score=mask (paper Eq. 5)")
 
     def setup(self, model, ctx):
         self.seed = int(ctx.cfg.seed) + 7919  # one seed for every rank: the noise is the same everywhere
@@ -50,20 +83,31 @@ class OGMGE(Balancer):
     def on_epoch_start(self, ctx) -> None:
         self.stats = EpochMeans()
 
+    def unimodal_logits(self, model, out) -> dict[str, torch.Tensor]:
+        if self.score == "mask":
+            return unimodal_logits(model, out)
+        with torch.no_grad():
+            return unwrap(model).split_head_logits({m: z.detach().float() for m, z in out.features.items()})
+
+    def modulate(self, grad: torch.Tensor, k: float) -> torch.Tensor:
+        """k g (+ GE noise whose std is that of the unmodulated g, as the reference), in place."""
+        std = float(grad.std()) + 1e-8 if self.ge and grad.numel() > 1 else 0.0
+        grad.mul_(k)
+        if std:
+            grad.add_(torch.randn(grad.shape, generator=self._gen(grad.device), device=grad.device,
+                                  dtype=grad.dtype) * std)
+        return grad
+
     def after_backward(self, model, out, y, ctx) -> None:
         if not self.active(ctx.epoch):
             return
-        scores = modality_scores(unimodal_logits(model, out), out, y, ctx)
+        scores = modality_scores(self.unimodal_logits(model, out), out, y, ctx)
         coeffs = ogm_coefficients(scores, self.alpha)
+        chosen = PARAMS[self.params]
         for m, k in coeffs.items():
             for p in encoder_parameters(model, m):
-                if p.grad is None:
-                    continue
-                p.grad.mul_(k)
-                if self.ge and p.grad.numel() > 1:
-                    std = float(p.grad.std())
-                    p.grad.add_(torch.randn(p.grad.shape, generator=self._gen(p.grad.device), device=p.grad.device,
-                                            dtype=p.grad.dtype) * std)
+                if p.grad is not None and chosen(p):
+                    self.modulate(p.grad, k)
         self.stats.add({**{f"ogm_coeff_{m}": k for m, k in coeffs.items()},
                         **{f"ogm_rho_{m}": r for m, r in relative_to_others(scores).items()}})
 

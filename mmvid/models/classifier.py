@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmvid.errors import MmvidError
 from mmvid.models.encoders import ModalityEncoder
+from mmvid.models.fusions import ConcatFusion, DecisionFusion, SumFusion
 from mmvid.registry import FUSIONS
 
 
@@ -77,6 +79,24 @@ class MultimodalClassifier(nn.Module):
             masked = {k: (v if k == m else torch.zeros_like(v)) for k, v in feats.items()}
             out[m] = self.classify(masked)
         return out
+
+
+    def split_head_logits(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """OGM-GE's unimodal logits (its main.py), an alternative to Eq. 5's masking: each modality's own
+        part of the head, m -> (B, C). Per-modality heads (sum with form=logits, decision): W_m z_m + b_m;
+        one linear head on [z_a; z_v; ...] (concat) or on sum_m z_m (sum, form=feature): W_m z_m + b / M
+        (W_m = W's columns of modality m for concat, all of W for sum), the bias shared out over the M
+        modalities as the reference halves it for two."""
+        kind = type(self.fusion)
+        if kind in (SumFusion, DecisionFusion) and hasattr(self.head, "modality_logits"):
+            return self.head.modality_logits(self.fusion(feats))
+        if kind not in (ConcatFusion, SumFusion):
+            raise MmvidError(f"split-head unimodal scores need fusion concat, sum or decision, not {kind.__name__}; "
+                             f"use balance.args.score=mask (paper Eq. 5)")
+        w, b, n = self.head.weight, self.head.bias, len(self.modalities)
+        cols = dict(zip(self.modalities, torch.split(w, [self.fusion.dims[m] for m in self.modalities], dim=1))) \
+            if kind is ConcatFusion else {m: w for m in self.modalities}
+        return {m: feats[m] @ cols[m].T + b / n for m in self.modalities}
 
 
 def build_model(cfg, num_classes: int) -> MultimodalClassifier:

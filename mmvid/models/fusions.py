@@ -50,17 +50,37 @@ def _check_two_plus(name: str, dims: dict[str, int]) -> None:
                          f"use --fusion concat for one modality")
 
 
-@FUSIONS.register("sum")
+@FUSIONS.register("sum", doc="Sum: fc_a(z_a) + fc_v(z_v) (form=logits, OGM-GE's SumFusion) or head(z_a + z_v) (form=feature).")
 class SumFusion(Fusion):
-    """h = sum_m z_m (B, d), element-wise; needs equal d_m (paper Table 1, Sum)."""
+    """Sum fusion (paper Table 1, Sum); needs equal d_m. ``fusion_args.form``:
 
-    def __init__(self, dims: dict[str, int], **_) -> None:
+    - ``logits`` (default; OGM-GE's ``SumFusion``, the code the paper builds on): one linear layer per
+      modality, logits = sum_m (W_m z_m + b_m). The fused feature h is the concatenation [z_a; z_v; ...]
+      (B, sum d_m), as for decision fusion; the head is linear in h, so mixing h (MM, Eq. 3) mixes
+      every z_m and the logits with the same lambda and pi.
+    - ``feature``: h = sum_m z_m (B, d), element-wise, and logits = W h + b.
+    """
+
+    FORMS = ("logits", "feature")
+
+    def __init__(self, dims: dict[str, int], form: str = "logits", **_) -> None:
         super().__init__(dims)
         _check_equal_dims("sum", dims)
-        self.output_dim = next(iter(dims.values()))
+        if form not in self.FORMS:
+            raise MmvidError(f"model.fusion_args.form={form!r} is not one of {list(self.FORMS)}; "
+                             f"use logits (fc_a(z_a) + fc_v(z_v), OGM-GE) or feature (head(z_a + z_v))")
+        self.form = form
+        self.output_dim = sum(dims.values()) if form == "logits" else next(iter(dims.values()))
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.form == "logits":
+            return torch.cat([feats[m] for m in self.modalities], dim=1)
         return torch.stack([feats[m] for m in self.modalities]).sum(0)
+
+    def make_head(self, num_classes: int) -> nn.Module:
+        if self.form == "logits":
+            return SumOfModalityHeads(self.dims, num_classes)
+        return super().make_head(num_classes)
 
 
 class MeanOfModalityHeads(nn.Module):
@@ -80,6 +100,19 @@ class MeanOfModalityHeads(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return torch.stack(list(self.modality_logits(h).values())).mean(0)
+
+
+class SumOfModalityHeads(MeanOfModalityHeads):
+    """Head of the logit-sum fusion: logits = sum_m W_m h[slice_m] + b_m (OGM-GE's fc_x(x) + fc_y(y))."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.stack(list(self.modality_logits(h).values())).sum(0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "weight" in state_dict:  # saved before form=logits became sum's default
+            raise MmvidError("this checkpoint's sum fusion is form=feature (one head on z_a + z_v) but its config does "
+                             "not say so; add form: feature under model.fusion_args in the checkpoint's config, or retrain")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 @FUSIONS.register("decision", doc="Late fusion: mean of one linear head per modality (Table 1, Decision).")
