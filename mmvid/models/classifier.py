@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmvid.errors import MmvidError
 from mmvid.models.encoders import ModalityEncoder
 from mmvid.registry import FUSIONS
 
@@ -44,12 +43,15 @@ class MultimodalClassifier(nn.Module):
         self.fusion = FUSIONS.build(fusion, dims, **(fusion_args or {}))
         self.head = self.fusion.make_head(num_classes)
 
-    def _encoded(self, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Per-modality features (B, d_m) before calibration, and extras; a fusion with ``encode`` (MMTM,
-        whose blocks sit between encoder stages) runs the encoders itself."""
+    def _encoded(self, inputs: dict[str, torch.Tensor], tokens: bool = False):
+        """(features m -> (B, d_m) before calibration, tokens m -> (B, N_m, d_m) or None, extras); a fusion
+        with ``encode`` (MMTM, whose blocks sit between encoder stages) runs the encoders itself."""
         if hasattr(self.fusion, "encode"):
-            return self.fusion.encode(self.encoders, inputs)
-        return {m: self.encoders[m](inputs[m]) for m in self.modalities}, {}
+            return self.fusion.encode(self.encoders, inputs, tokens)
+        if not tokens:
+            return {m: self.encoders[m](inputs[m]) for m in self.modalities}, None, {}
+        toks = {m: self.encoders[m].tokens(inputs[m]) for m in self.modalities}
+        return {m: toks[m].mean(1) for m in self.modalities}, toks, {}
 
     def encode(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-modality features (B, d_m), calibrated when the module is on."""
@@ -66,10 +68,7 @@ class MultimodalClassifier(nn.Module):
         ``tokens``: also return each encoder's token sequence (B, N_m, d_m), whose mean is the feature."""
         if mix is not None and mix.stage == "input":
             inputs = mix.apply(inputs)
-        if tokens and hasattr(self.fusion, "encode"):
-            raise MmvidError("token sequences (MS-Mix) are not available with --fusion mmtm; choose another fusion")
-        toks = {m: self.encoders[m].tokens(inputs[m]) for m in self.modalities} if tokens else None
-        feats, extras = ({m: toks[m].mean(1) for m in self.modalities}, {}) if toks else self._encoded(inputs)
+        feats, toks, extras = self._encoded(inputs, tokens)
         if self.calibration is not None:
             feats, gates = self.calibration(feats)
             extras = {**extras, **gates}

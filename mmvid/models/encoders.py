@@ -84,6 +84,14 @@ class ModalityEncoder(nn.Module):
         z = x.mean((2, 3))
         return z.view(-1, t, z.shape[1]).mean(1)
 
+    def map_tokens(self, x: torch.Tensor, t: int, framed: bool) -> torch.Tensor:
+        """Last stage's (N, d, h, w) maps -> the (B, N_tok, d) tokens of :meth:`tokens` (``framed``: the
+        input was (B, T, C, H, W))."""
+        if framed:
+            z = x.mean((2, 3))
+            return z.view(-1, t, z.shape[1])
+        return x.mean(2).transpose(1, 2)
+
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, d) tokens whose mean over N equals ``forward(x)``: one per frame for video/flow (N = T),
         one per time step of the last feature map for audio (frequency pooled), as MS-Mix's attention needs."""

@@ -219,9 +219,10 @@ class MMTMFusion(DecisionFusion):
                                      for p in self.positions})
         self.care: str | None = None
 
-    def encode(self, encoders: nn.ModuleDict, inputs: dict[str, torch.Tensor]):
+    def encode(self, encoders: nn.ModuleDict, inputs: dict[str, torch.Tensor], tokens: bool = False):
         """Run every encoder stage by stage with the MMTM blocks in between: (features m -> (B, d_m),
-        extras ``mmtm{p}_{m}`` -> excitation e_m (B, C_m) of block p before any replacement)."""
+        tokens m -> (B, N_m, d_m) when asked for (else None), extras ``mmtm{p}_{m}`` -> excitation e_m
+        (B, C_m) of block p before any replacement)."""
         care = self.care if self.training else None
         maps, frames = {}, {}
         for m in self.modalities:
@@ -233,4 +234,7 @@ class MMTMFusion(DecisionFusion):
             if block is not None:
                 maps, e = block(maps, frames, care)
                 extras.update({f"mmtm{i + 1}_{m}": v for m, v in e.items()})
-        return {m: encoders[m].pool(x, frames[m]) for m, x in maps.items()}, extras
+        if tokens:
+            toks = {m: encoders[m].map_tokens(x, frames[m], inputs[m].dim() == 5) for m, x in maps.items()}
+            return {m: v.mean(1) for m, v in toks.items()}, toks, extras
+        return {m: encoders[m].pool(x, frames[m]) for m, x in maps.items()}, None, extras

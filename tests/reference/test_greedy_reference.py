@@ -211,6 +211,11 @@ def test_mmtm_network_and_loss_match_the_reference_structure():
     assert torch.allclose(out.logits, logits, atol=1e-6)
     loss = bal.loss(F.cross_entropy(out.logits, y), out, inputs, y, ctx)
     assert float(loss) == pytest.approx(float(sum(F.cross_entropy(b, y) for b in branch)), rel=1e-6), "blend_loss"
+    model.train()
+    out = model(inputs)
+    bal.loss(F.cross_entropy(out.logits, y), out, inputs, y, ctx).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, f"no gradient for {missing}"
 
 
 def test_speeds_match_the_reference_over_six_steps():
