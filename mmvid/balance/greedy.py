@@ -1,4 +1,9 @@
-"""Greedy learner re-balancing (Wu et al. 2022), on the ``mmtm`` fusion -- a simplified reconstruction."""
+"""Greedy learner re-balancing (Wu et al. 2022, "Characterizing and overcoming the greedy nature of
+learning in multi-modal deep neural networks"), on the ``mmtm`` fusion.
+
+Reference: nyukat/greedy_multimodal_learning, ``src/callbacks.py`` (``Bias_Mitigation_Strong``, the
+"guided" algorithm of ``configs/training_guided.gin``), ``src/balanced_mmtm.py`` and ``train.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,74 +11,137 @@ import math
 from typing import Any
 
 import torch
+from torch import nn
 
-from mmvid.augment.base import EpochMeans
-from mmvid.balance.base import Balancer, encoder_parameters, unwrap
+from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
+from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
 
 
-def learning_speed(params: list[torch.nn.Parameter]) -> float:
-    """Conditional learning speed of one encoder: log(||grad||^2 / ||theta||^2) over all its parameters."""
-    g2 = sum(float(p.grad.float().pow(2).sum()) for p in params if p.grad is not None)
+def speed_groups(model: nn.Module, modalities: list[str]) -> tuple[dict[str, list], dict[str, list]]:
+    """Parameters of each modality's MMTM bypass and main branch, as the reference groups them by name:
+    bypass_m = every block's shared squeeze layer + its excitation layer for m; main_m = encoder m + head m."""
+    net = unwrap(model)
+    bypass = {m: [] for m in modalities}
+    for block in net.fusion.blocks.values():
+        for m in modalities:
+            bypass[m] += list(block.squeeze.parameters()) + list(block.excite[m].parameters())
+    main = {m: list(net.encoders[m].parameters()) + list(net.head.heads[m].parameters()) for m in modalities}
+    return bypass, main
+
+
+def speed_ratio(params: list[nn.Parameter]) -> float:
+    """sum ||g||^2 / sum ||theta||^2 over ``params`` (the step's learning speed of one group)."""
+    g2 = sum(float(p.grad.detach().float().pow(2).sum()) for p in params if p.grad is not None)
     w2 = sum(float(p.detach().float().pow(2).sum()) for p in params)
-    return math.log(max(g2, 1e-30) / max(w2, 1e-30))
+    return g2 / max(w2, 1e-30)
 
 
-@BALANCERS.register("greedy", doc="Greedy: re-balancing steps cut the slower modality's MMTM input (needs --fusion mmtm).")
+@BALANCERS.register("greedy", doc="Greedy: curation steps replace a modality's MMTM excitation by its running average (needs --fusion mmtm).")
 class GreedyRebalance(Balancer):
-    """Greedy: after each step, d = speed_a - speed_v (:func:`learning_speed`, the balanced-learning
-    difference); when |d| > ``epsilon`` (0.5) for ``window`` (5) consecutive steps, the next step is a
-    re-balancing step in which the slower modality's MMTM excitation sees only its own feature and the
-    running means (``momentum`` 0.9) of the others, so it must learn without cross-modal help.
-    Needs ``--fusion mmtm`` and exactly two modalities."""
+    """Balanced multimodal learning, the reference's guided algorithm:
+
+    * speeds, after each backward of a normal step: M^bypass_m += ||g||^2/||theta||^2 of m's MMTM bypass,
+      M^main_m += the same of m's main branch (sums since the start of training, :func:`speed_groups`);
+      conditional learning speed BDR_m = log10(M^bypass_m / M^main_m); d = BDR_0 - BDR_1.
+    * from epoch ``start_epoch`` (0-based; 1 = the reference's starting_epoch 2, counted from 1) a step
+      with |d| > ``epsilon`` (0.01) starts ``window`` (5) curation steps that care for modality 0 when
+      d > 0, else modality 1: in every MMTM block that modality's excitation is replaced by its running
+      average (:class:`mmvid.models.fusions.MMTMBlock`); no speed is measured during curation.
+    * ``loss: branches`` (reference): the loss is sum_m CE(head_m(z_m), y) over the per-modality heads
+      (``fused``: the augmentation's loss on the averaged logits).
+    * ``average: own`` keeps each modality's own running excitation; ``first`` feeds every running
+      average with the first modality's excitation, as the reference code does (equal channels needed).
+
+    Needs ``--fusion mmtm`` and exactly two modalities.
+    """
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.epsilon = float(self.args.get("epsilon", 0.5))
+        self.epsilon = float(self.args.get("epsilon", 0.01))
         self.window = int(self.args.get("window", 5))
-        self.momentum = float(self.args.get("momentum", 0.9))
-        self.run = 0
-        self.care_next: str | None = None
+        self.start_epoch = int(self.args.get("start_epoch", 1))
+        self.loss_mode = str(self.args.get("loss", "branches"))
+        self.average = str(self.args.get("average", "own"))
+        if self.loss_mode not in ("branches", "fused") or self.average not in ("own", "first"):
+            raise MmvidError(f"balance.args for greedy: loss must be branches|fused (got {self.loss_mode!r}), "
+                             f"average own|first (got {self.average!r})")
+        self.sums = {"bypass": [0.0, 0.0], "main": [0.0, 0.0]}
+        self.unlocked = False
+        self.curating = False
+        self.curation_step = 0
+        self.caring = 0
+        self.d: float | None = None
         self.stats = EpochMeans()
 
     def check(self, model_cfg, augment_name: str) -> None:
         if model_cfg.fusion != "mmtm" or len(self.modalities) != 2:
-            raise MmvidError(f"balancer greedy steers the MMTM cross-modal block of two modalities; use --fusion mmtm "
+            raise MmvidError(f"balancer greedy steers the MMTM cross-modal blocks of two modalities; use --fusion mmtm "
                              f"with two data.modalities (got fusion {model_cfg.fusion!r}, modalities {self.modalities})")
+
+    def setup(self, model, ctx):
+        for block in unwrap(model).fusion.blocks.values():
+            block.average_source = self.average
+        return None
 
     def on_epoch_start(self, ctx) -> None:
         self.stats = EpochMeans()
+        if ctx.epoch >= self.start_epoch:
+            self.unlocked = True
 
     def on_batch(self, inputs, y, ctx):
-        unwrap(ctx.model).fusion.care = self.care_next
+        unwrap(ctx.model).fusion.care = self.modalities[self.caring] if self.curating else None
         return inputs, y
+
+    def loss(self, loss, out, inputs, y, ctx):
+        if self.loss_mode == "fused":
+            return loss
+        logits = unwrap(ctx.model).head.modality_logits(out.fused)
+        mix = out.mix if out.mix is not None and out.mix.stage == "fused" else None
+        return sum(mixed_cross_entropy(logits[m], y, mix or modality_mix(out.mix, m)) for m in self.modalities)
+
+    def speed_difference(self, model) -> float:
+        """Add this step's speeds to the running sums; d = BDR_0 - BDR_1 with BDR_m = log10(M^bypass_m / M^main_m)."""
+        bypass, main = speed_groups(model, self.modalities)
+        for i, m in enumerate(self.modalities):
+            self.sums["bypass"][i] += speed_ratio(bypass[m])
+            self.sums["main"][i] += speed_ratio(main[m])
+        bdr = [math.log10(max(self.sums["bypass"][i], 1e-300) / max(self.sums["main"][i], 1e-300)) for i in range(2)]
+        return bdr[0] - bdr[1]
 
     @torch.no_grad()
     def after_backward(self, model, out, y, ctx) -> None:
         fusion = unwrap(model).fusion
-        rebalanced = fusion.care is not None
+        curated = self.curating
+        for p, block in fusion.blocks.items():
+            sums = ctx.all_reduce(torch.cat([out.extras[f"mmtm{p}_{m}"].detach().float().sum(0).cpu()
+                                             for m in self.modalities]))
+            n = float(ctx.all_reduce(torch.tensor(float(len(y)))))
+            means = dict(zip(self.modalities, torch.split(sums / n, [block.channels[m] for m in self.modalities])))
+            block.update(means)
         fusion.care = None
-        mods = self.modalities
-        means = ctx.all_reduce(torch.stack([out.features[m].detach().float().sum(0).cpu() for m in mods]))
-        n = float(ctx.all_reduce(torch.tensor(float(len(y)))))
-        for i, m in enumerate(mods):
-            buf = getattr(fusion, f"running_{m}")
-            buf.mul_(self.momentum).add_((1 - self.momentum) * (means[i] / n).to(buf.device))
-        speed = {m: learning_speed(encoder_parameters(model, m)) for m in mods}
-        d = speed[mods[0]] - speed[mods[1]]
-        self.run = self.run + 1 if abs(d) > self.epsilon else 0
-        self.care_next = None
-        if self.run >= self.window:
-            self.care_next = min(speed, key=speed.get)
-            self.run = 0
-        self.stats.add({"greedy_d": d, "greedy_rebalance": float(rebalanced)})
+        if self.unlocked and self.curating:
+            self.curation_step += 1
+            if self.curation_step == self.window:
+                self.curating = False
+        else:
+            self.d = self.speed_difference(model)
+            self.curating, self.caring = False, 0
+            if self.unlocked and abs(self.d) > self.epsilon:
+                self.curating, self.curation_step = True, 0
+                self.caring = 1 if self.d < 0 else 0
+        # As the reference's batch log: the last measured d (it is not re-measured during curation).
+        self.stats.add({"greedy_d": self.d, "greedy_curation": float(curated)})
 
     def log(self) -> dict[str, Any]:
         return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"run": self.run, "care_next": self.care_next}
+        return {"sums": self.sums, "unlocked": self.unlocked, "curating": self.curating,
+                "curation_step": self.curation_step, "caring": self.caring, "d": self.d}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.run, self.care_next = state["run"], state["care_next"]
+        self.sums = state["sums"]
+        self.unlocked, self.curating = state["unlocked"], state["curating"]
+        self.curation_step, self.caring, self.d = state["curation_step"], state["caring"], state["d"]

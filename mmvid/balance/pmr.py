@@ -1,14 +1,17 @@
-"""Prototypical Modal Rebalance, PMR (Fan et al. 2023)."""
+"""Prototypical Modal Rebalance, PMR (Fan et al., CVPR 2023, "PMR: Prototypical Modal Rebalance for
+Multimodal Learning")."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
 from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
-from mmvid.balance.base import Balancer, modality_scores, unwrap
+from mmvid.balance.base import Balancer, modality_scores, relative_to_others, unwrap
+from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
 
 
@@ -20,36 +23,60 @@ def class_prototypes(feats: torch.Tensor, y: torch.Tensor, num_classes: int) -> 
 
 
 def prototype_logits(z: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
-    """(B, C) = -||z_i - c_k||_2: the prototypical classifier of modality m."""
-    return -torch.cdist(z.float(), protos.float())
+    """(B, C) = -||z_i - c_k||_2 (Euclidean, not squared; no temperature): the prototypical classifier
+    of modality m, as the reference's ``-EU_dist``. Computed directly, not through the matmul expansion
+    that ``cdist`` uses for large inputs, so that it matches the reference to float precision."""
+    return -torch.cdist(z.float(), protos.float(), compute_mode="donot_use_mm_for_euclid_dist")
 
 
-def pmr_coefficients(scores: dict[str, float], alpha: float, scale: str = "ratio") -> dict[str, float]:
-    """Coefficient of L_PCE,m: 0 for the strong modalities; for a weak one (rho_m < 1, rho_m = s_m / mean_k s_k
-    of the prototype scores) alpha * (1 / rho_m - 1) (``scale: ratio``, scaled by the imbalance) or alpha
-    (``scale: constant``, as the reference code)."""
-    mean = sum(scores.values()) / len(scores)
+def pmr_coefficients(scores: dict[str, float], alpha: float, scale: str = "constant") -> dict[str, float]:
+    """Coefficient of L_PCE,m from the prototype scores s_m = sum_i softmax(-d_m)_i[y_i]: with
+    rho_m = s_m / mean_{k != m} s_k (two modalities: rho_a = s_a / s_v), 0 unless rho_m < 1; for a weak
+    modality ``alpha`` (``scale: constant``, the reference code: beta or lambda = 1 * alpha) or
+    alpha * (1 / rho_m - 1) (``scale: ratio``, the paper's beta = alpha * (rho - 1) with rho the
+    dominant-over-weak score ratio)."""
     out = {}
-    for m, s in scores.items():
-        rho = s / max(mean, 1e-12)
+    for m, rho in relative_to_others(scores).items():
         out[m] = 0.0 if rho >= 1 else (alpha * (1 / max(rho, 1e-12) - 1) if scale == "ratio" else alpha)
     return out
 
 
-@BALANCERS.register("pmr", doc="PMR: prototype cross-entropy for the weak modality, scaled by the imbalance.")
+def prototype_rows(n_rows: int, batch_size: int, fraction: float) -> int:
+    """How many training rows build the prototypes: the reference stops after max(1, n_batches // 10)
+    batches of the training loader (``fraction`` 0.1 = its 1/10), i.e. that many full batches."""
+    n_batches = math.ceil(n_rows / batch_size)
+    return min(n_rows, max(1, int(n_batches * fraction + 1e-9)) * batch_size)
+
+
+@BALANCERS.register("pmr", doc="PMR: prototype cross-entropy for the weak modality (Fan et al. 2023).")
 class PrototypicalRebalance(Balancer):
-    """PMR: class prototypes c_m,k (mean z_m of class k) recomputed at each epoch start from ``fraction``
-    (0.2) of the training set (EMA ``momentum``, default 0); L_PCE,m = CE(-||z_m - C_m||, y); per step
-    rho from the prototype scores sum_i softmax(-d_m)_i[y_i] (summed over ranks);
-    loss = L + sum_m beta_m L_PCE,m with beta from :func:`pmr_coefficients` (``alpha`` 1.0, ``scale``).
-    The paper's optional entropy regulariser is not included."""
+    """PMR (reference: fanyunfeng-bit/Modal-Imbalance-PMR, ``main_Prototype_grad.py``, ``--modulation Proto``).
+
+    * Prototypes c_m,k = mean z_m of class k, computed in eval mode without gradient before epoch 0 and
+      after every epoch (here: at each epoch start) from ``fraction`` (0.1) of the training set, counted
+      in batches as :func:`prototype_rows`, through the augmented training pipeline (``proto_augment``,
+      as the reference's training loader; false: no augmentation). From epoch 2 on (the reference's
+      ``epoch > 0`` after the second pass) c <- (1 - mu) c_new + mu c_old with mu = ``momentum`` (0.2).
+    * Per step, prototype logits -||z_m - c_m,k||_2; s_m = sum_i softmax(-d_m)_i[y_i] (summed over
+      ranks); loss = L + sum_m beta_m CE(-d_m, y) with beta from :func:`pmr_coefficients` (``alpha`` 1.0,
+      ``scale`` constant), during epochs ``start`` (0) to ``end`` (100), both included; plain L outside.
+    * The paper's prototypical entropy regulariser (PER) is not in the reference code and not here.
+    * A class absent from the sample keeps its previous prototype (zero before the first one); the
+      reference divides by a zero count and gets NaN.
+    """
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
         self.alpha = float(self.args.get("alpha", 1.0))
-        self.scale = str(self.args.get("scale", "ratio"))
-        self.fraction = float(self.args.get("fraction", 0.2))
-        self.momentum = float(self.args.get("momentum", 0.0))
+        self.scale = str(self.args.get("scale", "constant"))
+        self.fraction = float(self.args.get("fraction", 0.1))
+        self.momentum = float(self.args.get("momentum", 0.2))
+        self.start = int(self.args.get("start", 0))
+        self.end = int(self.args.get("end", 100))
+        self.proto_augment = bool(self.args.get("proto_augment", True))
+        if self.scale not in ("constant", "ratio") or not 0 < self.fraction <= 1:
+            raise MmvidError(f"balance.args for pmr: scale must be constant|ratio (got {self.scale!r}) and "
+                             f"fraction in (0, 1] (got {self.fraction})")
         self.protos: dict[str, torch.Tensor] | None = None
         self.stats = EpochMeans()
 
@@ -60,13 +87,13 @@ class PrototypicalRebalance(Balancer):
         self.stats = EpochMeans()
         net = unwrap(ctx.model)
         rows = ctx.splits.train
-        n = max(1, int(round(self.fraction * len(rows))))
+        n = prototype_rows(len(rows), ctx.cfg.data.batch_size, self.fraction)
         pick = torch.randperm(len(rows), generator=ctx.generator)[:n].numpy()
         was = net.training
         net.eval()
         sums = {m: 0.0 for m in self.modalities}
         counts = 0.0
-        for inputs, y in ctx.loader(np.sort(rows[pick])):
+        for inputs, y in ctx.loader(np.sort(rows[pick]), train=self.proto_augment):
             inputs, y = to_device(inputs, ctx.device), y.to(ctx.device)
             feats = net.encode(inputs)
             for m in self.modalities:
@@ -75,20 +102,22 @@ class PrototypicalRebalance(Balancer):
             counts = counts + c.cpu()
         net.train(was)
         counts = ctx.all_reduce(counts)
+        # The reference's passes: before epoch 0 and after epoch 0 fresh, from after epoch 1 on averaged.
+        ema = self.protos is not None and ctx.epoch >= 2
         new = {}
         for m in self.modalities:
             mean = ctx.all_reduce(sums[m]) / counts.clamp_min(1)[:, None]
-            old = self.protos[m].double() if self.protos is not None else mean
-            seen = (counts > 0)[:, None]  # a class absent from the sample keeps its old prototype
-            mean = torch.where(seen, mean, old)
-            new[m] = (self.momentum * old + (1 - self.momentum) * mean).float().to(ctx.device)
+            old = self.protos[m].double().cpu() if self.protos is not None else torch.zeros_like(mean)
+            mean = torch.where((counts > 0)[:, None], mean, old)  # a class absent from the sample keeps its old prototype
+            new[m] = ((1 - self.momentum) * mean + self.momentum * old if ema else mean).float().to(ctx.device)
         self.protos = new
 
     def loss(self, loss, out, inputs, y, ctx):
         logits = {m: prototype_logits(out.features[m], self.protos[m].to(out.features[m].device)) for m in self.modalities}
         mixes = {m: modality_mix(out.mix, m) for m in self.modalities}
         scores = modality_scores({m: v.detach() for m, v in logits.items()}, out, y, ctx)
-        coeffs = pmr_coefficients(scores, self.alpha, self.scale)
+        active = self.start <= ctx.epoch <= self.end  # the reference's modulation_starts..modulation_ends
+        coeffs = pmr_coefficients(scores, self.alpha, self.scale) if active else dict.fromkeys(self.modalities, 0.0)
         self.stats.add({f"pmr_coeff_{m}": c for m, c in coeffs.items()})
         extra = [c * mixed_cross_entropy(logits[m], y, mixes[m]) for m, c in coeffs.items() if c > 0]
         return loss + sum(extra) if extra else loss

@@ -45,9 +45,19 @@ class MultimodalClassifier(nn.Module):
         self.fusion = FUSIONS.build(fusion, dims, **(fusion_args or {}))
         self.head = self.fusion.make_head(num_classes)
 
+    def _encoded(self, inputs: dict[str, torch.Tensor], tokens: bool = False):
+        """(features m -> (B, d_m) before calibration, tokens m -> (B, N_m, d_m) or None, extras); a fusion
+        with ``encode`` (MMTM, whose blocks sit between encoder stages) runs the encoders itself."""
+        if hasattr(self.fusion, "encode"):
+            return self.fusion.encode(self.encoders, inputs, tokens)
+        if not tokens:
+            return {m: self.encoders[m](inputs[m]) for m in self.modalities}, None, {}
+        toks = {m: self.encoders[m].tokens(inputs[m]) for m in self.modalities}
+        return {m: toks[m].mean(1) for m in self.modalities}, toks, {}
+
     def encode(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-modality features (B, d_m), calibrated when the module is on."""
-        feats = {m: self.encoders[m](inputs[m]) for m in self.modalities}
+        feats = self._encoded(inputs)[0]
         if self.calibration is not None:
             feats, _ = self.calibration(feats)
         return feats
@@ -60,11 +70,10 @@ class MultimodalClassifier(nn.Module):
         ``tokens``: also return each encoder's token sequence (B, N_m, d_m), whose mean is the feature."""
         if mix is not None and mix.stage == "input":
             inputs = mix.apply(inputs)
-        toks = {m: self.encoders[m].tokens(inputs[m]) for m in self.modalities} if tokens else None
-        feats = {m: toks[m].mean(1) for m in self.modalities} if toks else {m: self.encoders[m](inputs[m]) for m in self.modalities}
-        extras: dict[str, torch.Tensor] = {}
+        feats, toks, extras = self._encoded(inputs, tokens)
         if self.calibration is not None:
-            feats, extras = self.calibration(feats)
+            feats, gates = self.calibration(feats)
+            extras = {**extras, **gates}
         if mix is not None and mix.stage == "feature":
             feats = mix.apply(feats)
         fused = self.fusion(feats)

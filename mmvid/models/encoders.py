@@ -5,6 +5,11 @@ Input shapes (B batch, T frames):
     video  (B, T, 3, H, W)    RGB frames, each encoded in 2-D, then pooled over T (as OGM-GE)
     flow   (B, T, 2, H, W)    u, v optical flow
 Output: (B, d); d = 512 for ResNet-18, ``8 * width`` for the small encoder.
+
+Both backbones have four stages (ResNet-18: stem + layer1, layer2, layer3, layer4; small: four
+conv-BN-ReLU blocks) with d/8, d/4, d/2, d channels: the MMTM fusion runs them stage by stage
+(:meth:`ModalityEncoder.frames`, :meth:`ModalityEncoder.run_stage`, :meth:`ModalityEncoder.pool`) to
+insert its cross-modal blocks between stages, as Wu et al. (2022) do after layer2, layer3 and layer4.
 """
 
 from __future__ import annotations
@@ -13,6 +18,12 @@ import torch
 from torch import nn
 
 IN_CHANNELS = {"audio": 1, "video": 3, "flow": 2}
+NUM_STAGES = 4
+
+
+def stage_channels(d: int) -> list[int]:
+    """Channels after each of the four stages of an encoder with output size d: [d/8, d/4, d/2, d]."""
+    return [d >> (NUM_STAGES - 1 - i) for i in range(NUM_STAGES)]
 
 
 def _resnet18(in_ch: int) -> tuple[nn.Module, int]:
@@ -52,6 +63,34 @@ class ModalityEncoder(nn.Module):
             return net[:-2](x)
         x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
         return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+    def frames(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Input -> (N, C, H, W) images and T, the frames per clip (N = B * T; T = 1 for audio)."""
+        if x.dim() == 5:
+            return x.flatten(0, 1), x.shape[1]
+        return x, 1
+
+    def run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Stage i (0..3) of the backbone on (N, C, H, W) maps; stage 3's output has ``output_dim`` channels."""
+        net = self.backbone
+        if isinstance(net, nn.Sequential):  # small: three layers (conv, BN, ReLU) per stage
+            return net[3 * i:3 * i + 3](x)
+        if i == 0:
+            return net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x)))))
+        return getattr(net, f"layer{i + 1}")(x)
+
+    def pool(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """Last stage's (N, d, h, w) maps -> (B, d) feature: spatial mean, then mean over the T frames."""
+        z = x.mean((2, 3))
+        return z.view(-1, t, z.shape[1]).mean(1)
+
+    def map_tokens(self, x: torch.Tensor, t: int, framed: bool) -> torch.Tensor:
+        """Last stage's (N, d, h, w) maps -> the (B, N_tok, d) tokens of :meth:`tokens` (``framed``: the
+        input was (B, T, C, H, W))."""
+        if framed:
+            z = x.mean((2, 3))
+            return z.view(-1, t, z.shape[1])
+        return x.mean(2).transpose(1, 2)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, d) tokens whose mean over N equals ``forward(x)``: one per frame for video/flow (N = T),

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from mmvid.errors import MmvidError
+from mmvid.models.encoders import NUM_STAGES, stage_channels
 from mmvid.registry import FUSIONS
 
 
@@ -166,41 +167,107 @@ class BiGatedFusion(Fusion):
         return torch.cat(out, dim=1)
 
 
-@FUSIONS.register("mmtm", doc="MMTM excitation of each feature from all, then concat (needed by greedy).")
-class MMTMFusion(ConcatFusion):
-    """Multimodal transfer module (Joze et al. 2020) on the pooled features, then concatenation; the
-    fusion that the ``greedy`` balancer (Wu et al. 2022) steers:
+class MMTMBlock(nn.Module):
+    """One multimodal transfer module between encoder stages, as the balanced MMTM of Wu et al. (2022)
+    (reference: nyukat/greedy_multimodal_learning, ``src/balanced_mmtm.py``, ``MMTM_mitigate``):
 
-        s = ReLU(W_s [z_a; z_v; ...]),  e_m = 2 sigmoid(W_m s),  h = [e_a * z_a; e_v * z_v; ...].
+        s_m = mean over (T, H, W) of modality m's maps (B, C_m);  u = ReLU(W_s [s_a; s_v; ...] + b_s)
+        e_m = sigmoid(W_m u + b_m) (B, C_m);  out_m = e_m * maps_m (broadcast over T, H, W)
 
-    The reference inserts MMTM between encoder stages; here one block sits after the last stage (a
-    simplification). ``care`` (set by the greedy balancer before a re-balancing step) names a modality
-    whose excitation is computed from its own feature and the *running means* of the others, cutting
-    the cross-modal help it receives; ``running`` holds those means (updated by the balancer).
+    with W_s: sum C_m -> int(2 sum C_m / ratio). In a re-balancing step (``care`` = m) modality m's
+    excitation is replaced by its running average *including this batch*, ē_m' = (mean_B e_m + n ē_m) / (n + 1),
+    as the reference updates the average before using it; forward leaves the buffers alone: the greedy
+    balancer commits the same update with :meth:`update` after the step.
     """
 
-    def __init__(self, dims: dict[str, int], squeeze: int = 64, **_) -> None:
+    def __init__(self, channels: dict[str, int], ratio: float = 4) -> None:
+        super().__init__()
+        self.channels = dict(channels)
+        dim = sum(channels.values())
+        hidden = int(2 * dim / ratio)
+        self.squeeze = nn.Linear(dim, hidden)
+        self.excite = nn.ModuleDict({m: nn.Linear(hidden, c) for m, c in channels.items()})
+        for m, c in channels.items():
+            self.register_buffer(f"running_{m}", torch.zeros(c))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        # Modality whose excitation feeds m's running average: m itself, or the first modality for all
+        # (``average_source = "first"``, what the reference code does; set by the greedy balancer).
+        self.average_source = "own"
+
+    def source(self, m: str) -> str:
+        return next(iter(self.channels)) if self.average_source == "first" else m
+
+    def excitations(self, squeezed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """m -> e_m (B, C_m) in (0, 1) from the squeezed (B, C_m) maps of every modality."""
+        u = torch.relu(self.squeeze(torch.cat([squeezed[m] for m in self.channels], dim=1)))
+        return {m: torch.sigmoid(self.excite[m](u)) for m in self.channels}
+
+    def averaged(self, e: dict[str, torch.Tensor], m: str) -> torch.Tensor:
+        """(C_m,) running average of m's excitation with this batch's mean counted in (no gradient)."""
+        n = self.count.to(e[m].dtype)
+        return ((e[self.source(m)].detach().mean(0) + getattr(self, f"running_{m}") * n) / (n + 1)).to(e[m].dtype)
+
+    def forward(self, maps: dict[str, torch.Tensor], frames: dict[str, int], care: str | None = None):
+        """maps: m -> (B * T_m, C_m, H, W); returns (rescaled maps, m -> e_m (B, C_m) before any replacement)."""
+        squeezed = {m: x.mean((2, 3)).view(-1, frames[m], x.shape[1]).mean(1) for m, x in maps.items()}
+        e = self.excitations(squeezed)
+        out = {}
+        for m, x in maps.items():
+            scale = self.averaged(e, m).expand_as(e[m]) if m == care else e[m]
+            out[m] = x * scale.repeat_interleave(frames[m], 0)[:, :, None, None]
+        return out, e
+
+    @torch.no_grad()
+    def update(self, batch_means: dict[str, torch.Tensor]) -> None:
+        """Running averages ē_m <- (mean_B e_m + n ē_m) / (n + 1), n <- n + 1 (the reference's cumulative mean)."""
+        n = self.count.float()
+        for m in self.channels:
+            buf = getattr(self, f"running_{m}")
+            buf.copy_((batch_means[self.source(m)].to(buf) + buf * n) / (n + 1))
+        self.count += 1
+
+
+@FUSIONS.register("mmtm", doc="MMTM blocks between encoder stages 2-4, then per-modality heads (needed by greedy).")
+class MMTMFusion(DecisionFusion):
+    """Multimodal transfer modules (Joze et al. 2020) between encoder stages, as the balanced MMTM
+    network of Wu et al. (2022) (reference: ``src/model.py``, ``MMTM_MVCNN``): one :class:`MMTMBlock`
+    after each stage in ``positions`` (1-based, default 2, 3, 4 = after ResNet-18's layer2, layer3 and
+    layer4; the small encoder's stages likewise), then, as the reference, one linear head per
+    modality whose logits are averaged (h = [z_a; z_v] (B, sum d_m), see :class:`DecisionFusion`).
+
+    The classifier runs the encoders through :meth:`encode`; ``care`` (set by the greedy balancer
+    before a re-balancing step) names the modality whose excitations are replaced by their running
+    averages in every block; it has no effect in eval mode.
+    """
+
+    def __init__(self, dims: dict[str, int], positions: list[int] | tuple[int, ...] = (2, 3, 4), ratio: float = 4,
+                 **_) -> None:
         super().__init__(dims)
         _check_two_plus("mmtm", dims)
-        self.squeeze = nn.Linear(sum(dims.values()), squeeze)
-        self.excite = nn.ModuleDict({m: nn.Linear(squeeze, d) for m, d in dims.items()})
-        for m, d in dims.items():
-            self.register_buffer(f"running_{m}", torch.zeros(d))
+        self.positions = sorted(int(p) for p in positions)
+        if not self.positions or not all(1 <= p <= NUM_STAGES for p in self.positions):
+            raise MmvidError(f"model.fusion_args.positions={list(positions)} must name encoder stages 1..{NUM_STAGES}")
+        chans = {m: stage_channels(d) for m, d in dims.items()}
+        self.blocks = nn.ModuleDict({str(p): MMTMBlock({m: c[p - 1] for m, c in chans.items()}, ratio)
+                                     for p in self.positions})
         self.care: str | None = None
 
-    def excitations(self, feats: dict[str, torch.Tensor], care: str | None = None) -> dict[str, torch.Tensor]:
-        """m -> e_m (B, d_m) in (0, 2); for ``care`` the other modalities enter as their running means."""
-        def squeeze(src: dict[str, torch.Tensor]) -> torch.Tensor:
-            return torch.relu(self.squeeze(torch.cat([src[m] for m in self.modalities], dim=1)))
-
-        s = squeeze(feats)
-        out = {m: 2 * torch.sigmoid(self.excite[m](s)) for m in self.modalities}
-        if care is not None:
-            cut = {k: (v if k == care else getattr(self, f"running_{k}").expand_as(v)) for k, v in feats.items()}
-            out[care] = 2 * torch.sigmoid(self.excite[care](squeeze(cut)))
-        return out
-
-    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+    def encode(self, encoders: nn.ModuleDict, inputs: dict[str, torch.Tensor], tokens: bool = False):
+        """Run every encoder stage by stage with the MMTM blocks in between: (features m -> (B, d_m),
+        tokens m -> (B, N_m, d_m) when asked for (else None), extras ``mmtm{p}_{m}`` -> excitation e_m
+        (B, C_m) of block p before any replacement)."""
         care = self.care if self.training else None
-        e = self.excitations(feats, care)
-        return torch.cat([e[m] * feats[m] for m in self.modalities], dim=1)
+        maps, frames = {}, {}
+        for m in self.modalities:
+            maps[m], frames[m] = encoders[m].frames(inputs[m])
+        extras = {}
+        for i in range(NUM_STAGES):
+            maps = {m: encoders[m].run_stage(i, x) for m, x in maps.items()}
+            block = self.blocks[str(i + 1)] if str(i + 1) in self.blocks else None
+            if block is not None:
+                maps, e = block(maps, frames, care)
+                extras.update({f"mmtm{i + 1}_{m}": v for m, v in e.items()})
+        if tokens:
+            toks = {m: encoders[m].map_tokens(x, frames[m], inputs[m].dim() == 5) for m, x in maps.items()}
+            return {m: v.mean(1) for m, v in toks.items()}, toks, extras
+        return {m: encoders[m].pool(x, frames[m]) for m, x in maps.items()}, None, extras
