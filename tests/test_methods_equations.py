@@ -92,7 +92,8 @@ def test_bmm_leaves_the_strong_modality_untouched_and_mixes_the_weak_one_by_lamb
     target = mix.soft_target(y, 4)
     assert torch.allclose(target.sum(1), torch.ones(4))
     assert torch.allclose(target, (1 - lam) * F.one_hot(y, 4) + lam * F.one_hot(y[mix.perm], 4))
-    assert aug.log() == {"bmm_rho": pytest.approx(3.0), "lambda_audio": 0.0, "lambda_video": pytest.approx(lam)}
+    assert aug.log() == {"bmm_rho": pytest.approx(3.0), "lambda_audio": 0.0, "lambda_video": pytest.approx(lam),
+                         "bmm_stage_input": 0, "bmm_unimodal_head": 0}
     # In the model, the audio feature the fusion receives is the encoder's, unmixed.
     model = make_model(make_cfg(AV)).eval()
     inputs, _ = make_batch(AV, 4)
