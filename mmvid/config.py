@@ -55,6 +55,8 @@ class AugmentConfig:
     rho_stat: str = "score"  # B-MM: score | acc
     lambda_map: str = "scaled"  # B-MM: scaled | inside
     rho_split: str = "train"  # B-MM: rho over train (the paper) | val (held out; an mmvid option, not in the paper)
+    stage: str = "feature"  # B-MM: mix the weak modality's feature (paper Fig. 3) | input (paper Sec. 3.3 text)
+    unimodal: str = "mask"  # B-MM: unimodal predictions by masking (paper Eq. 5) | head (per-modality heads, decision fusion)
     args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -101,6 +103,8 @@ def _choices_check(cfg: TrainConfig) -> None:
         "augment.rho_stat": (cfg.augment.rho_stat, ("score", "acc")),
         "augment.lambda_map": (cfg.augment.lambda_map, ("scaled", "inside")),
         "augment.rho_split": (cfg.augment.rho_split, ("train", "val")),
+        "augment.stage": (cfg.augment.stage, ("feature", "input")),
+        "augment.unimodal": (cfg.augment.unimodal, ("mask", "head")),
         "model.encoder": (cfg.model.encoder, ("resnet18", "small")),
     }
     for key, (value, allowed) in checks.items():

@@ -92,7 +92,8 @@ def test_bmm_leaves_the_strong_modality_untouched_and_mixes_the_weak_one_by_lamb
     target = mix.soft_target(y, 4)
     assert torch.allclose(target.sum(1), torch.ones(4))
     assert torch.allclose(target, (1 - lam) * F.one_hot(y, 4) + lam * F.one_hot(y[mix.perm], 4))
-    assert aug.log() == {"bmm_rho": pytest.approx(3.0), "lambda_audio": 0.0, "lambda_video": pytest.approx(lam)}
+    assert aug.log() == {"bmm_rho": pytest.approx(3.0), "lambda_audio": 0.0, "lambda_video": pytest.approx(lam),
+                         "bmm_stage_input": 0, "bmm_unimodal_head": 0}
     # In the model, the audio feature the fusion receives is the encoder's, unmixed.
     model = make_model(make_cfg(AV)).eval()
     inputs, _ = make_batch(AV, 4)
@@ -247,14 +248,14 @@ def test_msmix_prefers_pairs_above_tau():
 def test_msmix_sig_ratios_and_alignment_loss():
     intensity = {"audio": torch.tensor([0.5, -1.0, 2.0, 0.0])}
     perm = torch.tensor([1, 2, 3, 0])
-    lams = sig_lambdas(intensity, perm, lam0=0.4)["audio"]
+    lams = sig_lambdas(intensity, torch.arange(4), perm, lam0=0.4)["audio"]
     w = torch.tensor([0.25, 0.5, 1.0, 0.0])  # min-max of |I|
     expected = 0.5 * (0.4 + w / (w + w[perm]))
     assert torch.allclose(lams, expected)
     target = torch.tensor([0.1, 0.2, 0.3, 0.4])
     q = F.softmax(intensity["audio"].abs() / 3, 0)
     t = target / target.sum()
-    assert float(alignment_loss(intensity, target)) == pytest.approx(float((t * (t / q).log()).sum()), rel=1e-5)
+    assert float(alignment_loss(intensity, target, "mean_kl")) == pytest.approx(float((t * (t / q).log()).sum()), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- G-Blend

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mmvid.errors import MmvidError
 from mmvid.registry import Plugin
 
 
@@ -47,9 +48,9 @@ class Mix:
 
 
 def modality_mix(mix: Mix | None, m: str) -> Mix | None:
-    """The mix as modality m's own prediction sees it: z_m was mixed with its partner weight w_m (input
-    stage: every modality; feature stage: ``weights[m]``, e.g. only B-MM's weak modality), so its target is
-    mixed by w_m; fused-stage mixing (MM) leaves z_m untouched, so its target is the plain label."""
+    """The mix as modality m's own prediction sees it: at the input or feature stage z_m was mixed with its
+    partner weight ``weights[m]`` (every modality for mixup's "*", only the weak modality for B-MM), so its
+    target is mixed by w_m; an unmixed modality, or fused-stage mixing (MM), keeps the plain label."""
     if mix is None or mix.stage == "fused":
         return None
     w = mix.weights.get(m, mix.weights.get("*"))
@@ -98,10 +99,17 @@ class Augmentation(Plugin):
 
     stage: str | None = None
     needs_train_scores = False  # True: engine provides ctx.train_scores (per-modality s_m over the train set) each epoch
+    own_options: tuple[str, ...] = ()  # B-MM's config fields (stage, unimodal) that this augmentation reads
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         self.cfg = cfg
         self.modalities = list(modalities)
+        # A B-MM field set away from its default under another augmentation would be silently ignored.
+        for key, default in (("stage", "feature"), ("unimodal", "mask")):
+            value = getattr(cfg, key, default)
+            if value != default and key not in self.own_options:
+                raise MmvidError(f"augment.{key}={value} is a B-MM option; augment.name={cfg.name} does not use it: "
+                                 f"remove it or use augment.name=bmm")
 
     def sample(self, y: torch.Tensor, ctx) -> Mix | None:
         return None

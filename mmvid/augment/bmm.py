@@ -44,7 +44,7 @@ def weak_lambdas(scores: dict[str, float], modalities: list[str], beta: float, m
 
 @AUGMENTS.register("bmm", doc="B-MM: after warm-up, mix only the weak modality by lambda = beta tanh(rho' - 1) (Eqs. 5-8).")
 class BalancedMultimodalMixup(Augmentation):
-    """B-MM: after ``warmup`` plain epochs, mix only the weak modality's feature (Eq. 8):
+    """B-MM: after ``warmup`` plain epochs, mix only the weak modality's feature (Eq. 8, paper Fig. 3):
 
         z~_w,i = (1 - lambda_w) z_w,i + lambda_w z_w,pi(i),   z~_s,i = z_s,i (strong modality untouched),
         loss  = (1 - lambda_y) CE(., y_i) + lambda_y CE(., y_pi(i)),  lambda_y = mean of the mixed lambda_w,
@@ -52,17 +52,22 @@ class BalancedMultimodalMixup(Augmentation):
     with lambda_w from the imbalance factor rho measured over the whole training set after every epoch
     (eval mode, no augmentation, unimodal predictions by masking, Eq. 5). Config: ``augment.warmup``,
     ``augment.beta``, ``augment.rho_stat`` (score | acc), ``augment.lambda_map`` (scaled | inside),
+    ``augment.stage``: ``feature`` (Fig. 3) or ``input`` (the Sec. 3.3 text): mix the weak modality's raw
+    input x_w (B, ...) instead of z_w, the strong input passes through unmixed, same lambda, pi and target;
+    ``augment.unimodal``: ``mask`` (Eq. 5) or ``head`` (decision fusion: rho from each modality's own
+    classifier, softmax(W_m z_m + b_m); the model's ``unimodal_logits`` then use the heads everywhere);
     ``augment.rho_split``: ``train`` as in the paper, or ``val`` (an mmvid option, not the paper's):
     rho over the held-out validation split, which follows what each modality has *generalised* rather
     than what it has memorised (on the demo, video memorises the training clips and drives the
     train-set rho below 1 while the test-set rho stays near 1.7).
     """
 
-    stage = "feature"
     needs_train_scores = True
+    own_options = ("stage", "unimodal")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
+        self.stage = cfg.stage
         self.lambdas = {m: 0.0 for m in modalities}
         self.rho: float | None = None
 
@@ -86,10 +91,14 @@ class BalancedMultimodalMixup(Augmentation):
         if not mixed:
             return None
         perm = random_perm(y.shape[0], y.device, ctx.generator)
-        return Mix("feature", perm, mixed, sum(mixed.values()) / len(mixed))
+        # Only the weak modality's key is in the weights: Mix.apply passes every other input/feature through.
+        return Mix(self.stage, perm, mixed, sum(mixed.values()) / len(mixed))
 
     def log(self) -> dict[str, Any]:
-        return {"bmm_rho": self.rho, **{f"lambda_{m}": lam for m, lam in self.lambdas.items()}}
+        # Which stated choice the run made, as numbers (metrics.jsonl holds numbers only): 1 = the
+        # alternative (input stage; rho from the per-modality heads), 0 = the default.
+        return {"bmm_rho": self.rho, **{f"lambda_{m}": lam for m, lam in self.lambdas.items()},
+                "bmm_stage_input": int(self.stage == "input"), "bmm_unimodal_head": int(self.cfg.unimodal == "head")}
 
     def state_dict(self) -> dict[str, Any]:
         return {"lambdas": dict(self.lambdas), "rho": self.rho}

@@ -31,7 +31,8 @@ class ModelOutput:
 
 class MultimodalClassifier(nn.Module):
     def __init__(self, modalities: list[str], num_classes: int, encoder: str = "resnet18", width: int = 32,
-                 fusion: str = "concat", calibrate: bool = False, fusion_args: dict | None = None) -> None:
+                 fusion: str = "concat", calibrate: bool = False, fusion_args: dict | None = None,
+                 unimodal: str = "mask") -> None:
         super().__init__()
         self.modalities = list(modalities)
         self.num_classes = num_classes
@@ -44,6 +45,10 @@ class MultimodalClassifier(nn.Module):
             self.calibration = PreFusionCalibration(dims)
         self.fusion = FUSIONS.build(fusion, dims, **(fusion_args or {}))
         self.head = self.fusion.make_head(num_classes)
+        if unimodal == "head" and not hasattr(self.head, "modality_logits"):
+            raise MmvidError(f"augment.unimodal=head needs a fusion with one classifier per modality (model.fusion=decision); "
+                             f"model.fusion={fusion} has one joint head: use augment.unimodal=mask")
+        self.unimodal = unimodal  # how unimodal_logits predicts from one modality (not a parameter, not in state_dict)
 
     def _encoded(self, inputs: dict[str, torch.Tensor], tokens: bool = False):
         """(features m -> (B, d_m) before calibration, tokens m -> (B, N_m, d_m) or None, extras); a fusion
@@ -82,7 +87,10 @@ class MultimodalClassifier(nn.Module):
         return ModelOutput(self.head(fused), feats, fused, extras, toks, mix)
 
     def unimodal_logits(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Paper Eq. 5: modality m alone = the fused model with every other feature set to zero."""
+        """m -> (B, C). Paper Eq. 5 (``unimodal="mask"``): modality m alone = the fused model with every other
+        feature set to zero. ``unimodal="head"`` (decision fusion): modality m's own classifier W_m z_m + b_m."""
+        if self.unimodal == "head":
+            return self.head.modality_logits(self.fusion(feats))
         out = {}
         for m in self.modalities:
             masked = {k: (v if k == m else torch.zeros_like(v)) for k, v in feats.items()}
@@ -110,4 +118,4 @@ class MultimodalClassifier(nn.Module):
 
 def build_model(cfg, num_classes: int) -> MultimodalClassifier:
     return MultimodalClassifier(cfg.data.modalities, num_classes, cfg.model.encoder, cfg.model.width,
-                                cfg.model.fusion, cfg.model.calibrate, cfg.model.fusion_args)
+                                cfg.model.fusion, cfg.model.calibrate, cfg.model.fusion_args, cfg.augment.unimodal)
