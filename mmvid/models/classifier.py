@@ -46,7 +46,7 @@ class MultimodalClassifier(nn.Module):
         self.fusion = FUSIONS.build(fusion, dims, **(fusion_args or {}))
         self.head = self.fusion.make_head(num_classes)
         if unimodal == "head" and not hasattr(self.head, "modality_logits"):
-            raise MmvidError(f"augment.unimodal=head needs a fusion with one classifier per modality (model.fusion=decision); "
+            raise MmvidError(f"augment.unimodal=head needs a fusion with one classifier per modality (decision, mmtm, or sum with form=logits); "
                              f"model.fusion={fusion} has one joint head: use augment.unimodal=mask")
         self.unimodal = unimodal  # how unimodal_logits predicts from one modality (not a parameter, not in state_dict)
 

@@ -114,10 +114,15 @@ def test_unimodal_head_gives_rho_from_each_heads_softmax_not_from_masking():
 
 
 def test_unimodal_head_is_refused_where_there_are_no_per_modality_heads():
-    for fusion in ("concat", "sum", "film", "bigated", "mmtm"):
-        cfg = resolve_config("demo", {"model.fusion": fusion, "augment.name": "bmm", "augment.unimodal": "head"})
+    # sum (form=logits, OGM-GE's fc_a + fc_v) and mmtm (Greedy's per-modality heads) have one head per modality
+    for fusion, args in (("concat", {}), ("sum", {"form": "feature"}), ("film", {}), ("bigated", {})):
+        cfg = resolve_config("demo", {"model.fusion": fusion, "model.fusion_args": args, "augment.name": "bmm",
+                                      "augment.unimodal": "head"})
         with pytest.raises(MmvidError, match="augment.unimodal=head needs a fusion with one classifier per modality"):
             build_model(cfg, CLASSES)
+    for fusion in ("sum", "mmtm", "decision"):
+        cfg = resolve_config("demo", {"model.fusion": fusion, "augment.name": "bmm", "augment.unimodal": "head"})
+        assert hasattr(build_model(cfg, CLASSES).head, "modality_logits")
     for key, value in (("stage", "input"), ("unimodal", "head")):
         cfg = make_cfg(AV, augment="mm")
         setattr(cfg.augment, key, value)
@@ -208,7 +213,7 @@ def test_mm_mixes_the_fused_feature_on_every_fusion(fusion):
     lam, perm = 1 - out.mix.target_weight, out.mix.perm
     assert sorted(perm.tolist()) == list(range(8))
     with torch.no_grad():
-        h = model.fusion({m: model.encoders[m](inputs[m]) for m in AV})
+        h = model.fusion(model.encode(inputs))  # model.encode: MMTM runs its blocks between encoder stages
         logits = model.head(lam * h + (1 - lam) * h[perm])
     assert torch.allclose(out.logits, logits, atol=1e-5)
     ref = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
