@@ -46,8 +46,13 @@ def unwritable(e: OSError, path: str | Path | None = None, what: str = "") -> Mm
     """An OSError met while writing ``path`` (default: the file named by the error) as one line;
     the CLI applies it to any OSError that names a file, so that no command shows a traceback."""
     where = path if path is not None else e.filename
-    hint = HINTS.get(e.errno or -1, "check that mmvid can write there")
-    verb = f"cannot write {what + ' ' if what else ''}" if path is not None else "cannot use "
+    hint = HINTS.get(e.errno or -1, "check that path")
+    if path is None and os.path.exists(where) and not os.access(where, os.R_OK):
+        verb = "cannot read "
+    elif path is not None or e.errno in HINTS:
+        verb = f"cannot write {what + ' ' if what else ''}"
+    else:
+        verb = "cannot use "
     return MmvidError(f"{verb}{where}: {e.strerror or e}; {hint}")
 
 
