@@ -372,22 +372,26 @@ def verify_cache(path: str | Path) -> list[str]:
 
 
 def unreadable_rows(d: h5py.Dataset, start: int, step: int, names: list[str]) -> str:
-    """Which rows of ``d[start:start + step]`` fail to read, by clip name (one chunk per clip)."""
+    """Which rows of ``d[start:start + step]`` fail to read: clip names for clip data (a chunk per
+    clip), else the row range."""
+    stop = min(start + step, len(d))
+    if d.ndim == 1:
+        return f"rows {start}..{stop - 1}"
     bad = []
-    for i in range(start, min(start + step, len(d))):
+    for i in range(start, stop):
         try:
             d[i]
         except READ_ERRORS:
-            bad.append(names[i] if d.ndim > 1 and i < len(names) else str(i))
-    return f"clips {bad[:5]}" + (f" and {len(bad) - 5} more" if len(bad) > 5 else "") if d.ndim > 1 else f"rows {start}..{start + step - 1}"
+            bad.append(names[i] if i < len(names) else str(i))
+    return f"clips {bad[:5]}" + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
 
 
 def cache_notes(info: CacheInfo) -> list[str]:
     """What a sound cache lacks that a rebuild would add (``prepare --info`` prints them)."""
     if info.checksummed:
         return []
-    return [f"schema version {info.version} carries no per-chunk checksums, so damaged clip data can go unnoticed "
-            f"until read; `{rebuild_command(info.path, info.dataset)}` rebuilds it as version {VERSION} with them"]
+    return [f"schema version {info.version} carries no per-chunk checksums, so a flipped byte in clip data "
+            f"goes unnoticed; `{rebuild_command(info.path, info.dataset)}` rebuilds it as version {VERSION} with them"]
 
 
 def check_cache(path: str | Path) -> list[str]:
