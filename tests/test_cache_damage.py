@@ -222,7 +222,8 @@ def test_version_1_cache_still_loads_and_info_suggests_force(ws, tmp_path):
 def run_ws(tiny_ws, tiny_run, tmp_path) -> Path:
     """A workspace with the demo cache and a trained run (copies; the run's checkpoint reads the session cache)."""
     ws = tmp_path / "ws"
-    shutil.copytree(tiny_ws / "caches", ws / "caches")
+    for part in ("caches", "raw"):  # raw: the generated demo clips, which `prepare demo` regenerates for --clips 12
+        shutil.copytree(tiny_ws / part, ws / part)
     shutil.copytree(tiny_run, ws / "runs" / tiny_run.name)
     return ws
 
