@@ -36,7 +36,14 @@ def cli_errors(fn):
         from mmvid.errors import MmvidError
 
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except OSError as e:  # a place mmvid cannot write to (read-only workspace, full disk): name it
+                if e.filename is None:
+                    raise
+                from mmvid.workspace import unwritable
+
+                raise unwritable(e) from None
         except MmvidError as e:
             err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from mmvid.augment.bmm import imbalance
 from mmvid.config import CACHE_KEY, TrainConfig, config_from_dict, save_config
 from mmvid.data.cache import CacheInfo, read_info
-from mmvid.data.dataset import CacheDataset, finish_batch
+from mmvid.data.dataset import CacheDataset, check_finite_inputs, finish_batch
 from mmvid.data.sources import stratified_split
 from mmvid.errors import Interrupted, MmvidError
 from mmvid.models.classifier import MultimodalClassifier, build_model
@@ -185,15 +185,20 @@ def evaluate_model(model: MultimodalClassifier, loader: DataLoader, device: torc
     mcorrect = {m: 0 for m in mods}
     mscore = {m: 0.0 for m in mods}
     preds, labels, mpreds, feats = [], [], {m: [] for m in mods}, {}
+    cache_path = getattr(getattr(loader, "dataset", None), "path", None)
     for inputs, y in loader:
         inputs, y = to_device(inputs, device), y.to(device)
+        clean = inputs
         if transform is not None:
             inputs = transform(inputs, y)
         with autocast(device, amp):
             out = model(inputs)
             uni = model.unimodal_logits(out.features)
         logits = out.logits.float()
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        batch_loss = float(F.cross_entropy(logits, y, reduction="sum"))
+        if not np.isfinite(batch_loss):  # a damaged cache must not pass as a poor model
+            check_finite_inputs(clean, cache_path, " in evaluation")
+        loss_sum += batch_loss
         p = logits.argmax(1)
         correct += int((p == y).sum())
         n += len(y)
@@ -331,9 +336,11 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
     from mmvid.distributed import ResumableSampler, StopRequest, gather_objects, sync_buffers
 
     load_plugins()
-    info = read_info(cache)
+    info = read_info(cache)  # cheap damage checks: labels in range, shapes as the attributes say
     check_modalities(info, cfg.data.modalities)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from mmvid.workspace import writable_dir
+
+    writable_dir(run_dir, "run folder")
     is_main = rank == 0
     parts = build_training(cfg, info, run_dir, rank, world_size)
     ctx, augment, balancer, extra, scheduler = parts.ctx, parts.augment, parts.balancer, parts.extra, parts.scheduler
@@ -553,11 +560,13 @@ def train_step(parts: TrainingParts, inputs: dict[str, torch.Tensor], y: torch.T
 
     ctx, balancer, cfg = parts.ctx, parts.balancer, parts.ctx.cfg
     inputs, y = to_device(inputs, ctx.device), y.to(ctx.device, non_blocking=True)
+    clean = inputs
     inputs, y = balancer.on_batch(inputs, y, ctx)  # data stage
     with autocast(ctx.device, cfg.amp):
         out, loss = parts.augment.compute(parts.net, inputs, y, ctx)  # forward + augmentation's loss
         loss = balancer.loss(loss, out, inputs, y, ctx)  # loss stage
     if not torch.isfinite(loss):
+        check_finite_inputs(clean, ctx.info.path, f" at epoch {ctx.epoch + 1}, step {ctx.step}")  # the cache first
         raise MmvidError(f"loss became {float(loss.detach())} at epoch {ctx.epoch + 1}, step {ctx.step}; "
                          f"lower optim.lr or try --amp off")
     ctx.optimizer.zero_grad(set_to_none=True)

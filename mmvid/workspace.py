@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 from pathlib import Path
 
 from mmvid.errors import MmvidError
@@ -11,6 +13,47 @@ from mmvid.errors import MmvidError
 def workspace_dir(path: str | Path | None = None) -> Path:
     root = Path(path or os.environ.get("MMVID_HOME") or "mmvid-workspace")
     return root.expanduser().resolve()
+
+
+def writable_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Create ``path`` (and its parents) and check that files can be written in it, before any long work.
+
+    A read-only workspace, a full disk, or a file where a folder must be is one line naming the path.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".mmvid-write-test-"):
+            pass
+    except OSError as e:
+        raise unwritable(e, path, what) from None
+    return path
+
+
+HINTS = {
+    errno.EACCES: "choose a writable --workspace (or --out), or change its permissions",
+    errno.EPERM: "choose a writable --workspace (or --out), or change its permissions",
+    errno.EROFS: "it is on a read-only file system: choose a writable --workspace (or --out)",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: move the file or choose another --workspace (or --out)",
+    errno.EEXIST: "a file is in the place of that folder: move it or choose another --workspace (or --out)",
+    errno.EISDIR: "a folder is in the place of that file: move it or choose another --out",
+    errno.ENOSPC: "the disk is full: free some space or choose another --workspace (or --out)",
+    errno.EDQUOT: "the disk quota is exceeded: free some space or choose another --workspace (or --out)",
+}
+
+
+def unwritable(e: OSError, path: str | Path | None = None, what: str = "") -> MmvidError:
+    """An OSError met while writing ``path`` (default: the file named by the error) as one line;
+    the CLI applies it to any OSError that names a file, so that no command shows a traceback."""
+    where = path if path is not None else e.filename
+    hint = HINTS.get(e.errno or -1, "check that path")
+    if path is None and os.path.exists(where) and not os.access(where, os.R_OK):
+        verb = "cannot read "
+    elif path is not None or e.errno in HINTS:
+        verb = f"cannot write {what + ' ' if what else ''}"
+    else:
+        verb = "cannot use "
+    return MmvidError(f"{verb}{where}: {e.strerror or e}; {hint}")
 
 
 def caches_dir(ws: Path) -> Path:

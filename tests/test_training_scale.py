@@ -144,7 +144,7 @@ def test_failure_on_one_rank_ends_the_run(ws, tmp_path):
     with h5py.File(cache, "r+") as f:
         for row in first:
             f["spectrogram"][row] = float("nan")
-    with pytest.raises(MmvidError, match=r"failed on rank 1: loss became nan at epoch 1, step 0; .*other processes were stopped"):
+    with pytest.raises(MmvidError, match=r"failed on rank 1: cache .*poisoned.h5 is damaged \(NaN or inf in the audio .* at epoch 1, step 0\).*--force.*other processes were stopped"):
         train_run(ws, "one-rank-fails", gpus=2, data__dataset=str(cache))
 
 

@@ -1,4 +1,4 @@
-"""The HDF5 cache, schema version 1: decoded once by ``prepare``, read by every later command.
+"""The HDF5 cache, schema version 2: decoded once by ``prepare``, read by every later command.
 
 Layout (N clips, T frames, S image size, F x L spectrogram bins x steps)::
 
@@ -7,7 +7,7 @@ Layout (N clips, T frames, S image size, F x L spectrogram bins x steps)::
                                            (128 = zero motion, the denseflow JPEG convention; mmvid.data.flow)
     /spectrogram  float16 (N, F, L)        log(|STFT| + 1e-7)
     /labels       int64   (N,)
-    /names        str     (N,)
+    /names        bytes   (N,)             UTF-8, fixed length (variable-length strings cannot carry checksums)
     /split        int8    (N,)             index into attrs["split_names"]
     /status       int8    (N,)             0 pending, 1 ok, 2 failed (failed clips are in the JSON report)
 
@@ -16,6 +16,14 @@ every prepare parameter (fps, num_frames, image_size, sample_rate, clip_seconds,
 window, normalisation, decoder, library versions), counts and ``complete``. A cache is written to
 ``<name>.h5.partial`` and renamed only when complete, so a crash never leaves a file that later
 commands read as finished; re-running the same ``prepare`` resumes the partial file.
+
+Damage is caught, never trained on. Version 2 writes every dataset chunked with a Fletcher-32
+checksum per chunk, so HDF5 refuses to return a flipped byte of stored data (h5py raises OSError);
+version 1 caches (no checksums) still load. Every reader turns what a damaged file raises (a failed
+checksum, an unreadable B-tree or object header, labels or splits out of range, shapes that disagree
+with the attributes, NaN/inf values) into one :class:`CacheDamaged` line that names the cache and the
+``mmvid prepare ... --force`` that rebuilds it. Opening a cache (:func:`read_info`) does the cheap
+checks; :func:`verify_cache` (``prepare --info``) reads every chunk.
 """
 
 from __future__ import annotations
@@ -33,9 +41,65 @@ import numpy as np
 from mmvid.errors import MmvidError
 
 FORMAT = "mmvid-cache"
-VERSION = 1
+VERSION = 2  # 2: per-chunk Fletcher-32 checksums on every dataset; 1: none
+READABLE_VERSIONS = (1, 2)
 PENDING, OK, FAILED = 0, 1, 2
 SPLIT_NAMES = ("train", "val", "test")
+
+
+class CacheDamaged(MmvidError):
+    """A cache that cannot be trusted; the message is one line ending in the command that rebuilds it.
+
+    A DataLoader worker's exception is re-raised in the main process as ``CacheDamaged(text)``, where
+    the text carries the worker's whole traceback; the constructor keeps only the original line.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{__name__}.{type(self).__qualname__}: "
+        if message.startswith("Caught ") and marker in message:
+            message = message.rstrip().rsplit(marker, 1)[1].splitlines()[0]
+        super().__init__(message)
+
+
+def rebuild_command(path: Path, dataset: str | None = None) -> str:
+    """``mmvid prepare DATASET [--name NAME] [-w WORKSPACE] --force`` for the cache at ``path``."""
+    from mmvid.workspace import workspace_dir
+
+    path = Path(path)
+    name = path.name[:-3] if path.name.endswith(".h5") else path.stem
+    cmd = f"mmvid prepare {dataset or name}"
+    if dataset and dataset != name:
+        cmd += f" --name {name}"
+    if path.parent.name == "caches" and path.parent.parent != workspace_dir():
+        cmd += f" -w {path.parent.parent}"
+    return cmd + " --force"
+
+
+def damaged(path: str | Path, what: str, dataset: str | None = None) -> CacheDamaged:
+    """The one-line error for a damaged cache; ``what`` says what is wrong (one line)."""
+    what = " ".join(str(what).split())  # h5py messages may span lines
+    return CacheDamaged(f"cache {path} is damaged ({what}); rebuild it with `{rebuild_command(Path(path), dataset)}`")
+
+
+def read_error(path: str | Path, e: BaseException, where: str = "unreadable", dataset: str | None = None) -> CacheDamaged:
+    """What h5py raises on a damaged file (OSError on a failed checksum or unreadable metadata,
+    KeyError when a B-tree or object header points nowhere) as the one-line cache-damage error."""
+    if isinstance(e, CacheDamaged):
+        return e
+    return damaged(path, f"{where}: {error_text(e)}", dataset)
+
+
+def error_text(e: BaseException) -> str:
+    """An exception's first line (KeyError's own repr quotes it)."""
+    text = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
+    text = text.splitlines()[0] if text else type(e).__name__
+    if "filter returned failure" in text:  # Fletcher-32 is the only filter a cache uses
+        text += ": a chunk failed its checksum"
+    return text
+
+
+# What reading a damaged HDF5 file can raise (h5py maps HDF5 errors onto these).
+READ_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError)
 
 
 def partial_path(path: Path) -> Path:
@@ -63,7 +127,9 @@ class CacheWriter:
                  dataset: str, force: bool = False) -> None:
         self.path = Path(path)
         self.partial = partial_path(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from mmvid.workspace import writable_dir
+
+        writable_dir(self.path.parent, "cache folder")
         fp = fingerprint(names, params)
         if force:
             self.partial.unlink(missing_ok=True)
@@ -87,16 +153,20 @@ class CacheWriter:
     @staticmethod
     def _create(f, names, labels, splits, class_names, shapes, params, dataset, fp) -> None:
         n = len(names)
-        for key, shape in shapes.items():
-            dtype = np.float16 if key == "spectrogram" else np.uint8
-            f.create_dataset(key, shape=(n, *shape), dtype=dtype, chunks=(1, *shape))
-        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
-        f.create_dataset("names", data=np.asarray(names, dtype=object), dtype=h5py.string_dtype())
         bad = sorted(set(splits) - set(SPLIT_NAMES))
         if bad:
             raise MmvidError(f"unknown split names {bad}; use {', '.join(SPLIT_NAMES)}")
-        f.create_dataset("split", data=np.asarray([SPLIT_NAMES.index(s) for s in splits], dtype=np.int8))
-        f.create_dataset("status", data=np.zeros(n, dtype=np.int8))
+        # fletcher32: a checksum per chunk, checked by HDF5 on every read (a flipped byte -> OSError).
+        for key, shape in shapes.items():
+            dtype = np.float16 if key == "spectrogram" else np.uint8
+            f.create_dataset(key, shape=(n, *shape), dtype=dtype, chunks=(1, *shape), fletcher32=True)
+        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64), fletcher32=True)
+        encoded = [str(name).encode() for name in names]
+        width = max([len(b) for b in encoded] + [1])
+        f.create_dataset("names", data=np.asarray(encoded, dtype=h5py.string_dtype("utf-8", width)), fletcher32=True)
+        f.create_dataset("split", data=np.asarray([SPLIT_NAMES.index(s) for s in splits], dtype=np.int8),
+                         fletcher32=True)
+        f.create_dataset("status", data=np.zeros(n, dtype=np.int8), fletcher32=True)
         a = f.attrs
         a["format"], a["version"], a["dataset"], a["fingerprint"] = FORMAT, VERSION, dataset, fp
         a["class_names"] = json.dumps(list(class_names))
@@ -168,55 +238,112 @@ class CacheInfo:
             raise MmvidError(f"unknown split {split!r}; choose one of: {', '.join(SPLIT_NAMES)}")
         return np.flatnonzero((self.split == SPLIT_NAMES.index(split)) & (self.status == OK))
 
+    @property
+    def version(self) -> int:
+        return int(self.attrs.get("version", -1))
+
+    @property
+    def checksummed(self) -> bool:
+        """Version 2 and later: HDF5 checks every chunk it reads against its Fletcher-32 checksum."""
+        return self.version >= 2
+
+
+def expected_shapes(params: dict[str, Any], modalities: list[str]) -> dict[str, tuple[int, ...]]:
+    """Per-clip shape of each stored modality implied by the prepare parameters (the attributes)."""
+    from mmvid.data.features import spectrogram_shape
+
+    t, s = int(params["num_frames"]), int(params["image_size"])
+    known = {"frames": (t, s, s, 3), "flow": (t, s, s, 2),
+             "spectrogram": spectrogram_shape(int(params["sample_rate"]), float(params["clip_seconds"]),
+                                              int(params["n_fft"]), int(params["hop"]))}
+    return {m: tuple(known[m]) for m in modalities if m in known}
+
+
+DTYPES = {"frames": np.uint8, "flow": np.uint8, "spectrogram": np.float16, "labels": np.int64,
+          "split": np.int8, "status": np.int8}
+
+
+def schema_problems(f: h5py.File, attrs: dict[str, Any], modalities: list[str], params: dict[str, Any],
+                    num_classes: int, labels: np.ndarray, split: np.ndarray, status: np.ndarray) -> list[str]:
+    """The cheap checks every open runs (no clip data read): rows, dtypes, shapes against the
+    attributes, labels in [0, num_classes), split and status values known."""
+    problems = []
+    n = len(labels)
+    for key in [*modalities, "split", "status", "names"]:
+        if f[key].shape[:1] != (n,):
+            problems.append(f"/{key} has shape {f[key].shape}, /labels has {n} rows")
+    for key in [*modalities, "labels", "split", "status"]:
+        if f[key].dtype != DTYPES.get(key, f[key].dtype):
+            problems.append(f"/{key} is {f[key].dtype}, not {np.dtype(DTYPES[key])}")
+    try:
+        want = expected_shapes(params, modalities)
+    except (KeyError, TypeError, ValueError):
+        problems.append("the prepare parameters in the attributes are incomplete")
+        want = {}
+    for m, shape in want.items():
+        if tuple(f[m].shape[1:]) != shape:
+            problems.append(f"/{m} holds clips of shape {tuple(f[m].shape[1:])}, the attributes say {shape}")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        problems.append(f"{len(bad)} labels outside 0..{num_classes - 1} (e.g. {int(labels[bad[0]])} in row {int(bad[0])})")
+    if ((split < 0) | (split >= len(SPLIT_NAMES))).any():
+        problems.append(f"split values outside 0..{len(SPLIT_NAMES) - 1}")
+    if not np.isin(status, (PENDING, OK, FAILED)).all():
+        problems.append("status values other than pending/ok/failed")
+    return problems
+
 
 def read_info(path: str | Path) -> CacheInfo:
+    """Open a finished cache: its attributes, labels, splits and status, after the cheap checks of
+    :func:`schema_problems` (a damaged cache raises :class:`CacheDamaged`; no clip data is read)."""
     path = Path(path)
     if not path.exists():
         if partial_path(path).exists():
             raise MmvidError(f"cache {path} is incomplete ({partial_path(path).name} exists); re-run the same `mmvid prepare` to finish it")
         raise MmvidError(f"cache {path} not found; run `mmvid prepare` first")
+    dataset = None
     try:
         with h5py.File(path, "r") as f:
             a = dict(f.attrs)
             if a.get("format") != FORMAT:
                 raise MmvidError(f"{path} is not an mmvid cache (no format attribute); prepare it with `mmvid prepare`")
-            if int(a.get("version", -1)) != VERSION:
-                raise MmvidError(f"cache {path} has schema version {a.get('version')}, this mmvid reads {VERSION}; re-run prepare with --force")
+            dataset = str(a.get("dataset")) if a.get("dataset") is not None else None
+            if int(a.get("version", -1)) not in READABLE_VERSIONS:
+                raise MmvidError(f"cache {path} has schema version {a.get('version')}, this mmvid reads "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))}; rebuild it with `{rebuild_command(path, dataset)}`")
             if not bool(a.get("complete")):
                 raise MmvidError(f"cache {path} is incomplete; re-run the same `mmvid prepare` to finish it")
             mods = json.loads(a["modalities"])
+            class_names, params = json.loads(a["class_names"]), json.loads(a["params"])
+            labels, split, status = f["labels"][:], f["split"][:], f["status"][:]
+            problems = schema_problems(f, a, mods, params, len(class_names), labels, split, status)
+            if problems:
+                raise damaged(path, "; ".join(problems), dataset)
             return CacheInfo(
-                path=path, dataset=str(a["dataset"]), class_names=json.loads(a["class_names"]),
-                modalities=mods, params=json.loads(a["params"]), labels=f["labels"][:],
-                split=f["split"][:], status=f["status"][:],
+                path=path, dataset=str(a["dataset"]), class_names=class_names, modalities=mods, params=params,
+                labels=labels, split=split, status=status,
                 names=[n.decode() if isinstance(n, bytes) else n for n in f["names"][:]],
                 shapes={m: tuple(f[m].shape[1:]) for m in mods}, attrs=a,
             )
-    except OSError as e:
-        raise MmvidError(f"cannot read cache {path}: {e}; re-run `mmvid prepare ... --force`") from None
+    except MmvidError:
+        raise
+    except READ_ERRORS as e:  # a failed checksum, a B-tree or header pointing nowhere, garbled attributes
+        raise read_error(path, e, "unreadable", dataset) from None
 
 
 def verify_cache(path: str | Path) -> list[str]:
-    """Integrity problems of a finished cache (empty list = sound).
+    """Integrity problems of a finished cache (empty list = sound); ``prepare --info`` runs it.
 
-    Checks the schema (row counts, label and split ranges, unique names), that no clip is left
-    pending, that the stored counts and fingerprint match the rows, and reads every decoded row of
-    every modality (a damaged HDF5 chunk fails here, not in the middle of training), requiring
-    finite spectrograms.
+    After the checks of :func:`read_info` (which raises on the first damage it sees): unique names,
+    no clip left pending, stored counts and fingerprint matching the rows, and a full read of every
+    dataset, chunk by chunk, so that each chunk's checksum is tested (version 2) and every float
+    value is required to be finite.
     """
     info = read_info(path)
     problems: list[str] = []
     n = len(info.names)
-    with h5py.File(info.path, "r") as f:
-        for key in [*info.modalities, "labels", "split", "status"]:
-            if f[key].shape[0] != n:
-                problems.append(f"/{key} has {f[key].shape[0]} rows, /names has {n}")
     if len(set(info.names)) != n:
         problems.append("clip names are not unique")
-    if ((info.labels < 0) | (info.labels >= info.num_classes)).any():
-        problems.append(f"labels outside 0..{info.num_classes - 1}")
-    if ((info.split < 0) | (info.split >= len(SPLIT_NAMES))).any():
-        problems.append("split indices outside the split names")
     pending = int((info.status == PENDING).sum())
     if pending:
         problems.append(f"{pending} clips were never written (status pending)")
@@ -225,17 +352,53 @@ def verify_cache(path: str | Path) -> list[str]:
             problems.append(f"attribute {key}={info.attrs.get(key)} but /status says {int((info.status == want).sum())}")
     if info.attrs.get("fingerprint") != fingerprint(info.names, info.params):
         problems.append("fingerprint does not match the stored parameters and clip names")
-    rows = np.flatnonzero(info.status == OK)
-    with h5py.File(info.path, "r") as f:
-        for key in info.modalities:
-            for start in range(0, len(rows), 64):
-                chunk = rows[start:start + 64]
-                try:
-                    data = f[key][chunk]
-                except OSError as e:
-                    problems.append(f"/{key} rows {chunk[0]}..{chunk[-1]} are unreadable: {e}")
-                    break
-                if data.dtype.kind == "f" and not np.isfinite(data).all():
-                    bad = chunk[~np.isfinite(data.reshape(len(chunk), -1)).all(1)]
-                    problems.append(f"/{key} has non-finite values in clips {[info.names[i] for i in bad[:5]]}")
+    try:
+        with h5py.File(info.path, "r") as f:
+            for key in f:  # every dataset, including any this version does not know
+                d = f[key]
+                step = 64 if d.ndim > 1 else max(1, len(d))  # clip data 64 rows at a time
+                for start in range(0, len(d), step):
+                    try:
+                        data = d[start:start + step]
+                    except READ_ERRORS as e:
+                        problems.append(f"/{key} is unreadable ({error_text(e)}) in {unreadable_rows(d, start, step, info.names)}")
+                        continue
+                    if data.dtype.kind == "f" and not np.isfinite(data).all():
+                        bad = start + np.flatnonzero(~np.isfinite(data.reshape(len(data), -1)).all(1))
+                        problems.append(f"/{key} has non-finite values in clips {[info.names[i] for i in bad[:5]]}")
+    except READ_ERRORS as e:
+        problems.append(f"unreadable: {error_text(e)}")
     return problems
+
+
+def unreadable_rows(d: h5py.Dataset, start: int, step: int, names: list[str]) -> str:
+    """Which rows of ``d[start:start + step]`` fail to read: clip names for clip data (a chunk per
+    clip), else the row range."""
+    stop = min(start + step, len(d))
+    if d.ndim == 1:
+        return f"rows {start}..{stop - 1}"
+    bad = []
+    for i in range(start, stop):
+        try:
+            d[i]
+        except READ_ERRORS:
+            bad.append(names[i] if i < len(names) else str(i))
+    return f"clips {bad[:5]}" + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+
+
+def cache_notes(info: CacheInfo) -> list[str]:
+    """What a sound cache lacks that a rebuild would add (``prepare --info`` prints them)."""
+    if info.checksummed:
+        return []
+    return [f"schema version {info.version} carries no per-chunk checksums, so a flipped byte in clip data "
+            f"goes unnoticed; `{rebuild_command(info.path, info.dataset)}` rebuilds it as version {VERSION} with them"]
+
+
+def check_cache(path: str | Path) -> list[str]:
+    """:func:`verify_cache` as a verdict: raises :class:`CacheDamaged` naming every problem, else returns
+    :func:`cache_notes`."""
+    problems = verify_cache(path)
+    info = read_info(path)
+    if problems:
+        raise damaged(info.path, f"failed verification: {'; '.join(problems)}", info.dataset)
+    return cache_notes(info)

@@ -1,5 +1,8 @@
 """A torch Dataset over the HDF5 cache. The h5py handle is opened lazily inside each worker
 (h5py handles cannot be pickled), so the Dataset itself is cheap to send to DataLoader workers.
+
+Whatever a damaged cache makes h5py raise (a failed chunk checksum, an unreadable B-tree) becomes the
+one-line :class:`~mmvid.data.cache.CacheDamaged`, in a worker as in the main process.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mmvid.config import CACHE_KEY
+from mmvid.data.cache import READ_ERRORS, damaged, read_error
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -46,6 +50,21 @@ def finish_batch(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def check_finite_inputs(inputs: dict[str, torch.Tensor], cache_path: str | Path | None, where: str = "") -> None:
+    """Raise the cache-damage error when a batch read from ``cache_path`` holds NaN or inf.
+
+    Called where a loss turns out non-finite, before blaming the learning rate: the cache stores
+    finite values only (uint8 frames and flow, a log spectrogram of |STFT| + 1e-7), so a non-finite
+    input can only come from a damaged cache. ``inputs``: modality -> (B, ...), as the loader gave them.
+    """
+    if cache_path is None:
+        return
+    for m, x in inputs.items():
+        if torch.is_tensor(x) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            bad = (~torch.isfinite(x.detach().reshape(len(x), -1))).any(1).sum()
+            raise damaged(cache_path, f"NaN or inf in the {m} data of {int(bad)} clip(s) of a batch{where}")
+
+
 def flow_to_tensor(flow: np.ndarray | torch.Tensor, bound: float) -> torch.Tensor:
     """uint8 (..., T, H, W, 2) quantised flow -> float pixels/frame (..., T, 2, H, W); 128 is zero (mmvid.data.flow)."""
     x = torch.as_tensor(flow).movedim(-1, -3).float()
@@ -78,18 +97,28 @@ class CacheDataset(Dataset):
         self.random_crop = random_crop
         self.flow_bound = flow_bound
         self._dsets: dict[str, h5py.Dataset] = {}  # opened lazily, per worker
-        with h5py.File(self.path, "r") as f:
-            self.labels = f["labels"][:][self.indices]
         self._memory: dict[str, np.ndarray] | None = None
-        if in_memory:
+        try:
             with h5py.File(self.path, "r") as f:
-                order = np.argsort(self.indices)
-                self._memory = {}
-                for m in self.modalities:
-                    arr = f[CACHE_KEY[m]][np.sort(self.indices)]
-                    out = np.empty_like(arr)
-                    out[order] = arr
-                    self._memory[m] = out
+                self.labels = f["labels"][:][self.indices]
+                if in_memory:
+                    self._memory = self._load(f)
+        except READ_ERRORS as e:
+            raise read_error(self.path, e) from None
+
+    def _load(self, f: h5py.File) -> dict[str, np.ndarray]:
+        """Every row of ``indices`` read at once (sorted, as HDF5 wants), finite-checked while in RAM anyway."""
+        order = np.argsort(self.indices)
+        memory = {}
+        for m in self.modalities:
+            arr = f[CACHE_KEY[m]][np.sort(self.indices)]
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise damaged(self.path, f"NaN or inf in the {CACHE_KEY[m]} of "
+                                         f"{int((~np.isfinite(arr.reshape(len(arr), -1))).any(1).sum())} clip(s)")
+            out = np.empty_like(arr)
+            out[order] = arr
+            memory[m] = out
+        return memory
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -111,7 +140,10 @@ class CacheDataset(Dataset):
         if self._memory is not None:
             return {m: self._memory[m][i] for m in self.modalities}
         row = int(self.indices[i])
-        return {m: d[row] for m, d in self._datasets().items()}
+        try:
+            return {m: d[row] for m, d in self._datasets().items()}
+        except READ_ERRORS as e:  # e.g. "filter returned failure during read": a chunk failed its checksum
+            raise read_error(self.path, e, f"row {row} unreadable") from None
 
     def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
         out = to_tensors(self.raw(i), self.flow_bound)

@@ -109,6 +109,9 @@ def generate(root: Path, n_clips: int = 600, seed: int = 0, audio_confusion: flo
     stamp += f" {train_chords}" if train_chords != chords else ""
     if done.exists() and done.read_text() == stamp:
         return root
+    from mmvid.workspace import writable_dir
+
+    writable_dir(root, "demo clip folder")  # PyAV's own PermissionError does not name the file
     rng = np.random.default_rng(seed)
     images, targets = _digit_images()
     by_class = [np.flatnonzero(targets == c) for c in range(10)]
