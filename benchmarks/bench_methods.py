@@ -33,6 +33,9 @@ CONFIGS = {
     "concat+ogm-ge": {"balance.name": "ogm-ge"},
     "concat+pmr": {"balance.name": "pmr"},
     "concat+gblend": {"balance.name": "gblend"},
+    "sum": {"model.fusion": "sum"},  # OGM-GE's SumFusion, fc_a(z_a) + fc_v(z_v)
+    "mmtm+greedy": {"model.fusion": "mmtm", "balance.name": "greedy"},
+    "concat+msmix": {"augment.name": "msmix"},
 }
 # B-MM ablations (the paper's Tables 4 and 5, and METHODS.md's alternatives); run them with --only.
 VARIANTS = {
