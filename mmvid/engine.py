@@ -9,6 +9,8 @@ The same loop runs as one rank of a DDP group (:mod:`mmvid.distributed`). A chec
 everything a resume needs to continue bit for bit on CPU: model, optimizer, scheduler, scaler,
 augmentation and balancer state, the shared mixing generator and every rank's RNG; the sampler's
 order follows from ``seed + epoch``. Ctrl-C between two steps also saves the position inside the epoch.
+Checkpoints hold only tensors, numbers, strings and plain containers, and are loaded with
+``weights_only=True``, so that opening one from others never runs code.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import json
 import os
 import pickle
 import random
-import re
 import signal
 import time
 import warnings
@@ -321,13 +322,13 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _unsafe_globals(path: Path, error: Exception) -> list[str]:
-    """The importable names (classes, functions) a checkpoint refers to, found without running it:
-    a scan of the pickle opcodes, else the name torch's refusal quotes."""
+def _unsafe_globals(path: Path) -> list[str]:
+    """The importable names (classes, functions) a checkpoint written by ``torch.save`` refers to, found
+    by scanning its pickle opcodes without running them; empty for any other file."""
     try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)))
     except Exception:
-        return re.findall(r"GLOBAL ([\w.]+)", str(error))[:1]
+        return []
 
 
 def load_checkpoint(path: Path, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict[str, Any]:
@@ -345,14 +346,17 @@ def load_checkpoint(path: Path, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict
     except pickle.UnpicklingError as e:
         if "weights only load failed" not in str(e).lower():
             raise MmvidError(damaged) from None
-        names = _unsafe_globals(path, e)
-        if names and all(n.split(".")[0] == "numpy" for n in names):
+        names = _unsafe_globals(path)
+        if not names:  # random bytes, or a pickle not written by torch.save
+            raise MmvidError(damaged) from None
+        code = [n for n in names if n.split(".")[0] != "numpy"]
+        if not code:
             raise MmvidError(f"checkpoint {path} holds numpy objects ({', '.join(names)}), as checkpoints of older mmvid "
                              f"versions did; it is not loaded, for safety (such a file could run code); retrain the run "
                              f"with this version") from None
-        raise MmvidError(f"checkpoint {path} holds code objects ({', '.join(names) or 'not tensors or numbers'}); it is "
-                         f"not loaded, for safety (opening it could run that code); use checkpoints written by mmvid "
-                         f"from a source you trust, or retrain") from None
+        raise MmvidError(f"checkpoint {path} holds code objects ({', '.join(code)}); it is not loaded, for safety "
+                         f"(opening it could run that code); use checkpoints written by mmvid from a source you trust, "
+                         f"or retrain") from None
     except Exception:
         raise MmvidError(damaged) from None
     missing = [k for k in keys if k not in ck] if isinstance(ck, dict) else list(keys)

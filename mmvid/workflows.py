@@ -163,7 +163,8 @@ def resume_message(name: str, ck: dict[str, Any], epochs: int) -> str:
     if epoch > epochs and not batch:
         return f"{name} has finished all {epochs} epochs; nothing left to train"
     where = f"in epoch {epoch} of {epochs} at its step {batch + 1}" if batch else f"at the start of epoch {epoch} of {epochs}"
-    return f"resuming {name} {where} ({int(ck.get('step', 0))} optimizer steps done so far)"
+    steps = int(ck.get("step", 0))
+    return f"resuming {name} {where} ({steps} optimizer step{'' if steps == 1 else 's'} done so far)"
 
 
 # ----------------------------------------------------------------------------- demo
