@@ -9,15 +9,20 @@ The same loop runs as one rank of a DDP group (:mod:`mmvid.distributed`). A chec
 everything a resume needs to continue bit for bit on CPU: model, optimizer, scheduler, scaler,
 augmentation and balancer state, the shared mixing generator and every rank's RNG; the sampler's
 order follows from ``seed + epoch``. Ctrl-C between two steps also saves the position inside the epoch.
+Checkpoints hold only tensors, numbers, strings and plain containers, and are loaded with
+``weights_only=True``, so that opening one from others never runs code.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import signal
 import time
+import warnings
+from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,13 +78,21 @@ def _worker_init(worker_id: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every RNG's state in plain types (a checkpoint is loaded with ``weights_only=True``): python's
+    ``getstate()`` tuple of ints, numpy's MT19937 state as a dict with its key as an int64 tensor,
+    torch's and CUDA's byte tensors."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": {"name": str(name), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(s: dict[str, Any]) -> None:
     random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
+    n = s["numpy"]
+    np.random.set_state((n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(s["torch"])
     if s.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
@@ -280,19 +293,84 @@ class TrainContext:
 # ----------------------------------------------------------------------------- checkpoints
 
 
+# What a checkpoint may hold: it is loaded with ``weights_only=True``, which refuses anything else
+# (numpy arrays and scalars included), so that opening a checkpoint from others never runs code.
+PLAIN_LEAVES = (str, bytes, int, float, bool, type(None), torch.dtype, torch.device, torch.Size)
+CHECKPOINT_KEYS = ("config", "model", "class_names")  # what evaluating a checkpoint needs
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "augment", "balancer", "generator", "rng", "epoch", "best")
+
+
+def check_plain(obj: Any, where: str = "checkpoint") -> None:
+    """Raise TypeError naming the first entry that is not a tensor, number, string or plain container.
+
+    A plug-in whose ``state_dict`` returns e.g. a numpy array fails here, when its checkpoint is
+    written, rather than when a user cannot load it. (Exact types: ``np.float64`` subclasses float.)
+    """
+    if isinstance(obj, torch.Tensor) or type(obj) in PLAIN_LEAVES:
+        return
+    if type(obj) in (dict, OrderedDict):
+        for k, v in obj.items():
+            check_plain(k, f"{where} key")
+            check_plain(v, f"{where}[{k!r}]")
+    elif type(obj) in (list, tuple, set):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+    else:
+        raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}; a checkpoint holds only "
+                        f"tensors, numbers, strings and dict/list/tuple (convert it in the state_dict)")
+
+
 def atomic_save(obj: Any, path: Path) -> None:
+    check_plain(obj)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def _unsafe_globals(path: Path) -> list[str]:
+    """The importable names (classes, functions) a checkpoint written by ``torch.save`` refers to, found
+    by scanning its pickle opcodes without running them; empty for any other file."""
+    try:
+        return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)))
+    except Exception:
+        return []
+
+
+def load_checkpoint(path: Path, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict[str, Any]:
+    """A checkpoint's dict, loaded with ``weights_only=True``: only tensors, numbers, strings and plain
+    containers are read, so a file from others cannot run code. Every problem is one MmvidError line."""
+    path = Path(path)
     if not path.exists():
         raise MmvidError(f"no checkpoint at {path}; train first or point to a run folder with {CKPT_LAST}")
+    damaged = (f"cannot read checkpoint {path}: it is damaged or truncated, or not a checkpoint at all; "
+               f"copy it again or retrain")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise MmvidError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore")
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise MmvidError(damaged) from None
+        names = _unsafe_globals(path)
+        if not names:  # random bytes, or a pickle not written by torch.save
+            raise MmvidError(damaged) from None
+        code = [n for n in names if n.split(".")[0] != "numpy"]
+        if not code:
+            raise MmvidError(f"checkpoint {path} holds numpy objects ({', '.join(names)}), as checkpoints of older mmvid "
+                             f"versions did; it is not loaded, for safety (such a file could run code); retrain the run "
+                             f"with this version") from None
+        raise MmvidError(f"checkpoint {path} holds code objects ({', '.join(code)}); it is not loaded, for safety "
+                         f"(opening it could run that code); use checkpoints written by mmvid from a source you trust, "
+                         f"or retrain") from None
+    except Exception:
+        raise MmvidError(damaged) from None
+    missing = [k for k in keys if k not in ck] if isinstance(ck, dict) else list(keys)
+    if not missing and not isinstance(ck["config"], dict):
+        missing = ["config section"]
+    if missing:
+        raise MmvidError(f"{path} is not an mmvid checkpoint (it has no {', '.join(missing)}); "
+                         f"point to a checkpoint written by `mmvid train`")
+    return ck
 
 
 def own_state(ck: dict[str, Any], key: str, rank: int, world_size: int) -> Any:
@@ -311,7 +389,11 @@ def model_from_checkpoint(path: Path) -> tuple[MultimodalClassifier, TrainConfig
     ck = load_checkpoint(path)
     cfg = config_from_dict(ck["config"])
     model = build_model(cfg, len(ck["class_names"]))
-    model.load_state_dict(ck["model"])
+    try:
+        model.load_state_dict(ck["model"])
+    except Exception as e:
+        raise MmvidError(f"checkpoint {path}: its weights do not fit the model of its own config "
+                         f"({str(e).splitlines()[0][:200]}); point to a checkpoint written by `mmvid train`") from None
     return model, cfg, ck
 
 
@@ -361,7 +443,7 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
     partial = {"batch": 0, "loss_sum": 0.0, "hits": 0, "seen": 0}  # progress inside an interrupted epoch
     metrics_path = run_dir / METRICS
     if resume and (run_dir / CKPT_LAST).exists():
-        ck = load_checkpoint(run_dir / CKPT_LAST)
+        ck = load_checkpoint(run_dir / CKPT_LAST, CHECKPOINT_KEYS + RESUME_KEYS)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -405,7 +487,7 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                 "partial": part, "rank_partial": rank_part, "world_size": world_size, "rank_fingerprints": prints,
                 "train_scores": ctx.train_scores, "val_scores": ctx.val_scores,
                 "config": cfg.to_dict(), "class_names": info.class_names, "cache": str(info.path),
-                "modalities": modalities, "splits": {"train": splits.train, "val": splits.val, "test": splits.test}}
+                "modalities": modalities, "splits": {k: torch.from_numpy(np.asarray(getattr(splits, k))) for k in ("train", "val", "test")}}
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

@@ -35,6 +35,8 @@ def macro_f1(cm: np.ndarray) -> float:
 
 
 def cache_for_run(ck: dict[str, Any], cache: str | Path | None = None) -> Path:
+    if not (cache or ck.get("cache")):
+        raise MmvidError("the checkpoint names no cache (not written by `mmvid train`); pass --cache")
     path = Path(cache or ck["cache"])
     if not path.exists():
         raise MmvidError(f"the run's cache {path} is missing; re-run `mmvid prepare` or pass --cache")
@@ -108,7 +110,7 @@ def evaluate_run(run: Path, split: str = "test", device: str = "auto", cache: st
     cm = confusion(res.labels, res.preds, info.num_classes)
     per_class = (np.diag(cm) / np.maximum(cm.sum(1), 1)).tolist()
     out = {
-        "run": str(lr.run), "checkpoint_epoch": int(lr.ck["epoch"]), "split": split, "n": res.n,
+        "run": str(lr.run), "checkpoint_epoch": int(lr.ck.get("epoch", -1)), "split": split, "n": res.n,
         "accuracy": res.acc, "macro_f1": macro_f1(cm), "loss": res.loss,
         "per_class_accuracy": dict(zip(info.class_names, per_class)),
         "modality_accuracy": {m: res.modality_acc(m) for m in model.modalities},

@@ -133,10 +133,17 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
     load_plugins()
     if resume:
         run_dir = resolve_run(ws, resume)
-        ck = load_checkpoint(run_dir / CKPT_LAST)
-        cfg = config_from_dict(ck["config"])
-        cache = Path(ck["cache"])
-        console.print(f"resuming {run_dir.name} after epoch {ck['epoch'] + 1}")
+        if not (run_dir / CKPT_LAST).exists() and (run_dir / "config.yaml").exists():
+            # Stopped (kill -9, power loss) before its first checkpoint: nothing to continue but its config.
+            cfg = resolve_config(run_dir / "config.yaml")
+            cache = resolve_cache(ws, cfg.data.dataset)
+            console.print(f"{run_dir.name} has no checkpoint yet (it stopped during its first epoch); "
+                          f"restarting it from the beginning with its saved config.yaml", soft_wrap=True)
+        else:
+            ck = load_checkpoint(run_dir / CKPT_LAST)
+            cfg = config_from_dict(ck["config"])
+            cache = Path(ck.get("cache") or resolve_cache(ws, cfg.data.dataset))
+            console.print(resume_message(run_dir.name, ck, cfg.epochs), soft_wrap=True)
     else:
         cfg = resolve_config(recipe, overrides)
         for reg, name in ((FUSIONS, cfg.model.fusion), (AUGMENTS, cfg.augment.name), (BALANCERS, cfg.balance.name)):
@@ -159,6 +166,17 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
     console.print(f"[green]run {run_dir.name}[/]: test acc {100 * last.get('test_acc', float('nan')):.2f}%, "
                   f"best val {100 * summary['best']['val_acc']:.2f}% at epoch {summary['best']['epoch'] + 1} -> {run_dir}")
     return run_dir
+
+
+def resume_message(name: str, ck: dict[str, Any], epochs: int) -> str:
+    """Where a resumed run continues: the epoch and the step inside it (1-based), from the checkpoint's
+    last finished epoch (0-based ``epoch``, -1 for none) and the position saved by Ctrl-C (``partial``)."""
+    epoch, batch = int(ck["epoch"]) + 2, int((ck.get("partial") or {}).get("batch", 0))
+    if epoch > epochs and not batch:
+        return f"{name} has finished all {epochs} epochs; nothing left to train"
+    where = f"in epoch {epoch} of {epochs} at its step {batch + 1}" if batch else f"at the start of epoch {epoch} of {epochs}"
+    steps = int(ck.get("step", 0))
+    return f"resuming {name} {where} ({steps} optimizer step{'' if steps == 1 else 's'} done so far)"
 
 
 # ----------------------------------------------------------------------------- demo

@@ -67,7 +67,7 @@ def test_train_and_evaluate_write_their_outputs(tiny_run):
     rec = json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[0])
     for key in ("train_loss", "val_acc", "test_acc", "test_acc_audio", "test_acc_video", "train_acc_audio", "rho"):
         assert key in rec and np.isfinite(rec[key])
-    ck = torch.load(tiny_run / "checkpoint_last.pt", weights_only=False)
+    ck = torch.load(tiny_run / "checkpoint_last.pt", weights_only=True)
     assert ck["config"]["epochs"] == 1 and ck["class_names"] == CLASS_NAMES
     out = evaluate_run(tiny_run)
     assert (tiny_run / "eval_test.json").exists()

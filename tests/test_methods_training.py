@@ -77,7 +77,7 @@ def test_msmix_resume_restores_the_intensity_heads(demo_cache, tmp_path):
 
     cfg = tiny({"augment.name": "msmix", "epochs": 1})
     train(cfg, demo_cache, tmp_path / "run", progress=False)
-    ck = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
+    ck = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)
     assert ck["augment"]["heads"] is not None
     cfg.epochs = 2
     train(cfg, demo_cache, tmp_path / "run", resume=True, progress=False)
