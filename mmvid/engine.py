@@ -581,14 +581,17 @@ def check_finite_step(parts: TrainingParts) -> None:
     last step. Under fp16 loss scaling an inf gradient is expected (the scaler skipped that step)."""
     ctx = parts.ctx
     params = [p for p in ctx.model.parameters()] + parts.extra_parameters()
-    where = f"at epoch {ctx.epoch + 1}, step {ctx.step}; lower optim.lr or try --amp off"
-    # The max-norm is finite exactly when every entry is (NaN propagates; no squares that could overflow).
-    if not ctx.scaler.is_enabled():
-        grads = [p.grad.detach() for p in params if p.grad is not None]
-        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads, float("inf"))):
-            raise MmvidError(f"gradients became non-finite {where}")
-    if not torch.isfinite(torch.nn.utils.get_total_norm([p.detach() for p in params], float("inf"))):
-        raise MmvidError(f"weights became non-finite after the optimizer step {where}")
+    # Max-norms: finite exactly when every entry is (NaN propagates; no squares that could overflow); one sync.
+    norms = {}
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if grads and not ctx.scaler.is_enabled():
+        norms["gradients"] = torch.nn.utils.get_total_norm(grads, float("inf"))
+    norms["weights"] = torch.nn.utils.get_total_norm([p.detach() for p in params], float("inf"))
+    finite = torch.isfinite(torch.stack(list(norms.values()))).tolist()
+    if not all(finite):
+        what = " and ".join(k for k, ok in zip(norms, finite) if not ok)
+        raise MmvidError(f"{what} became non-finite at epoch {ctx.epoch + 1}, step {ctx.step}; "
+                         f"lower optim.lr or try --amp off")
 
 
 def fingerprint(model: torch.nn.Module) -> str:

@@ -270,4 +270,4 @@ def test_non_finite_gradients_stop_training(tiny_ws, monkeypatch):
     monkeypatch.setattr(engine, "build_model", poisoned)
     res = runner.invoke(app, ["train", "-w", str(tiny_ws), "--recipe", "demo", "--epochs", "1", "--batch-size", "64",
                               "--run-name", "nan-grad"])
-    one_error_line(res, "gradients became non-finite", "epoch 1, step 0", progress=True)
+    one_error_line(res, "gradients and weights became non-finite", "epoch 1, step 0", progress=True)
