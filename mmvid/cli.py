@@ -82,7 +82,7 @@ def prepare(
     root: Annotated[Optional[Path], typer.Option(help="Dataset root folder in its official layout.")] = None,
     workspace: Workspace = None,
     name: Annotated[Optional[str], typer.Option(help="Cache name (default: the dataset name).")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Parallel decoding processes.")] = 1,
+    workers: Annotated[int, typer.Option(help="Parallel decoding processes.")] = 1,
     force: Annotated[bool, typer.Option("--force", help="Rebuild the cache from scratch.")] = False,
     info: Annotated[bool, typer.Option("--info", help="Only print what an existing cache holds and verify it.")] = False,
     split: Annotated[Optional[str], typer.Option(help="UCF-101 split 1|2|3.")] = None,
@@ -108,10 +108,12 @@ def prepare(
     """
     from mmvid.workflows import run_prepare
 
+    flags = {"--frames": ("num_frames", frames), "--fps": ("fps", fps), "--image-size": ("image_size", image_size),
+             "--sample-rate": ("sample_rate", sample_rate), "--clip-seconds": ("clip_seconds", clip_seconds),
+             "--flow": ("flow", flow), "--missing-audio": ("missing_audio", missing_audio)}
     run_prepare(console, _ws(workspace), dataset, root=root, name=name, workers=workers, force=force, info=info,
                 split=split, train_list=train_list, test_list=test_list, seed=seed, clips=clips,
-                params={"num_frames": frames, "fps": fps, "image_size": image_size, "sample_rate": sample_rate,
-                        "clip_seconds": clip_seconds, "flow": flow, "missing_audio": missing_audio})
+                params=dict(flags.values()), labels={key: flag for flag, (key, _) in flags.items()})
 
 
 # ----------------------------------------------------------------------------- train
@@ -158,14 +160,20 @@ def train(
     if list_:
         list_plugins(console)
         return
-    overrides = {
-        "data.dataset": dataset, "model.fusion": fusion, "augment.name": aug, "balance.name": balance,
-        "model.calibrate": calibrate, "model.encoder": encoder, "epochs": epochs, "data.batch_size": batch_size,
-        "optim.lr": lr, "seed": seed, "device": device, "amp": amp, "gpus": gpus, "data.workers": workers,
-        "run_name": run_name, "data.cache_in_memory": cache_in_memory, "data.cache_on_gpu": cache_on_gpu,
+    flags = {
+        "--dataset": ("data.dataset", dataset), "--fusion": ("model.fusion", fusion), "--aug": ("augment.name", aug),
+        "--balance": ("balance.name", balance), "--calibrate": ("model.calibrate", calibrate),
+        "--encoder": ("model.encoder", encoder), "--epochs": ("epochs", epochs), "--batch-size": ("data.batch_size", batch_size),
+        "--lr": ("optim.lr", lr), "--seed": ("seed", seed), "--device": ("device", device), "--amp": ("amp", amp),
+        "--gpus": ("gpus", gpus), "--workers": ("data.workers", workers), "--run-name": ("run_name", run_name),
+        "--cache-in-memory": ("data.cache_in_memory", cache_in_memory), "--cache-on-gpu": ("data.cache_on_gpu", cache_on_gpu),
     }
-    overrides.update(_parse_sets(set_))
-    run_train(console, _ws(workspace), recipe, overrides, resume)
+    overrides = dict(flags.values())
+    sources = {key: flag for flag, (key, value) in flags.items() if value is not None}
+    sets = _parse_sets(set_)
+    overrides.update(sets)
+    sources.update({key: f"--set {key}" for key in sets})
+    run_train(console, _ws(workspace), recipe, overrides, resume, sources=sources)
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -1,15 +1,14 @@
 """Run configuration: dataclass defaults <- YAML recipe <- CLI flags, validated, saved with every run.
 
 ``resolve_config(recipe, overrides)`` is the one entry point. Overrides are dotted keys
-(``{"model.fusion": "concat", "augment.name": "bmm"}``); unknown keys and values of the wrong
-type are a one-line :class:`MmvidError`.
+(``{"model.fusion": "concat", "augment.name": "bmm"}``); unknown keys, values of the wrong type and
+values outside the range each field declares (:func:`mmvid.schema.spec`) are a one-line
+:class:`MmvidError`. Imports no torch: a bad option fails fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,20 +16,23 @@ from typing import Any
 import yaml
 
 from mmvid.errors import MmvidError
+from mmvid.schema import check_dataclass, check_value, field_types, spec
 
 MODALITIES = ("audio", "video", "flow")
 # Which cache dataset feeds which model modality (the cache names what is stored, the model what it means).
 CACHE_KEY = {"audio": "spectrogram", "video": "frames", "flow": "flow"}
 
 
+# Each field declares what it accepts next to its default (mmvid.schema.spec): a new field with its range is one
+# line. resolve_config checks every value wherever it comes from (recipe, flag, --set, a saved config).
 @dataclass
 class DataConfig:
     dataset: str | None = None  # cache name under <workspace>/caches; None = the only / latest one
-    modalities: list[str] = field(default_factory=lambda: ["audio", "video"])
-    batch_size: int = 64
-    workers: int = 0
-    val_fraction: float = 0.1  # held out of train for model selection; never select on test
-    crop_size: int | None = None  # train random-resized-crop / test resize; None = cache image size
+    modalities: list[str] = spec(factory=lambda: ["audio", "video"], choices=MODALITIES)
+    batch_size: int = spec(64, ge=1, le=65536)
+    workers: int = spec(0, ge=0, le=1024)
+    val_fraction: float = spec(0.1, ge=0.0, lt=1.0)  # held out of train for model selection; never select on test
+    crop_size: int | None = spec(None, ge=1, le=8192)  # train random-resized-crop / test resize; None = cache image size
     random_crop: bool = True  # train-time random resized crop (scale 0.5-1) of frames/flow
     flip: bool = True
     cache_in_memory: bool = False
@@ -39,40 +41,43 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: str = "resnet18"  # resnet18 (paper) | small (CPU-sized)
-    width: int = 32  # channels of the first stage of the small encoder
-    fusion: str = "concat"
+    encoder: str = spec("resnet18", choices=("resnet18", "small"))  # resnet18 (paper) | small (CPU-sized)
+    width: int = spec(32, ge=1, le=4096)  # channels of the first stage of the small encoder
+    fusion: str = "concat"  # a FUSIONS name, checked by the registry
     calibrate: bool = False
     fusion_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class AugmentConfig:
-    name: str = "none"
-    alpha: float = 0.2  # Beta(alpha, alpha) for mixup / mm
-    warmup: int = 10  # B-MM: epochs of plain training before mixing
-    beta: float = 1.0  # B-MM: degree of mixup, lambda_weak = beta * tanh(r - 1)
-    rho_stat: str = "score"  # B-MM: score | acc
-    lambda_map: str = "scaled"  # B-MM: scaled | inside
-    rho_split: str = "train"  # B-MM: rho over train (the paper) | val (held out; an mmvid option, not in the paper)
-    stage: str = "feature"  # B-MM: mix the weak modality's feature (paper Fig. 3) | input (paper Sec. 3.3 text)
-    unimodal: str = "mask"  # B-MM: unimodal predictions by masking (paper Eq. 5) | head (per-modality heads, decision fusion)
+    name: str = "none"  # an AUGMENTS name, checked by the registry
+    alpha: float = spec(0.2, gt=0.0, le=1000.0)  # Beta(alpha, alpha) for mixup / mm
+    warmup: int = spec(10, ge=0, le=1_000_000)  # B-MM: epochs of plain training before mixing
+    beta: float = spec(1.0, ge=0.0, le=1000.0)  # B-MM: degree of mixup, lambda_weak = beta * tanh(r - 1)
+    rho_stat: str = spec("score", choices=("score", "acc"))  # B-MM
+    lambda_map: str = spec("scaled", choices=("scaled", "inside"))  # B-MM
+    # B-MM: rho over train (the paper) | val (held out; an mmvid option, not in the paper)
+    rho_split: str = spec("train", choices=("train", "val"))
+    # B-MM: mix the weak modality's feature (paper Fig. 3) | input (paper Sec. 3.3 text)
+    stage: str = spec("feature", choices=("feature", "input"))
+    # B-MM: unimodal predictions by masking (paper Eq. 5) | head (each modality's own classifier, decision-like fusions)
+    unimodal: str = spec("mask", choices=("mask", "head"))
     args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class BalanceConfig:
-    name: str = "none"
+    name: str = "none"  # a BALANCERS name, checked by the registry
     args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    step_size: int = 30
-    gamma: float = 0.1
-    grad_clip: float | None = None
+    lr: float = spec(1e-3, gt=0.0, le=10.0)
+    weight_decay: float = spec(1e-4, ge=0.0, le=10.0)
+    step_size: int = spec(30, ge=1, le=1_000_000)  # StepLR period in epochs
+    gamma: float = spec(0.1, gt=0.0, le=1.0)  # StepLR decay factor
+    grad_clip: float | None = spec(None, gt=0.0, le=1e9)  # max gradient norm; None = no clipping
 
 
 @dataclass
@@ -82,11 +87,11 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    epochs: int = 60
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    amp: str = "off"  # off | bf16 | fp16
-    gpus: int = 1
+    epochs: int = spec(60, ge=1, le=1_000_000)
+    seed: int = spec(0, ge=0, le=2**32 - 1)  # numpy's and torch's seed range
+    device: str = spec("auto", choices=("auto", "cpu", "cuda"))
+    amp: str = spec("off", choices=("off", "bf16", "fp16"))
+    gpus: int = spec(1, ge=1, le=4096)
     channels_last: bool = False  # NHWC convolutions (tensor cores under AMP on CUDA)
     compile: bool = False  # torch.compile the training step's model
     run_name: str | None = None
@@ -96,107 +101,37 @@ class TrainConfig:
         return asdict(self)
 
 
-def _choices_check(cfg: TrainConfig) -> None:
-    checks = {
-        "device": (cfg.device, ("auto", "cpu", "cuda")),
-        "amp": (cfg.amp, ("off", "bf16", "fp16")),
-        "augment.rho_stat": (cfg.augment.rho_stat, ("score", "acc")),
-        "augment.lambda_map": (cfg.augment.lambda_map, ("scaled", "inside")),
-        "augment.rho_split": (cfg.augment.rho_split, ("train", "val")),
-        "augment.stage": (cfg.augment.stage, ("feature", "input")),
-        "augment.unimodal": (cfg.augment.unimodal, ("mask", "head")),
-        "model.encoder": (cfg.model.encoder, ("resnet18", "small")),
-    }
-    for key, (value, allowed) in checks.items():
-        if value not in allowed:
-            raise MmvidError(f"config {key}={value!r} is not valid; choose one of: {', '.join(allowed)}")
-    bad = [m for m in cfg.data.modalities if m not in MODALITIES]
-    if bad or len(cfg.data.modalities) < 1:
-        raise MmvidError(f"config data.modalities={cfg.data.modalities} is not valid; use a subset of {', '.join(MODALITIES)}")
-    positive = {"epochs": cfg.epochs, "data.batch_size": cfg.data.batch_size, "gpus": cfg.gpus}
-    for key, value in positive.items():
-        if value < 1:
-            raise MmvidError(f"config {key}={value} must be at least 1")
-    if not 0.0 <= cfg.data.val_fraction < 1.0:
-        raise MmvidError(f"config data.val_fraction={cfg.data.val_fraction} must be in [0, 1)")
-    if cfg.optim.lr <= 0:
-        raise MmvidError(f"config optim.lr={cfg.optim.lr} must be positive")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert a YAML/CLI value to the annotated type, or raise a one-line error."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
-            return None
-        return _coerce(value, args[0], key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-            return value.lower() in ("true", "yes", "1", "on")
-        raise MmvidError(f"config {key}={value!r} must be true or false")
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise MmvidError(f"config {key}={value!r} must be a number")
-        try:
-            out = tp(value)
-        except (TypeError, ValueError):
-            raise MmvidError(f"config {key}={value!r} must be {'an integer' if tp is int else 'a number'}") from None
-        if tp is int and isinstance(value, float) and value != out:
-            raise MmvidError(f"config {key}={value!r} must be an integer")
-        return out
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise MmvidError(f"config {key}={value!r} must be a string")
-        return str(value)
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise MmvidError(f"config {key}={value!r} must be a list")
-        (inner,) = typing.get_args(tp)
-        return [_coerce(v, inner, key) for v in value]
-    if origin is dict:
-        if isinstance(value, str):
-            value = yaml.safe_load(value) or {}
-        if not isinstance(value, dict):
-            raise MmvidError(f"config {key}={value!r} must be a mapping")
-        return dict(value)
-    return value
-
-
-def _field_types(obj: Any) -> dict[str, Any]:
-    hints = typing.get_type_hints(type(obj))
-    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
-
-
 def set_key(cfg: TrainConfig, key: str, value: Any) -> None:
-    """Set a dotted key such as ``model.fusion``; ``augment.args.k`` sets inside a dict field."""
+    """Set a dotted key such as ``model.fusion`` (checked against its field's rule); ``augment.args.k``
+    sets inside a dict field. A whole section (``data``) cannot be replaced by a value."""
     parts = key.split(".")
     obj: Any = cfg
     for i, part in enumerate(parts):
         if isinstance(obj, dict):
             obj[".".join(parts[i:])] = value
             return
-        types_ = _field_types(obj)
-        if part not in types_:
-            raise MmvidError(f"unknown config key {key!r}; valid keys here: {', '.join(sorted(types_))}")
+        fields_ = {f.name: f for f in dataclasses.fields(obj)}
+        if part not in fields_:
+            raise MmvidError(f"unknown config key {key!r}; valid keys here: {', '.join(sorted(fields_))}")
+        sub = getattr(obj, part)
         if i == len(parts) - 1:
-            setattr(obj, part, _coerce(value, types_[part], key))
+            if dataclasses.is_dataclass(sub):
+                raise MmvidError(f"config {key}={value!r}: {key} is a section, not a value; set its keys, e.g. "
+                                 f"{key}.{dataclasses.fields(sub)[0].name}=..., or give it as a mapping in a recipe")
+            setattr(obj, part, check_value(fields_[part], field_types(obj)[part], value, f"config {key}"))
             return
-        obj = getattr(obj, part)
+        obj = sub
         if not dataclasses.is_dataclass(obj) and not isinstance(obj, dict):
             raise MmvidError(f"config key {key!r}: {'.'.join(parts[: i + 1])} is not a section")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "", sections: TrainConfig | Any = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    types_ = _field_types(sections) if dataclasses.is_dataclass(sections) else {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        sub = getattr(sections, k, None) if types_ else None
+        sub = getattr(sections, str(k), None) if dataclasses.is_dataclass(sections) else None
+        if v is None and dataclasses.is_dataclass(sub):
+            continue  # an empty section in a recipe keeps its defaults
         if isinstance(v, dict) and dataclasses.is_dataclass(sub):
             out.update(_flatten(v, key + ".", sub))
         else:
@@ -212,8 +147,14 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         if not candidate.exists():
             raise MmvidError(f"recipe {str(path)!r} not found; give a YAML path or a name from recipes/")
         path = candidate
+    if not path.is_file():
+        raise MmvidError(f"recipe {path} is not a file; give the path of a YAML recipe")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise MmvidError(f"recipe {path} is not UTF-8 text (byte {e.start}); save it as UTF-8 YAML") from None
+    except OSError as e:
+        raise MmvidError(f"recipe {path} cannot be read: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise MmvidError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -221,17 +162,30 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults, then the recipe, then CLI overrides (dotted keys; ``None`` values are skipped)."""
+def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str, Any] | None = None,
+                   sources: dict[str, str] | None = None) -> TrainConfig:
+    """Defaults, then the recipe, then CLI overrides (dotted keys; ``None`` values are skipped).
+
+    Every value is checked against its field's rule as it is set; an error names the key, what it
+    accepts and where the value came from (``sources``: key -> the CLI flag that gave it).
+    """
     cfg = TrainConfig()
     data = recipe if isinstance(recipe, dict) else (load_recipe(recipe) if recipe else {})
+    where = f" (in recipe {recipe})" if recipe is not None and not isinstance(recipe, dict) else ""
     for key, value in _flatten(data, "", cfg).items():
-        set_key(cfg, key, value)
+        _set_from(cfg, key, value, where)
     for key, value in (overrides or {}).items():
         if value is not None:
-            set_key(cfg, key, value)
-    _choices_check(cfg)
+            _set_from(cfg, key, value, f" (given by {sources[key]})" if sources and key in sources else "")
+    check_dataclass(cfg, "config ")
     return cfg
+
+
+def _set_from(cfg: TrainConfig, key: str, value: Any, where: str) -> None:
+    try:
+        set_key(cfg, key, value)
+    except MmvidError as e:
+        raise MmvidError(f"{e}{where}") from None
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:

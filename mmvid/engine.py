@@ -636,7 +636,8 @@ def train_step(parts: TrainingParts, inputs: dict[str, torch.Tensor], y: torch.T
     """One optimisation step on a batch (any device): returns (ModelOutput, loss, y on the device).
 
     data -> forward + loss (autocast) -> backward (DDP all-reduce) -> unscale -> ``after_backward``
-    -> clip -> step. Raises MmvidError naming the epoch and step when the loss is not finite.
+    -> clip -> step. Raises MmvidError naming the epoch and step when the loss, a gradient or a weight
+    is not finite.
     """
     from mmvid.distributed import average_gradients
 
@@ -660,8 +661,28 @@ def train_step(parts: TrainingParts, inputs: dict[str, torch.Tensor], y: torch.T
         torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg.optim.grad_clip)
     ctx.scaler.step(ctx.optimizer)
     ctx.scaler.update()
+    check_finite_step(parts)
     ctx.step += 1
     return out, loss, y
+
+
+def check_finite_step(parts: TrainingParts) -> None:
+    """Stop when a step left non-finite gradients or weights, whatever caused them. The loss check alone
+    misses a finite loss whose step diverges (lr=inf: finite gradients, NaN weights), above all on a run's
+    last step. Under fp16 loss scaling an inf gradient is expected (the scaler skipped that step)."""
+    ctx = parts.ctx
+    params = [p for p in ctx.model.parameters()] + parts.extra_parameters()
+    # Max-norms: finite exactly when every entry is (NaN propagates; no squares that could overflow); one sync.
+    norms = {}
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if grads and not ctx.scaler.is_enabled():
+        norms["gradients"] = torch.nn.utils.get_total_norm(grads, float("inf"))
+    norms["weights"] = torch.nn.utils.get_total_norm([p.detach() for p in params], float("inf"))
+    finite = torch.isfinite(torch.stack(list(norms.values()))).tolist()
+    if not all(finite):
+        what = " and ".join(k for k, ok in zip(norms, finite) if not ok)
+        raise MmvidError(f"{what} became non-finite at epoch {ctx.epoch + 1}, step {ctx.step}; "
+                         f"lower optim.lr or try --amp off")
 
 
 def fingerprint(model: torch.nn.Module) -> str:

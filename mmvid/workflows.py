@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,12 @@ from mmvid.errors import MmvidError
 
 
 # ----------------------------------------------------------------------------- prepare
+
+# What the prepare command's own options (not cache parameters, see mmvid.data.params) accept.
+PREPARE_OPTIONS: dict[str, dict[str, Any]] = {
+    "seed": dict(ge=0, le=2**32 - 1),  # numpy's seed range (generated splits, demo clips)
+    "clips": dict(ge=10, le=1_000_000),  # demo: at least one clip of each of its 10 classes
+}
 
 
 def print_cache_info(console, path: Path) -> None:
@@ -44,8 +49,21 @@ def print_cache_info(console, path: Path) -> None:
 
 def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name: str | None = None, workers: int = 1,
                 force: bool = False, info: bool = False, params: dict[str, Any] | None = None, progress: bool = True,
-                **source_kwargs) -> Path:
-    from mmvid.data.prepare import PrepareParams, prepare
+                labels: dict[str, str] | None = None, **source_kwargs) -> Path:
+    """``params`` override the source's cache parameters (None = the source's value; ``fps`` 0 = native);
+    ``labels`` name the CLI flag of each (for errors). Every value is checked before any source is listed."""
+    from mmvid.data.params import PrepareParams
+    from mmvid.schema import check_option
+
+    check_option("--workers", workers, ge=1, le=1024)
+    for key, rule in PREPARE_OPTIONS.items():
+        if source_kwargs.get(key) is not None:
+            source_kwargs[key] = check_option(f"--{key}", source_kwargs[key], **rule)
+    given = {k: v for k, v in (params or {}).items() if v is not None}
+    if given.get("fps") == 0:
+        given["fps"] = None
+    PrepareParams.build(given, labels)  # a bad option fails here, before the source is listed or generated
+    from mmvid.data.prepare import prepare
     from mmvid.data.sources import GENERATED, get_source
     from mmvid.workspace import cache_path
 
@@ -61,18 +79,7 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
     if generated and "clips" in source_kwargs:
         source_kwargs["n_clips"] = source_kwargs.pop("clips")
     src = make_source(root=root, **source_kwargs)
-    merged = dict(src.params)
-    merged.update({k: v for k, v in (params or {}).items() if v is not None})
-    if merged.get("fps") == 0:
-        merged["fps"] = None
-    valid = {f.name for f in fields(PrepareParams)}
-    p = PrepareParams(**{k: v for k, v in merged.items() if k in valid})
-    from mmvid.data.flow import FLOW_METHODS
-
-    if p.flow not in FLOW_METHODS:
-        raise MmvidError(f"--flow {p.flow!r} is not valid; choose {', '.join(FLOW_METHODS)}")
-    if p.missing_audio not in ("skip", "zeros"):
-        raise MmvidError(f"--missing-audio {p.missing_audio!r} is not valid; choose skip or zeros")
+    p = PrepareParams.build({**src.params, **given}, labels)
     report = prepare(src, cache, p, workers=workers, force=force, progress=progress)
     if report.already_complete:
         console.print(f"[green]{cache}[/] is already complete ({report.ok} clips); use --force to rebuild")
@@ -124,8 +131,12 @@ def list_plugins(console) -> None:
 
 
 def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], resume: str | None = None,
-              progress: bool = True) -> Path:
+              progress: bool = True, sources: dict[str, str] | None = None) -> Path:
+    """``sources`` name the CLI flag of each override (for errors). The config is resolved and checked
+    before torch is imported, so a bad option fails in well under a second."""
     from mmvid.config import config_from_dict, resolve_config
+
+    cfg = None if resume else resolve_config(recipe, overrides, sources)
     from mmvid.engine import CKPT_LAST, default_run_name, load_checkpoint, train
     from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS, load_plugins
     from mmvid.workspace import resolve_cache, resolve_run, runs_dir
@@ -145,9 +156,12 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
             cache = Path(ck.get("cache") or resolve_cache(ws, cfg.data.dataset))
             console.print(resume_message(run_dir.name, ck, cfg.epochs), soft_wrap=True)
     else:
-        cfg = resolve_config(recipe, overrides)
-        for reg, name in ((FUSIONS, cfg.model.fusion), (AUGMENTS, cfg.augment.name), (BALANCERS, cfg.balance.name)):
-            reg.get(name)  # unknown names fail here, before any work
+        FUSIONS.get(cfg.model.fusion)  # unknown names fail here, before any work
+        for reg, section, key in ((AUGMENTS, cfg.augment, "augment"), (BALANCERS, cfg.balance, "balance")):
+            try:  # building parses the plug-in's args: a value it cannot use fails here, as one line
+                reg.build(section.name, section, cfg.data.modalities)
+            except (TypeError, ValueError, AttributeError) as e:
+                raise MmvidError(f"config {key}.args={section.args} is not valid for {reg.kind} {section.name!r}: {e}") from None
         cache = resolve_cache(ws, cfg.data.dataset)
         cfg.data.dataset = cache.stem
         run_dir = runs_dir(ws) / (cfg.run_name or default_run_name(cfg, cache.stem))

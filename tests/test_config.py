@@ -24,8 +24,8 @@ def test_round_trip_of_saved_config():
 
 
 @pytest.mark.parametrize("key,value,needle", [
-    ("epochs", "ten", "integer"), ("optim.lr", "-1", "positive"), ("nosuch", 1, "unknown config key"),
-    ("model.nosuch", 1, "unknown config key"), ("device", "tpu", "auto"), ("data.modalities", "audio,smell", "subset"),
+    ("epochs", "ten", "integer"), ("optim.lr", "-1", "(0, 10]"), ("nosuch", 1, "unknown config key"),
+    ("model.nosuch", 1, "unknown config key"), ("device", "tpu", "auto"), ("data.modalities", "audio,smell", "list without repeats of"),
     ("model.calibrate", "maybe", "true or false"), ("epochs", 2.5, "integer"),
 ])
 def test_bad_values_are_one_line_errors(key, value, needle):

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from mmvid.data.prepare import PrepareParams
     from mmvid.data.sources import ClipSpec
 
-FLOW_METHODS = ("none", "precomputed", "farneback", "dis")
 COMPUTED = ("farneback", "dis")
 ZERO = 128
 

@@ -18,40 +18,9 @@ import numpy as np
 from mmvid.data.cache import CacheWriter, read_info
 from mmvid.data.decode import DecodeError, NoAudioError, decode_audio, decode_frames
 from mmvid.data.features import log_spectrogram, spectrogram_shape
+from mmvid.data.params import PrepareParams  # noqa: F401  (re-exported: defined without heavy imports)
 from mmvid.data.sources import ClipSpec, Source
 from mmvid.errors import MmvidError
-
-
-@dataclass
-class PrepareParams:
-    """Every parameter of decoding and features; all are stored as cache attributes."""
-
-    fps: float | None = 1.0  # resample frames to this rate before picking num_frames (paper: 1 fps); None = native
-    num_frames: int = 3
-    image_size: int = 224
-    sample_rate: int = 22050
-    clip_seconds: float = 3.0
-    n_fft: int = 512
-    hop: int = 353
-    window: str = "hann"
-    tile_audio: bool = True
-    flow: str = "none"  # none | precomputed | farneback | dis (mmvid.data.flow)
-    flow_bound: float = 20.0  # flow quantisation bound B in px/frame (also the bound of precomputed x_/y_ jpgs)
-    frames_fps: float = 25.0  # frame rate of precomputed frame folders (img_/x_/y_%05d.jpg)
-    missing_audio: str = "skip"  # skip | zeros
-    min_seconds: float = 0.5  # shorter videos are reported and skipped (half a sampling period at 1 fps)
-    decoder: str = "decord"
-    normalisation: str = "imagenet"  # applied when reading frames; stored frames are raw RGB
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        s = self.image_size
-        shapes: dict[str, tuple[int, ...]] = {
-            "frames": (self.num_frames, s, s, 3),
-            "spectrogram": spectrogram_shape(self.sample_rate, self.clip_seconds, self.n_fft, self.hop),
-        }
-        if self.flow != "none":
-            shapes["flow"] = (self.num_frames, s, s, 2)
-        return shapes
 
 
 @dataclass
