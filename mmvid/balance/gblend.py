@@ -14,6 +14,8 @@ from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
 
 FUSED = "fused"
+HEADS = ("linear", "split")  # linear: an extra Linear per modality (paper); split: the fusion head's part (BalanceBenchmark)
+LOSSES = ("mean", "batch_sum")  # per-epoch mean loss (paper); sum of batch-mean losses (BalanceBenchmark)
 
 
 def gblend_weights(start: dict[str, tuple[float, float]], end: dict[str, tuple[float, float]]) -> dict[str, float]:
@@ -37,13 +39,25 @@ class GradientBlending(Balancer):
     """G-Blend: one extra linear head per modality on z_m plus the fused head;
     loss = w_fused L(fused) + sum_m w_m CE(head_m(z_m), y), with the weights re-estimated every
     ``super_epoch`` (N, default 2) epochs from the held-out validation split (never test) by
-    :func:`gblend_weights`; train losses are the epoch's running means. Weights start uniform."""
+    :func:`gblend_weights`; train losses are the epoch's running means. Weights start uniform.
+
+    ``heads``: ``linear`` (default) or ``split`` (modality m's part of the fusion head, W_m z_m + b / M, as
+    BalanceBenchmark's ``Uni_res``; no extra parameters). ``losses``: ``mean`` (default, per-sample means) or
+    ``batch_sum`` (the sum over the epoch's batches of each batch's mean loss, as BalanceBenchmark)."""
 
     min_modalities = 1
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
         self.super_epoch = int(self.args.get("super_epoch", 2))
+        self.head_kind = str(self.args.get("heads", "linear"))
+        self.loss_stat = str(self.args.get("losses", "mean"))
+        if self.head_kind not in HEADS:
+            raise MmvidError(f"balance.args.heads={self.head_kind!r} is not one of {list(HEADS)}; "
+                             f"use linear (extra heads, paper) or split (BalanceBenchmark's split fusion head)")
+        if self.loss_stat not in LOSSES:
+            raise MmvidError(f"balance.args.losses={self.loss_stat!r} is not one of {list(LOSSES)}; "
+                             f"use mean (paper) or batch_sum (BalanceBenchmark)")
         keys = [FUSED, *modalities]
         self.weights = {k: 1.0 / len(keys) for k in keys}
         self.heads: nn.ModuleDict | None = None
@@ -51,22 +65,40 @@ class GradientBlending(Balancer):
         self._train = torch.zeros(len(keys), dtype=torch.float64)
         self._count = 0
 
-    def setup(self, model, ctx) -> nn.Module:
+    def check(self, model_cfg, augment_name: str) -> None:
+        super().check(model_cfg, augment_name)
+        if self.head_kind == "split" and model_cfg.fusion not in ("concat", "sum", "decision"):
+            raise MmvidError(f"balance.args.heads=split needs --fusion concat, sum or decision (got "
+                             f"{model_cfg.fusion!r}); use balance.args.heads=linear")
+
+    def setup(self, model, ctx) -> nn.Module | None:
         if len(ctx.splits.val) == 0:
             raise MmvidError(f"balancer gblend needs a validation split to estimate its weights, but it is empty "
                              f"(data.val_fraction={ctx.cfg.data.val_fraction} of {len(ctx.splits.train)} train clips); "
                              f"raise data.val_fraction (e.g. --set data.val_fraction=0.2) or use more clips")
         net = unwrap(model)
+        if self.head_kind == "split":
+            self.split = net.split_head_logits  # refuses fusions without a split head, with one line
+            return None
         self.heads = nn.ModuleDict({m: nn.Linear(net.encoders[m].output_dim, ctx.num_classes) for m in self.modalities})
         return self.heads
 
+    def head_logits(self, out) -> dict[str, torch.Tensor]:
+        """Modality m's logits (B, C) from the fusion's input features z_m."""
+        if self.head_kind == "split":
+            return {m: v.float() for m, v in self.split({m: out.features[m] for m in self.modalities}).items()}
+        return {m: self.heads[m](out.features[m].float()) for m in self.modalities}
+
     def head_losses(self, out, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {m: mixed_cross_entropy(self.heads[m](out.features[m].float()), y, modality_mix(out.mix, m))
-                for m in self.modalities}
+        return {m: mixed_cross_entropy(logits, y, modality_mix(out.mix, m)) for m, logits in self.head_logits(out).items()}
+
+    def _weight(self, n: int) -> float:
+        """What one batch of n samples adds to the count a sum is divided by: n (mean) or 1 (batch_sum)."""
+        return float(n) if self.loss_stat == "mean" else 1.0
 
     def loss(self, loss, out, inputs, y, ctx):
         losses = {FUSED: loss, **self.head_losses(out, y)}
-        self._train += torch.tensor([float(v.detach()) for v in losses.values()], dtype=torch.float64) * len(y)
+        self._train += torch.tensor([float(v.detach()) for v in losses.values()], dtype=torch.float64) * self._weight(len(y))
         self._count += len(y)
         return sum(self.weights[k] * v for k, v in losses.items())
 
@@ -82,7 +114,7 @@ class GradientBlending(Balancer):
             inputs, y = to_device(inputs, ctx.device), y.to(ctx.device)
             out = net(inputs)
             losses = [F.cross_entropy(out.logits.float(), y)] + list(self.head_losses(out, y).values())
-            sums += torch.tensor([float(v) for v in losses], dtype=torch.float64) * len(y)
+            sums += torch.tensor([float(v) for v in losses], dtype=torch.float64) * self._weight(len(y))
             n += len(y)
         net.train(was)
         return torch.cat([sums, torch.tensor([float(n)], dtype=torch.float64)])
@@ -91,7 +123,9 @@ class GradientBlending(Balancer):
         val = ctx.all_reduce(self._val_losses(ctx))
         train = ctx.all_reduce(torch.cat([self._train, torch.tensor([float(self._count)], dtype=torch.float64)]))
         keys = list(self.weights)
-        losses = {k: (float(train[i] / max(train[-1], 1)), float(val[i] / max(val[-1], 1))) for i, k in enumerate(keys)}
+        # batch_sum: the sums are not divided (all-reduced over ranks they add every rank's batches)
+        tn, vn = (max(float(train[-1]), 1.0), max(float(val[-1]), 1.0)) if self.loss_stat == "mean" else (1.0, 1.0)
+        losses = {k: (float(train[i] / tn), float(val[i] / vn)) for i, k in enumerate(keys)}
         self._train.zero_()
         self._count = 0
         if self.anchor is None:

@@ -26,6 +26,9 @@ def teacher_config(cfg, modality: str, epochs: int):
     return t
 
 
+TEACHER_MODES = ("eval", "train")  # eval: frozen BatchNorm statistics; train: batch statistics (BalanceBenchmark)
+
+
 @BALANCERS.register("umt", doc="UMT: distil frozen unimodal teachers into the encoders (beta * MSE).")
 class UniModalTeacher(Balancer):
     """UMT: loss = L + beta sum_m MSE(phi_m^teacher(x_m), z_m), beta = 10 (``balance.args.beta``).
@@ -33,13 +36,19 @@ class UniModalTeacher(Balancer):
     trained first inside the same command by :func:`mmvid.engine.train` (one modality, ``teacher_epochs``,
     default = epochs) into <run>/teachers/<modality> (resumable). The teacher sees the same (mixed) input
     as the student, and feature-stage mixing is applied to its features too. The student features are
-    those the fusion receives (after calibration when it is on)."""
+    those the fusion receives (after calibration when it is on). ``teacher_mode``: ``eval`` (default, frozen
+    teachers with their stored BatchNorm statistics) or ``train`` (BatchNorm normalises with the batch's
+    statistics, as BalanceBenchmark's UMT trainer, which never calls ``eval()`` on its teachers)."""
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
         self.beta = float(self.args.get("beta", 10.0))
         self.paths: dict[str, str] = {m: str(p) for m, p in (self.args.get("teachers") or {}).items()}
         self.teacher_epochs = self.args.get("teacher_epochs")
+        self.teacher_mode = str(self.args.get("teacher_mode", "eval"))
+        if self.teacher_mode not in TEACHER_MODES:
+            raise MmvidError(f"balance.args.teacher_mode={self.teacher_mode!r} is not one of {list(TEACHER_MODES)}; "
+                             f"use eval (frozen statistics) or train (batch statistics, BalanceBenchmark)")
         self.teachers: nn.ModuleDict | None = None
         self.stats = EpochMeans()
 
@@ -80,6 +89,7 @@ class UniModalTeacher(Balancer):
 
     def loss(self, loss, out, inputs, y, ctx):
         mix = out.mix
+        self.teachers.train(self.teacher_mode == "train")  # parameters stay frozen either way
         with torch.no_grad():
             x = mix.apply(inputs) if mix is not None and mix.stage == "input" else inputs
             target = {m: self.teachers[m](x[m]).float() for m in self.modalities}
