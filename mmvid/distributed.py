@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import tempfile
 import time
 from datetime import timedelta
@@ -155,26 +156,54 @@ class StopRequest:
 
 def _worker(local_rank: int, world_size: int, port: int, cfg_dict: dict, cache: str, run_dir: str, resume: bool,
             progress: bool, err_dir: str) -> None:
-    """Body of one spawned process: join the group, train, report any failure in ``err_dir``."""
+    """Body of one spawned process: join the group, train, report any failure in ``err_dir``, end the process."""
     from mmvid.config import config_from_dict
     from mmvid.engine import train
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    cfg = config_from_dict(cfg_dict)
-    backend = backend_for(cfg.device)
-    limit_threads(world_size)
+    code = 1
     try:
-        init_group(backend, local_rank, world_size, local_rank)
-        train(cfg, Path(cache), Path(run_dir), resume=resume, progress=progress, rank=local_rank, world_size=world_size)
-        dist.barrier()  # no rank tears the group down while a peer's last collective is in flight
+        cfg = config_from_dict(cfg_dict)
+        limit_threads(world_size)
+        try:
+            init_group(backend_for(cfg.device), local_rank, world_size, local_rank)
+            train(cfg, Path(cache), Path(run_dir), resume=resume, progress=progress, rank=local_rank,
+                  world_size=world_size)
+            dist.barrier()  # no rank tears the group down while a peer's last collective is in flight
+        finally:
+            # The parent forwards Ctrl-C as well: a copy arriving late must not cut the teardown short.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        code = 0
     except BaseException as e:  # noqa: BLE001 - every failure must reach the parent as one line
         text = str(e) if isinstance(e, MmvidError) else f"{type(e).__name__}: {e}"
         Path(err_dir, f"rank{local_rank}.txt").write_text(text.splitlines()[0] if text else type(e).__name__)
-        if not isinstance(e, Interrupted):  # an interrupted rank ends normally: the parent must not kill its peers
-            raise SystemExit(1) from None
+        code = 0 if isinstance(e, Interrupted) else 1  # an interrupted rank ends normally: its peers stay up
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        try:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        finally:
+            _end_rank_process(code)
+
+
+def _end_rank_process(code: int) -> None:
+    """End a spawned rank at once, without interpreter finalization.
+
+    Why: a DDP model keeps the gloo process group alive after ``destroy_process_group`` (its two
+    ``pt_gloo_runloop`` work threads, the ``gloo_tcp_loop`` thread and rank 0's store thread are still
+    running afterwards, measured with torch 2.14 in /proc/self/task), so on a normal exit these
+    threads run on while Python finalizes. A work thread that is still releasing a finished
+    collective's tensors there takes the GIL, Python ends that thread (pthread_exit), and the forced
+    unwind through torch's noexcept release is ``std::terminate``: "terminate called without an active
+    exception", SIGABRT, more likely the busier the machine. Every file of the rank is written and
+    closed by now; only the standard streams need flushing.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _first_error(err_dir: Path) -> tuple[str, str] | None:
@@ -185,7 +214,7 @@ def _first_error(err_dir: Path) -> tuple[str, str] | None:
     return found[0].stem.removeprefix("rank"), found[0].read_text().strip()
 
 
-def _spawn(cfg, cache: Path, run_dir: Path, resume: bool, progress: bool) -> dict[str, Any]:
+def _spawn(cfg, cache: Path, run_dir: Path, resume: bool, progress: bool, worker=_worker) -> dict[str, Any]:
     import torch.multiprocessing as mp
 
     n = cfg.gpus
@@ -193,7 +222,7 @@ def _spawn(cfg, cache: Path, run_dir: Path, resume: bool, progress: bool) -> dic
         raise MmvidError(f"--gpus {n} asks for {n} GPUs but {torch.cuda.device_count()} are visible; "
                          f"lower --gpus or use --device cpu for CPU processes")
     with tempfile.TemporaryDirectory(prefix="mmvid-ranks-") as err_dir:
-        ctx = mp.start_processes(_worker, args=(n, free_port(), cfg.to_dict(), str(cache), str(run_dir), resume,
+        ctx = mp.start_processes(worker, args=(n, free_port(), cfg.to_dict(), str(cache), str(run_dir), resume,
                                                 progress, err_dir), nprocs=n, join=False, start_method="spawn")
 
         def forward_interrupt(signum, frame):  # the children save and stop; the parent waits for them
@@ -206,7 +235,8 @@ def _spawn(cfg, cache: Path, run_dir: Path, resume: bool, progress: bool) -> dic
             while not ctx.join():
                 pass
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
-            rank, text = _first_error(Path(err_dir)) or ("?", str(e).strip().splitlines()[-1])
+            # No file: the rank died of a signal before it could write one; torch names its index.
+            rank, text = _first_error(Path(err_dir)) or (str(e.error_index), str(e).strip().splitlines()[-1])
             raise MmvidError(f"distributed training failed on rank {rank}: {text} (the other processes were stopped)") from None
         finally:
             signal.signal(signal.SIGINT, old)

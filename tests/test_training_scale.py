@@ -122,6 +122,23 @@ def test_error_on_ranks_is_one_line(ws):
         train_run(ws, "ddp-bad", gpus=2, amp="fp16")
 
 
+def _rank1_aborts(local_rank: int, *args) -> None:
+    """A spawned rank body: rank 1 dies of SIGABRT before it can write an error file, rank 0 waits."""
+    if local_rank == 1:
+        os.abort()
+    time.sleep(300)  # stopped by the parent once rank 1 has died
+
+
+def test_rank_killed_by_a_signal_is_named(tmp_path):
+    """A rank that dies of a signal writes no error file; the line still names it, and the signal."""
+    from mmvid.config import resolve_config
+    from mmvid.distributed import _spawn
+
+    cfg = resolve_config("demo", {**BASE, "gpus": 2})
+    with pytest.raises(MmvidError, match=r"failed on rank 1: process 1 terminated with signal SIGABRT"):
+        _spawn(cfg, tmp_path / "none.h5", tmp_path / "run", resume=False, progress=False, worker=_rank1_aborts)
+
+
 def test_failure_on_one_rank_ends_the_run(ws, tmp_path):
     """NaN spectrograms in exactly the clips rank 1 gets first: rank 1 stops, rank 0 (waiting in the
     gradient all-reduce) is stopped too, and the parent names the rank, the epoch and the step."""
