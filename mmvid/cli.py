@@ -6,6 +6,7 @@ Heavy imports (torch, h5py, librosa) happen inside the commands so that ``--help
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -50,6 +51,33 @@ def cli_errors(fn):
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def torchrun_rank_exit(fn):
+    """Under torchrun, end the rank without interpreter finalization once the command is done (its output
+    flushed): after DDP, gloo's threads outlive the process group and can abort a finalizing interpreter
+    (see mmvid.distributed.end_rank_process). Outside torchrun the command runs as it is."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not ("RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1):
+            return fn(*args, **kwargs)
+        code = 1
+        try:
+            fn(*args, **kwargs)
+            code = 0
+        except typer.Exit as e:
+            code = e.exit_code
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            from mmvid.distributed import end_rank_process
+
+            end_rank_process(code)
 
     return wrapper
 
@@ -120,6 +148,7 @@ def prepare(
 
 
 @app.command()
+@torchrun_rank_exit
 @cli_errors
 def train(
     workspace: Workspace = None,

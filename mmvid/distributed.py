@@ -183,10 +183,10 @@ def _worker(local_rank: int, world_size: int, port: int, cfg_dict: dict, cache: 
             if dist.is_initialized():
                 dist.destroy_process_group()
         finally:
-            _end_rank_process(code)
+            end_rank_process(code)
 
 
-def _end_rank_process(code: int) -> None:
+def end_rank_process(code: int) -> None:
     """End a spawned rank at once, without interpreter finalization.
 
     Why: a DDP model keeps the gloo process group alive after ``destroy_process_group`` (its two
