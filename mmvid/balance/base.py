@@ -68,6 +68,13 @@ class Balancer(Plugin):
         self.args = dict(cfg.args)
         self.modalities = list(modalities)
 
+    def choice(self, key: str, choices, default: str, hint: str) -> str:
+        """``balance.args.<key>``, one of ``choices`` (else one line naming the key, the choices and ``hint``)."""
+        value = str(self.args.get(key, default))
+        if value not in choices:
+            raise MmvidError(f"balance.args.{key}={value!r} is not one of {list(choices)}; {hint}")
+        return value
+
     def check(self, model_cfg, augment_name: str) -> None:
         """Raise MmvidError when this balancer cannot work with the fusion / augmentation / modalities."""
         if len(self.modalities) < self.min_modalities:

@@ -50,14 +50,9 @@ class GradientBlending(Balancer):
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
         self.super_epoch = int(self.args.get("super_epoch", 2))
-        self.head_kind = str(self.args.get("heads", "linear"))
-        self.loss_stat = str(self.args.get("losses", "mean"))
-        if self.head_kind not in HEADS:
-            raise MmvidError(f"balance.args.heads={self.head_kind!r} is not one of {list(HEADS)}; "
-                             f"use linear (extra heads, paper) or split (BalanceBenchmark's split fusion head)")
-        if self.loss_stat not in LOSSES:
-            raise MmvidError(f"balance.args.losses={self.loss_stat!r} is not one of {list(LOSSES)}; "
-                             f"use mean (paper) or batch_sum (BalanceBenchmark)")
+        self.head_kind = self.choice("heads", HEADS, "linear",
+                                     "use linear (extra heads, paper) or split (BalanceBenchmark's split fusion head)")
+        self.loss_stat = self.choice("losses", LOSSES, "mean", "use mean (paper) or batch_sum (BalanceBenchmark)")
         keys = [FUSED, *modalities]
         self.weights = {k: 1.0 / len(keys) for k in keys}
         self.heads: nn.ModuleDict | None = None

@@ -62,11 +62,8 @@ class GreedyRebalance(Balancer):
         self.epsilon = float(self.args.get("epsilon", 0.01))
         self.window = int(self.args.get("window", 5))
         self.start_epoch = int(self.args.get("start_epoch", 1))
-        self.loss_mode = str(self.args.get("loss", "branches"))
-        self.average = str(self.args.get("average", "own"))
-        if self.loss_mode not in ("branches", "fused") or self.average not in ("own", "first"):
-            raise MmvidError(f"balance.args for greedy: loss must be branches|fused (got {self.loss_mode!r}), "
-                             f"average own|first (got {self.average!r})")
+        self.loss_mode = self.choice("loss", ("branches", "fused"), "branches", "branches is the reference's per-head loss")
+        self.average = self.choice("average", ("own", "first"), "own", "first reproduces the reference's shared average")
         self.sums = {"bypass": [0.0, 0.0], "main": [0.0, 0.0]}
         self.unlocked = False
         self.curating = False

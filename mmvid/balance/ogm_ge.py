@@ -49,14 +49,8 @@ class OGMGE(Balancer):
         self.start = int(self.args.get("start", 0))
         self.end = self.args.get("end", 50)
         self.ge = bool(self.args.get("ge", True))
-        self.params = str(self.args.get("params", "conv"))
-        self.score = str(self.args.get("score", "mask"))
-        if self.params not in PARAMS:
-            raise MmvidError(f"balance.args.params={self.params!r} is not one of {list(PARAMS)}; "
-                             f"conv is the reference (4-D conv kernels only)")
-        if self.score not in SCORES:
-            raise MmvidError(f"balance.args.score={self.score!r} is not one of {list(SCORES)}; "
-                             f"mask is paper Eq. 5, split-head the reference code")
+        self.params = self.choice("params", PARAMS, "conv", "conv is the reference (4-D conv kernels only)")
+        self.score = self.choice("score", SCORES, "mask", "mask is paper Eq. 5, split-head the reference code")
         self.gens: dict[str, torch.Generator] = {}
         self.seed = 0
         self.stats = EpochMeans()

@@ -68,15 +68,14 @@ class PrototypicalRebalance(Balancer):
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
         self.alpha = float(self.args.get("alpha", 1.0))
-        self.scale = str(self.args.get("scale", "constant"))
+        self.scale = self.choice("scale", ("constant", "ratio"), "constant", "constant is the reference code, ratio the paper")
         self.fraction = float(self.args.get("fraction", 0.1))
         self.momentum = float(self.args.get("momentum", 0.2))
         self.start = int(self.args.get("start", 0))
         self.end = int(self.args.get("end", 100))
         self.proto_augment = bool(self.args.get("proto_augment", True))
-        if self.scale not in ("constant", "ratio") or not 0 < self.fraction <= 1:
-            raise MmvidError(f"balance.args for pmr: scale must be constant|ratio (got {self.scale!r}) and "
-                             f"fraction in (0, 1] (got {self.fraction})")
+        if not 0 < self.fraction <= 1:
+            raise MmvidError(f"balance.args.fraction={self.fraction} must be in (0, 1]")
         self.protos: dict[str, torch.Tensor] | None = None
         self.stats = EpochMeans()
 

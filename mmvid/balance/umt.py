@@ -45,10 +45,8 @@ class UniModalTeacher(Balancer):
         self.beta = float(self.args.get("beta", 10.0))
         self.paths: dict[str, str] = {m: str(p) for m, p in (self.args.get("teachers") or {}).items()}
         self.teacher_epochs = self.args.get("teacher_epochs")
-        self.teacher_mode = str(self.args.get("teacher_mode", "eval"))
-        if self.teacher_mode not in TEACHER_MODES:
-            raise MmvidError(f"balance.args.teacher_mode={self.teacher_mode!r} is not one of {list(TEACHER_MODES)}; "
-                             f"use eval (frozen statistics) or train (batch statistics, BalanceBenchmark)")
+        self.teacher_mode = self.choice("teacher_mode", TEACHER_MODES, "eval",
+                                        "use eval (frozen statistics) or train (batch statistics, BalanceBenchmark)")
         self.teachers: nn.ModuleDict | None = None
         self.stats = EpochMeans()
 
