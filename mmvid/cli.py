@@ -374,8 +374,25 @@ def demo(
     run_demo(console, _ws(workspace), epochs=epochs, clips=clips)
 
 
-def main() -> None:  # pragma: no cover
-    app(prog_name="mmvid")
+def main(argv: list[str] | None = None) -> int:
+    """The ``mmvid`` program: Click's own usage errors (an unknown option, ``--seed abc``) are one line
+    too, like every MmvidError, instead of Typer's boxed panel."""
+    # Click's exception classes by way of a public typer name (newer typer vendors click, older depends on it).
+    usage_error, click_exception = typer.BadParameter.__mro__[1:3]
+    try:
+        code = app(args=argv, prog_name="mmvid", standalone_mode=False)
+    except usage_error as e:
+        hint = f"; see `{e.ctx.command_path} --help`" if getattr(e, "ctx", None) is not None else ""
+        message = e.format_message().rstrip(".")
+        err_console.print(f"[bold red]error:[/] {message}{hint}", highlight=False, soft_wrap=True)
+        return 2
+    except click_exception as e:
+        err_console.print(f"[bold red]error:[/] {e.format_message()}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("[bold red]interrupted[/]")
+        return 130
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

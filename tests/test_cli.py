@@ -89,3 +89,19 @@ def test_train_list_shows_registries():
     assert res.exit_code == 0
     for word in ("fusion", "concat", "augmentation", "bmm", "mm", "balancer", "none"):
         assert word in res.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--seed", "abc"], "--seed"),
+    (["train", "--nope"], "--nope"),
+    (["prepare"], "dataset"),
+    (["evaluate", "--split"], "--split"),
+    (["bogus"], "bogus"),
+])
+def test_usage_errors_of_the_program_are_one_line(args, needle):
+    """What the ``mmvid`` program (``mmvid.cli:main``) prints for Click's own usage errors: one line, exit 2."""
+    proc = subprocess.run([sys.executable, "-m", "mmvid.cli", *args], capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
