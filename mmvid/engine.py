@@ -650,8 +650,7 @@ def train_step(parts: TrainingParts, inputs: dict[str, torch.Tensor], y: torch.T
         loss = balancer.loss(loss, out, inputs, y, ctx)  # loss stage
     if not torch.isfinite(loss):
         check_finite_inputs(clean, ctx.info.path, f" at epoch {ctx.epoch + 1}, step {ctx.step}")  # the cache first
-        raise MmvidError(f"loss became {float(loss.detach())} at epoch {ctx.epoch + 1}, step {ctx.step}; "
-                         f"lower optim.lr or try --amp off")
+        raise diverged(f"loss became {float(loss.detach())}", ctx)
     ctx.optimizer.zero_grad(set_to_none=True)
     ctx.scaler.scale(loss).backward()  # DDP averages the model's gradients across ranks here
     average_gradients(parts.extra_parameters(), ctx.world_size)
@@ -681,8 +680,12 @@ def check_finite_step(parts: TrainingParts) -> None:
     finite = torch.isfinite(torch.stack(list(norms.values()))).tolist()
     if not all(finite):
         what = " and ".join(k for k, ok in zip(norms, finite) if not ok)
-        raise MmvidError(f"{what} became non-finite at epoch {ctx.epoch + 1}, step {ctx.step}; "
-                         f"lower optim.lr or try --amp off")
+        raise diverged(f"{what} became non-finite", ctx)
+
+
+def diverged(what: str, ctx: TrainContext) -> MmvidError:
+    """One line for a diverged step: what became non-finite, where, and the usual remedy."""
+    return MmvidError(f"{what} at epoch {ctx.epoch + 1}, step {ctx.step}; lower optim.lr or try --amp off")
 
 
 def fingerprint(model: torch.nn.Module) -> str:

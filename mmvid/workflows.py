@@ -40,7 +40,7 @@ def print_cache_info(console, path: Path) -> None:
     for m, shape in info.shapes.items():
         console.print(f"  {m}: per clip {shape}")
     console.print("  params: " + json.dumps(info.params, sort_keys=True))
-    notes = check_cache(path)  # raises the one-line cache-damage error
+    notes = check_cache(info)  # raises the one-line cache-damage error
     console.print(f"[green]verified[/]: schema, counts, fingerprint and every stored row of {', '.join(info.modalities)}"
                   + (" (every chunk's checksum)" if info.checksummed else ""))
     for note in notes:

@@ -331,15 +331,20 @@ def read_info(path: str | Path) -> CacheInfo:
         raise read_error(path, e, "unreadable", dataset) from None
 
 
-def verify_cache(path: str | Path) -> list[str]:
-    """Integrity problems of a finished cache (empty list = sound); ``prepare --info`` runs it.
+def nonfinite_rows(a: np.ndarray) -> np.ndarray:
+    """Indices of the rows (clips) of ``a`` (N, ...) that hold a NaN or an inf."""
+    return np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(1))
 
-    After the checks of :func:`read_info` (which raises on the first damage it sees): unique names,
+
+def verify_cache(info: CacheInfo) -> list[str]:
+    """Integrity problems of a finished cache opened by :func:`read_info` (empty list = sound);
+    ``prepare --info`` runs it.
+
+    After the checks of :func:`read_info` (which raised on the first damage it saw): unique names,
     no clip left pending, stored counts and fingerprint matching the rows, and a full read of every
     dataset, chunk by chunk, so that each chunk's checksum is tested (version 2) and every float
     value is required to be finite.
     """
-    info = read_info(path)
     problems: list[str] = []
     n = len(info.names)
     if len(set(info.names)) != n:
@@ -364,7 +369,7 @@ def verify_cache(path: str | Path) -> list[str]:
                         problems.append(f"/{key} is unreadable ({error_text(e)}) in {unreadable_rows(d, start, step, info.names)}")
                         continue
                     if data.dtype.kind == "f" and not np.isfinite(data).all():
-                        bad = start + np.flatnonzero(~np.isfinite(data.reshape(len(data), -1)).all(1))
+                        bad = start + nonfinite_rows(data)
                         problems.append(f"/{key} has non-finite values in clips {[info.names[i] for i in bad[:5]]}")
     except READ_ERRORS as e:
         problems.append(f"unreadable: {error_text(e)}")
@@ -394,11 +399,10 @@ def cache_notes(info: CacheInfo) -> list[str]:
             f"goes unnoticed; `{rebuild_command(info.path, info.dataset)}` rebuilds it as version {VERSION} with them"]
 
 
-def check_cache(path: str | Path) -> list[str]:
-    """:func:`verify_cache` as a verdict: raises :class:`CacheDamaged` naming every problem, else returns
-    :func:`cache_notes`."""
-    problems = verify_cache(path)
-    info = read_info(path)
+def check_cache(info: CacheInfo) -> list[str]:
+    """:func:`verify_cache` of an opened cache (:func:`read_info`) as a verdict: raises :class:`CacheDamaged`
+    naming every problem, else returns :func:`cache_notes`."""
+    problems = verify_cache(info)
     if problems:
         raise damaged(info.path, f"failed verification: {'; '.join(problems)}", info.dataset)
     return cache_notes(info)

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mmvid.config import CACHE_KEY
-from mmvid.data.cache import READ_ERRORS, damaged, read_error
+from mmvid.data.cache import READ_ERRORS, damaged, nonfinite_rows, read_error
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -61,8 +61,8 @@ def check_finite_inputs(inputs: dict[str, torch.Tensor], cache_path: str | Path 
         return
     for m, x in inputs.items():
         if torch.is_tensor(x) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            bad = (~torch.isfinite(x.detach().reshape(len(x), -1))).any(1).sum()
-            raise damaged(cache_path, f"NaN or inf in the {m} data of {int(bad)} clip(s) of a batch{where}")
+            bad = nonfinite_rows(x.detach().float().cpu().numpy())
+            raise damaged(cache_path, f"NaN or inf in the {m} data of {len(bad)} clip(s) of a batch{where}")
 
 
 def flow_to_tensor(flow: np.ndarray | torch.Tensor, bound: float) -> torch.Tensor:
@@ -113,8 +113,7 @@ class CacheDataset(Dataset):
         for m in self.modalities:
             arr = f[CACHE_KEY[m]][np.sort(self.indices)]
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                raise damaged(self.path, f"NaN or inf in the {CACHE_KEY[m]} of "
-                                         f"{int((~np.isfinite(arr.reshape(len(arr), -1))).any(1).sum())} clip(s)")
+                raise damaged(self.path, f"NaN or inf in the {CACHE_KEY[m]} of {len(nonfinite_rows(arr))} clip(s)")
             out = np.empty_like(arr)
             out[order] = arr
             memory[m] = out
