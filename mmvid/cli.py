@@ -62,7 +62,11 @@ def torchrun_rank_exit(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if not ("RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        if "RANK" not in os.environ:  # not a launched rank: skip importing torch (mmvid.distributed)
+            return fn(*args, **kwargs)
+        from mmvid.distributed import end_rank_process, under_torchrun
+
+        if not under_torchrun():
             return fn(*args, **kwargs)
         code = 1
         try:
@@ -75,8 +79,6 @@ def torchrun_rank_exit(fn):
 
             traceback.print_exc()
         finally:
-            from mmvid.distributed import end_rank_process
-
             end_rank_process(code)
 
     return wrapper
@@ -86,6 +88,11 @@ def _ws(workspace: Optional[Path]) -> Path:
     from mmvid.workspace import workspace_dir
 
     return workspace_dir(workspace)
+
+
+def _from_flags(flags: dict[str, tuple[str, object]]) -> tuple[dict[str, object], dict[str, str]]:
+    """{flag: (key, value)} -> ({key: value}, {key: flag} for the flags given), so errors name the flag."""
+    return dict(flags.values()), {key: flag for flag, (key, value) in flags.items() if value is not None}
 
 
 def _parse_sets(items: list[str] | None) -> dict[str, str]:
@@ -139,9 +146,10 @@ def prepare(
     flags = {"--frames": ("num_frames", frames), "--fps": ("fps", fps), "--image-size": ("image_size", image_size),
              "--sample-rate": ("sample_rate", sample_rate), "--clip-seconds": ("clip_seconds", clip_seconds),
              "--flow": ("flow", flow), "--missing-audio": ("missing_audio", missing_audio)}
+    params, labels = _from_flags(flags)
     run_prepare(console, _ws(workspace), dataset, root=root, name=name, workers=workers, force=force, info=info,
                 split=split, train_list=train_list, test_list=test_list, seed=seed, clips=clips,
-                params=dict(flags.values()), labels={key: flag for flag, (key, _) in flags.items()})
+                params=params, labels=labels)
 
 
 # ----------------------------------------------------------------------------- train
@@ -197,8 +205,7 @@ def train(
         "--gpus": ("gpus", gpus), "--workers": ("data.workers", workers), "--run-name": ("run_name", run_name),
         "--cache-in-memory": ("data.cache_in_memory", cache_in_memory), "--cache-on-gpu": ("data.cache_on_gpu", cache_on_gpu),
     }
-    overrides = dict(flags.values())
-    sources = {key: flag for flag, (key, value) in flags.items() if value is not None}
+    overrides, sources = _from_flags(flags)
     sets = _parse_sets(set_)
     overrides.update(sets)
     sources.update({key: f"--set {key}" for key in sets})
