@@ -187,7 +187,8 @@ def _worker(local_rank: int, world_size: int, port: int, cfg_dict: dict, cache: 
 
 
 def end_rank_process(code: int) -> None:
-    """End a spawned rank at once, without interpreter finalization.
+    """End a rank's process at once, without interpreter finalization (spawned ranks here; torchrun
+    ranks from the CLI's ``train``, mmvid.cli.torchrun_rank_exit).
 
     Why: a DDP model keeps the gloo process group alive after ``destroy_process_group`` (its two
     ``pt_gloo_runloop`` work threads, the ``gloo_tcp_loop`` thread and rank 0's store thread are still
