@@ -212,6 +212,45 @@ def train(
     run_train(console, _ws(workspace), recipe, overrides, resume, sources=sources)
 
 
+# ----------------------------------------------------------------------------- sweep
+
+
+@app.command()
+@cli_errors
+def sweep(
+    targets: Annotated[list[str], typer.Argument(help="Recipe folders or files, e.g. recipes/table1/cremad (or table1/cremad).")],
+    workspace: Workspace = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per recipe: 0..N-1.")] = 3,
+    quick: Annotated[bool, typer.Option("--quick", help="Check the machinery: every row, 2 epochs per run (or --epochs).")] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs per run instead of each recipe's.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Train every run on this cache instead of the recipe's.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="A config key for every run, e.g. --set model.encoder=small.")] = None,
+    only: Annotated[Optional[str], typer.Option(help="Comma-separated patterns of recipe ids, e.g. '*concat*,*bmm'.")] = None,
+    jobs: Annotated[int, typer.Option(help="Runs at once on CPU (each with cores/jobs threads).")] = 1,
+    gpus: Annotated[int, typer.Option(help="Spread runs over N GPUs, one run per GPU.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every run's command (and which are done) and stop.")] = False,
+    emit: Annotated[Optional[str], typer.Option(help="slurm: write a job-array script instead of running.")] = None,
+    task: Annotated[Optional[int], typer.Option(help="Run only run K of the plan (a job-array task).")] = None,
+    collect: Annotated[bool, typer.Option("--collect", help="Only write the table from the finished runs.")] = False,
+):
+    """Train every recipe of a table at every seed (resuming what an earlier sweep left), then write the
+    table in the paper's layout: mean ± std and 95 % CI of last-epoch and best-validation accuracy beside the
+    published figure [dim](<workspace>/sweeps/<name>/table.md, .csv, .png)[/].
+
+    Examples:
+      mmvid sweep recipes/table1/cremad --seeds 3
+      mmvid sweep recipes/table2 --gpus 4
+      mmvid sweep recipes/table1/cremad --dry-run
+      mmvid sweep recipes/table1 --emit slurm
+      mmvid sweep recipes/table1/cremad --quick --dataset demo --set model.encoder=small
+    """
+    from mmvid.sweep import sweep_command
+
+    sweep_command(console, _ws(workspace), targets, seeds=seeds, quick=quick, epochs=epochs, dataset=dataset,
+                  sets=_parse_sets(set_), only=only, jobs=jobs, gpus=gpus, dry_run=dry_run, emit=emit, task=task,
+                  collect=collect)
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]

@@ -139,17 +139,39 @@ def _flatten(d: dict[str, Any], prefix: str = "", sections: TrainConfig | Any = 
     return out
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+# What a recipe's ``paper:`` section may say: the published figure its runs are compared with (mmvid sweep).
+PAPER_KEYS = {"table": int, "row": str, "column": str, "accuracy": (int, float), "note": str}
+
+
+@dataclass
+class Recipe:
+    """A recipe file read with its bases: ``config`` (sections for :func:`resolve_config`) and ``paper``
+    (the published figure its runs reproduce, or None). ``files``: the recipe and its bases, base first."""
+
+    path: Path
+    config: dict[str, Any]
+    paper: dict[str, Any] | None
+    files: list[Path]
+
+
+def find_recipe(path: str | Path, relative_to: Path | None = None) -> Path:
+    """A recipe path as given (the current folder, or for a base the folder of the recipe that names it),
+    else a name in recipes/; ``.yaml`` may be left out."""
     path = Path(path)
-    if not path.exists():
-        candidate = Path(__file__).resolve().parent.parent / "recipes" / f"{path.name}"
-        candidate = candidate if candidate.suffix else candidate.with_suffix(".yaml")
-        if not candidate.exists():
-            raise MmvidError(f"recipe {str(path)!r} not found; give a YAML path or a name from recipes/")
-        path = candidate
-    if not path.is_file():
-        raise MmvidError(f"recipe {path} is not a file; give the path of a YAML recipe")
-    try:
+    names = [path] if path.suffix else [path, path.with_suffix(".yaml")]
+    roots = [Path()] if path.is_absolute() else [relative_to if relative_to is not None else Path(), RECIPES]
+    found = [root / n for root in roots for n in names if (root / n).exists()]
+    for cand in found:
+        if cand.is_file():
+            return cand
+    if found:
+        raise MmvidError(f"recipe {found[0]} is not a file; give the path of a YAML recipe")
+    raise MmvidError(f"recipe {str(path)!r} not found; give a YAML path or a name from recipes/")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:  # safe_load: a recipe from someone else builds plain values only, never objects
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as e:
         raise MmvidError(f"recipe {path} is not UTF-8 text (byte {e.start}); save it as UTF-8 YAML") from None
@@ -160,6 +182,55 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MmvidError(f"recipe {path} must be a YAML mapping of config sections")
     return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Sections merge key by key (a recipe names only what differs from its base); values replace."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _check_paper(paper: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(paper, dict):
+        raise MmvidError(f"recipe {path}: paper must be a mapping of {', '.join(PAPER_KEYS)}")
+    for k, v in paper.items():
+        if k not in PAPER_KEYS:
+            raise MmvidError(f"recipe {path}: unknown paper key {k!r}; valid keys: {', '.join(PAPER_KEYS)}")
+        if not isinstance(v, PAPER_KEYS[k]) or isinstance(v, bool):
+            raise MmvidError(f"recipe {path}: paper.{k}={v!r} must be a {getattr(PAPER_KEYS[k], '__name__', 'number')}")
+    if "accuracy" in paper and not 0 <= paper["accuracy"] <= 100:
+        raise MmvidError(f"recipe {path}: paper.accuracy={paper['accuracy']} must be a percentage in [0, 100]")
+    return dict(paper)
+
+
+def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> Recipe:
+    """Read a recipe and the recipes it ``extends`` (a name or a list, each relative to this file or in
+    recipes/; later ones and then this file win, section by section). ``paper`` is not inherited."""
+    path = find_recipe(path) if not _seen else Path(path)
+    key = path.resolve()
+    if key in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, key))
+        raise MmvidError(f"recipe {path} extends itself ({chain}); remove one of the extends")
+    data = _read_yaml(path)
+    bases = data.pop("extends", None) or []
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise MmvidError(f"recipe {path}: extends must be a recipe name or a list of them")
+    paper = data.pop("paper", None)
+    merged: dict[str, Any] = {}
+    files: list[Path] = []
+    for base in bases:
+        parent = read_recipe(find_recipe(base, path.parent), (*_seen, key))
+        merged = _merge(merged, parent.config)
+        files += [f for f in parent.files if f not in files]
+    return Recipe(path, _merge(merged, data), _check_paper(paper, path) if paper is not None else None, files + [path])
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """The config sections of a recipe, its bases merged in."""
+    return read_recipe(path).config
 
 
 def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str, Any] | None = None,

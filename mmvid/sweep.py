@@ -1,0 +1,595 @@
+"""``mmvid sweep``: every recipe of a paper table (a folder of recipes) times every seed, one ``mmvid train``
+run each, then the table in the paper's layout with the user's numbers beside the published ones.
+
+A sweep is a plan (:func:`plan_sweep`): one :class:`RunSpec` per recipe and seed, in a fixed order, each with a
+run name derived from the recipe's path (``sweep-table1-cremad-concat-mm-s0``), so that running the same
+command again finds its runs: a finished run is reused, a half-finished one resumed (``mmvid train --resume``),
+the others started. Runs are ``mmvid train`` processes (what ``--dry-run`` prints is what runs), ``jobs`` at a
+time on CPU or one per GPU (``CUDA_VISIBLE_DEVICES``); ``--emit slurm`` writes a job array whose task k runs
+run k of the same plan. :func:`aggregate` turns the finished runs into cells: mean, sample std and a 95 %
+confidence interval (Student's t over seeds) of the last-epoch and of the best-validation-epoch test
+accuracy, beside the recipe's ``paper.accuracy``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+from mmvid.config import RECIPES, TrainConfig, read_recipe, resolve_config
+from mmvid.errors import Interrupted, MmvidError
+
+QUICK_EPOCHS = 2
+# Settings of how a run executes, not of what it learns: a run is reused whatever they were.
+EXECUTION_KEYS = ("run_name", "device", "gpus", "data.workers", "data.cache_in_memory", "data.cache_on_gpu")
+
+
+@dataclass
+class RunSpec:
+    """One training run of a sweep: a recipe at a seed, with the sweep-wide overrides."""
+
+    name: str  # run folder under <workspace>/runs
+    row_id: str  # the recipe's id (path under recipes/ without the seed); --only matches it
+    recipe: Path
+    seed: int
+    table: str  # the table a cell belongs to (paper.table, else the recipe's folder)
+    row: str  # the row label (paper.row, else the recipe's file name)
+    column: str  # the column label (paper.column, else the cache name)
+    paper: float | None  # the published accuracy in %, if the recipe gives it
+    overrides: dict[str, Any]  # dotted config keys given to every run of the sweep
+    config: TrainConfig = field(repr=False, default=None)  # the resolved config this run trains with
+
+
+@dataclass
+class Sweep:
+    name: str  # output folder under <workspace>/sweeps
+    targets: list[str]  # what the user named (for the commands that continue or collect the sweep)
+    runs: list[RunSpec]
+    options: list[str]  # the sweep's own flags that shape its plan (--seeds, --quick, --set ...)
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _recipe_files(target: str) -> list[Path]:
+    p = Path(target)
+    if not p.exists():  # a name in mmvid's recipes/, with or without the leading recipes/
+        inside = RECIPES / (p.relative_to("recipes") if p.parts[:1] == ("recipes",) else p)
+        p = inside if inside.exists() else p
+    if p.is_dir():
+        files = sorted(p.rglob("*.yaml"))
+        if not files:
+            raise MmvidError(f"no recipes (*.yaml) under {p}; give a folder of recipes such as recipes/table1/cremad")
+        return files
+    if p.is_file():
+        return [p]
+    raise MmvidError(f"{target!r} is neither a recipe nor a folder of recipes (looked in . and {RECIPES})")
+
+
+def _recipe_id(path: Path) -> str:
+    """recipes/table1/cremad/03-decision.yaml -> table1-cremad-decision (numeric prefixes only order rows)."""
+    path = path.resolve()
+    try:
+        parts = list(path.relative_to(RECIPES.resolve()).with_suffix("").parts)
+    except ValueError:
+        parts = list(path.with_suffix("").parts[-3:])
+    parts[-1] = re.sub(r"^\d+-", "", parts[-1])
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", "-".join(parts))
+
+
+def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: int | None = None,
+               dataset: str | None = None, sets: dict[str, Any] | None = None, only: str | None = None) -> Sweep:
+    """Every recipe under ``targets`` at seeds 0..seeds-1, each config resolved and checked now.
+
+    ``quick`` trains ``epochs`` (default 2) epochs per run and keeps every row; ``dataset`` and ``sets``
+    override every run's config; ``only``: comma-separated patterns of recipe ids (``*mm*``).
+    Runs whose config differs from the plain recipes get a name with a hash of the overrides.
+    """
+    from mmvid.schema import check_option
+
+    check_option("--seeds", seeds, ge=1, le=1000)
+    if epochs is not None:
+        check_option("--epochs", epochs, ge=1, le=1_000_000)
+    overrides: dict[str, Any] = dict(sets or {})
+    if dataset:
+        overrides["data.dataset"] = dataset
+    if quick or epochs is not None:
+        overrides["epochs"] = epochs or QUICK_EPOCHS
+    files = [f for t in targets for f in _recipe_files(t)]
+    patterns = [p.strip() for p in (only or "").split(",") if p.strip()]
+    tag = ""
+    if overrides:
+        digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:6]
+        tag = f"-quick{digest}" if quick else f"-{digest}"
+    runs: list[RunSpec] = []
+    seen: dict[str, Path] = {}
+    for f in files:
+        rid = _recipe_id(f)
+        short = re.sub(r"^\d+-", "", f.stem)  # the recipe's own name: --only concat-mm
+        if patterns and not any(fnmatch(rid, p) or fnmatch(short, p) for p in patterns):
+            continue
+        if rid in seen and seen[rid].resolve() != f.resolve():
+            raise MmvidError(f"recipes {seen[rid]} and {f} would share the run names {rid}-*; rename one")
+        if rid in seen:
+            continue
+        seen[rid] = f
+        recipe = read_recipe(f)
+        paper = recipe.paper or {}
+        for seed in range(seeds):
+            over = {**overrides, "seed": seed}
+            cfg = resolve_config(recipe.config, over)  # a bad recipe or --set fails before anything runs
+            name = f"sweep-{rid}{tag}-s{seed}"
+            cfg.run_name = name
+            runs.append(RunSpec(name=name, row_id=rid, recipe=f, seed=seed,
+                                table=str(paper.get("table", f.parent.parent.name if f.parent.parent != f.parent else "")),
+                                row=paper.get("row", short),
+                                column=paper.get("column", cfg.data.dataset or f.parent.name),
+                                paper=float(paper["accuracy"]) if "accuracy" in paper else None,
+                                overrides=over, config=cfg))
+    if not runs:
+        raise MmvidError(f"--only {only!r} matches no recipe under {', '.join(targets)}")
+    base = "+".join(_recipe_id(Path(t)) if Path(t).suffix else re.sub(r"[^A-Za-z0-9_.+-]", "-", str(t).strip("/"))
+                    .removeprefix("recipes-") for t in targets)
+    options = [f"--seeds {seeds}"] + (["--quick"] if quick else []) + ([f"--epochs {epochs}"] if epochs else [])
+    options += [f"--dataset {dataset}"] if dataset else []
+    options += [f"--set {k}={v}" for k, v in (sets or {}).items()] + ([f"--only {only}"] if only else [])
+    return Sweep(name=f"{base}{tag}", targets=list(targets), runs=runs, options=options)
+
+
+# ----------------------------------------------------------------------------- state of a run
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("args", "fusion_args"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_difference(saved: dict[str, Any], cfg: TrainConfig) -> str | None:
+    """The first config key where a run folder's saved config differs from what the sweep would train."""
+    import yaml
+
+    want, have = _flat(cfg.to_dict()), _flat(saved)
+    for key, value in want.items():
+        if key in EXECUTION_KEYS or (key == "data.dataset" and value is None):
+            continue
+        # Round-trip through YAML, as the run saved it, so that 1e-3 and 0.001 compare equal.
+        if yaml.safe_load(yaml.safe_dump(value)) != have.get(key, "<missing>"):
+            return f"{key}: {have.get(key, '<missing>')!r} there, {value!r} in the sweep"
+    return None
+
+
+def run_state(ws: Path, spec: RunSpec) -> str:
+    """``done`` (summary.json of all its epochs), ``partial`` (a folder to resume) or ``new``.
+
+    A folder trained with another config (the recipe was edited since) is an error naming the key,
+    never silently reused or overwritten.
+    """
+    import yaml
+
+    from mmvid.workspace import runs_dir
+
+    run = runs_dir(ws) / spec.name
+    if not (run / "config.yaml").exists():
+        return "new"
+    try:
+        saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+        raise MmvidError(f"{run / 'config.yaml'} cannot be read ({str(e).splitlines()[0]}); remove {run} to retrain it") from None
+    diff = config_difference(saved if isinstance(saved, dict) else {}, spec.config)
+    if diff:
+        raise MmvidError(f"run {run} was trained with another config ({diff}); remove that folder to retrain it, "
+                         f"or run the sweep with other options")
+    summary = run / "summary.json"
+    if summary.exists():
+        try:
+            if json.loads(summary.read_text()).get("epochs") == spec.config.epochs:
+                return "done"
+        except (json.JSONDecodeError, OSError):
+            pass
+    return "partial"
+
+
+def train_command(ws: Path, spec: RunSpec, state: str, program: list[str] | None = None) -> list[str]:
+    """The ``mmvid train`` command of a run: a fresh start with the recipe and overrides, or ``--resume``."""
+    cmd = (program or ["mmvid"]) + ["train", "--workspace", str(ws)]
+    if state == "partial":
+        return cmd + ["--resume", spec.name]
+    cmd += ["--recipe", str(spec.recipe), "--run-name", spec.name]
+    for key, value in spec.overrides.items():
+        cmd += ["--seed", str(value)] if key == "seed" else ["--set", f"{key}={value}"]
+    return cmd
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _slot_env(slot: int, gpus: int, threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(slot)
+    else:  # each run's intra-op threads: jobs x threads = the cores, not jobs x cores
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    env["COLUMNS"] = "120"
+    return env
+
+
+def run_sweep(console, ws: Path, sweep: Sweep, jobs: int = 1, gpus: int = 0, dry_run: bool = False,
+              task: int | None = None, progress: bool = True) -> dict[str, str]:
+    """Train every run of ``sweep`` that is not done, ``jobs`` at a time (CPU) or one per GPU.
+
+    Returns {run name: done | failed | skipped}. ``task``: run only the run of that index (a Slurm array
+    task). Each run's output goes to ``<workspace>/sweeps/<name>/logs/<run>.log``; one Rich view shows the
+    whole sweep (runs, and the epochs of each running one).
+    """
+    from mmvid.schema import check_option
+    from mmvid.workspace import writable_dir
+
+    check_option("--jobs", jobs, ge=1, le=1024)
+    check_option("--gpus", gpus, ge=0, le=1024)
+    runs = sweep.runs
+    if task is not None:
+        check_option("--task", task, ge=0, le=len(runs) - 1)
+        runs = [runs[task]]
+    states = {r.name: run_state(ws, r) for r in runs}
+    todo = [r for r in runs if states[r.name] != "done"]
+    slots = gpus or jobs
+    if dry_run:
+        for i, r in enumerate(runs):
+            prefix = f"CUDA_VISIBLE_DEVICES={todo.index(r) % slots} " if gpus and r in todo else ""
+            line = shlex.join(train_command(ws, r, states[r.name]))
+            console.print(f"# {r.name}: done, reused" if states[r.name] == "done" else prefix + line,
+                          soft_wrap=True, highlight=False, markup=False)
+        return {r.name: states[r.name] for r in runs}
+    if gpus:
+        import torch
+
+        have = torch.cuda.device_count()
+        if have < gpus:
+            raise MmvidError(f"--gpus {gpus}: this machine has {have} CUDA device(s); use --gpus {have} "
+                             f"(or --jobs N to run N runs at once on CPU)" if have else
+                             f"--gpus {gpus}: this machine has no CUDA device; leave --gpus out to train on CPU")
+    out = writable_dir(ws / "sweeps" / sweep.name, "sweep folder")
+    logs = writable_dir(out / "logs", "sweep log folder")
+    threads = max(1, (os.cpu_count() or 1) // slots)
+    result = {r.name: "skipped" for r in runs if states[r.name] == "done"}
+    program = [sys.executable, "-m", "mmvid.cli"]
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mmvid.workspace import runs_dir
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn()]
+    pending = list(todo)
+    active: dict[int, tuple[RunSpec, subprocess.Popen, Any, int]] = {}  # slot -> (run, process, log file, task id)
+    failed: list[str] = []
+    with Progress(*columns, console=console, disable=not progress) as bar:
+        overall = bar.add_task(f"sweep {sweep.name}", total=len(runs), completed=len(runs) - len(todo),
+                               info=f"{len(runs) - len(todo)} reused" if len(todo) < len(runs) else "")
+        try:
+            while pending or active:
+                for slot in range(slots):
+                    if slot in active or not pending:
+                        continue
+                    spec = pending.pop(0)
+                    log = (logs / f"{spec.name}.log").open("a")
+                    cmd = train_command(ws, spec, states[spec.name], program)
+                    log.write(f"$ {shlex.join(cmd)}\n")
+                    log.flush()
+                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_slot_env(slot, gpus, threads))
+                    tid = bar.add_task(f"  {spec.name}" + (f" (GPU {slot})" if gpus else ""), total=spec.config.epochs,
+                                       info="")
+                    active[slot] = (spec, proc, log, tid)
+                time.sleep(0.5)
+                for slot, (spec, proc, log, tid) in list(active.items()):
+                    metrics = runs_dir(ws) / spec.name / "metrics.jsonl"
+                    done_epochs = sum(1 for ln in metrics.read_text().splitlines() if ln.strip()) if metrics.exists() else 0
+                    bar.update(tid, completed=done_epochs)
+                    if proc.poll() is None:
+                        continue
+                    log.close()
+                    bar.remove_task(tid)
+                    del active[slot]
+                    ok = proc.returncode == 0 and run_state(ws, spec) == "done"
+                    result[spec.name] = "done" if ok else "failed"
+                    bar.update(overall, advance=1)
+                    if not ok:
+                        failed.append(spec.name)
+                        console.print(f"[red]run {spec.name} failed[/] (exit {proc.returncode}): "
+                                      f"{_last_line(logs / f'{spec.name}.log')}", soft_wrap=True, highlight=False)
+                    bar.update(overall, info=f"{len(failed)} failed" if failed else "")
+        except KeyboardInterrupt:
+            # The runs got the same Ctrl-C and save a checkpoint; wait for them so that the next sweep resumes them.
+            for spec, proc, log, _ in active.values():
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                log.close()
+            raise Interrupted(f"sweep interrupted; finished runs are kept and started ones saved; "
+                              f"run the same command again to continue") from None
+    return result
+
+
+def _last_line(log: Path) -> str:
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    return (errors or lines or ["(no output)"])[-1]
+
+
+# ----------------------------------------------------------------------------- aggregating
+
+
+@dataclass
+class Cell:
+    """One table cell: the seeds of a recipe, summarised."""
+
+    table: str
+    row: str
+    column: str
+    recipe: str
+    seeds: list[int]
+    last: list[float]  # test accuracy % at the last epoch, per seed
+    best: list[float]  # test accuracy % at the best-validation epoch, per seed
+    paper: float | None
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)  # last|best -> mean, std, ci_lo, ci_hi
+
+
+def summarize(values: list[float], level: float = 0.95) -> dict[str, float]:
+    """Mean, sample std (n - 1) and the ``level`` confidence interval of the mean, mean +- t_{(1+level)/2, n-1}
+    std / sqrt(n) (Student's t: a handful of seeds). One seed: std and interval are NaN."""
+    from scipy.stats import t
+
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    if n < 2:
+        return {"n": n, "mean": mean, "std": math.nan, "ci_lo": math.nan, "ci_hi": math.nan}
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(t.ppf((1 + level) / 2, n - 1)) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci_lo": mean - half, "ci_hi": mean + half}
+
+
+def aggregate(ws: Path, sweep: Sweep) -> tuple[list[Cell], list[str]]:
+    """Cells from the finished runs of the sweep (in plan order), and the names of runs not finished."""
+    from mmvid.workspace import runs_dir
+
+    cells: dict[str, Cell] = {}
+    missing: list[str] = []
+    for r in sweep.runs:
+        cell = cells.setdefault(r.row_id, Cell(r.table, r.row, r.column, str(r.recipe), [], [], [], r.paper))
+        if run_state(ws, r) != "done":
+            missing.append(r.name)
+            continue
+        s = json.loads((runs_dir(ws) / r.name / "summary.json").read_text())
+        cell.seeds.append(r.seed)
+        cell.last.append(100.0 * float(s["last"]["test_acc"]))
+        cell.best.append(100.0 * float(s["best"]["test_acc"]))
+    for cell in cells.values():
+        cell.stats = {"last": summarize(cell.last), "best": summarize(cell.best)}
+    return list(cells.values()), missing
+
+
+def _fmt(st: dict[str, float]) -> str:
+    if not st["n"]:
+        return "–"
+    if st["n"] < 2:
+        return f"{st['mean']:.2f} (1 seed)"
+    return f"{st['mean']:.2f} ± {st['std']:.2f} [{st['ci_lo']:.2f}, {st['ci_hi']:.2f}]"
+
+
+def _paper(cell: Cell, which: str) -> str:
+    if cell.paper is None:
+        return ""
+    st = cell.stats[which]
+    if not st["n"]:
+        return f" · paper {cell.paper:.2f}"
+    inside = "" if math.isnan(st["ci_lo"]) else (" in CI" if st["ci_lo"] <= cell.paper <= st["ci_hi"] else " outside CI")
+    return f" · paper {cell.paper:.2f} (Δ {st['mean'] - cell.paper:+.2f},{inside})"
+
+
+def write_tables(cells: list[Cell], out: Path, title: str, note: str = "") -> list[Path]:
+    """table.md (the paper's layout, a table per paper table: last epoch, then best validation epoch),
+    table.csv (one line per cell with every number) and table.png / .svg."""
+    tables: dict[str, list[Cell]] = {}
+    for c in cells:
+        tables.setdefault(c.table, []).append(c)
+    md = [f"# {title}", ""] + ([note, ""] if note else [])
+    md += ["Each cell: test accuracy %, mean ± std over seeds [95 % confidence interval, Student's t]; "
+           "the paper's figure and the difference (Δ = ours − paper).", ""]
+    for table, cs in tables.items():
+        rows = list(dict.fromkeys(c.row for c in cs))
+        columns = list(dict.fromkeys(c.column for c in cs))
+        by = {(c.row, c.column): c for c in cs}
+        for which, label in (("last", "last epoch"), ("best", "best-validation epoch")):
+            md += [f"## Table {table}: {label}" if table else f"## {label}", "",
+                   "| " + " | ".join(["", *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+            for row in rows:
+                cells_ = [(_fmt(by[row, col].stats[which]) + _paper(by[row, col], which)) if (row, col) in by else ""
+                          for col in columns]
+                md.append("| " + " | ".join([row, *cells_]) + " |")
+            md.append("")
+    seeds_n = {len(c.last) for c in cells}
+    md.append(f"Seeds per cell: {', '.join(str(n) for n in sorted(seeds_n))}.")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text("\n".join(md) + "\n")
+    with (out / "table.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["table", "row", "column", "recipe", "n_seeds", "seeds",
+                    *[f"{which}_{k}" for which in ("last", "best") for k in ("mean", "std", "ci95_lo", "ci95_hi")],
+                    "paper", "diff_last", "diff_best", "last_per_seed", "best_per_seed"])
+        for c in cells:
+            sl, sb = c.stats["last"], c.stats["best"]
+            w.writerow([c.table, c.row, c.column, c.recipe, len(c.last), " ".join(map(str, c.seeds)),
+                        *[_num(st[k]) for st in (sl, sb) for k in ("mean", "std", "ci_lo", "ci_hi")],
+                        "" if c.paper is None else c.paper,
+                        "" if c.paper is None or not c.last else _num(sl["mean"] - c.paper),
+                        "" if c.paper is None or not c.best else _num(sb["mean"] - c.paper),
+                        " ".join(f"{v:.4f}" for v in c.last), " ".join(f"{v:.4f}" for v in c.best)])
+    return [out / "table.md", out / "table.csv", *plot_table(cells, out / "table", title)]
+
+
+def _num(x: float) -> str:
+    return "" if isinstance(x, float) and math.isnan(x) else f"{x:.4f}"
+
+
+def plot_table(cells: list[Cell], out: Path, title: str) -> list[Path]:
+    """One panel per column (data set or ablation value): each row's mean with its 95 % interval, last
+    epoch and best-validation epoch, and the paper's figure as a diamond."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for c in cells:
+        groups.setdefault((c.table, c.column), []).append(c)
+    n = len(groups)
+    height = max(len(cs) for cs in groups.values()) * 0.45 + 1.6
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, height), squeeze=False, sharey=False)
+    for ax, ((table, column), cs) in zip(axes[0], groups.items()):
+        ys = range(len(cs))
+        for which, dy, color, label in (("last", -0.15, "tab:blue", "last epoch"), ("best", 0.15, "tab:orange", "best val")):
+            means = [c.stats[which]["mean"] for c in cs]
+            errs = [[0 if math.isnan(c.stats[which]["ci_lo"]) else c.stats[which]["mean"] - c.stats[which]["ci_lo"] for c in cs],
+                    [0 if math.isnan(c.stats[which]["ci_hi"]) else c.stats[which]["ci_hi"] - c.stats[which]["mean"] for c in cs]]
+            ax.errorbar(means, [y + dy for y in ys], xerr=errs, fmt="o", color=color, capsize=3, label=label)
+        paper = [(c.paper, y) for c, y in zip(cs, ys) if c.paper is not None]
+        if paper:
+            ax.scatter([p for p, _ in paper], [y for _, y in paper], marker="D", color="black", zorder=3, label="paper")
+        ax.set_yticks(list(ys), [c.row for c in cs])
+        ax.invert_yaxis()
+        ax.set_xlabel("test accuracy %")
+        ax.set_title(f"Table {table}: {column}" if table else column, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="best")
+    import textwrap
+
+    fig.suptitle(textwrap.fill(title, width=int(60 * n)), fontsize=9)
+    fig.tight_layout()
+    paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
+    for p in paths:
+        fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return paths
+
+
+# ----------------------------------------------------------------------------- Slurm
+
+
+def emit_slurm(ws: Path, sweep: Sweep, path: Path | None = None) -> Path:
+    """A Slurm job-array script: task k runs run k of this plan (``mmvid sweep ... --task k``) on one GPU,
+    every task on the same (shared) workspace; the collecting step then writes the table."""
+    from mmvid.workspace import writable_dir
+
+    out = writable_dir(ws / "sweeps" / sweep.name, "sweep folder")
+    path = path or out / "sweep.sbatch"
+    writable_dir(out / "logs", "sweep log folder")
+    base = shlex.join(["mmvid", "sweep", *sweep.targets]) + " " + " ".join(
+        shlex.join(o.split(" ", 1)) for o in sweep.options) + f" --workspace {shlex.quote(str(ws))}"
+    text = f"""#!/bin/bash
+# mmvid sweep {sweep.name}: {len(sweep.runs)} runs, one array task each (task k = run k of the plan).
+# Submit from this folder; every node must see the workspace {ws} and the recipes.
+#   jobid=$(sbatch --parsable {path.name})
+#   sbatch --dependency=afterany:$jobid --wrap "cd {shlex.quote(str(Path.cwd()))} && {base} --collect"
+# A task that stops (time limit, preemption) resumes its run when it is submitted again.
+#SBATCH --job-name=mmvid-{sweep.name[:40]}
+#SBATCH --array=0-{len(sweep.runs) - 1}
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=8
+#SBATCH --output={out / 'logs'}/slurm-%A_%a.log
+set -euo pipefail
+cd {shlex.quote(str(Path.cwd()))}
+{base} --task "$SLURM_ARRAY_TASK_ID" --jobs 1
+"""
+    path.write_text(text)
+    return path
+
+
+def write_plan(out: Path, sweep: Sweep) -> Path:
+    """sweep.json: what each run is (recipe, seed, cell), so a table can be traced back to its runs."""
+    plan = {"name": sweep.name, "targets": sweep.targets, "options": sweep.options,
+            "runs": [{"index": i, "name": r.name, "recipe": str(r.recipe), "seed": r.seed, "table": r.table,
+                      "row": r.row, "column": r.column, "paper": r.paper} for i, r in enumerate(sweep.runs)]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(plan, indent=2))
+    return out / "sweep.json"
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: bool = False, epochs: int | None = None,
+                  dataset: str | None = None, sets: dict[str, Any] | None = None, only: str | None = None,
+                  jobs: int = 1, gpus: int = 0, dry_run: bool = False, emit: str | None = None,
+                  task: int | None = None, collect: bool = False, progress: bool = True) -> list[Path]:
+    """Plan, then one of: print the commands (``dry_run``), write a Slurm script (``emit``), run one task
+    (``task``, for a job array), or run what is not done; then aggregate and write the tables (unless a
+    single task ran). Returns the files written."""
+    if emit not in (None, "slurm"):
+        raise MmvidError(f"--emit {emit!r} is not supported; choose: slurm")
+    sweep = plan_sweep(targets, seeds=seeds, quick=quick, epochs=epochs, dataset=dataset, sets=sets, only=only)
+    out = ws / "sweeps" / sweep.name
+    n_rows = len({r.row_id for r in sweep.runs})
+    if emit:
+        script = emit_slurm(ws, sweep)
+        write_plan(out, sweep)
+        console.print(f"wrote {script}: a job array of {len(sweep.runs)} runs ({n_rows} recipes x {seeds} seeds)",
+                      soft_wrap=True, highlight=False)
+        return [script]
+    if dry_run:
+        run_sweep(console, ws, sweep, jobs=jobs, gpus=gpus, dry_run=True, task=task)
+        return []
+    if not collect:
+        console.print(f"sweep {sweep.name}: {len(sweep.runs)} runs ({n_rows} recipes x {seeds} seeds) -> {out}",
+                      soft_wrap=True, highlight=False)
+        result = run_sweep(console, ws, sweep, jobs=jobs, gpus=gpus, task=task, progress=progress)
+        if task is not None:
+            return []
+        failed = [n for n, s in result.items() if s == "failed"]
+    else:
+        failed = []
+    write_plan(out, sweep)
+    cells, missing = aggregate(ws, sweep)
+    note = (f"{len(missing)} of {len(sweep.runs)} runs are not finished and are left out: {', '.join(missing[:6])}"
+            + (", ..." if len(missing) > 6 else "")) if missing else ""
+    over = ", ".join(sweep.options)
+    files = write_tables(cells, out, f"mmvid sweep {' '.join(targets)} ({over})", note)
+    _print_summary(console, cells)
+    for p in files:
+        console.print(f"wrote {p}", soft_wrap=True, highlight=False)
+    if failed:
+        raise MmvidError(f"{len(failed)} runs failed ({', '.join(failed[:4])}{', ...' if len(failed) > 4 else ''}); "
+                         f"their logs are in {out / 'logs'}; the table has the other runs")
+    if missing:
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
+    return files
+
+
+def _print_summary(console, cells: list[Cell]) -> None:
+    from rich.table import Table
+
+    table = Table(title="test accuracy %: mean ± std [95 % CI] over seeds")
+    for col in ("table", "row", "column", "seeds", "last epoch", "best val epoch", "paper", "Δ last"):
+        table.add_column(col, no_wrap=col in ("last epoch", "best val epoch"))
+    for c in cells:
+        d = "" if c.paper is None or not c.last else f"{c.stats['last']['mean'] - c.paper:+.2f}"
+        table.add_row(c.table, c.row, c.column, str(len(c.last)), _fmt(c.stats["last"]), _fmt(c.stats["best"]),
+                      "" if c.paper is None else f"{c.paper:.2f}", d)
+    console.print(table)

@@ -1,0 +1,343 @@
+"""The paper-table recipes and ``mmvid sweep``: every recipe validates, the published figures are the paper's,
+a --quick sweep on the tiny demo writes the table whose statistics equal those computed here from each run's
+metrics, an interrupted sweep resumes without retraining, and --emit slurm sizes its array to the plan."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from mmvid.config import RECIPES, read_recipe, resolve_config
+from mmvid.errors import MmvidError
+from mmvid.sweep import plan_sweep, run_state, sweep_command, train_command
+
+REPO = Path(__file__).resolve().parent.parent
+T_975 = {2: 4.302652729911275, 3: 3.182446305284263}  # Student's t quantile 0.975 at n - 1 degrees of freedom
+QUIET = Console(quiet=True)
+TINY = {"model.encoder": "small", "model.width": 8, "data.batch_size": 16}
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+def test_every_recipe_resolves_against_the_schema():
+    files = sorted(RECIPES.rglob("*.yaml"))
+    assert len(files) > 100
+    for f in files:
+        resolve_config(read_recipe(f).config)  # raises a one-line MmvidError on any bad key or value
+
+
+TABLE_SHAPES = {1: (11, ["cremad", "kinetics-sounds", "ucf101"]), 2: (9, ["cremad", "kinetics-sounds", "ucf101"]),
+                3: (6, ["cremad", "kinetics-sounds"]), 4: (6, ["cremad", "kinetics-sounds"]),
+                5: (6, ["cremad", "kinetics-sounds"])}
+
+
+@pytest.mark.parametrize("table", sorted(TABLE_SHAPES))
+def test_table_recipes_cover_the_paper(table):
+    rows, datasets = TABLE_SHAPES[table]
+    for ds in datasets:
+        files = sorted((RECIPES / f"table{table}" / ds).glob("*.yaml"))
+        assert len(files) == rows, (table, ds)
+        for f in files:
+            r = read_recipe(f)
+            cfg = resolve_config(r.config)
+            assert r.paper["table"] == table and cfg.data.dataset == ds
+            assert cfg.epochs == 60 and cfg.data.batch_size == 64 and cfg.model.encoder == "resnet18"
+            assert cfg.optim.lr == 1e-3  # the reference value (the paper's lr was lost)
+            assert "paper" not in cfg.to_dict()
+        if table >= 3:  # the ablated value is the only difference between the columns
+            key = {3: "alpha", 4: "warmup", 5: "beta"}[table]
+            values = [getattr(resolve_config(read_recipe(f).config).augment, key) for f in files]
+            assert len(set(values)) == 6
+            assert all(f.read_text().count("our choice") for f in files)  # the lost grid says so
+
+
+def _paper_tables() -> dict[str, dict[str, list[float]]]:
+    """Table 1 and 2 rows of the paper's text: {table: {row: [CREMA-D, KS, UCF-101]}}."""
+    text = (REPO.parent / "shared" / "seeds" / "paper-mixup-multimodal-video.txt")
+    if not text.exists():
+        text = Path("/work/shared/seeds/paper-mixup-multimodal-video.txt")
+    if not text.exists():
+        pytest.skip("the paper's text (../shared/seeds) is not beside the repository")
+    tables: dict[str, dict[str, list[float]]] = {}
+    current = None
+    for line in text.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == "Method":  # the header of the next table with a row per method: Table 1, then Table 2
+            current = str(len(tables) + 1)
+            tables[current] = {}
+        elif current and len(cells) == 4 and cells[1].endswith("%"):
+            tables[current][cells[0]] = [float(c.rstrip("% ").strip()) for c in cells[1:]]
+        elif not line.startswith("|"):
+            current = None
+    return tables
+
+
+def test_published_figures_are_the_papers():
+    """Table 1 and 2 recipes carry the figures printed in the paper's text (read here from ../shared/seeds)."""
+    paper = _paper_tables()
+    names = {"Concat": ["Concatenation", "Concat"], "Sum": ["Summation"], "Decision": ["Decision Fusion"],
+             "FiLM": ["FiLM"], "Bi-Gated": ["Bi-Gated"]}
+    assert len(paper["2"]) == 9, paper["2"]
+    cols = {"cremad": 0, "kinetics-sounds": 1, "ucf101": 2}
+    checked = 0
+    for table in ("1", "2"):
+        for f in sorted((RECIPES / f"table{table}").rglob("*.yaml")):
+            r = read_recipe(f).paper
+            row = r["row"]
+            if table == "1":
+                parts = row.split(" + ")
+                cands = [n + (f" + {parts[1]}" if len(parts) > 1 else "") for n in names[parts[0]]]
+                match = [paper["1"][c] for c in cands if c in paper["1"]]
+                if not match and row == "Concat":
+                    match = [paper["2"]["Concat"]]
+                assert match, row
+                expected = match[0]
+            else:
+                expected = paper["2"][row]
+            assert r["accuracy"] == expected[cols[f.parent.name]], (f, r, expected)
+            checked += 1
+    assert checked == 11 * 3 + 9 * 3
+
+
+def test_extends_merges_sections_and_keeps_paper_local(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {encoder: small, width: 8}\noptim: {lr: 0.01}\n"
+                                        "paper: {table: 1, row: base, accuracy: 1.0}\n")
+    (tmp_path / "mix.yaml").write_text("augment: {name: mm, alpha: 0.5}\nmodel: {width: 16}\n")
+    (tmp_path / "row.yaml").write_text("extends: [base, mix]\noptim: {weight_decay: 0.0}\n"
+                                       "paper: {table: 9, row: R, column: C, accuracy: 50.5}\n")
+    r = read_recipe(tmp_path / "row.yaml")
+    cfg = resolve_config(r.config)
+    assert (cfg.model.encoder, cfg.model.width, cfg.optim.lr, cfg.optim.weight_decay) == ("small", 16, 0.01, 0.0)
+    assert (cfg.augment.name, cfg.augment.alpha) == ("mm", 0.5)
+    assert r.paper == {"table": 9, "row": "R", "column": "C", "accuracy": 50.5}
+    assert read_recipe(tmp_path / "mix.yaml").paper is None
+    assert [p.name for p in r.files] == ["base.yaml", "mix.yaml", "row.yaml"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("extends: row\n", "extends itself"),
+    ("extends: no-such-recipe\n", "not found"),
+    ("extends: {a: 1}\n", "extends must be a recipe name"),
+    ("paper: {table: 1, acc: 3}\n", "unknown paper key 'acc'"),
+    ("paper: {accuracy: 120}\n", "percentage"),
+    ("paper: {table: one}\n", "paper.table='one' must be a int"),
+])
+def test_bad_recipe_composition_is_one_line(tmp_path, text, message):
+    (tmp_path / "row.yaml").write_text(text)
+    with pytest.raises(MmvidError, match=re.escape(message)):
+        read_recipe(tmp_path / "row.yaml")
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def test_plan_names_runs_from_recipes_and_marks_overrides():
+    plain = plan_sweep(["recipes/table1/cremad"], seeds=3)
+    assert len(plain.runs) == 33 and plain.name == "table1-cremad"
+    assert plain.runs[0].name == "sweep-table1-cremad-concat-s0" and plain.runs[0].paper == 60.62
+    assert [r.row for r in plain.runs[::3]][:3] == ["Concat", "Sum", "Decision"]  # the paper's row order
+    quick = plan_sweep(["table1/cremad"], seeds=2, quick=True, sets={"model.encoder": "small"}, only="concat,*bmm")
+    assert {r.row_id for r in quick.runs} == {"table1-cremad-concat", "table1-cremad-concat-bmm", "table1-cremad-sum-bmm",
+                                              "table1-cremad-decision-bmm"}
+    assert all(r.config.epochs == 2 and r.config.model.encoder == "small" for r in quick.runs)
+    assert "-quick" in quick.runs[0].name and quick.runs[0].name != plain.runs[0].name
+    with pytest.raises(MmvidError, match="matches no recipe"):
+        plan_sweep(["recipes/table1/cremad"], only="nothing-like-this")
+    with pytest.raises(MmvidError, match="--seeds"):
+        plan_sweep(["recipes/table1/cremad"], seeds=0)
+    with pytest.raises(MmvidError, match="optim.lr"):
+        plan_sweep(["recipes/table1/cremad"], sets={"optim.lr": "-1"})
+
+
+def test_dry_run_prints_every_command(tmp_path):
+    console = Console(record=True, width=400)
+    sweep_command(console, tmp_path, ["recipes/table2/cremad"], seeds=2, dry_run=True, gpus=2)
+    lines = [ln for ln in console.export_text().splitlines() if ln.strip()]
+    assert len(lines) == 18
+    assert all(re.match(r"CUDA_VISIBLE_DEVICES=[01] mmvid train --workspace \S+ --recipe \S+\.yaml --run-name sweep-\S+ "
+                        r"--seed [01]$", ln) for ln in lines), lines
+    assert [ln.split("=")[1][0] for ln in lines[:4]] == ["0", "1", "0", "1"]
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_gpus_without_cuda_is_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.device_count() >= 64:
+        pytest.skip("a machine with 64 GPUs")
+    with pytest.raises(MmvidError, match="--gpus 64: this machine has"):
+        sweep_command(QUIET, tmp_path, ["recipes/table1/cremad"], seeds=1, gpus=64, only="concat")
+
+
+def test_emit_slurm_array_matches_the_plan(tmp_path):
+    files = sweep_command(QUIET, tmp_path, ["recipes/table1"], seeds=3, emit="slurm")
+    script = files[0].read_text()
+    n_runs = 11 * 3 * 3
+    first, last = map(int, re.search(r"^#SBATCH --array=(\d+)-(\d+)$", script, re.M).groups())
+    assert (first, last + 1) == (0, n_runs)
+    assert '--task "$SLURM_ARRAY_TASK_ID"' in script and "--seeds 3" in script and "--collect" in script
+    plan = json.loads((files[0].parent / "sweep.json").read_text())
+    assert len(plan["runs"]) == n_runs and plan["runs"][5]["index"] == 5
+    with pytest.raises(MmvidError, match="--emit 'pbs'"):
+        sweep_command(QUIET, tmp_path, ["recipes/table1"], emit="pbs")
+
+
+# ----------------------------------------------------------------------------- running on the tiny demo
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def _stats(values: list[float]) -> tuple[float, float, float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = T_975[n - 1] * std / math.sqrt(n)
+    return mean, std, mean - half, mean + half
+
+
+@pytest.fixture(scope="module")
+def quick_sweep(tiny_ws):
+    """``--quick`` over two Table 1 rows (concat, concat + B-MM), 3 seeds, on the tiny demo cache."""
+    files = sweep_command(QUIET, tiny_ws, ["recipes/table1/cremad"], seeds=3, quick=True, epochs=2, dataset="demo",
+                          sets=TINY, only="concat,concat-bmm", jobs=2, progress=False)
+    return tiny_ws, files
+
+
+def test_quick_sweep_table_equals_statistics_of_its_runs(quick_sweep):
+    ws, files = quick_sweep
+    out = files[0].parent
+    with (out / "table.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["row"] for r in rows] == ["Concat", "Concat + B-MM"]
+    assert {r["column"] for r in rows} == {"CREMA-D"} and all(r["n_seeds"] == "3" for r in rows)
+    plan = json.loads((out / "sweep.json").read_text())
+    for r in rows:
+        runs = [ws / "runs" / p["name"] for p in plan["runs"] if p["row"] == r["row"]]
+        last, best = [], []
+        for run in runs:  # the numbers straight from each run's per-epoch metrics
+            m = _metrics(run)
+            assert len(m) == 2
+            last.append(100 * m[-1]["test_acc"])
+            top = max(x["val_acc"] for x in m)
+            best.append(100 * next(x for x in m if x["val_acc"] == top)["test_acc"])
+        for which, values in (("last", last), ("best", best)):
+            mean, std, lo, hi = _stats(values)
+            got = [float(r[f"{which}_{k}"]) for k in ("mean", "std", "ci95_lo", "ci95_hi")]
+            assert got == pytest.approx([mean, std, lo, hi], abs=1e-4), (r["row"], which)
+        assert float(r["diff_last"]) == pytest.approx(sum(last) / 3 - float(r["paper"]), abs=1e-4)
+    md = (out / "table.md").read_text()
+    assert "## Table 1: last epoch" in md and "## Table 1: best-validation epoch" in md
+    assert re.search(r"\| Concat \+ B-MM \| [\d.]+ ± [\d.]+ \[[\d.]+, [\d.]+\] · paper 69\.22 \(Δ -?[\d.]+,", md)
+    assert (out / "table.png").stat().st_size > 1000 and (out / "table.svg").exists()
+
+
+def test_rerun_reuses_finished_runs(quick_sweep):
+    ws, files = quick_sweep
+    plan = json.loads((files[0].parent / "sweep.json").read_text())
+    stamps = {p["name"]: (ws / "runs" / p["name"] / "checkpoint_last.pt").stat().st_mtime_ns for p in plan["runs"]}
+    console = Console(record=True, width=300)
+    sweep_command(console, ws, ["recipes/table1/cremad"], seeds=3, quick=True, epochs=2, dataset="demo", sets=TINY,
+                  only="concat,concat-bmm", jobs=2, progress=False)
+    assert stamps == {n: (ws / "runs" / n / "checkpoint_last.pt").stat().st_mtime_ns for n in stamps}
+    console = Console(record=True, width=300)
+    sweep_command(console, ws, ["recipes/table1/cremad"], seeds=3, quick=True, epochs=2, dataset="demo", sets=TINY,
+                  only="concat,concat-bmm", dry_run=True)
+    assert console.export_text().count("done, reused") == 6
+
+
+def test_edited_recipe_is_not_silently_reused(quick_sweep, tmp_path):
+    ws, _ = quick_sweep
+    spec = plan_sweep(["recipes/table1/cremad"], seeds=1, quick=True, epochs=2, dataset="demo", sets=TINY,
+                      only="concat").runs[0]
+    assert run_state(ws, spec) == "done"
+    spec.config.optim.lr = 0.5
+    with pytest.raises(MmvidError, match=r"was trained with another config \(optim.lr: 0.001 there, 0.5 in the sweep\)"):
+        run_state(ws, spec)
+
+
+def test_interrupted_run_is_resumed_and_finished_ones_kept(quick_sweep, monkeypatch):
+    """A sweep stopped inside a run (Ctrl-C: the run saves mid-epoch): the next sweep resumes that run with
+    ``--resume`` and does not retrain the finished one (concat, trained by the quick sweep)."""
+    from mmvid import distributed
+    from mmvid.workflows import run_train
+
+    tiny_ws = quick_sweep[0]
+    opts = dict(seeds=1, quick=True, epochs=2, dataset="demo", sets=TINY, only="concat,film")
+    sweep = plan_sweep(["recipes/table1/cremad"], **opts)
+    done, stopped = sweep.runs
+    assert run_state(tiny_ws, done) == "done"
+    stamp = (tiny_ws / "runs" / done.name / "checkpoint_last.pt").stat().st_mtime_ns
+    def requested(self, all_reduce=None):  # Ctrl-C at the first step of the second epoch
+        return (tiny_ws / "runs" / stopped.name / "metrics.jsonl").exists()
+
+    monkeypatch.setattr(distributed.StopRequest, "requested", requested)
+    assert train_command(tiny_ws, stopped, "new")[-2:] == ["--seed", "0"]
+    with pytest.raises(MmvidError, match="training interrupted"):  # the run as the sweep starts it
+        run_train(QUIET, tiny_ws, str(stopped.recipe), {**stopped.overrides, "run_name": stopped.name}, progress=False)
+    monkeypatch.undo()
+    assert run_state(tiny_ws, stopped) == "partial" and run_state(tiny_ws, done) == "done"
+    console = Console(record=True, width=300)
+    sweep_command(console, tiny_ws, ["recipes/table1/cremad"], **opts, dry_run=True)
+    assert f"--resume {stopped.name}" in console.export_text()
+    sweep_command(QUIET, tiny_ws, ["recipes/table1/cremad"], **opts, progress=False)
+    log = (tiny_ws / "sweeps" / sweep.name / "logs" / f"{stopped.name}.log").read_text()
+    assert "--resume" in log and "resuming" in log
+    assert [m["epoch"] for m in _metrics(tiny_ws / "runs" / stopped.name)] == [0, 1]
+    assert (tiny_ws / "runs" / done.name / "checkpoint_last.pt").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_a_running_sweep_then_the_same_command_finishes(tiny_ws):
+    """Ctrl-C to the sweep's process group (as a terminal sends it), wherever it lands: one line, exit 2,
+    and the same command then finishes every run, each epoch once, without retraining finished runs."""
+    args = [sys.executable, "-m", "mmvid.cli", "sweep", "recipes/table1/cremad", "-w", str(tiny_ws), "--seeds", "1",
+            "--epochs", "3", "--dataset", "demo", "--only", "bigated", *sum((["--set", f"{k}={v}"] for k, v in TINY.items()), [])]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    runs = tiny_ws / "runs"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if any((d / "metrics.jsonl").exists() for d in runs.glob("sweep-table1-cremad-bigated-*")):
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert "Traceback" not in err
+    if proc.returncode != 0:  # it may have finished just before the signal on a fast machine
+        assert proc.returncode == 2 and "sweep interrupted" in " ".join(err.split()), err
+    ours = [d for d in runs.glob("sweep-table1-cremad-bigated-*") if "quick" not in d.name]
+    finished = {d.name: (d / "checkpoint_last.pt").stat().st_mtime_ns for d in ours if (d / "summary.json").exists()}
+    again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for name, stamp in finished.items():
+        assert (runs / name / "checkpoint_last.pt").stat().st_mtime_ns == stamp
+    ours = [d for d in runs.glob("sweep-table1-cremad-bigated-*") if "quick" not in d.name]
+    assert len(ours) == 1
+    for d in ours:
+        assert [m["epoch"] for m in _metrics(d)] == [0, 1, 2], d.name
+
+
+def test_task_runs_only_its_run(tiny_ws):
+    opts = dict(seeds=2, quick=True, epochs=1, dataset="demo", sets=TINY, only="bigated")
+    sweep = plan_sweep(["recipes/table1/cremad"], **opts)
+    sweep_command(QUIET, tiny_ws, ["recipes/table1/cremad"], **opts, task=1, progress=False)
+    assert run_state(tiny_ws, sweep.runs[1]) == "done"
+    assert run_state(tiny_ws, sweep.runs[0]) == "new"
+    with pytest.raises(MmvidError, match="--task"):
+        sweep_command(QUIET, tiny_ws, ["recipes/table1/cremad"], **opts, task=2)
