@@ -44,7 +44,7 @@ class RunSpec:
     row_id: str  # the recipe's id (path under recipes/ without the seed); --only matches it
     recipe: Path
     seed: int
-    table: str  # the table a cell belongs to (paper.table, else the recipe's folder)
+    table: str  # the table a cell belongs to (paper.table, else the name of the folder the sweep was given)
     row: str  # the row label (paper.row, else the recipe's file name)
     column: str  # the column label (paper.column, else the cache name)
     paper: float | None  # the published accuracy in %, if the recipe gives it
@@ -56,8 +56,16 @@ class RunSpec:
 class Sweep:
     name: str  # output folder under <workspace>/sweeps
     targets: list[str]  # what the user named (for the commands that continue or collect the sweep)
-    runs: list[RunSpec]
+    runs: list[RunSpec]  # one per cell and seed; rows with the same config share a run (Table 2's Concat is Table 1's)
     options: list[str]  # the sweep's own flags that shape its plan (--seeds, --quick, --set ...)
+
+    @property
+    def unique(self) -> list[RunSpec]:
+        """The runs to train, each once, in plan order (``--task k`` is the k-th of these)."""
+        first: dict[str, RunSpec] = {}
+        for r in self.runs:
+            first.setdefault(r.name, r)
+        return list(first.values())
 
 
 # ----------------------------------------------------------------------------- planning
@@ -107,7 +115,7 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
         overrides["data.dataset"] = dataset
     if quick or epochs is not None:
         overrides["epochs"] = epochs or QUICK_EPOCHS
-    files = [f for t in targets for f in _recipe_files(t)]
+    files = [(f, Path(t).with_suffix("").name) for t in targets for f in _recipe_files(t)]
     patterns = [p.strip() for p in (only or "").split(",") if p.strip()]
     tag = ""
     if overrides:
@@ -115,7 +123,8 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
         tag = f"-quick{digest}" if quick else f"-{digest}"
     runs: list[RunSpec] = []
     seen: dict[str, Path] = {}
-    for f in files:
+    by_config: dict[str, str] = {}  # resolved config -> the run name that trains it
+    for f, target in files:
         rid = _recipe_id(f)
         short = re.sub(r"^\d+-", "", f.stem)  # the recipe's own name: --only concat-mm
         if patterns and not any(fnmatch(rid, p) or fnmatch(short, p) for p in patterns):
@@ -130,10 +139,11 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
         for seed in range(seeds):
             over = {**overrides, "seed": seed}
             cfg = resolve_config(recipe.config, over)  # a bad recipe or --set fails before anything runs
-            name = f"sweep-{rid}{tag}-s{seed}"
+            key = json.dumps({**cfg.to_dict(), "run_name": None}, sort_keys=True, default=str)
+            name = by_config.setdefault(key, f"sweep-{rid}{tag}-s{seed}")
             cfg.run_name = name
             runs.append(RunSpec(name=name, row_id=rid, recipe=f, seed=seed,
-                                table=str(paper.get("table", f.parent.parent.name if f.parent.parent != f.parent else "")),
+                                table=str(paper.get("table", target)),
                                 row=paper.get("row", short),
                                 column=paper.get("column", cfg.data.dataset or f.parent.name),
                                 paper=float(paper["accuracy"]) if "accuracy" in paper else None,
@@ -230,20 +240,27 @@ def _slot_env(slot: int, gpus: int, threads: int) -> dict[str, str]:
     return env
 
 
+KEEP = {"all": (), "best": ("checkpoint_last.pt",), "metrics": ("checkpoint_last.pt", "checkpoint_best.pt")}
+
+
 def run_sweep(console, ws: Path, sweep: Sweep, jobs: int = 1, gpus: int = 0, dry_run: bool = False,
-              task: int | None = None, progress: bool = True) -> dict[str, str]:
+              task: int | None = None, progress: bool = True, keep: str = "all") -> dict[str, str]:
     """Train every run of ``sweep`` that is not done, ``jobs`` at a time (CPU) or one per GPU.
 
     Returns {run name: done | failed | skipped}. ``task``: run only the run of that index (a Slurm array
     task). Each run's output goes to ``<workspace>/sweeps/<name>/logs/<run>.log``; one Rich view shows the
-    whole sweep (runs, and the epochs of each running one).
+    whole sweep (runs, and the epochs of each running one). ``keep``: what a finished run keeps besides its
+    metrics and summary (a ResNet-18 pair's checkpoint with Adam's state is ~270 MB, two per run): ``all``,
+    ``best`` (drops checkpoint_last.pt) or ``metrics`` (drops both).
     """
+    if keep not in KEEP:
+        raise MmvidError(f"--keep {keep!r} is not valid; choose one of: {', '.join(KEEP)}")
     from mmvid.schema import check_option
     from mmvid.workspace import writable_dir
 
     check_option("--jobs", jobs, ge=1, le=1024)
     check_option("--gpus", gpus, ge=0, le=1024)
-    runs = sweep.runs
+    runs = sweep.unique
     if task is not None:
         check_option("--task", task, ge=0, le=len(runs) - 1)
         runs = [runs[task]]
@@ -309,6 +326,8 @@ def run_sweep(console, ws: Path, sweep: Sweep, jobs: int = 1, gpus: int = 0, dry
                     del active[slot]
                     ok = proc.returncode == 0 and run_state(ws, spec) == "done"
                     result[spec.name] = "done" if ok else "failed"
+                    for name in KEEP[keep] if ok else ():  # only once the run is done: resuming needs them
+                        (runs_dir(ws) / spec.name / name).unlink(missing_ok=True)
                     bar.update(overall, advance=1)
                     if not ok:
                         failed.append(spec.name)
@@ -375,7 +394,7 @@ def aggregate(ws: Path, sweep: Sweep) -> tuple[list[Cell], list[str]]:
     for r in sweep.runs:
         cell = cells.setdefault(r.row_id, Cell(r.table, r.row, r.column, str(r.recipe), [], [], [], r.paper))
         if run_state(ws, r) != "done":
-            missing.append(r.name)
+            missing += [r.name] if r.name not in missing else []
             continue
         s = json.loads((runs_dir(ws) / r.name / "summary.json").read_text())
         cell.seeds.append(r.seed)
@@ -418,7 +437,7 @@ def write_tables(cells: list[Cell], out: Path, title: str, note: str = "") -> li
         columns = list(dict.fromkeys(c.column for c in cs))
         by = {(c.row, c.column): c for c in cs}
         for which, label in (("last", "last epoch"), ("best", "best-validation epoch")):
-            md += [f"## Table {table}: {label}" if table else f"## {label}", "",
+            md += [f"## {'Table ' if table.isdigit() else ''}{table}: {label}", "",
                    "| " + " | ".join(["", *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
             for row in rows:
                 cells_ = [(_fmt(by[row, col].stats[which]) + _paper(by[row, col], which)) if (row, col) in by else ""
@@ -476,7 +495,7 @@ def plot_table(cells: list[Cell], out: Path, title: str) -> list[Path]:
         ax.set_yticks(list(ys), [c.row for c in cs])
         ax.invert_yaxis()
         ax.set_xlabel("test accuracy %")
-        ax.set_title(f"Table {table}: {column}" if table else column, fontsize=10)
+        ax.set_title(f"{'Table ' if table.isdigit() else ''}{table}: {column}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="best")
     import textwrap
@@ -493,7 +512,7 @@ def plot_table(cells: list[Cell], out: Path, title: str) -> list[Path]:
 # ----------------------------------------------------------------------------- Slurm
 
 
-def emit_slurm(ws: Path, sweep: Sweep, path: Path | None = None) -> Path:
+def emit_slurm(ws: Path, sweep: Sweep, path: Path | None = None, keep: str = "all") -> Path:
     """A Slurm job-array script: task k runs run k of this plan (``mmvid sweep ... --task k``) on one GPU,
     every task on the same (shared) workspace; the collecting step then writes the table."""
     from mmvid.workspace import writable_dir
@@ -504,19 +523,19 @@ def emit_slurm(ws: Path, sweep: Sweep, path: Path | None = None) -> Path:
     base = shlex.join(["mmvid", "sweep", *sweep.targets]) + " " + " ".join(
         shlex.join(o.split(" ", 1)) for o in sweep.options) + f" --workspace {shlex.quote(str(ws))}"
     text = f"""#!/bin/bash
-# mmvid sweep {sweep.name}: {len(sweep.runs)} runs, one array task each (task k = run k of the plan).
+# mmvid sweep {sweep.name}: {len(sweep.unique)} runs, one array task each (task k = run k of the plan).
 # Submit from this folder; every node must see the workspace {ws} and the recipes.
 #   jobid=$(sbatch --parsable {path.name})
 #   sbatch --dependency=afterany:$jobid --wrap "cd {shlex.quote(str(Path.cwd()))} && {base} --collect"
 # A task that stops (time limit, preemption) resumes its run when it is submitted again.
 #SBATCH --job-name=mmvid-{sweep.name[:40]}
-#SBATCH --array=0-{len(sweep.runs) - 1}
+#SBATCH --array=0-{len(sweep.unique) - 1}
 #SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=8
 #SBATCH --output={out / 'logs'}/slurm-%A_%a.log
 set -euo pipefail
 cd {shlex.quote(str(Path.cwd()))}
-{base} --task "$SLURM_ARRAY_TASK_ID" --jobs 1
+{base} --task "$SLURM_ARRAY_TASK_ID" --jobs 1{'' if keep == 'all' else f' --keep {keep}'}
 """
     path.write_text(text)
     return path
@@ -525,8 +544,10 @@ cd {shlex.quote(str(Path.cwd()))}
 def write_plan(out: Path, sweep: Sweep) -> Path:
     """sweep.json: what each run is (recipe, seed, cell), so a table can be traced back to its runs."""
     plan = {"name": sweep.name, "targets": sweep.targets, "options": sweep.options,
-            "runs": [{"index": i, "name": r.name, "recipe": str(r.recipe), "seed": r.seed, "table": r.table,
-                      "row": r.row, "column": r.column, "paper": r.paper} for i, r in enumerate(sweep.runs)]}
+            "runs": [{"index": i, "name": r.name, "recipe": str(r.recipe), "seed": r.seed}
+                     for i, r in enumerate(sweep.unique)],
+            "cells": [{"table": r.table, "row": r.row, "column": r.column, "seed": r.seed, "run": r.name,
+                       "recipe": str(r.recipe), "paper": r.paper} for r in sweep.runs]}
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(plan, indent=2))
     return out / "sweep.json"
@@ -538,7 +559,7 @@ def write_plan(out: Path, sweep: Sweep) -> Path:
 def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: bool = False, epochs: int | None = None,
                   dataset: str | None = None, sets: dict[str, Any] | None = None, only: str | None = None,
                   jobs: int = 1, gpus: int = 0, dry_run: bool = False, emit: str | None = None,
-                  task: int | None = None, collect: bool = False, progress: bool = True) -> list[Path]:
+                  task: int | None = None, collect: bool = False, progress: bool = True, keep: str = "all") -> list[Path]:
     """Plan, then one of: print the commands (``dry_run``), write a Slurm script (``emit``), run one task
     (``task``, for a job array), or run what is not done; then aggregate and write the tables (unless a
     single task ran). Returns the files written."""
@@ -546,20 +567,23 @@ def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: 
         raise MmvidError(f"--emit {emit!r} is not supported; choose: slurm")
     sweep = plan_sweep(targets, seeds=seeds, quick=quick, epochs=epochs, dataset=dataset, sets=sets, only=only)
     out = ws / "sweeps" / sweep.name
-    n_rows = len({r.row_id for r in sweep.runs})
+    n_rows, n_runs = len({r.row_id for r in sweep.runs}), len(sweep.unique)
+    shared = f", {len(sweep.runs) - n_runs} cells reuse a run of the same config" if n_runs < len(sweep.runs) else ""
     if emit:
-        script = emit_slurm(ws, sweep)
+        if keep not in KEEP:
+            raise MmvidError(f"--keep {keep!r} is not valid; choose one of: {', '.join(KEEP)}")
+        script = emit_slurm(ws, sweep, keep=keep)
         write_plan(out, sweep)
-        console.print(f"wrote {script}: a job array of {len(sweep.runs)} runs ({n_rows} recipes x {seeds} seeds)",
+        console.print(f"wrote {script}: a job array of {n_runs} runs ({n_rows} recipes x {seeds} seeds{shared})",
                       soft_wrap=True, highlight=False)
         return [script]
     if dry_run:
         run_sweep(console, ws, sweep, jobs=jobs, gpus=gpus, dry_run=True, task=task)
         return []
     if not collect:
-        console.print(f"sweep {sweep.name}: {len(sweep.runs)} runs ({n_rows} recipes x {seeds} seeds) -> {out}",
+        console.print(f"sweep {sweep.name}: {n_runs} runs ({n_rows} recipes x {seeds} seeds{shared}) -> {out}",
                       soft_wrap=True, highlight=False)
-        result = run_sweep(console, ws, sweep, jobs=jobs, gpus=gpus, task=task, progress=progress)
+        result = run_sweep(console, ws, sweep, jobs=jobs, gpus=gpus, task=task, progress=progress, keep=keep)
         if task is not None:
             return []
         failed = [n for n, s in result.items() if s == "failed"]
@@ -567,7 +591,7 @@ def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: 
         failed = []
     write_plan(out, sweep)
     cells, missing = aggregate(ws, sweep)
-    note = (f"{len(missing)} of {len(sweep.runs)} runs are not finished and are left out: {', '.join(missing[:6])}"
+    note = (f"{len(missing)} of {n_runs} runs are not finished and are left out: {', '.join(missing[:6])}"
             + (", ..." if len(missing) > 6 else "")) if missing else ""
     over = ", ".join(sweep.options)
     files = write_tables(cells, out, f"mmvid sweep {' '.join(targets)} ({over})", note)
@@ -585,11 +609,11 @@ def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: 
 def _print_summary(console, cells: list[Cell]) -> None:
     from rich.table import Table
 
-    table = Table(title="test accuracy %: mean ± std [95 % CI] over seeds")
-    for col in ("table", "row", "column", "seeds", "last epoch", "best val epoch", "paper", "Δ last"):
-        table.add_column(col, no_wrap=col in ("last epoch", "best val epoch"))
-    for c in cells:
-        d = "" if c.paper is None or not c.last else f"{c.stats['last']['mean'] - c.paper:+.2f}"
-        table.add_row(c.table, c.row, c.column, str(len(c.last)), _fmt(c.stats["last"]), _fmt(c.stats["best"]),
-                      "" if c.paper is None else f"{c.paper:.2f}", d)
-    console.print(table)
+    for name in dict.fromkeys(c.table for c in cells):
+        table = Table(title=f"{'Table ' if name.isdigit() else ''}{name}: test accuracy %, mean ± std [95 % CI] over seeds")
+        for col in ("row", "column", "seeds", "last epoch", "best-val epoch", "paper (Δ last)"):
+            table.add_column(col, no_wrap=col in ("last epoch", "best-val epoch"))
+        for c in (c for c in cells if c.table == name):
+            paper = "" if c.paper is None else f"{c.paper:.2f}" + (f" ({c.stats['last']['mean'] - c.paper:+.2f})" if c.last else "")
+            table.add_row(c.row, c.column, str(len(c.last)), _fmt(c.stats["last"]), _fmt(c.stats["best"]), paper)
+        console.print(table)

@@ -149,6 +149,11 @@ def test_plan_names_runs_from_recipes_and_marks_overrides():
     assert len(plain.runs) == 33 and plain.name == "table1-cremad"
     assert plain.runs[0].name == "sweep-table1-cremad-concat-s0" and plain.runs[0].paper == 60.62
     assert [r.row for r in plain.runs[::3]][:3] == ["Concat", "Sum", "Decision"]  # the paper's row order
+    both = plan_sweep(["recipes/table1/cremad", "recipes/table2/cremad"], seeds=3)
+    assert len(both.runs) == 33 + 27 and len(both.unique) == 33 + 27 - 3 * 3  # Concat, + MM, + B-MM: the same runs
+    shared = {(r.table, r.row): r.name for r in both.runs if r.seed == 0}
+    assert shared["2", "+ B-MM"] == shared["1", "Concat + B-MM"] == "sweep-table1-cremad-concat-bmm-s0"
+    assert shared["2", "+ OGM"] == "sweep-table2-cremad-ogm-ge-s0"
     quick = plan_sweep(["table1/cremad"], seeds=2, quick=True, sets={"model.encoder": "small"}, only="concat,*bmm")
     assert {r.row_id for r in quick.runs} == {"table1-cremad-concat", "table1-cremad-concat-bmm", "table1-cremad-sum-bmm",
                                               "table1-cremad-decision-bmm"}
@@ -190,7 +195,7 @@ def test_emit_slurm_array_matches_the_plan(tmp_path):
     assert (first, last + 1) == (0, n_runs)
     assert '--task "$SLURM_ARRAY_TASK_ID"' in script and "--seeds 3" in script and "--collect" in script
     plan = json.loads((files[0].parent / "sweep.json").read_text())
-    assert len(plan["runs"]) == n_runs and plan["runs"][5]["index"] == 5
+    assert len(plan["runs"]) == n_runs and plan["runs"][5]["index"] == 5 and len(plan["cells"]) == n_runs
     with pytest.raises(MmvidError, match="--emit 'pbs'"):
         sweep_command(QUIET, tmp_path, ["recipes/table1"], emit="pbs")
 
@@ -227,7 +232,7 @@ def test_quick_sweep_table_equals_statistics_of_its_runs(quick_sweep):
     assert {r["column"] for r in rows} == {"CREMA-D"} and all(r["n_seeds"] == "3" for r in rows)
     plan = json.loads((out / "sweep.json").read_text())
     for r in rows:
-        runs = [ws / "runs" / p["name"] for p in plan["runs"] if p["row"] == r["row"]]
+        runs = [ws / "runs" / c["run"] for c in plan["cells"] if c["row"] == r["row"]]
         last, best = [], []
         for run in runs:  # the numbers straight from each run's per-epoch metrics
             m = _metrics(run)
@@ -336,8 +341,10 @@ def test_ctrl_c_to_a_running_sweep_then_the_same_command_finishes(tiny_ws):
 def test_task_runs_only_its_run(tiny_ws):
     opts = dict(seeds=2, quick=True, epochs=1, dataset="demo", sets=TINY, only="bigated")
     sweep = plan_sweep(["recipes/table1/cremad"], **opts)
-    sweep_command(QUIET, tiny_ws, ["recipes/table1/cremad"], **opts, task=1, progress=False)
+    sweep_command(QUIET, tiny_ws, ["recipes/table1/cremad"], **opts, task=1, progress=False, keep="best")
     assert run_state(tiny_ws, sweep.runs[1]) == "done"
+    run = tiny_ws / "runs" / sweep.runs[1].name
+    assert (run / "checkpoint_best.pt").exists() and not (run / "checkpoint_last.pt").exists()  # --keep best
     assert run_state(tiny_ws, sweep.runs[0]) == "new"
     with pytest.raises(MmvidError, match="--task"):
         sweep_command(QUIET, tiny_ws, ["recipes/table1/cremad"], **opts, task=2)
