@@ -77,7 +77,15 @@ def resolve_cache(ws: Path, dataset: str | None) -> Path:
         p = cache_path(ws, dataset)
         if not p.exists():
             have = sorted(q.stem for q in caches_dir(ws).glob("*.h5"))
-            hint = f"prepared: {', '.join(have)}" if have else "run `mmvid prepare demo` first"
+            from mmvid.data.sources import GENERATED, SOURCES, get_source
+
+            try:
+                get_source(dataset)  # registers the sources
+            except MmvidError:
+                pass
+            how = (f"mmvid prepare {dataset}" + ("" if dataset in GENERATED else " --root DIR") if dataset in SOURCES
+                   else f"mmvid prepare folder --root DIR --name {dataset}")
+            hint = f"prepare it with `{how}`" + (f" or choose one of the prepared: {', '.join(have)}" if have else "")
             raise MmvidError(f"no cache for dataset {dataset!r} at {p}; {hint}")
         return p
     found = sorted(caches_dir(ws).glob("*.h5"), key=lambda q: q.stat().st_mtime)

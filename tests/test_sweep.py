@@ -187,6 +187,12 @@ def test_gpus_without_cuda_is_one_line(tmp_path):
         sweep_command(QUIET, tmp_path, ["recipes/table1/cremad"], seeds=1, gpus=64, only="concat")
 
 
+def test_missing_cache_fails_before_any_run(tmp_path):
+    with pytest.raises(MmvidError, match=r"no cache for dataset 'cremad' .*; prepare it with `mmvid prepare cremad --root DIR`"):
+        sweep_command(QUIET, tmp_path, ["recipes/table1/cremad"], seeds=1, only="concat")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_emit_slurm_array_matches_the_plan(tmp_path):
     files = sweep_command(QUIET, tmp_path, ["recipes/table1"], seeds=3, emit="slurm")
     script = files[0].read_text()
