@@ -233,6 +233,7 @@ def sweep(
     task: Annotated[Optional[int], typer.Option(help="Run only run K of the plan (a job-array task).")] = None,
     collect: Annotated[bool, typer.Option("--collect", help="Only write the table from the finished runs.")] = False,
     keep: Annotated[str, typer.Option(help="What a finished run keeps: all | best (drop checkpoint_last.pt) | metrics (no checkpoints).")] = "all",
+    baseline: Annotated[Optional[str], typer.Option(help="Add each row's per-seed difference to this row (e.g. concat) with its 95 % CI.")] = None,
 ):
     """Train every recipe of a table at every seed (resuming what an earlier sweep left), then write the
     table in the paper's layout: mean ± std and 95 % CI of last-epoch and best-validation accuracy beside the
@@ -249,7 +250,7 @@ def sweep(
 
     sweep_command(console, _ws(workspace), targets, seeds=seeds, quick=quick, epochs=epochs, dataset=dataset,
                   sets=_parse_sets(set_), only=only, jobs=jobs, gpus=gpus, dry_run=dry_run, emit=emit, task=task,
-                  collect=collect, keep=keep)
+                  collect=collect, keep=keep, baseline=baseline)
 
 
 # ----------------------------------------------------------------------------- evaluate

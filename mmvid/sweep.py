@@ -372,7 +372,10 @@ class Cell:
     last: list[float]  # test accuracy % at the last epoch, per seed
     best: list[float]  # test accuracy % at the best-validation epoch, per seed
     paper: float | None
+    name: str = ""  # the recipe's own name (its file name without the order prefix), for --baseline
     stats: dict[str, dict[str, float]] = field(default_factory=dict)  # last|best -> mean, std, ci_lo, ci_hi
+    # last|best -> the same statistics of (this cell - the baseline's) per seed, over the seeds both have
+    versus: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def summarize(values: list[float], level: float = 0.95) -> dict[str, float]:
@@ -389,14 +392,20 @@ def summarize(values: list[float], level: float = 0.95) -> dict[str, float]:
     return {"n": n, "mean": mean, "std": std, "ci_lo": mean - half, "ci_hi": mean + half}
 
 
-def aggregate(ws: Path, sweep: Sweep) -> tuple[list[Cell], list[str]]:
-    """Cells from the finished runs of the sweep (in plan order), and the names of runs not finished."""
+def aggregate(ws: Path, sweep: Sweep, baseline: str | None = None) -> tuple[list[Cell], list[str]]:
+    """Cells from the finished runs of the sweep (in plan order), and the names of runs not finished.
+
+    ``baseline`` (a recipe name such as ``concat``, or a row label): each other cell of the same table and
+    column also gets the statistics of its per-seed difference to that cell (paired by seed: the same seed
+    gives both runs the same split and initialisation), so that "outside the interval" is a paired test.
+    """
     from mmvid.workspace import runs_dir
 
     cells: dict[str, Cell] = {}
     missing: list[str] = []
     for r in sweep.runs:
-        cell = cells.setdefault(r.row_id, Cell(r.table, r.row, r.column, str(r.recipe), [], [], [], r.paper))
+        cell = cells.setdefault(r.row_id, Cell(r.table, r.row, r.column, str(r.recipe), [], [], [], r.paper,
+                                                re.sub(r"^\d+-", "", r.recipe.stem)))
         if run_state(ws, r) != "done":
             missing += [r.name] if r.name not in missing else []
             continue
@@ -406,6 +415,18 @@ def aggregate(ws: Path, sweep: Sweep) -> tuple[list[Cell], list[str]]:
         cell.best.append(100.0 * float(s["best"]["test_acc"]))
     for cell in cells.values():
         cell.stats = {"last": summarize(cell.last), "best": summarize(cell.best)}
+    if baseline:
+        bases = {(c.table, c.column): c for c in cells.values() if baseline in (c.name, c.row)}
+        if not bases:
+            raise MmvidError(f"--baseline {baseline!r} is no row of this sweep; choose a recipe name or row label: "
+                             + ", ".join(dict.fromkeys(c.name for c in cells.values())))
+        for cell in cells.values():
+            base = bases.get((cell.table, cell.column))
+            if base is None or base is cell:
+                continue
+            for which in ("last", "best"):
+                mine, theirs = (dict(zip(c.seeds, getattr(c, which))) for c in (cell, base))
+                cell.versus[which] = summarize([mine[s] - theirs[s] for s in mine if s in theirs])
     return list(cells.values()), missing
 
 
@@ -427,7 +448,7 @@ def _paper(cell: Cell, which: str) -> str:
     return f" · paper {cell.paper:.2f} (Δ {st['mean'] - cell.paper:+.2f},{inside})"
 
 
-def write_tables(cells: list[Cell], out: Path, title: str, note: str = "") -> list[Path]:
+def write_tables(cells: list[Cell], out: Path, title: str, note: str = "", baseline: str | None = None) -> list[Path]:
     """table.md (the paper's layout, a table per paper table: last epoch, then best validation epoch),
     table.csv (one line per cell with every number) and table.png / .svg."""
     tables: dict[str, list[Cell]] = {}
@@ -448,6 +469,16 @@ def write_tables(cells: list[Cell], out: Path, title: str, note: str = "") -> li
                           for col in columns]
                 md.append("| " + " | ".join([row, *cells_]) + " |")
             md.append("")
+        if baseline:
+            md += [f"## {'Table ' if table.isdigit() else ''}{table}: difference to {baseline}, paired by seed", "",
+                   "Each cell: mean difference (test accuracy points) [95 % CI, Student's t over the per-seed "
+                   "differences], last epoch; then best-validation epoch. **Bold**: the interval excludes 0.", "",
+                   "| " + " | ".join(["", *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+            for row in rows:
+                cells_ = [" / ".join(_versus(by[row, col].versus[w]) for w in ("last", "best"))
+                          if (row, col) in by and by[row, col].versus else "" for col in columns]
+                md.append("| " + " | ".join([row, *cells_]) + " |")
+            md.append("")
     seeds_n = {len(c.last) for c in cells}
     md.append(f"Seeds per cell: {', '.join(str(n) for n in sorted(seeds_n))}.")
     out.mkdir(parents=True, exist_ok=True)
@@ -456,7 +487,8 @@ def write_tables(cells: list[Cell], out: Path, title: str, note: str = "") -> li
         w = csv.writer(fh)
         w.writerow(["table", "row", "column", "recipe", "n_seeds", "seeds",
                     *[f"{which}_{k}" for which in ("last", "best") for k in ("mean", "std", "ci95_lo", "ci95_hi")],
-                    "paper", "diff_last", "diff_best", "last_per_seed", "best_per_seed"])
+                    "paper", "diff_last", "diff_best", "last_per_seed", "best_per_seed",
+                    *[f"vs_baseline_{which}_{k}" for which in ("last", "best") for k in ("mean", "ci95_lo", "ci95_hi")]])
         for c in cells:
             sl, sb = c.stats["last"], c.stats["best"]
             w.writerow([c.table, c.row, c.column, c.recipe, len(c.last), " ".join(map(str, c.seeds)),
@@ -464,8 +496,17 @@ def write_tables(cells: list[Cell], out: Path, title: str, note: str = "") -> li
                         "" if c.paper is None else c.paper,
                         "" if c.paper is None or not c.last else _num(sl["mean"] - c.paper),
                         "" if c.paper is None or not c.best else _num(sb["mean"] - c.paper),
-                        " ".join(f"{v:.4f}" for v in c.last), " ".join(f"{v:.4f}" for v in c.best)])
+                        " ".join(f"{v:.4f}" for v in c.last), " ".join(f"{v:.4f}" for v in c.best),
+                        *[_num(c.versus[which][k]) if which in c.versus else "" for which in ("last", "best")
+                          for k in ("mean", "ci_lo", "ci_hi")]])
     return [out / "table.md", out / "table.csv", *plot_table(cells, out / "table", title)]
+
+
+def _versus(st: dict[str, float]) -> str:
+    if st["n"] < 2:
+        return f"{st['mean']:+.2f} ({st['n']} seed)"
+    text = f"{st['mean']:+.2f} [{st['ci_lo']:+.2f}, {st['ci_hi']:+.2f}]"
+    return f"**{text}**" if st["ci_lo"] > 0 or st["ci_hi"] < 0 else text
 
 
 def _num(x: float) -> str:
@@ -516,7 +557,7 @@ def plot_table(cells: list[Cell], out: Path, title: str) -> list[Path]:
 # ----------------------------------------------------------------------------- Slurm
 
 
-def emit_slurm(ws: Path, sweep: Sweep, path: Path | None = None, keep: str = "all") -> Path:
+def emit_slurm(ws: Path, sweep: Sweep, path: Path | None = None, keep: str = "all", baseline: str | None = None) -> Path:
     """A Slurm job-array script: task k runs run k of this plan (``mmvid sweep ... --task k``) on one GPU,
     every task on the same (shared) workspace; the collecting step then writes the table."""
     from mmvid.workspace import writable_dir
@@ -526,11 +567,12 @@ def emit_slurm(ws: Path, sweep: Sweep, path: Path | None = None, keep: str = "al
     writable_dir(out / "logs", "sweep log folder")
     base = shlex.join(["mmvid", "sweep", *sweep.targets]) + " " + " ".join(
         shlex.join(o.split(" ", 1)) for o in sweep.options) + f" --workspace {shlex.quote(str(ws))}"
+    collect_opts = f" --baseline {shlex.quote(baseline)}" if baseline else ""
     text = f"""#!/bin/bash
 # mmvid sweep {sweep.name}: {len(sweep.unique)} runs, one array task each (task k = run k of the plan).
 # Submit from this folder; every node must see the workspace {ws} and the recipes.
 #   jobid=$(sbatch --parsable {path.name})
-#   sbatch --dependency=afterany:$jobid --wrap "cd {shlex.quote(str(Path.cwd()))} && {base} --collect"
+#   sbatch --dependency=afterany:$jobid --wrap "cd {shlex.quote(str(Path.cwd()))} && {base} --collect{collect_opts}"
 # A task that stops (time limit, preemption) resumes its run when it is submitted again.
 #SBATCH --job-name=mmvid-{sweep.name[:40]}
 #SBATCH --array=0-{len(sweep.unique) - 1}
@@ -563,7 +605,8 @@ def write_plan(out: Path, sweep: Sweep) -> Path:
 def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: bool = False, epochs: int | None = None,
                   dataset: str | None = None, sets: dict[str, Any] | None = None, only: str | None = None,
                   jobs: int = 1, gpus: int = 0, dry_run: bool = False, emit: str | None = None,
-                  task: int | None = None, collect: bool = False, progress: bool = True, keep: str = "all") -> list[Path]:
+                  task: int | None = None, collect: bool = False, progress: bool = True, keep: str = "all",
+                  baseline: str | None = None) -> list[Path]:
     """Plan, then one of: print the commands (``dry_run``), write a Slurm script (``emit``), run one task
     (``task``, for a job array), or run what is not done; then aggregate and write the tables (unless a
     single task ran). Returns the files written."""
@@ -576,7 +619,7 @@ def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: 
     if emit:
         if keep not in KEEP:
             raise MmvidError(f"--keep {keep!r} is not valid; choose one of: {', '.join(KEEP)}")
-        script = emit_slurm(ws, sweep, keep=keep)
+        script = emit_slurm(ws, sweep, keep=keep, baseline=baseline)
         write_plan(out, sweep)
         console.print(f"wrote {script}: a job array of {n_runs} runs ({n_rows} recipes x {seeds} seeds{shared})",
                       soft_wrap=True, highlight=False)
@@ -594,11 +637,11 @@ def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: 
     else:
         failed = []
     write_plan(out, sweep)
-    cells, missing = aggregate(ws, sweep)
+    cells, missing = aggregate(ws, sweep, baseline)
     note = (f"{len(missing)} of {n_runs} runs are not finished and are left out: {', '.join(missing[:6])}"
             + (", ..." if len(missing) > 6 else "")) if missing else ""
     over = ", ".join(sweep.options)
-    files = write_tables(cells, out, f"mmvid sweep {' '.join(targets)} ({over})", note)
+    files = write_tables(cells, out, f"mmvid sweep {' '.join(targets)} ({over})", note, baseline)
     _print_summary(console, cells)
     for p in files:
         console.print(f"wrote {p}", soft_wrap=True, highlight=False)
@@ -616,7 +659,7 @@ def _print_summary(console, cells: list[Cell]) -> None:
     for name in dict.fromkeys(c.table for c in cells):
         table = Table(title=f"{'Table ' if name.isdigit() else ''}{name}: test accuracy %, mean ± std [95 % CI] over seeds")
         for col in ("row", "column", "seeds", "last epoch", "best-val epoch", "paper (Δ last)"):
-            table.add_column(col, no_wrap=col in ("last epoch", "best-val epoch"))
+            table.add_column(col)
         for c in (c for c in cells if c.table == name):
             paper = "" if c.paper is None else f"{c.paper:.2f}" + (f" ({c.stats['last']['mean'] - c.paper:+.2f})" if c.last else "")
             table.add_row(c.row, c.column, str(len(c.last)), _fmt(c.stats["last"]), _fmt(c.stats["best"]), paper)

@@ -225,7 +225,7 @@ def _stats(values: list[float]) -> tuple[float, float, float, float]:
 def quick_sweep(tiny_ws):
     """``--quick`` over two Table 1 rows (concat, concat + B-MM), 3 seeds, on the tiny demo cache."""
     files = sweep_command(QUIET, tiny_ws, ["recipes/table1/cremad"], seeds=3, quick=True, epochs=2, dataset="demo",
-                          sets=TINY, only="concat,concat-bmm", jobs=2, progress=False)
+                          sets=TINY, only="concat,concat-bmm", jobs=2, progress=False, baseline="concat")
     return tiny_ws, files
 
 
@@ -237,8 +237,10 @@ def test_quick_sweep_table_equals_statistics_of_its_runs(quick_sweep):
     assert [r["row"] for r in rows] == ["Concat", "Concat + B-MM"]
     assert {r["column"] for r in rows} == {"CREMA-D"} and all(r["n_seeds"] == "3" for r in rows)
     plan = json.loads((out / "sweep.json").read_text())
+    per_seed = {}
     for r in rows:
         runs = [ws / "runs" / c["run"] for c in plan["cells"] if c["row"] == r["row"]]
+        assert [c["seed"] for c in plan["cells"] if c["row"] == r["row"]] == [0, 1, 2]
         last, best = [], []
         for run in runs:  # the numbers straight from each run's per-epoch metrics
             m = _metrics(run)
@@ -251,9 +253,17 @@ def test_quick_sweep_table_equals_statistics_of_its_runs(quick_sweep):
             got = [float(r[f"{which}_{k}"]) for k in ("mean", "std", "ci95_lo", "ci95_hi")]
             assert got == pytest.approx([mean, std, lo, hi], abs=1e-4), (r["row"], which)
         assert float(r["diff_last"]) == pytest.approx(sum(last) / 3 - float(r["paper"]), abs=1e-4)
+        per_seed[r["row"]] = {"last": last, "best": best}
+    assert rows[0]["vs_baseline_last_mean"] == ""  # concat is the baseline
+    for which in ("last", "best"):  # --baseline concat: the paired per-seed differences
+        diffs = [a - b for a, b in zip(per_seed["Concat + B-MM"][which], per_seed["Concat"][which])]
+        mean, _, lo, hi = _stats(diffs)
+        got = [float(rows[1][f"vs_baseline_{which}_{k}"]) for k in ("mean", "ci95_lo", "ci95_hi")]
+        assert got == pytest.approx([mean, lo, hi], abs=1e-4)
     md = (out / "table.md").read_text()
     assert "## Table 1: last epoch" in md and "## Table 1: best-validation epoch" in md
     assert re.search(r"\| Concat \+ B-MM \| [\d.]+ ± [\d.]+ \[[\d.]+, [\d.]+\] · paper 69\.22 \(Δ -?[\d.]+,", md)
+    assert "## Table 1: difference to concat, paired by seed" in md
     assert (out / "table.png").stat().st_size > 1000 and (out / "table.svg").exists()
 
 
