@@ -268,27 +268,33 @@ def evaluate(
     device: Device = "auto",
     cache: Cache = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON only.")] = False,
+    checkpoint: Annotated[str, typer.Option(help="Of a run folder: best (the best-validation epoch, else last) | last "
+                                                 "(the last epoch). A checkpoint file given is used as it is.")] = "best",
 ):
     """Accuracy, macro-F1, per-class accuracy, confusion matrix, per-modality accuracy (masking) and rho
-    of one or more runs, side by side; each run's metrics also go to [dim]<run>/eval_<split>.json[/].
+    of one or more runs, side by side, each saying which checkpoint (best or last, its epoch) it comes
+    from; each run's metrics also go to [dim]<run>/eval_<split>.json[/] ([dim]eval_<split>_last.json[/] for last).
 
     Examples:
       mmvid evaluate
       mmvid evaluate concat-run bmm-run --split test
+      mmvid evaluate my-run --checkpoint last
       mmvid evaluate runs/my-run/checkpoint_last.pt
     """
     import json
 
-    from mmvid.evaluate import evaluate_run, render, resolve_target
+    from mmvid.engine import check_checkpoint_choice
+    from mmvid.evaluate import eval_path, evaluate_run, render, resolve_target
 
+    check_checkpoint_choice(checkpoint)  # a bad value fails here, before any run is loaded
     ws = _ws(workspace)
-    results = [evaluate_run(resolve_target(ws, r), split, device, cache) for r in (runs or [None])]
+    results = [evaluate_run(resolve_target(ws, r), split, device, cache, checkpoint=checkpoint) for r in (runs or [None])]
     if json_:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))
         return
     render(results, console)
     for r in results:
-        console.print(f"wrote {Path(r['run']) / f'eval_{split}.json'}", soft_wrap=True, highlight=False)
+        console.print(f"wrote {eval_path(r)}", soft_wrap=True, highlight=False)
 
 
 # ----------------------------------------------------------------------------- robustness

@@ -380,12 +380,29 @@ def own_state(ck: dict[str, Any], key: str, rank: int, world_size: int) -> Any:
     return per_rank[rank] if len(per_rank) == world_size else per_rank[0]
 
 
-def model_from_checkpoint(path: Path) -> tuple[MultimodalClassifier, TrainConfig, dict[str, Any]]:
-    """Rebuild the model and its config from a checkpoint file or a run folder (best, else last)."""
-    load_plugins()
+CHECKPOINT_CHOICES = {"best": CKPT_BEST, "last": CKPT_LAST}
+
+
+def check_checkpoint_choice(which: str) -> str:
+    if which not in CHECKPOINT_CHOICES:
+        raise MmvidError(f"--checkpoint {which!r} is not valid; choose best (the best-validation epoch) or last (the last epoch)")
+    return which
+
+
+def checkpoint_file(path: Path, which: str = "best") -> Path:
+    """The checkpoint a run folder's ``which`` names: ``best`` is checkpoint_best.pt, else (none saved
+    yet) checkpoint_last.pt; ``last`` is checkpoint_last.pt. A file is returned as given."""
     path = Path(path)
-    if path.is_dir():
-        path = path / CKPT_BEST if (path / CKPT_BEST).exists() else path / CKPT_LAST
+    check_checkpoint_choice(which)
+    if not path.is_dir():
+        return path
+    return path / CKPT_BEST if which == "best" and (path / CKPT_BEST).exists() else path / CKPT_LAST
+
+
+def model_from_checkpoint(path: Path, which: str = "best") -> tuple[MultimodalClassifier, TrainConfig, dict[str, Any]]:
+    """Rebuild the model and its config from a checkpoint file or a run folder (see :func:`checkpoint_file`)."""
+    load_plugins()
+    path = checkpoint_file(path, which)
     ck = load_checkpoint(path)
     cfg = config_from_dict(ck["config"])
     model = build_model(cfg, len(ck["class_names"]))
@@ -575,6 +592,9 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
         except KeyboardInterrupt:
             raise Interrupted(f"training interrupted; its state is saved in {run_dir / CKPT_LAST}; "
                              f"continue with `mmvid train --resume {run_dir}`") from None
+    if not last and is_main and metrics_path.exists():  # resumed after its last epoch: nothing trained now
+        lines = metrics_path.read_text().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
     summary = {"run_dir": str(run_dir), "epochs": cfg.epochs, "last": last, "best": best}
     if is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))

@@ -13,7 +13,8 @@ import torch
 
 from mmvid.config import TrainConfig
 from mmvid.data.cache import CacheInfo, read_info
-from mmvid.engine import evaluate_model, make_loader, model_from_checkpoint, pick_device, rho_of
+from mmvid.engine import (CKPT_BEST, CKPT_LAST, checkpoint_file, evaluate_model, make_loader, model_from_checkpoint,
+                          pick_device, rho_of)
 from mmvid.errors import MmvidError
 from mmvid.models.classifier import MultimodalClassifier
 
@@ -43,9 +44,33 @@ def cache_for_run(ck: dict[str, Any], cache: str | Path | None = None) -> Path:
     return path
 
 
+def checkpoint_origin(path: Path, ck: dict[str, Any]) -> dict[str, Any]:
+    """Which checkpoint a number comes from: ``checkpoint`` is ``best`` (checkpoint_best.pt, the
+    best-validation epoch), ``last`` (checkpoint_last.pt) or ``given file`` (any other file);
+    ``checkpoint_epoch`` is its 0-based epoch as in metrics.jsonl (printed 1-based)."""
+    path = Path(path)
+    kind = {CKPT_BEST: "best", CKPT_LAST: "last"}.get(path.name, "given file")
+    part = int((ck.get("partial") or {}).get("batch", 0))
+    val = ck.get("splits", {}).get("val")
+    return {"checkpoint": kind, "checkpoint_epoch": int(ck.get("epoch", -1)), "checkpoint_path": str(path),
+            "checkpoint_partial_steps": part, "checkpoint_selected_on": "val" if val is None or len(val) else "test"}
+
+
+def checkpoint_note(r: dict[str, Any]) -> str:
+    """``best-validation checkpoint (epoch 7)`` and the like, from :func:`checkpoint_origin`'s keys."""
+    kind, epoch = r["checkpoint"], r["checkpoint_epoch"] + 1
+    on_val = r.get("checkpoint_selected_on", "val") == "val"
+    what = {"best": f"best-{'validation' if on_val else 'test'} checkpoint", "last": "last checkpoint"}.get(
+        kind, f"given file {Path(r['checkpoint_path']).name}")
+    if r.get("checkpoint_partial_steps"):
+        return f"{what} (saved at step {r['checkpoint_partial_steps']} of epoch {epoch + 1}, interrupted)"
+    return f"{what} (epoch {epoch}{'' if on_val or kind != 'best' else '; no validation split'})"
+
+
 @dataclass
 class LoadedRun:
-    """A run's model (on its device, eval mode), config, checkpoint, cache and the rows of one split."""
+    """A run's model (on its device, eval mode), config, checkpoint, cache and the rows of one split;
+    ``origin`` says which checkpoint (:func:`checkpoint_origin`)."""
 
     run: Path
     model: MultimodalClassifier
@@ -55,10 +80,15 @@ class LoadedRun:
     rows: np.ndarray
     device: torch.device
     split: str
+    origin: dict[str, Any]
 
     @property
     def label(self) -> str:
         return method_label(self.ck["config"])
+
+    @property
+    def note(self) -> str:
+        return checkpoint_note(self.origin)
 
     def loader(self, rows: np.ndarray | None = None, batch_size: int | None = None):
         return make_loader(self.info, self.rows if rows is None else rows, self.cfg, train=False, batch_size=batch_size)
@@ -80,10 +110,12 @@ def resolve_target(ws: Path, run: str | Path | None) -> Path:
     return resolve_run(ws, run)
 
 
-def load_run(run: str | Path, split: str = "test", device: str = "auto", cache: str | Path | None = None) -> LoadedRun:
-    """Rebuild a run's model from a run folder (best, else last checkpoint) or a checkpoint file."""
+def load_run(run: str | Path, split: str = "test", device: str = "auto", cache: str | Path | None = None,
+             checkpoint: str = "best") -> LoadedRun:
+    """Rebuild a run's model from a run folder (its ``checkpoint``: best, else last; or last) or a checkpoint file."""
     run = Path(run)
-    model, cfg, ck = model_from_checkpoint(run)
+    path = checkpoint_file(run, checkpoint)
+    model, cfg, ck = model_from_checkpoint(path)
     info = read_info(cache_for_run(ck, cache))
     if split not in ("train", "val", "test"):
         raise MmvidError(f"--split {split!r} is not valid; choose test, val or train")
@@ -93,24 +125,25 @@ def load_run(run: str | Path, split: str = "test", device: str = "auto", cache: 
         raise MmvidError(f"split {split!r} of {info.path.name} has no clips for run {run.name}; choose another --split")
     dev = pick_device(device)
     model.to(dev).eval()
-    return LoadedRun(run.parent if run.is_file() else run, model, cfg, ck, info, rows, dev, split)
+    return LoadedRun(run.parent if run.is_file() else run, model, cfg, ck, info, rows, dev, split,
+                     checkpoint_origin(path, ck))
 
 
 def evaluate_run(run: Path, split: str = "test", device: str = "auto", cache: str | Path | None = None,
-                 batch_size: int | None = None) -> dict[str, Any]:
-    """Metrics of one run's best (else last) checkpoint, or of the checkpoint file given, on ``split``.
+                 batch_size: int | None = None, checkpoint: str = "best") -> dict[str, Any]:
+    """Metrics of one run's ``checkpoint`` (best, else last; or last), or of the checkpoint file given, on ``split``.
 
     Fused accuracy, macro-F1, per-class accuracy and the (C, C) confusion matrix; per-modality
-    accuracy and confusion by masking (Eq. 5); rho (Eq. 6) from the summed true-class probabilities.
-    Also written to ``<run>/eval_<split>.json``.
+    accuracy and confusion by masking (Eq. 5); rho (Eq. 6) from the summed true-class probabilities;
+    which checkpoint (:func:`checkpoint_origin`). Also written to ``<run>/eval_<split>.json``.
     """
-    lr = load_run(run, split, device, cache)
+    lr = load_run(run, split, device, cache, checkpoint)
     info, model = lr.info, lr.model
     res = evaluate_model(model, lr.loader(batch_size=batch_size), lr.device, keep=True)
     cm = confusion(res.labels, res.preds, info.num_classes)
     per_class = (np.diag(cm) / np.maximum(cm.sum(1), 1)).tolist()
     out = {
-        "run": str(lr.run), "checkpoint_epoch": int(lr.ck.get("epoch", -1)), "split": split, "n": res.n,
+        "run": str(lr.run), **lr.origin, "split": split, "n": res.n,
         "accuracy": res.acc, "macro_f1": macro_f1(cm), "loss": res.loss,
         "per_class_accuracy": dict(zip(info.class_names, per_class)),
         "modality_accuracy": {m: res.modality_acc(m) for m in model.modalities},
@@ -121,8 +154,16 @@ def evaluate_run(run: Path, split: str = "test", device: str = "auto", cache: st
         "method": lr.label,
         "config": {"fusion": lr.cfg.model.fusion, "augment": lr.cfg.augment.name, "balance": lr.cfg.balance.name},
     }
-    Path(lr.run, f"eval_{split}.json").write_text(json.dumps(out, indent=2))
+    eval_path(out).write_text(json.dumps(out, indent=2))
     return out
+
+
+def eval_path(r: dict[str, Any]) -> Path:
+    """``<run>/eval_<split>.json`` for the best checkpoint, ``eval_<split>_last.json`` for the last one,
+    ``eval_<split>_<file stem>.json`` for another file: evaluating one never overwrites another's."""
+    kind = r["checkpoint"]
+    tail = "" if kind == "best" else "_last" if kind == "last" else f"_{Path(r['checkpoint_path']).stem}"
+    return Path(r["run"], f"eval_{r['split']}{tail}.json")
 
 
 def render(results: list[dict[str, Any]], console) -> None:
@@ -135,6 +176,7 @@ def render(results: list[dict[str, Any]], console) -> None:
         table.add_column(Path(r["run"]).name, justify="right")
     rows: list[tuple[str, list[str]]] = [
         ("method", [r["method"] for r in results]),
+        ("checkpoint", [checkpoint_note(r) for r in results]),
         ("clips", [str(r["n"]) for r in results]),
         ("accuracy", [f"{100 * r['accuracy']:.2f}%" for r in results]),
         ("macro-F1", [f"{100 * r['macro_f1']:.2f}" for r in results]),
@@ -158,7 +200,8 @@ def render_confusion(result: dict[str, Any], console) -> None:
     from rich.table import Table
 
     names = result["class_names"]
-    table = Table(title=f"confusion matrix, {Path(result['run']).name} ({result['split']}): rows true, columns predicted")
+    table = Table(title=f"confusion matrix, {Path(result['run']).name} ({result['split']}, {checkpoint_note(result)}): "
+                        f"rows true, columns predicted")
     table.add_column("true \\ pred")
     for c in names:
         table.add_column(c, justify="right")

@@ -49,7 +49,9 @@ def metrics_section(ev: dict[str, Any]) -> str:
     per_class = html_table(["class", "accuracy", "clips"],
                            [[c, _pct(ev["per_class_accuracy"][c]), sum(row)] for c, row in zip(names, ev["confusion"])])
     cm = html_table(["true \\ predicted", *names], [[c, *row] for c, row in zip(names, ev["confusion"])])
-    return (f"<p>{ev['split']} split, {ev['n']} clips, checkpoint of epoch {ev['checkpoint_epoch'] + 1}.</p>"
+    from mmvid.evaluate import checkpoint_note
+
+    return (f"<p>{ev['split']} split, {ev['n']} clips, {_esc(checkpoint_note(ev))}.</p>"
             + html_table(["metric", "value"], rows) + "<h3>Per class</h3>" + per_class
             + "<h3>Confusion matrix (fused)</h3>" + cm)
 

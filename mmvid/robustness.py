@@ -31,7 +31,7 @@ from mmvid import corruptions as C
 from mmvid.data.dataset import finish_batch
 from mmvid.engine import evaluate_model
 from mmvid.errors import MmvidError
-from mmvid.evaluate import LoadedRun, load_run
+from mmvid.evaluate import LoadedRun, checkpoint_note, load_run
 
 MODALITY_ALIASES = {"audio": "audio", "video": "video", "rgb": "video", "frames": "video", "flow": "flow"}
 FILLS = ("zero", "mean")
@@ -207,7 +207,7 @@ def evaluate_conditions(lr: LoadedRun, conditions: list[Condition], batch_size: 
                              transform=lambda inputs, y, c=cond, g=gen: c.apply(inputs, g, means))
         results[cond.name] = {"acc": res.acc, "changed": float((res.preds != clean.preds).mean()),
                               "modality_accuracy": {m: res.modality_acc(m) for m in model.modalities}}
-    return {"run": str(lr.run), "name": lr.run.name, "method": lr.label, "split": lr.split, "n": clean.n,
+    return {"run": str(lr.run), "name": lr.run.name, "method": lr.label, **lr.origin, "split": lr.split, "n": clean.n,
             "clean_acc": clean.acc, "chance": 1.0 / lr.info.num_classes, "results": results}
 
 
@@ -314,5 +314,7 @@ def render(report: RobustnessReport, console) -> None:
                  for a, b in zip(accs, base)]
         table.add_row("clean" if cond is None else cond.name, *cells)
     console.print(table)
+    console.print("checkpoints: " + "; ".join(f"{lbl}: {checkpoint_note(r)}" for lbl, r in zip(report.labels(), report.runs)),
+                  soft_wrap=True, highlight=False)
     for f in report.files:
         console.print(f"wrote {f}", soft_wrap=True, highlight=False)

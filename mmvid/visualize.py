@@ -174,7 +174,7 @@ def umap_features(run: Path, splits: tuple[str, ...] = ("train", "test"), max_po
         acc = {m: res.modality_acc(m) for m in lr.model.modalities} | {"fused": res.acc}
         out["splits"][split] = {"labels": res.labels, "acc": acc,
                                 "embedding": {h: embed_2d(res.features[h], seed) for h in heads}}
-        out.update(heads=heads, class_names=lr.info.class_names, method=lr.label, run=lr.run)
+        out.update(heads=heads, class_names=lr.info.class_names, method=lr.label, run=lr.run, checkpoint=lr.note)
     return out
 
 
@@ -204,7 +204,7 @@ def plot_umap(run: Path, splits: tuple[str, ...] = ("train", "test"), max_points
             ax.set_yticks([])
     handles = [plt.Line2D([], [], marker="o", ls="", color=colors[k], label=n) for k, n in enumerate(names)]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(names), 10), fontsize=9, frameon=False)
-    fig.suptitle(f"UMAP of features: {data['run'].name} ({data['method']})")
+    fig.suptitle(f"UMAP of features: {data['run'].name} ({data['method']}, {data['checkpoint']})")
     return save_figure(fig, out or data["run"] / "figures" / "umap")
 
 
@@ -215,7 +215,7 @@ def plot_confusion(run: Path, split: str = "test", device: str = "auto", cache: 
                    out: Path | None = None, result: dict[str, Any] | None = None) -> list[Path]:
     """Row-normalised confusion matrices (rows true, columns predicted): the fused model and each
     modality alone by masking (Eq. 5), a panel each; cells show the row percentage."""
-    from mmvid.evaluate import evaluate_run
+    from mmvid.evaluate import checkpoint_note, evaluate_run
 
     plt = _pyplot()
     r = result or evaluate_run(Path(run), split, device, cache)
@@ -239,7 +239,8 @@ def plot_confusion(run: Path, split: str = "test", device: str = "auto", cache: 
         ax.set_yticks(ticks, [names[t] for t in ticks], fontsize=8)
         title = "fused model" if head == "fused" else f"{head} alone (masking)"
         ax.set(title=f"{title}: acc {100 * accs[head]:.1f}%", xlabel="predicted", ylabel="true")
-    fig.suptitle(f"confusion, % of each true class: {Path(r['run']).name} ({r['method']}, {r['split']}, n={r['n']})")
+    fig.suptitle(f"confusion, % of each true class: {Path(r['run']).name} ({r['method']}, {r['split']}, n={r['n']}, "
+                 f"{checkpoint_note(r)})")
     return save_figure(fig, out or Path(r["run"]) / "figures" / f"confusion_{split}")
 
 

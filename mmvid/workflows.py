@@ -176,10 +176,23 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
         run_dir = Path(summary["run_dir"])
     else:
         summary = train(cfg, cache, run_dir, resume=bool(resume), progress=progress)
-    last = summary["last"]
-    console.print(f"[green]run {run_dir.name}[/]: test acc {100 * last.get('test_acc', float('nan')):.2f}%, "
-                  f"best val {100 * summary['best']['val_acc']:.2f}% at epoch {summary['best']['epoch'] + 1} -> {run_dir}")
+    console.print(f"[green]run {run_dir.name}[/]: {checkpoints_line(summary)} -> {run_dir}", soft_wrap=True)
     return run_dir
+
+
+def checkpoints_line(summary: dict[str, Any]) -> str:
+    """Test accuracy at the last epoch (checkpoint_last.pt) and at the best-validation epoch
+    (checkpoint_best.pt, what `mmvid evaluate` reads by default), each with its 1-based epoch.
+    Without a validation split the best epoch was chosen on test, and the line says so."""
+    last, best = summary["last"], summary["best"]
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    head = f"test acc {pct(last.get('test_acc'))} at the last epoch ({last.get('epoch', -1) + 1})"
+    on_val = "val_acc" in last
+    what = "best-validation epoch" if on_val else "best-test epoch"
+    sel = f"val {pct(best['val_acc'])}" if on_val else "chosen on test: no validation split"
+    if best["epoch"] == last.get("epoch"):
+        return f"{head}, which is also the {what} ({sel})"
+    return f"{head}; {pct(best.get('test_acc'))} at the {what} ({best['epoch'] + 1}, {sel})"
 
 
 def resume_message(name: str, ck: dict[str, Any], epochs: int) -> str:
@@ -202,7 +215,7 @@ def run_demo(console, ws: Path, epochs: int | None = None, clips: int | None = N
     from rich.text import Text
 
     from mmvid import visualize
-    from mmvid.evaluate import evaluate_run, render
+    from mmvid.evaluate import checkpoint_note, evaluate_run, render
     from mmvid.robustness import compare_robustness
 
     t0 = time.time()
@@ -226,7 +239,7 @@ def run_demo(console, ws: Path, epochs: int | None = None, clips: int | None = N
     for run in runs.values():
         figures += [p for p in visualize.plot_curves(run) + visualize.plot_umap(run, max_points=300)
                     + visualize.plot_confusion(run) if p.suffix == ".png"]
-    lines = [f"concat+{k}: test accuracy {100 * r['accuracy']:.2f}%  ("
+    lines = [f"concat+{k}: test accuracy {100 * r['accuracy']:.2f}% at the {checkpoint_note(r)}  ("
              + ", ".join(f"{m} alone {100 * a:.1f}%" for m, a in r["modality_accuracy"].items()) + f", rho {r['rho']:.2f})"
              for k, r in results.items()]
     lines.append(f"workspace: {ws}   total time {time.time() - t0:.0f}s")

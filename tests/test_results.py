@@ -1,7 +1,7 @@
 """evaluate, robustness, visualize and report on a tiny trained demo run (issue 6).
 
-One session fixture prepares 40 demo clips and trains two small runs (concat+bmm for 3 epochs,
-concat for 1); every test reads them. Corruptions are checked against their stated severity
+One session fixture prepares 40 demo clips and trains three small runs (concat+bmm for 3 epochs
+without a validation split, concat for 1, and concat for 3 with one); every test reads them. Corruptions are checked against their stated severity
 units on synthetic tensors.
 """
 
@@ -40,7 +40,9 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     bmm = run_train(quiet, ws, "demo", {**common, "epochs": 3, "augment.name": "bmm", "augment.warmup": 1,
                                         "run_name": "bmm"}, progress=False)
     concat = run_train(quiet, ws, "demo", {**common, "epochs": 1, "run_name": "concat"}, progress=False)
-    return {"ws": ws, "bmm": bmm, "concat": concat}
+    said = Console(file=io.StringIO(), width=400)
+    val = run_train(said, ws, "demo", {**common, "epochs": 3, "data.val_fraction": 0.25, "run_name": "val"}, progress=False)
+    return {"ws": ws, "bmm": bmm, "concat": concat, "val": val, "val_said": said.file.getvalue()}
 
 
 def cli(tiny, *args: str, code: int = 0):
@@ -103,9 +105,53 @@ def test_evaluate_side_by_side_and_json(tiny):
         assert ev["rho"] == pytest.approx(s["audio"] / s["video"])  # Eq. 6
 
 
-def test_evaluate_a_checkpoint_file(tiny):
+def test_evaluate_a_checkpoint_file(tiny, tmp_path):
     res = cli(tiny, "evaluate", str(tiny["concat"] / "checkpoint_last.pt"), "--json")
-    assert json.loads(res.output)["checkpoint_epoch"] == 0
+    out = json.loads(res.output)
+    assert (out["checkpoint"], out["checkpoint_epoch"]) == ("last", 0)
+    mine = tmp_path / "mine.pt"  # any other file: labelled by its name and its own epoch
+    mine.write_bytes((tiny["bmm"] / "checkpoint_last.pt").read_bytes())
+    res = cli(tiny, "evaluate", str(mine))
+    out = json.loads((tmp_path / "eval_test_mine.json").read_text())
+    assert (out["checkpoint"], out["checkpoint_epoch"], out["checkpoint_path"]) == ("given file", 2, str(mine))
+    assert "given file mine.pt (epoch 3)" in res.output
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", ["val", "bmm"])
+def test_evaluate_says_which_checkpoint_and_matches_its_epoch(tiny, name):
+    """best = the first epoch of highest val accuracy (test accuracy without a validation split), last =
+    the last epoch: each evaluation is labelled so and reproduces that epoch's test_acc in metrics.jsonl."""
+    recs = read_metrics(tiny[name])
+    select = "val_acc" if "val_acc" in recs[0] else "test_acc"
+    assert select == ("val_acc" if name == "val" else "test_acc")
+    best = max(range(len(recs)), key=lambda i: (recs[i][select], -i))
+    note = "best-validation checkpoint" if name == "val" else "best-test checkpoint"
+    for which, epoch, label in (("best", best, note), ("last", len(recs) - 1, "last checkpoint")):
+        out = json.loads(cli(tiny, "evaluate", name, "--checkpoint", which, "--json").output)
+        assert (out["checkpoint"], out["checkpoint_epoch"]) == (which, recs[epoch]["epoch"])
+        assert out["checkpoint_path"] == str(tiny[name] / f"checkpoint_{which}.pt")
+        assert out["accuracy"] == pytest.approx(recs[epoch]["test_acc"], abs=1e-9)
+        res = cli(tiny, "evaluate", name, "--checkpoint", which)
+        assert f"{label} (epoch {epoch + 1}" in res.output
+        saved = tiny[name] / ("eval_test.json" if which == "best" else "eval_test_last.json")
+        assert f"wrote {saved}" in res.output
+        assert json.loads(saved.read_text())["checkpoint"] == which
+
+
+def test_training_summary_names_the_last_and_the_best_epoch(tiny):
+    recs = read_metrics(tiny["val"])
+    best = max(range(len(recs)), key=lambda i: (recs[i]["val_acc"], -i))
+    said = " ".join(tiny["val_said"].split())
+    assert f"test acc {100 * recs[-1]['test_acc']:.2f}% at the last epoch ({len(recs)})" in said
+    if best == len(recs) - 1:
+        assert f"which is also the best-validation epoch (val {100 * recs[best]['val_acc']:.2f}%)" in said
+    else:
+        assert (f"{100 * recs[best]['test_acc']:.2f}% at the best-validation epoch "
+                f"({best + 1}, val {100 * recs[best]['val_acc']:.2f}%)") in said
 
 
 # ----------------------------------------------------------------------------- robustness
@@ -125,6 +171,8 @@ def test_robustness_cli_one_row_per_condition_and_plot(tiny, tmp_path):
     assert [r["method"] for r in data["runs"]] == ["concat+bmm", "concat+none"]
     for c in expected:  # the Rich table has the same rows
         assert c in res.output
+    assert "checkpoints: concat+bmm: best-test checkpoint (epoch" in res.output
+    assert [r["checkpoint"] for r in data["runs"]] == ["best", "best"]
     # 5 families (missing, noise on audio, blur, occlusion, audio dropout): a 2 x 3 grid less one panel
     check_figure(written(res), (3 * PANEL[0], 2 * PANEL[1] + 0.5), panels=5)
 
@@ -215,6 +263,7 @@ def test_visualize_curves_confusion_umap(tiny):
     check_figure(paths, (3 * PANEL[0], 2 * PANEL[1] + 0.9), panels=6)  # (audio, video, fused) x (train, test)
     svg = next(p for p in paths if p.suffix == ".svg").read_text()
     assert "digit0" in svg and "digit9" in svg  # class names from the cache in the legend
+    assert "best-test checkpoint (epoch" in svg
 
 
 def test_report_is_one_self_contained_html(tiny):
@@ -225,6 +274,7 @@ def test_report_is_one_self_contained_html(tiny):
     assert text.count("data:image/png;base64,") == 3  # curves, confusion, robustness
     assert not re.search(r'(src|href)="(?!data:)', text)  # nothing outside the file
     assert "concat+bmm" in text and "augment:" in text and "drop audio (zero)" in text
+    assert "best-test checkpoint (epoch" in text
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -232,6 +282,7 @@ def test_report_is_one_self_contained_html(tiny):
 
 @pytest.mark.parametrize("args, message", [
     (["evaluate", "{empty}"], "no checkpoint"),
+    (["evaluate", "{bmm}", "--checkpoint", "middle"], "--checkpoint 'middle' is not valid; choose best"),
     (["robustness", "{bmm}", "--drop", "smell"], "unknown modality 'smell'"),
     (["robustness", "{bmm}", "--drop", "flow"], "no flow modality"),
     (["robustness", "{bmm}"], "say what to test"),

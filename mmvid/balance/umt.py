@@ -57,14 +57,14 @@ class UniModalTeacher(Balancer):
             raise MmvidError(f"balance.args.teachers names {unknown}, which are not in data.modalities {self.modalities}")
 
     def _teacher_checkpoint(self, m: str, ctx) -> Path:
-        from mmvid.engine import CKPT_BEST, CKPT_LAST, train
+        from mmvid.engine import checkpoint_file, train
 
         if m in self.paths:
             return Path(self.paths[m])
         run = ctx.run_dir / "teachers" / m
         epochs = int(self.teacher_epochs or ctx.cfg.epochs)
         train(teacher_config(ctx.cfg, m, epochs), Path(ctx.info.path), run, resume=True, progress=False)
-        return run / CKPT_BEST if (run / CKPT_BEST).exists() else run / CKPT_LAST
+        return checkpoint_file(run)
 
     def setup(self, model, ctx):
         from mmvid.engine import model_from_checkpoint
