@@ -52,7 +52,8 @@ def _clip(i: int, seed: int = 3):
     labels, is_test = P.layout(40, seed)
     images, targets = P._digit_images()
     by_class = [np.flatnonzero(targets == c) for c in range(10)]
-    return labels[i], P.clip_arrays(seed, i, int(labels[i]), bool(is_test[i]), images, by_class)
+    melody = int(P.melody_ids(labels, is_test)[i])
+    return labels[i], P.clip_arrays(seed, i, int(labels[i]), bool(is_test[i]), melody, images, by_class)
 
 
 def _power(wave: np.ndarray, f: float, part: slice = slice(None)) -> float:
@@ -62,15 +63,32 @@ def _power(wave: np.ndarray, f: float, part: slice = slice(None)) -> float:
     return float(abs(np.sum(x * np.exp(-2j * np.pi * f * t))) ** 2 / len(x) ** 2)
 
 
-def test_every_clip_has_its_own_melody_and_its_class_pair_chord():
-    melodies, chords = [], []
+def test_melodies_are_shared_by_groups_of_training_clips_of_one_class_and_never_heard_on_test():
+    labels, is_test = P.layout(200, 0)
+    ids = P.melody_ids(labels, is_test, share=4)
+    train, test = ids[~is_test], ids[is_test]
+    assert len(set(test)) == len(test) and not set(test) & set(train)  # a test clip's melody is its own
+    for m in set(train):
+        members = np.flatnonzero(ids == m)
+        assert len(set(labels[members])) == 1 and len(members) <= 4 and m == members[0]
+    # every class's training clips fill whole groups of 4 but the last
+    for c in range(10):
+        sizes = np.bincount(ids[(labels == c) & ~is_test])
+        sizes = sizes[sizes > 0]
+        assert (sizes[:-1] == 4).all() and 1 <= sizes[-1] <= 4
+    assert (P.melody_ids(labels, is_test, share=1) == np.arange(200)).all()
+
+
+def test_every_clip_sounds_its_melody_and_its_class_pair_chord():
+    labels, is_test = P.layout(40, 3)
+    ids = P.melody_ids(labels, is_test)
+    melodies, chords = {}, []
     for i in range(40):
         c, (frames, wave, notes) = _clip(i)
         assert frames.shape == (3, 16, 16, 3) and frames.dtype == np.uint8
         assert wave.shape == (P.SR,) and np.abs(wave).max() <= 1
         assert len(notes) == P.NOTES and np.all((notes >= P.MELODY_BAND[0]) & (notes <= P.MELODY_BAND[1]))
-        # the notes are the first draw of the clip's own stream
-        np.testing.assert_array_equal(notes, P.melody_notes(P.clip_rng(3, i)))
+        np.testing.assert_array_equal(notes, P.melody_notes(3, ids[i]))
         seg = P.SR // P.NOTES
         for k, f in enumerate(notes):  # each note sounds in its own slot, at MELODY_AMP (power amp^2 / 4)
             assert _power(wave, f, slice(k * seg, (k + 1) * seg)) == pytest.approx(P.MELODY_AMP ** 2 / 4, rel=0.35)
@@ -82,10 +100,9 @@ def test_every_clip_has_its_own_melody_and_its_class_pair_chord():
         other = [_power(wave, f) for k in range(5) if k != c % 5 for f in P.chord_partials(k)
                  if np.abs(notes - f).min() > 30]  # and no other chord
         assert min(strong) > 5 * max(other)
-        melodies.append(tuple(np.round(notes, 3)))
+        melodies.setdefault(tuple(np.round(notes, 3)), set()).add(int(ids[i]))
         chords.append(c % 5)
-    assert len(set(melodies)) == 40  # a signature per clip
-    labels, _ = P.layout(40, 3)
+    assert len(melodies) == len(set(ids)) and all(len(v) == 1 for v in melodies.values())  # one per melody id
     assert chords == [int(c) % 5 for c in labels]  # classes c and c + 5 share the cue
 
 
@@ -96,7 +113,6 @@ def test_video_holds_a_digit_of_the_class_from_the_split_half():
     for i in range(10):
         c, (frames, _, _) = _clip(i)
         rng = P.clip_rng(3, i)
-        P.melody_notes(rng)
         pool = np.flatnonzero(targets == c)
         half = len(pool) // 2
         pick = rng.choice(pool[half:] if is_test[i] else pool[:half])

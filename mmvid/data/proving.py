@@ -5,17 +5,19 @@ accuracy goes far above its test accuracy) while video, the weak one, stays *und
 train accuracy close to its test accuracy, both low). The demo shows the opposite (its small video
 encoder memorises 410 clips), so this source builds the regime in, with 2,000 clips of 10 classes:
 
-* **audio = a weak class cue + a per-clip signature.** The class cue is a quiet three-tone chord
-  (root, major third, fifth; roots ``CHORD_ROOTS``) that classes c and c + 5 share, so audio alone is
-  capped at 50 % on test. On top, louder, every clip has its own *melody*: ``NOTES`` notes of
-  ``1 / NOTES`` s each, at frequencies drawn from the clip's own random stream (``clip_rng``), so no two
-  clips share one. A melody tells nothing about the class on unseen clips, but the audio encoder can
-  learn the training clips' melodies by heart and so tell c from c + 5 on them: that memorisation is
-  what takes its train accuracy towards 100 % while its test accuracy stays near 50 %.
+* **audio = a weak class cue + a melody heard only in training.** The class cue is a quiet three-tone
+  chord (root, major third, fifth; roots ``CHORD_ROOTS``) that classes c and c + 5 share, so audio alone
+  is capped at 50 % on test. On top, louder, every clip plays a *melody*: ``NOTES`` notes of
+  ``1 / NOTES`` s each, at random frequencies. The training clips of a class share one melody per group
+  of ``MELODY_SHARE`` (:func:`melody_ids`); every test clip plays a melody of its own. A melody tells
+  nothing about the class on unseen clips, but the audio encoder can learn the training melodies by heart
+  and so tell c from c + 5 on them: that memorisation takes its train accuracy towards 100 % while its
+  test accuracy stays near 50 %. (With a melody per clip, ``MELODY_SHARE`` 1, memorising 1,500 melodies
+  was slower than video's learning, and the fused model then fitted the training set through video.)
 * **video = a class cue that generalises but is learned slowly.** A real handwritten digit of the
   class (the UCI 8x8 digits bundled with scikit-learn, as in :mod:`mmvid.data.demo`; train and test
   clips use disjoint halves of each class's digits) at low contrast, at a new random place in each of
-  the three 16x16 frames, over strong per-frame noise and a random tint. It is the only cue that tells
+  the three 16x16 frames, over strong grey per-frame noise. It is the only cue that tells
   c from c + 5 on test, and is slow to learn, so a fused model that fits the training set through the
   audio melodies first leaves video under-trained.
 * **small inputs**, so that one training run of ``recipes/proving.yaml`` takes well under a minute on
@@ -49,6 +51,7 @@ MELODY_BAND = (250.0, 3500.0)  # Hz
 CHORD_ROOTS = 62.5 * np.array([6, 10, 14, 18, 22])
 CHORD_RATIOS = (1.0, 1.25, 1.5)
 CHORD_AMP, MELODY_AMP, AUDIO_NOISE = 0.1, 0.3, 0.05
+MELODY_SHARE = 8  # training clips of one class per melody (each test clip has a melody of its own)
 DIGIT_CONTRAST, VIDEO_NOISE = 0.4, 0.2
 
 PROVING_PARAMS = dict(fps=None, num_frames=int(FPS * SECONDS), image_size=SIZE, sample_rate=SR,
@@ -65,9 +68,19 @@ def chord_partials(cls: int) -> np.ndarray:
     return CHORD_ROOTS[cls % 5] * np.asarray(CHORD_RATIOS)
 
 
-def melody_notes(rng: np.random.Generator) -> np.ndarray:
-    """(NOTES,) Hz: the clip's signature, drawn first from its stream (so tests can redraw it)."""
-    return rng.uniform(*MELODY_BAND, size=NOTES)
+def melody_notes(seed: int, melody: int) -> np.ndarray:
+    """(NOTES,) Hz: melody number ``melody`` (see :func:`melody_ids`), from its own random stream."""
+    return np.random.default_rng([seed, melody, 1]).uniform(*MELODY_BAND, size=NOTES)
+
+
+def melody_ids(labels: np.ndarray, is_test: np.ndarray, share: int = MELODY_SHARE) -> np.ndarray:
+    """(n_clips,) int: the melody of each clip, named by the first clip that sounds it. The training
+    clips of each class, in index order, share one melody per group of ``share``; a test clip has its own."""
+    ids = np.arange(len(labels))
+    for c in range(10):
+        train = np.flatnonzero((labels == c) & ~is_test)
+        ids[train] = train[(np.arange(len(train)) // share) * share]
+    return ids
 
 
 def audio(rng: np.random.Generator, cls: int, notes: np.ndarray) -> np.ndarray:
@@ -108,10 +121,11 @@ def layout(n_clips: int, seed: int, test_fraction: float = 0.25) -> tuple[np.nda
     return labels, is_test
 
 
-def clip_arrays(seed: int, index: int, cls: int, test: bool, images: np.ndarray, by_class: list[np.ndarray]):
+def clip_arrays(seed: int, index: int, cls: int, test: bool, melody: int, images: np.ndarray,
+                by_class: list[np.ndarray]):
     """(frames, wave, notes) of clip ``index``; train and test clips draw disjoint halves of the digits."""
     rng = clip_rng(seed, index)
-    notes = melody_notes(rng)
+    notes = melody_notes(seed, melody)
     pool = by_class[cls]
     half = len(pool) // 2
     digit = images[rng.choice(pool[half:] if test else pool[:half])]
@@ -122,7 +136,7 @@ def generate(root: Path, n_clips: int = 2000, seed: int = 0) -> Path:
     """Write the clips and split lists under ``root`` (deterministic in ``seed``); returns root."""
     root = Path(root)
     done = root / "COMPLETE"
-    stamp = f"proving {n_clips} {seed}"
+    stamp = f"proving {n_clips} {seed} share {MELODY_SHARE}"
     if done.exists() and done.read_text() == stamp:
         return root
     from mmvid.workspace import writable_dir
@@ -131,9 +145,10 @@ def generate(root: Path, n_clips: int = 2000, seed: int = 0) -> Path:
     images, targets = _digit_images()
     by_class = [np.flatnonzero(targets == c) for c in range(10)]
     labels, is_test = layout(n_clips, seed)
+    melodies = melody_ids(labels, is_test)
     lines = {"train": [], "test": []}
     for i, c in enumerate(labels):
-        frames, wave, _ = clip_arrays(seed, i, int(c), bool(is_test[i]), images, by_class)
+        frames, wave, _ = clip_arrays(seed, i, int(c), bool(is_test[i]), int(melodies[i]), images, by_class)
         name = f"{CLASS_NAMES[c]}/clip{i:04d}"
         write_mp4(root / f"{name}.mp4", frames, wave, fps=FPS, sr=SR)
         lines["test" if is_test[i] else "train"].append(name)
