@@ -113,7 +113,7 @@ def _parse_sets(items: list[str] | None) -> dict[str, str]:
 @app.command()
 @cli_errors
 def prepare(
-    dataset: Annotated[str, typer.Argument(help="demo | demo-shortcut | cremad | kinetics-sounds | ucf101 | folder")],
+    dataset: Annotated[str, typer.Argument(help="demo | demo-shortcut | proving | cremad | kinetics-sounds | ucf101 | folder")],
     root: Annotated[Optional[Path], typer.Option(help="Dataset root folder in its official layout.")] = None,
     workspace: Workspace = None,
     name: Annotated[Optional[str], typer.Option(help="Cache name (default: the dataset name).")] = None,
@@ -131,7 +131,7 @@ def prepare(
     flow: Annotated[Optional[str], typer.Option(help="Optical flow: none | precomputed | farneback | dis.")] = None,
     missing_audio: Annotated[Optional[str], typer.Option(help="Clips without audio: skip | zeros.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of generated splits (and of the demo).")] = 0,
-    clips: Annotated[Optional[int], typer.Option(help="Demo only: number of clips to generate.")] = None,
+    clips: Annotated[Optional[int], typer.Option(help="Generated sets (demo, proving) only: number of clips to generate.")] = None,
 ):
     """Decode a dataset once into the HDF5 cache [dim](<workspace>/caches/<name>.h5)[/].
 

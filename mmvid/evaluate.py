@@ -208,3 +208,70 @@ def render_confusion(result: dict[str, Any], console) -> None:
     for c, row in zip(names, result["confusion"]):
         table.add_row(c, *[f"[bold]{v}" if i == names.index(c) else (str(v) if v else "[dim]0") for i, v in enumerate(row)])
     console.print(table)
+
+
+# ----------------------------------------------------------------------------- the paper's Fig. 1 regime
+
+
+@dataclass
+class Regime:
+    """Where a run stands against the paper's Fig. 1 regime, from its per-epoch monitor (metrics.jsonl).
+
+    Accuracies are fractions at the last epoch; the modality ones are by masking (Eq. 5), on the whole
+    train set (the monitor) and on test. ``rho_min`` and ``rho_last`` are the train-set imbalance
+    factor s_strong / s_weak (Eq. 6) at its lowest over the epochs and at the last epoch.
+    """
+
+    strong: str
+    weak: str
+    epochs: int
+    strong_train: float
+    strong_test: float
+    weak_train: float
+    weak_test: float
+    fused_test: float
+    rho_min: float
+    rho_last: float
+
+    @property
+    def strong_gap(self) -> float:
+        """Train minus test accuracy of the strong modality: how much it memorised."""
+        return self.strong_train - self.strong_test
+
+    @property
+    def weak_gap(self) -> float:
+        return self.weak_train - self.weak_test
+
+    @property
+    def fused_gain(self) -> float:
+        """Fused minus strong-modality-alone test accuracy: what the weak modality adds."""
+        return self.fused_test - self.strong_test
+
+    def holds(self, min_strong_gap: float = 0.30, max_weak_gap: float = 0.10) -> bool:
+        """The regime: the strong modality memorises (gap >= ``min_strong_gap``), the weak one stays
+        under-trained (gap <= ``max_weak_gap``), rho > 1 at every epoch, and the weak modality helps."""
+        return (self.strong_gap >= min_strong_gap and self.weak_gap <= max_weak_gap and self.rho_min > 1.0
+                and self.fused_gain > 0.0)
+
+    def line(self) -> str:
+        s, w = self.strong, self.weak
+        return (f"{s} train {100 * self.strong_train:.1f} test {100 * self.strong_test:.1f} (gap {100 * self.strong_gap:+.1f}); "
+                f"{w} train {100 * self.weak_train:.1f} test {100 * self.weak_test:.1f} (gap {100 * self.weak_gap:+.1f}); "
+                f"fused test {100 * self.fused_test:.1f} ({100 * self.fused_gain:+.1f} over {s}); "
+                f"train rho min {self.rho_min:.2f}, last {self.rho_last:.2f}; regime {'holds' if self.holds() else 'does not hold'}")
+
+
+def regime(run: Path, strong: str = "audio", weak: str = "video") -> Regime:
+    """The :class:`Regime` figures of a run folder (its metrics.jsonl, written with ``monitor_train``)."""
+    from mmvid.visualize import read_metrics
+
+    recs = read_metrics(Path(run))
+    need = [f"{k}_acc_{m}" for m in (strong, weak) for k in ("train", "test")] + [f"s_{strong}", f"s_{weak}", "test_acc"]
+    missing = [k for k in need if any(r.get(k) is None for r in recs)]
+    if missing:
+        raise MmvidError(f"{Path(run) / 'metrics.jsonl'} lacks {', '.join(missing)} in some epoch; the regime needs a "
+                         f"run of modalities {strong} and {weak} trained with monitor_train on")
+    rhos = [r[f"s_{strong}"] / r[f"s_{weak}"] if r[f"s_{weak}"] > 0 else float("inf") for r in recs]
+    last = recs[-1]
+    return Regime(strong, weak, len(recs), last[f"train_acc_{strong}"], last[f"test_acc_{strong}"],
+                  last[f"train_acc_{weak}"], last[f"test_acc_{weak}"], last["test_acc"], min(rhos), rhos[-1])

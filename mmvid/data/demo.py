@@ -154,14 +154,20 @@ def demo_shortcut_source(root: Path | None = None, n_clips: int = 600, seed: int
 
 
 def _demo(name: str, root: Path | None, kwargs: dict) -> Source:
+    return list_generated(name, root, lambda r: generate(r, **kwargs), DEMO_PARAMS)
+
+
+def list_generated(name: str, root: Path | None, make, params: dict) -> Source:
+    """Generate (``make(root)``, once) and list a generated source's clips from its ``splits/{train,test}.txt``;
+    the class is the clip's folder (a ``CLASS_NAMES`` entry); ``params``: the source's cache defaults."""
     from mmvid.errors import MmvidError
 
     if root is None:
         raise MmvidError(f"{name} source needs a folder to write its videos into")
-    generate(Path(root), **kwargs)
+    make(Path(root))
     clips = []
     for split in ("train", "test"):
         for clip in (Path(root) / "splits" / f"{split}.txt").read_text().split():
             cls = CLASS_NAMES.index(clip.split("/")[0])
             clips.append(ClipSpec(name=clip, label=cls, split=split, video=Path(root) / f"{clip}.mp4"))
-    return Source(name, CLASS_NAMES, clips, params=dict(DEMO_PARAMS))
+    return Source(name, CLASS_NAMES, clips, params=dict(params))

@@ -51,7 +51,7 @@ def source(name: str, generated: bool = False) -> Callable[[SourceFn], SourceFn]
 
 
 def get_source(name: str) -> SourceFn:
-    from mmvid.data import datasets, demo  # noqa: F401  (explicit imports register every source)
+    from mmvid.data import datasets, demo, proving  # noqa: F401  (explicit imports register every source)
 
     if name not in SOURCES:
         raise MmvidError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(SOURCES))}")
