@@ -565,13 +565,16 @@ def emit_slurm(ws: Path, sweep: Sweep, path: Path | None = None, keep: str = "al
     out = writable_dir(ws / "sweeps" / sweep.name, "sweep folder")
     path = path or out / "sweep.sbatch"
     writable_dir(out / "logs", "sweep log folder")
-    base = shlex.join(["mmvid", "sweep", *sweep.targets]) + " " + " ".join(
+    # The mmvid of this environment, so that the nodes (which see the same file system) run the same version.
+    program = Path(sys.executable).parent / "mmvid"
+    program = str(program) if program.exists() else "mmvid"
+    base = shlex.join([program, "sweep", *sweep.targets]) + " " + " ".join(
         shlex.join(o.split(" ", 1)) for o in sweep.options) + f" --workspace {shlex.quote(str(ws))}"
     collect_opts = f" --baseline {shlex.quote(baseline)}" if baseline else ""
     text = f"""#!/bin/bash
 # mmvid sweep {sweep.name}: {len(sweep.unique)} runs, one array task each (task k = run k of the plan).
-# Submit from this folder; every node must see the workspace {ws} and the recipes.
-#   jobid=$(sbatch --parsable {path.name})
+# Every node must see the workspace {ws}, the recipes and this Python environment.
+#   jobid=$(sbatch --parsable {shlex.quote(str(path))})
 #   sbatch --dependency=afterany:$jobid --wrap "cd {shlex.quote(str(Path.cwd()))} && {base} --collect{collect_opts}"
 # A task that stops (time limit, preemption) resumes its run when it is submitted again.
 #SBATCH --job-name=mmvid-{sweep.name[:40]}

@@ -200,6 +200,7 @@ def test_emit_slurm_array_matches_the_plan(tmp_path):
     first, last = map(int, re.search(r"^#SBATCH --array=(\d+)-(\d+)$", script, re.M).groups())
     assert (first, last + 1) == (0, n_runs)
     assert '--task "$SLURM_ARRAY_TASK_ID"' in script and "--seeds 3" in script and "--collect" in script
+    assert subprocess.run(["bash", "-n", str(files[0])]).returncode == 0  # the script parses
     plan = json.loads((files[0].parent / "sweep.json").read_text())
     assert len(plan["runs"]) == n_runs and plan["runs"][5]["index"] == 5 and len(plan["cells"]) == n_runs
     with pytest.raises(MmvidError, match="--emit 'pbs'"):
