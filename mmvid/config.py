@@ -73,6 +73,8 @@ class BalanceConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = spec("adam", choices=("adam", "sgd"))  # adam (the paper, betas 0.9/0.999) | sgd (OGM-GE, MMPareto, ...)
+    momentum: float = spec(0.9, ge=0.0, lt=1.0)  # sgd only
     lr: float = spec(1e-3, gt=0.0, le=10.0)
     weight_decay: float = spec(1e-4, ge=0.0, le=10.0)
     step_size: int = spec(30, ge=1, le=1_000_000)  # StepLR period in epochs
@@ -141,7 +143,8 @@ def _flatten(d: dict[str, Any], prefix: str = "", sections: TrainConfig | Any = 
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 # What a recipe's ``paper:`` section may say: the published figure its runs are compared with (mmvid sweep).
-PAPER_KEYS = {"table": int, "row": str, "column": str, "accuracy": (int, float), "note": str}
+PAPER_KEYS = {"table": (int, str), "row": str, "column": str, "accuracy": (int, float), "note": str}
+PAPER_KINDS = {"table": "table number or name", "row": "text", "column": "text", "accuracy": "number", "note": "text"}
 
 
 @dataclass
@@ -199,7 +202,7 @@ def _check_paper(paper: Any, path: Path) -> dict[str, Any]:
         if k not in PAPER_KEYS:
             raise MmvidError(f"recipe {path}: unknown paper key {k!r}; valid keys: {', '.join(PAPER_KEYS)}")
         if not isinstance(v, PAPER_KEYS[k]) or isinstance(v, bool):
-            raise MmvidError(f"recipe {path}: paper.{k}={v!r} must be a {getattr(PAPER_KEYS[k], '__name__', 'number')}")
+            raise MmvidError(f"recipe {path}: paper.{k}={v!r} must be a {PAPER_KINDS[k]}")
     if "accuracy" in paper and not 0 <= paper["accuracy"] <= 100:
         raise MmvidError(f"recipe {path}: paper.accuracy={paper['accuracy']} must be a percentage in [0, 100]")
     return dict(paper)

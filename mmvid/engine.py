@@ -617,6 +617,13 @@ class TrainingParts:
         return [p for m in (self.extra, self.aug_extra) if m is not None for p in m.parameters()]
 
 
+def make_optimizer(params, optim) -> torch.optim.Optimizer:
+    """Adam(betas 0.9, 0.999) as the paper, or SGD with momentum as most reference implementations."""
+    if optim.name == "sgd":
+        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    return torch.optim.Adam(params, lr=optim.lr, betas=(0.9, 0.999), weight_decay=optim.weight_decay)
+
+
 def build_training(cfg: TrainConfig, info: CacheInfo, run_dir: Path, rank: int = 0, world_size: int = 1) -> TrainingParts:
     """Seeded model, optimizer, scheduler, scaler, augmentation and balancer on the rank's device.
 
@@ -636,7 +643,7 @@ def build_training(cfg: TrainConfig, info: CacheInfo, run_dir: Path, rank: int =
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(cfg.seed)  # same seed on every rank: mixing decisions agree
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=(0.9, 0.999), weight_decay=cfg.optim.weight_decay)
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.optim.step_size, cfg.optim.gamma)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
     ctx = TrainContext(cfg, model, optimizer, scaler, device, gen, modalities, info.num_classes, info, splits, run_dir,

@@ -44,3 +44,15 @@ def test_shipped_recipes_resolve():
 
     for path in sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml")):
         resolve_config(path)
+
+
+def test_optimizer_choice():
+    import torch
+
+    from mmvid.engine import make_optimizer
+
+    w = [torch.nn.Parameter(torch.zeros(3))]
+    sgd = make_optimizer(w, resolve_config(None, {"optim.name": "sgd", "optim.momentum": 0.5, "optim.lr": 0.1}).optim)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.5 and sgd.defaults["lr"] == 0.1
+    adam = make_optimizer(w, resolve_config(None, {}).optim)
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["betas"] == (0.9, 0.999)

@@ -133,7 +133,8 @@ def test_extends_merges_sections_and_keeps_paper_local(tmp_path):
     ("extends: {a: 1}\n", "extends must be a recipe name"),
     ("paper: {table: 1, acc: 3}\n", "unknown paper key 'acc'"),
     ("paper: {accuracy: 120}\n", "percentage"),
-    ("paper: {table: one}\n", "paper.table='one' must be a int"),
+    ("paper: {table: [1]}\n", "paper.table=[1] must be a table number or name"),
+    ("paper: {row: 3}\n", "paper.row=3 must be a text"),
 ])
 def test_bad_recipe_composition_is_one_line(tmp_path, text, message):
     (tmp_path / "row.yaml").write_text(text)
