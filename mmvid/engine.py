@@ -1,9 +1,9 @@
 """The one explicit training loop. Balancers and augmentations attach at named hook points
 (see :mod:`mmvid.balance.base`); nothing else copies this loop.
 
-Per epoch: augment/balancer ``on_epoch_start`` -> steps (:func:`train_step`: data -> forward+loss ->
-backward -> unscale -> ``after_backward`` -> clip -> step) -> evaluation (val, test, and the train-set
-imbalance monitor of paper Fig. 1) -> ``on_epoch_end`` -> metrics.jsonl line -> checkpoint.
+Per epoch: augment/balancer ``on_epoch_start`` -> steps (:func:`train_step`: data -> forward -> per
+``balancer.passes`` item: loss -> backward -> unscale -> ``after_backward`` -> clip -> step) ->
+evaluation (val, test, and the train-set imbalance monitor of paper Fig. 1) -> ``on_epoch_end`` -> metrics.jsonl line -> checkpoint.
 
 The same loop runs as one rank of a DDP group (:mod:`mmvid.distributed`). A checkpoint holds
 everything a resume needs to continue bit for bit on CPU: model, optimizer, scheduler, scaler,
@@ -270,6 +270,7 @@ class TrainContext:
     run_dir: Path
     epoch: int = 0
     step: int = 0
+    focus: Any = None  # the current item of ``balancer.passes`` (None outside a multi-pass step)
     train_scores: dict[str, dict[str, float]] | None = None  # per modality {"score", "correct", "n"} last epoch
     val_scores: dict[str, dict[str, float]] | None = None  # the same on the validation split
     val_losses: dict[str, float] | None = None
@@ -673,22 +674,29 @@ def train_step(parts: TrainingParts, inputs: dict[str, torch.Tensor], y: torch.T
     clean = inputs
     inputs, y = balancer.on_batch(inputs, y, ctx)  # data stage
     with autocast(ctx.device, cfg.amp):
-        out, loss = parts.augment.compute(parts.net, inputs, y, ctx)  # forward + augmentation's loss
-        loss = balancer.loss(loss, out, inputs, y, ctx)  # loss stage
-    if not torch.isfinite(loss):
-        check_finite_inputs(clean, ctx.info.path, f" at epoch {ctx.epoch + 1}, step {ctx.step}")  # the cache first
-        raise diverged(f"loss became {float(loss.detach())}", ctx)
-    ctx.optimizer.zero_grad(set_to_none=True)
-    ctx.scaler.scale(loss).backward()  # DDP averages the model's gradients across ranks here
-    average_gradients(parts.extra_parameters(), ctx.world_size)
-    ctx.scaler.unscale_(ctx.optimizer)  # gradients are true values from here on
-    balancer.after_backward(ctx.model, out, y, ctx)  # optimisation stage
-    if cfg.optim.grad_clip:
-        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg.optim.grad_clip)
-    ctx.scaler.step(ctx.optimizer)
-    ctx.scaler.update()
-    check_finite_step(parts)
+        out, base = parts.augment.compute(parts.net, inputs, y, ctx)  # forward + augmentation's loss
+    losses = []
+    for focus in balancer.passes(ctx):  # one pass, or several on this forward (MLA: one per modality)
+        ctx.focus = focus
+        with autocast(ctx.device, cfg.amp):
+            loss = balancer.loss(base, out, inputs, y, ctx)  # loss stage
+        if not torch.isfinite(loss):
+            check_finite_inputs(clean, ctx.info.path, f" at epoch {ctx.epoch + 1}, step {ctx.step}")  # the cache first
+            raise diverged(f"loss became {float(loss.detach())}", ctx)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.scaler.scale(loss).backward()  # DDP averages the model's gradients across ranks here
+        average_gradients(parts.extra_parameters(), ctx.world_size)
+        ctx.scaler.unscale_(ctx.optimizer)  # gradients are true values from here on
+        balancer.after_backward(ctx.model, out, y, ctx)  # optimisation stage
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg.optim.grad_clip)
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+        check_finite_step(parts)
+        losses.append(loss)
+    ctx.focus = None
     ctx.step += 1
+    loss = losses[0] if len(losses) == 1 else torch.stack([v.detach().float() for v in losses]).mean()
     return out, loss, y
 
 

@@ -60,7 +60,7 @@ def make_ctx(cfg: TrainConfig, model, optimizer, batches, run_dir: Path | None =
         generator=torch.Generator().manual_seed(cfg.seed), modalities=cfg.data.modalities, num_classes=CLASSES,
         info=SimpleNamespace(class_names=[f"c{i}" for i in range(CLASSES)], path=None),
         splits=SimpleNamespace(train=np.arange(n), val=np.arange(n), test=np.arange(0)), run_dir=run_dir,
-        epoch=0, step=0, train_scores=None, val_losses=None, world_size=1, rank=0,
+        epoch=0, step=0, focus=None, train_scores=None, val_losses=None, world_size=1, rank=0,
         all_reduce=lambda t: t, loader=lambda rows, train=False, shuffle=False: list(batches))
 
 
@@ -75,14 +75,20 @@ def attach(cfg: TrainConfig, model, augment, balancer, batches, run_dir=None):
 
 
 def train_step(model, augment, balancer, ctx, inputs, y):
-    """One step in the engine's order; returns (ModelOutput, loss)."""
+    """One step in the engine's order (one loss -> backward -> step per ``balancer.passes`` item, with
+    ``ctx.focus`` set); returns (ModelOutput, loss: the single pass's, else the passes' mean)."""
     model.train()
     inputs, y = balancer.on_batch(inputs, y, ctx)
-    out, loss = augment.compute(model, inputs, y, ctx)
-    loss = balancer.loss(loss, out, inputs, y, ctx)
-    ctx.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    balancer.after_backward(model, out, y, ctx)
-    ctx.optimizer.step()
+    out, base = augment.compute(model, inputs, y, ctx)
+    losses = []
+    for focus in balancer.passes(ctx):
+        ctx.focus = focus
+        loss = balancer.loss(base, out, inputs, y, ctx)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        balancer.after_backward(model, out, y, ctx)
+        ctx.optimizer.step()
+        losses.append(loss)
+    ctx.focus = None
     ctx.step += 1
-    return out, loss
+    return out, losses[0] if len(losses) == 1 else torch.stack([v.detach() for v in losses]).mean()

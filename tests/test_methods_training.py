@@ -19,7 +19,7 @@ load_plugins()
 # Each run's log must carry the method's own per-epoch coefficient.
 LOG_KEY = {"none": "rho", "ogm-ge": "ogm_coeff_audio", "gblend": "gblend_w_fused", "pmr": "pmr_coeff_video",
            "greedy": "greedy_d", "umt": "umt_mse_audio", "atf": "atf_lr_ratio_audio",
-           "agm": "agm_coeff_audio"}
+           "agm": "agm_coeff_audio", "mla": "mla_loss_video"}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,8 @@ def tiny(overrides):
 @pytest.mark.parametrize("name", BALANCERS.names())
 def test_balancer_trains_on_the_demo(name, demo_cache, tmp_path):
     args = {"none": {}, "gblend": {"super_epoch": 1}, "umt": {"teacher_epochs": 1}}.get(name, {})
-    cfg = tiny({"balance.name": name, "balance.args": args, "model.fusion": "mmtm" if name == "greedy" else "concat"})
+    cfg = tiny({"balance.name": name, "balance.args": args,
+                "model.fusion": {"greedy": "mmtm", "mla": "shared"}.get(name, "concat")})
     summary = train(cfg, demo_cache, tmp_path / "run", progress=False)
     lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [ln["epoch"] for ln in lines] == [0, 1] and summary["last"]["test_acc"] is not None

@@ -7,6 +7,9 @@ hook                when / what it may change
 ``setup``           once, after the model is built: return extra trainable modules (heads, ...)
 ``on_epoch_start``  before each epoch (ctx.train_scores holds last epoch's train-set statistics)
 ``on_batch``        data stage: may return modified (inputs, y)
+``passes``          optimisation passes on the batch: a list, one loss -> backward -> ``after_backward``
+                    -> step per item, with ``ctx.focus`` = the item (default ``[None]``: one step;
+                    MLA: one pass per modality on the same forward)
 ``loss``            loss stage: given the step's ModelOutput and the augmentation's loss
 ``after_backward``  optimisation stage: gradients are unscaled (after ``scaler.unscale_``) and not
                     yet clipped; may rescale gradients or learning rates
@@ -86,6 +89,9 @@ class Balancer(Plugin):
 
     def on_batch(self, inputs: dict[str, torch.Tensor], y: torch.Tensor, ctx):
         return inputs, y
+
+    def passes(self, ctx) -> list:
+        return [None]
 
     def loss(self, loss: torch.Tensor, out, inputs, y: torch.Tensor, ctx) -> torch.Tensor:
         return loss

@@ -271,3 +271,81 @@ class MMTMFusion(DecisionFusion):
             toks = {m: encoders[m].map_tokens(x, frames[m], inputs[m].dim() == 5) for m, x in maps.items()}
             return {m: v.mean(1) for m, v in toks.items()}, toks, extras
         return {m: encoders[m].pool(x, frames[m]) for m, x in maps.items()}, None, extras
+
+
+COMBINES = ("entropy", "fixed")
+ENTROPIES = ("batch", "sample")
+
+
+def entropy_weights(logits: dict[str, torch.Tensor], over: str = "batch") -> dict[str, torch.Tensor]:
+    """MLA's test-time fusion weights (Zhang et al. 2024, Sec. 3.3): with e_m the entropy of modality m's
+    prediction, lambda_m = exp(max_k e_k - e_m) / sum_j exp(max_k e_k - e_j), so the more certain modality
+    weighs more. ``over``:
+
+    - ``batch`` (the authors' ``calculate_entropy``): p = softmax of the whole (B, C) logits over the
+      *batch* dimension, e_m = -sum_{i,c} p log p, one scalar weight per modality and batch (so a clip's
+      prediction depends on the batch it is evaluated in);
+    - ``sample`` (the paper, and BalanceBenchmark's ``BaseClassifierMLAModel``): softmax over classes,
+      e_m = -sum_c p log p per clip, weights (B, 1).
+
+    log p is log_softmax (the authors' log(softmax) gives NaN where a probability underflows to 0)."""
+    dim = 0 if over == "batch" else 1
+    ent = {}
+    for m, v in logits.items():
+        logp = torch.log_softmax(v.float(), dim=dim)
+        e = -(logp.exp() * logp)
+        ent[m] = e.sum() if over == "batch" else e.sum(1, keepdim=True)
+    top = torch.stack(list(ent.values())).amax(0)
+    raw = {m: torch.exp(top - e) for m, e in ent.items()}
+    total = sum(raw.values())
+    return {m: w / total for m, w in raw.items()}
+
+
+class SharedHead(nn.Module):
+    """One linear classifier shared by every modality, W z_m + b (C, d), on the slices of h = [z_a; z_v; ...];
+    logits = sum_m lambda_m (W z_m + b) with lambda_m from :func:`entropy_weights` (``combine: entropy``) or
+    fixed ``weights`` (``combine: fixed``; the authors' ``av_alpha`` 0.5 without ``--dynamic``)."""
+
+    def __init__(self, dims: dict[str, int], num_classes: int, combine: str, entropy: str,
+                 weights: dict[str, float]) -> None:
+        super().__init__()
+        self.dims = dict(dims)
+        self.linear = nn.Linear(next(iter(dims.values())), num_classes)
+        self.combine, self.entropy, self.weights = combine, entropy, dict(weights)
+
+    def modality_logits(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """m -> (B, C): the shared head on modality m's slice of h."""
+        return {m: self.linear(z) for m, z in zip(self.dims, torch.split(h, list(self.dims.values()), dim=1))}
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.modality_logits(h)
+        w = entropy_weights(logits, self.entropy) if self.combine == "entropy" else self.weights
+        return sum(w[m] * v for m, v in logits.items())
+
+
+@FUSIONS.register("shared", doc="MLA's shared head: W z_m + b per modality, fused by entropy (or fixed) weights.")
+class SharedFusion(Fusion):
+    """The model of MLA (Zhang et al., CVPR 2024; the authors' ``--gs_flag``, BalanceBenchmark's
+    ``fusion: shared``): one classifier shared by every modality (needs equal d_m); h = [z_a; z_v; ...]
+    (B, M d) and the head (:class:`SharedHead`) combines the M unimodal predictions. ``fusion_args``:
+    ``combine`` (entropy | fixed), ``entropy`` (batch: the authors' code | sample: the paper and
+    BalanceBenchmark), ``weights`` (modality -> weight for ``combine: fixed``; default 1/M)."""
+
+    def __init__(self, dims: dict[str, int], combine: str = "entropy", entropy: str = "batch",
+                 weights: dict | None = None, **_) -> None:
+        super().__init__(dims)
+        _check_equal_dims("shared", dims)
+        for key, value, allowed in (("combine", combine, COMBINES), ("entropy", entropy, ENTROPIES)):
+            if value not in allowed:
+                raise MmvidError(f"model.fusion_args.{key}={value!r} is not one of {list(allowed)}")
+        weights = {m: float(w) for m, w in (weights or {m: 1 / len(dims) for m in dims}).items()}
+        if set(weights) != set(dims):
+            raise MmvidError(f"model.fusion_args.weights names {sorted(weights)}; give one weight per modality {list(dims)}")
+        self.combine, self.entropy, self.weights = combine, entropy, weights
+        self.output_dim = sum(dims.values())
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([feats[m] for m in self.modalities], dim=1)
+
+    def make_head(self, num_classes: int) -> nn.Module:
+        return SharedHead(self.dims, num_classes, self.combine, self.entropy, self.weights)
