@@ -280,6 +280,14 @@ def launch(cfg, cache: Path, run_dir: Path, resume: bool = False, progress: bool
     return _spawn(cfg, cache, run_dir, resume, progress)
 
 
+def shard_order(order: list[int], rank: int, world_size: int) -> list[int]:
+    """Rank's share of an epoch's order, as DistributedSampler cuts it (no drop_last): the order is
+    padded by repeating its start to a multiple of ``world_size``, then every ``world_size``-th entry."""
+    total = -(-len(order) // world_size) * world_size
+    padded = (order * -(-total // max(len(order), 1)))[:total]
+    return padded[rank:total:world_size]
+
+
 class ResumableSampler(torch.utils.data.DistributedSampler):
     """DistributedSampler (shuffled by ``seed + epoch``, so the order is the same after a resume)
     that can skip the batches an interrupted epoch already did.
@@ -288,12 +296,17 @@ class ResumableSampler(torch.utils.data.DistributedSampler):
     sees the same global batches as a W-process run with ``b`` per rank.
     """
 
-    def __init__(self, n: int, world_size: int, rank: int, seed: int) -> None:
+    def __init__(self, n: int, world_size: int, rank: int, seed: int, reorder=None) -> None:
         super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         self.skip = 0  # samples of this rank to skip, once
+        self.reorder = reorder  # the epoch's whole shuffled order -> a reordering of it (Balancer.epoch_order)
 
     def __iter__(self):
-        indices = list(super().__iter__())[self.skip:]
+        g = torch.Generator().manual_seed(self.seed + self.epoch)  # DistributedSampler's own permutation
+        order = torch.randperm(len(self.dataset), generator=g).tolist()
+        if self.reorder is not None:
+            order = list(self.reorder(order))
+        indices = shard_order(order, self.rank, self.num_replicas)[self.skip:]
         self.skip = 0
         return iter(indices)
 

@@ -450,7 +450,7 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
         seed_everything(cfg.seed + rank)  # per-rank crops/flips; the model init above is shared
 
     # Each rank trains on its DistributedSampler share and evaluates its slice of every split.
-    sampler = ResumableSampler(len(splits.train), world_size, rank, cfg.seed)
+    sampler = ResumableSampler(len(splits.train), world_size, rank, cfg.seed, lambda order: balancer.epoch_order(order, ctx))
     train_loader = make_loader(info, splits.train, cfg, train=True, sampler=sampler, device=device)
     eval_loaders = {k: make_loader(info, rows[rank::world_size], cfg, train=False, device=device) for k, rows in
                     (("val", splits.val), ("test", splits.test)) if len(rows)}

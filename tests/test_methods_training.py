@@ -19,7 +19,8 @@ load_plugins()
 # Each run's log must carry the method's own per-epoch coefficient.
 LOG_KEY = {"none": "rho", "ogm-ge": "ogm_coeff_audio", "gblend": "gblend_w_fused", "pmr": "pmr_coeff_video",
            "greedy": "greedy_d", "umt": "umt_mse_audio", "atf": "atf_lr_ratio_audio",
-           "agm": "agm_coeff_audio", "mla": "mla_loss_video", "mmpareto": "mmpareto_alpha_mm_audio"}
+           "agm": "agm_coeff_audio", "mla": "mla_loss_video", "mmpareto": "mmpareto_alpha_mm_audio",
+           "remix": "remix_active"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def tiny(overrides):
 
 @pytest.mark.parametrize("name", BALANCERS.names())
 def test_balancer_trains_on_the_demo(name, demo_cache, tmp_path):
-    args = {"none": {}, "gblend": {"super_epoch": 1}, "umt": {"teacher_epochs": 1}}.get(name, {})
+    args = {"none": {}, "gblend": {"super_epoch": 1}, "umt": {"teacher_epochs": 1}, "remix": {"warmup": 1}}.get(name, {})
     cfg = tiny({"balance.name": name, "balance.args": args,
                 "model.fusion": {"greedy": "mmtm", "mla": "shared"}.get(name, "concat")})
     summary = train(cfg, demo_cache, tmp_path / "run", progress=False)
@@ -46,6 +47,9 @@ def test_balancer_trains_on_the_demo(name, demo_cache, tmp_path):
     assert saved["balance"]["name"] == name and saved["balance"]["args"] == args
     if name == "gblend":
         assert lines[1]["gblend_w_fused"] != pytest.approx(1 / 3), "weights must be re-estimated after a super-epoch"
+    if name == "remix":
+        assert lines[0]["remix_active"] == 0 and lines[1]["remix_active"] == 1, "remixing starts after the warm-up"
+        assert lines[1]["remix_share_audio"] + lines[1]["remix_share_video"] == pytest.approx(1.0)
     if name == "umt":
         assert (tmp_path / "run" / "teachers" / "audio" / "checkpoint_last.pt").exists()
 

@@ -6,6 +6,9 @@ hook                when / what it may change
 ==================  =========================================================================
 ``setup``           once, after the model is built: return extra trainable modules (heads, ...)
 ``on_epoch_start``  before each epoch (ctx.train_scores holds last epoch's train-set statistics)
+``epoch_order``     data stage, once per epoch after ``on_epoch_start``: given the epoch's shuffled order
+                    of training samples (positions in ctx.splits.train, before it is shared out to
+                    ranks and cut into batches), may return it reordered (Remix: one subset per modality)
 ``on_batch``        data stage: may return modified (inputs, y)
 ``passes``          optimisation passes on the batch: a list, one loss -> backward -> ``after_backward``
                     -> step per item, with ``ctx.focus`` = the item (default ``[None]``: one step;
@@ -86,6 +89,9 @@ class Balancer(Plugin):
 
     def setup(self, model: nn.Module, ctx) -> nn.Module | None:
         return None
+
+    def epoch_order(self, order: list[int], ctx) -> list[int]:
+        return order
 
     def on_batch(self, inputs: dict[str, torch.Tensor], y: torch.Tensor, ctx):
         return inputs, y
