@@ -92,9 +92,6 @@ class InfoReg(Balancer):
         self.threshold = float(self.args.get("threshold", 0.05))
         self.trace = str(self.args.get("trace", "audio"))
         self.alpha = self._alpha(self.args.get("alpha", ALPHA))
-        if self.trace != "own" and self.trace not in self.modalities:
-            raise MmvidError(f"balance.args.trace={self.trace!r} is not one of data.modalities {self.modalities}; "
-                             f"name the modality whose Fisher trace opens the window, or use 'own'")
         if self.window < 1:
             raise MmvidError(f"balance.args.window={self.window} must be a positive number of epochs (reference: 10)")
         self.traces: dict[str, list[float]] = {m: [] for m in self.modalities}
@@ -106,6 +103,9 @@ class InfoReg(Balancer):
 
     def check(self, model_cfg, augment_name: str) -> None:
         super().check(model_cfg, augment_name)
+        if self.trace != "own" and self.trace not in self.modalities:
+            raise MmvidError(f"balance.args.trace={self.trace!r} is not one of data.modalities {self.modalities}; "
+                             f"name the modality whose Fisher trace opens the window, or use 'own'")
         if self.score == "split-head" and model_cfg.fusion not in ("concat", "sum", "decision"):
             raise MmvidError(f"balance.args.score=split-head needs --fusion concat, sum or decision (got "
                              f"{model_cfg.fusion!r}); use balance.args.score=mask (paper Eq. 5)")

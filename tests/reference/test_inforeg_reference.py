@@ -309,4 +309,6 @@ def test_bad_options_are_one_clear_error():
         build({}, mods=["audio", "video", "flow"])
     with pytest.raises(MmvidError, match="balance.args.window"):
         build({"window": 0})
+    with pytest.raises(MmvidError, match="at least 2 modalities"):
+        build({}, mods=["video"])
     build({"alpha": 0.5}, mods=["audio", "video", "flow"])
