@@ -84,7 +84,7 @@ def ref_train_epoch(model, epoch, batches, optimizer, traces, decisions, losses)
             beta, beta2 = 0, 0.1 * torch.exp(torch.tanh(score_v - score_a))
         else:
             beta, beta2 = 0, 0
-        decisions.append((float(beta), float(beta2)))
+        decisions.append(tuple(float(torch.as_tensor(c).detach()) for c in (beta, beta2)))
         audio_ids = {id(p) for p in model.encoders.audio.parameters()}
         visual_ids = {id(p) for p in model.encoders.video.parameters()}
         with torch.no_grad():
