@@ -5,7 +5,10 @@ classifier on h (a Linear, except decision fusion whose head is one Linear per m
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmvid.errors import MmvidError
@@ -124,6 +127,47 @@ class DecisionFusion(ConcatFusion):
 
     def make_head(self, num_classes: int) -> nn.Module:
         return MeanOfModalityHeads(self.dims, num_classes)
+
+
+class CosineHead(nn.Module):
+    """MMCosine head on h = [z_a; z_v; ...] (B, sum d_m): logits = s sum_m (z_m / |z_m|) (W_m / |W_m|)^T (B, C),
+    W (C, sum d_m) one weight matrix as the reference's ``fc_out`` (no bias: MMCosine never uses it), W_m its
+    columns facing modality m, each class row normalised within W_m. A zero feature (Eq. 5 masking) adds 0."""
+
+    def __init__(self, dims: dict[str, int], num_classes: int, scale: float) -> None:
+        super().__init__()
+        self.dims = dict(dims)
+        self.scale = scale
+        self.weight = nn.Parameter(torch.empty(num_classes, sum(dims.values())))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's initialisation, as the reference's fc_out
+
+    def modality_logits(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """m -> s cos(z_m, W_m) (B, C): the reference's out_a, out_v."""
+        sizes = list(self.dims.values())
+        return {m: self.scale * F.normalize(z, dim=1) @ F.normalize(w, dim=1).T
+                for m, z, w in zip(self.dims, torch.split(h, sizes, dim=1), torch.split(self.weight, sizes, dim=1))}
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.stack(list(self.modality_logits(h).values())).sum(0)
+
+
+@FUSIONS.register("mmcosine", doc="MMCosine: logits = s sum_m cos(z_m, W_m), per-modality normalised features and class weights.")
+class MMCosineFusion(ConcatFusion):
+    """MMCosine (Xu, Feng, Zhang, Hu, ICASSP 2023, Eqs. 3-4; reference GeWu-Lab/MMCosine_ICASSP23 ``main_CD.py``
+    ``--mmcosine True``, and BalanceBenchmark ``balancemm/trainer/MMCosine_trainer.py``): h = [z_a; z_v; ...]
+    (B, sum d_m) and the head (:class:`CosineHead`) sums the scaled cosine similarities of each modality's
+    L2-normalised feature with its L2-normalised class weights, logits_c = s sum_m cos(z_m, W_m,c).
+    ``fusion_args.scale`` s: 10 (the reference's ``--scaling`` default and README; BalanceBenchmark 15).
+    A fusion, not a balancer: the head is part of the model, so evaluation and checkpoints use it too."""
+
+    def __init__(self, dims: dict[str, int], scale: float = 10.0, **_) -> None:
+        super().__init__(dims)
+        self.scale = float(scale)
+        if not math.isfinite(self.scale) or self.scale <= 0:
+            raise MmvidError(f"model.fusion_args.scale={scale!r} must be a positive number; the reference uses 10")
+
+    def make_head(self, num_classes: int) -> nn.Module:
+        return CosineHead(self.dims, num_classes, self.scale)
 
 
 @FUSIONS.register("film", doc="FiLM: h = gamma(z_c) * z_other + beta(z_c); c = fusion_args.condition (audio).")

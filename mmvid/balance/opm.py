@@ -1,0 +1,145 @@
+"""OPM (Wei, Hu et al., TPAMI 2024): on-the-fly prediction modulation, the forward-stage sibling of OGM-GE."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mmvid.augment.base import EpochMeans, mixed_cross_entropy
+from mmvid.balance.base import Balancer, modality_scores, relative_to_others, unimodal_logits, unwrap
+from mmvid.balance.ogm_ge import SCORES
+from mmvid.errors import MmvidError
+from mmvid.registry import BALANCERS
+
+
+def opm_drop_probabilities(scores: dict[str, float], q_base: float, lam: float) -> dict[str, float]:
+    """q_m = clip(q_base (1 + lam tanh(relu(rho_m - 1))), 0, 1) where rho_m > 1, else 0 (``calcu_q``);
+    rho_m = s_m / mean_{k != m} s_k (two modalities: s_a / s_v, the reference's ratio)."""
+    out = {}
+    for m, rho in relative_to_others(scores).items():
+        r = math.tanh(max(rho - 1.0, 0.0))
+        out[m] = min(max(q_base * (1 + lam * r), 0.0), 1.0) if r > 0 else 0.0
+    return out
+
+
+def opm_drop(feats: dict[str, torch.Tensor], q: dict[str, float], keep: torch.Tensor):
+    """Drop and rescale features (``Modality_drop.execute_drop`` once it decided to drop).
+
+    feats: m -> (B, d_m); keep: (M, B) 0/1 in the order of ``feats``, keep[m, i] ~ Bernoulli(1 - q_m).
+    Returns (m -> keep[m, i] z_m,i / (1 - theta) (B, d_m), (B,) bool: some modality of sample i kept),
+    theta = sum_m d_m q_m / sum_m d_m, the expected dropped share of the concatenated feature.
+    """
+    dims = {m: z.shape[1] for m, z in feats.items()}
+    theta = sum(dims[m] * q[m] for m in feats) / sum(dims.values())
+    dropped = {m: z * keep[i].to(z.dtype)[:, None] / (1 - theta) for i, (m, z) in enumerate(feats.items())}
+    return dropped, keep.bool().any(0)
+
+
+@BALANCERS.register("opm", doc="OPM: drop the dominant modality's feature with probability q_base(1 + lam tanh(rho - 1)).")
+class OPM(Balancer):
+    """On-the-fly Prediction Modulation (Wei, Hu et al., "On-the-fly Modulation for Balanced Multimodal
+    Learning", TPAMI 2024, Sec. 4; reference GeWu-Lab/BML_TPAMI2024 ``code/models/Classifier.py``
+    (``calcu_q``, ``Modality_drop``) and ``code/main.py`` (``train``, ``--use_adam_drop``); also
+    GeWu-Lab/BalanceBenchmark ``balancemm/trainer/OPM_trainer.py``). Per training step, from the step's
+    own (undropped) features z_m (B, d_m):
+
+        s_m = sum_i softmax(out_m)_i[y_i]          out_m: the unimodal prediction (``score``)
+        q_m = q_base (1 + lam tanh(relu(s_m / s_other - 1)))  if s_m > s_other else 0, clipped to [0, 1]
+
+    then, with probability p_exe: keep_m,i ~ Bernoulli(1 - q_m) per sample and modality,
+    z~_m,i = keep_m,i z_m,i / (1 - theta), theta = sum_m d_m q_m / sum_m d_m; the fused prediction is
+    recomputed from z~ (fusion + head; mixing at the fused stage re-applied) and its cross-entropy over
+    the samples with some modality kept replaces the fused cross-entropy of the augmentation's loss:
+    loss <- loss - CE(logits) + CE(logits~). With no drop drawn the loss is unchanged (the reference's
+    undropped forward). Only the dominant modality has q > 0, so for two modalities no sample is lost.
+
+    ``balance.args``: q_base (0.5: ``train_opm.sh`` and ``--q_base``; BalanceBenchmark 0.4), lam (0.5:
+    ``--lam``; BalanceBenchmark's ``alpha``), p_exe (0.7), start (6: the reference's warm-up is
+    epochs 0-5, ``warm_up=1 if epoch<=5``; BalanceBenchmark 0), end (none: to the last epoch;
+    BalanceBenchmark 80), both 0-based and inclusive; score (``split-head``: the reference's slices of
+    the concat head with b / 2; ``mask``: paper Eq. 5 of mmvid's paper, as OGM-GE's default).
+    """
+
+    def __init__(self, cfg, modalities: list[str]) -> None:
+        super().__init__(cfg, modalities)
+        self.q_base = float(self.args.get("q_base", 0.5))
+        self.lam = float(self.args.get("lam", 0.5))
+        self.p_exe = float(self.args.get("p_exe", 0.7))
+        self.start = int(self.args.get("start", 6))
+        self.end = self.args.get("end")
+        self.score = self.choice("score", SCORES, "split-head", "split-head is the reference, mask paper Eq. 5")
+        for key, value in (("q_base", self.q_base), ("p_exe", self.p_exe)):
+            if not 0.0 <= value <= 1.0:
+                raise MmvidError(f"balance.args.{key}={value} must be a probability in [0, 1]; the reference uses "
+                                 f"{dict(q_base=0.5, p_exe=0.7)[key]}")
+        if self.lam < 0:
+            raise MmvidError(f"balance.args.lam={self.lam} must be >= 0 (the reference's 0.5)")
+        self.gen: torch.Generator | None = None
+        self.stats = EpochMeans()
+
+    def check(self, model_cfg, augment_name: str) -> None:
+        super().check(model_cfg, augment_name)
+        if self.score == "split-head" and model_cfg.fusion not in ("concat", "sum", "decision"):
+            raise MmvidError(f"balance.args.score=split-head needs --fusion concat, sum or decision (got "
+                             f"{model_cfg.fusion!r}); use balance.args.score=mask (paper Eq. 5)")
+
+    def setup(self, model, ctx):
+        # Each rank drops features of its own samples: its own stream (seed + rank), resumable.
+        self.gen = torch.Generator().manual_seed(int(ctx.cfg.seed) + 15485863 + int(ctx.rank))
+        return None
+
+    def active(self, epoch: int) -> bool:
+        return epoch >= self.start and (self.end is None or epoch <= int(self.end))
+
+    def on_epoch_start(self, ctx) -> None:
+        self.stats = EpochMeans()
+
+    def unimodal_logits(self, model, out) -> dict[str, torch.Tensor]:
+        if self.score == "mask":
+            return unimodal_logits(model, out)
+        with torch.no_grad():
+            return unwrap(model).split_head_logits({m: z.detach().float() for m, z in out.features.items()})
+
+    def draw(self, q: dict[str, float], batch: int) -> torch.Tensor | None:
+        """None (no drop this step, probability 1 - p_exe) or keep (M, B), keep[m, i] ~ Bernoulli(1 - q_m)."""
+        if self.gen is None:
+            raise MmvidError("balancer opm was used before setup(model, ctx); the engine calls it after building the model")
+        if float(torch.rand((), generator=self.gen)) < 1 - self.p_exe:  # the reference: drop iff u >= 1 - p_exe
+            return None
+        p_keep = torch.tensor([1 - q[m] for m in self.modalities], dtype=torch.float64)
+        return torch.bernoulli(p_keep[:, None].expand(-1, batch), generator=self.gen).float()
+
+    def loss(self, loss, out, inputs, y, ctx):
+        q = opm_drop_probabilities(modality_scores(self.unimodal_logits(ctx.model, out), out, y, ctx),
+                                   self.q_base, self.lam)
+        keep = self.draw(q, len(y)) if self.active(ctx.epoch) else None
+        self.stats.add({**{f"opm_q_{m}": v for m, v in q.items()},
+                        **{f"opm_dropped_{m}": 0.0 if keep is None else float(1 - keep[i].mean())
+                           for i, m in enumerate(self.modalities)}})
+        if keep is None:
+            return loss
+        model = unwrap(ctx.model)
+        feats, kept = opm_drop({m: out.features[m] for m in self.modalities}, q, keep.to(y.device))
+        fused = model.fusion(feats)
+        if out.mix is not None and out.mix.stage == "fused":
+            fused = out.mix.apply({"fused": fused})["fused"]
+        logits = model.head(fused).float()
+        target = (out.mix.soft_target(y, logits.shape[1]) if out.mix is not None
+                  else F.one_hot(y, logits.shape[1]).float())
+        per_sample = -(target * F.log_softmax(logits, 1)).sum(1)
+        # Samples with every modality dropped leave the loss (the reference removes them from the batch).
+        dropped_ce = per_sample[kept].mean() if bool(kept.any()) else per_sample.sum() * 0
+        return loss - mixed_cross_entropy(out.logits, y, out.mix) + dropped_ce
+
+    def log(self) -> dict[str, Any]:
+        return self.stats.means()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state()} if self.gen is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "gen" in state and self.gen is not None:
+            self.gen.set_state(state["gen"])
