@@ -20,7 +20,7 @@ load_plugins()
 LOG_KEY = {"none": "rho", "ogm-ge": "ogm_coeff_audio", "gblend": "gblend_w_fused", "pmr": "pmr_coeff_video",
            "greedy": "greedy_d", "umt": "umt_mse_audio", "atf": "atf_lr_ratio_audio", "agm": "agm_coeff_audio",
            "mla": "mla_loss_video", "mmpareto": "mmpareto_alpha_mm_audio", "remix": "remix_active",
-           "inforeg": "inforeg_beta_audio", "opm": "opm_q_audio"}
+           "inforeg": "inforeg_beta_audio", "opm": "opm_q_audio", "reconboost": "reconboost_phase"}
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,11 @@ def tiny(overrides):
 
 @pytest.mark.parametrize("name", BALANCERS.names())
 def test_balancer_trains_on_the_demo(name, demo_cache, tmp_path):
-    args = {"none": {}, "gblend": {"super_epoch": 1}, "umt": {"teacher_epochs": 1}, "remix": {"warmup": 1}}.get(name, {})
+    args = {"none": {}, "gblend": {"super_epoch": 1}, "umt": {"teacher_epochs": 1}, "remix": {"warmup": 1},
+            "reconboost": {"epochs_per_stage": 1, "correct_epochs": 1}}.get(name, {})
     cfg = tiny({"balance.name": name, "balance.args": args,
-                "model.fusion": {"greedy": "mmtm", "mla": "shared"}.get(name, "concat")})
+                "model.fusion": {"greedy": "mmtm", "mla": "shared", "reconboost": "shared"}.get(name, "concat"),
+                "model.fusion_args": {"combine": "boost"} if name == "reconboost" else {}})
     summary = train(cfg, demo_cache, tmp_path / "run", progress=False)
     lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [ln["epoch"] for ln in lines] == [0, 1] and summary["last"]["test_acc"] is not None
@@ -50,6 +52,8 @@ def test_balancer_trains_on_the_demo(name, demo_cache, tmp_path):
     if name == "remix":
         assert lines[0]["remix_active"] == 0 and lines[1]["remix_active"] == 1, "remixing starts after the warm-up"
         assert lines[1]["remix_share_audio"] + lines[1]["remix_share_video"] == pytest.approx(1.0)
+    if name == "reconboost":
+        assert [ln["reconboost_phase"] for ln in lines] == [1, 2], "a boosting epoch, then a rectification epoch"
     if name == "umt":
         assert (tmp_path / "run" / "teachers" / "audio" / "checkpoint_last.pt").exists()
 

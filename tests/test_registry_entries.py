@@ -117,9 +117,11 @@ def teachers(tmp_path_factory):
 
 
 def balancer_setup(name, mods, teachers, augment="none"):
-    fusion = {"greedy": "mmtm", "mla": "shared"}.get(name, "concat")
+    fusion = {"greedy": "mmtm", "mla": "shared", "reconboost": "shared"}.get(name, "concat")
     args = {"teachers": {m: teachers[m] for m in mods}} if name == "umt" else {}
     cfg = make_cfg(mods, fusion=fusion, augment=augment, balance=name, balance_args=args)
+    if name == "reconboost":
+        cfg.model.fusion_args = {"combine": "boost"}
     return cfg
 
 
@@ -132,6 +134,8 @@ def test_balancer_entry(name, teachers):
     bal = BALANCERS.build(name, cfg.balance, AV)
     bal.check(cfg.model, "none")
     ctx = attach(cfg, model, aug, bal, batches)
+    # ReconBoost trains one encoder per phase-1 epoch: take a global-rectification epoch after both joined.
+    ctx.epoch = 12 if name == "reconboost" else 0
     bal.on_epoch_start(ctx)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for inputs, y in batches:

@@ -317,7 +317,7 @@ class MMTMFusion(DecisionFusion):
         return {m: encoders[m].pool(x, frames[m]) for m, x in maps.items()}, None, extras
 
 
-COMBINES = ("entropy", "fixed")
+COMBINES = ("entropy", "fixed", "boost")
 ENTROPIES = ("batch", "sample")
 
 
@@ -346,23 +346,36 @@ def entropy_weights(logits: dict[str, torch.Tensor], over: str = "batch") -> dic
 
 
 class SharedHead(nn.Module):
-    """One linear classifier shared by every modality, W z_m + b (C, d), on the slices of h = [z_a; z_v; ...];
-    logits = sum_m lambda_m (W z_m + b) with lambda_m from :func:`entropy_weights` (``combine: entropy``) or
-    fixed ``weights`` (``combine: fixed``; the authors' ``av_alpha`` 0.5 without ``--dynamic``)."""
+    """One classifier shared by every modality, f(z_m) = W z_m + b (C, d) (or, with ``hidden`` > 0, the
+    ReconBoost authors' ``Head``: W2 relu(W1 z_m + b1) + b2), on the slices of h = [z_a; z_v; ...];
+    logits = sum_m lambda_m f(z_m) with lambda_m from :func:`entropy_weights` (``combine: entropy``),
+    fixed ``weights`` (``combine: fixed``; the authors' ``av_alpha`` 0.5 without ``--dynamic``), or
+    ``combine: boost``: beta sum_m f(z_m) with beta a trained scalar starting at ``boost_rate``
+    (ReconBoost's ensemble, the authors' ``DynamicNet.forward_grad``)."""
 
     def __init__(self, dims: dict[str, int], num_classes: int, combine: str, entropy: str,
-                 weights: dict[str, float]) -> None:
+                 weights: dict[str, float], boost_rate: float = 1.0, hidden: int = 0) -> None:
         super().__init__()
         self.dims = dict(dims)
-        self.linear = nn.Linear(next(iter(dims.values())), num_classes)
+        d = next(iter(dims.values()))
+        self.hidden = nn.Sequential(nn.Linear(d, hidden), nn.ReLU()) if hidden else None
+        self.linear = nn.Linear(hidden or d, num_classes)
         self.combine, self.entropy, self.weights = combine, entropy, dict(weights)
+        if combine == "boost":  # only then a parameter: the other combines keep their state_dict
+            self.boost_rate = nn.Parameter(torch.tensor(float(boost_rate)))
+
+    def classifier(self, z: torch.Tensor) -> torch.Tensor:
+        """f(z): (B, d) -> (B, C), the shared head on one modality's feature."""
+        return self.linear(z if self.hidden is None else self.hidden(z))
 
     def modality_logits(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         """m -> (B, C): the shared head on modality m's slice of h."""
-        return {m: self.linear(z) for m, z in zip(self.dims, torch.split(h, list(self.dims.values()), dim=1))}
+        return {m: self.classifier(z) for m, z in zip(self.dims, torch.split(h, list(self.dims.values()), dim=1))}
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         logits = self.modality_logits(h)
+        if self.combine == "boost":
+            return self.boost_rate * sum(logits.values())
         w = entropy_weights(logits, self.entropy) if self.combine == "entropy" else self.weights
         return sum(w[m] * v for m, v in logits.items())
 
@@ -372,11 +385,13 @@ class SharedFusion(Fusion):
     """The model of MLA (Zhang et al., CVPR 2024; the authors' ``--gs_flag``, BalanceBenchmark's
     ``fusion: shared``): one classifier shared by every modality (needs equal d_m); h = [z_a; z_v; ...]
     (B, M d) and the head (:class:`SharedHead`) combines the M unimodal predictions. ``fusion_args``:
-    ``combine`` (entropy | fixed), ``entropy`` (batch: the authors' code | sample: the paper and
-    BalanceBenchmark), ``weights`` (modality -> weight for ``combine: fixed``; default 1/M)."""
+    ``combine`` (entropy | fixed | boost), ``entropy`` (batch: the authors' code | sample: the paper and
+    BalanceBenchmark), ``weights`` (modality -> weight for ``combine: fixed``; default 1/M),
+    ``boost_rate`` (beta's start for ``combine: boost``) and ``hidden`` (> 0: a two-layer head, only
+    with ``combine: boost``, whose balancer reads the head through ``classifier``)."""
 
     def __init__(self, dims: dict[str, int], combine: str = "entropy", entropy: str = "batch",
-                 weights: dict | None = None, **_) -> None:
+                 weights: dict | None = None, boost_rate: float = 1.0, hidden: int = 0, **_) -> None:
         super().__init__(dims)
         _check_equal_dims("shared", dims)
         for key, value, allowed in (("combine", combine, COMBINES), ("entropy", entropy, ENTROPIES)):
@@ -385,11 +400,15 @@ class SharedFusion(Fusion):
         weights = {m: float(w) for m, w in (weights or {m: 1 / len(dims) for m in dims}).items()}
         if set(weights) != set(dims):
             raise MmvidError(f"model.fusion_args.weights names {sorted(weights)}; give one weight per modality {list(dims)}")
+        if int(hidden) < 0 or (int(hidden) and combine != "boost"):
+            raise MmvidError(f"model.fusion_args.hidden={hidden} needs combine: boost and a size >= 0 (MLA reads "
+                             f"the one-layer head); set hidden: 0 or combine: boost")
         self.combine, self.entropy, self.weights = combine, entropy, weights
+        self.boost_rate, self.hidden = float(boost_rate), int(hidden)
         self.output_dim = sum(dims.values())
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.cat([feats[m] for m in self.modalities], dim=1)
 
     def make_head(self, num_classes: int) -> nn.Module:
-        return SharedHead(self.dims, num_classes, self.combine, self.entropy, self.weights)
+        return SharedHead(self.dims, num_classes, self.combine, self.entropy, self.weights, self.boost_rate, self.hidden)
