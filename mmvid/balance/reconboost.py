@@ -50,13 +50,14 @@ class ReconBoost(Balancer):
       L = mean_i l_i + alpha * MSE(softmax(f(z_m)), softmax(f(z_pre))) on the learner f(z_m) against the
       detached ensemble of the *other* modalities, beta sum_{k != m} f(z_k); pre = the modality before m
       (cyclically). The MSE (the paper's memory consolidation) is on detached predictions in both
-      references, so it changes the reported loss and no gradient; it is left out on stage 0. Only
+      references, so it changes the reported loss and no gradient; it is left out before stage
+      ``ga_from`` (the authors: 1; BalanceBenchmark: its epoch 0, i.e. M with 1 + 1 epochs per stage). Only
       encoder m and the head receive gradients;
     * phase 2 (``correct_epochs`` epochs), global rectification: CE(beta sum_k f(z_k), y) over the
       ensemble's modalities; every encoder in it, the head and beta receive gradients.
 
     ``balance.args``: ``weight1`` 5, ``weight2`` 1, ``alpha`` 0.5, ``epochs_per_stage`` 4,
-    ``correct_epochs`` 4 (the authors' defaults; BalanceBenchmark: 1 and 1); ``ensemble``: ``grown``
+    ``correct_epochs`` 4, ``ga_from`` 1 (the authors' defaults; BalanceBenchmark: 1, 1 and M); ``ensemble``: ``grown``
     (the authors: a modality joins the ensemble after its first phase 1, so stage 0's learner faces the
     empty ensemble and phase 2 of stage 0 trains audio alone) or ``full`` (BalanceBenchmark: every
     modality from the start); ``optimizer``: ``fresh`` (the authors build a new SGD at each phase:
@@ -74,6 +75,7 @@ class ReconBoost(Balancer):
         self.alpha = float(self.args.get("alpha", 0.5))
         self.e1 = int(self.args.get("epochs_per_stage", 4))
         self.e2 = int(self.args.get("correct_epochs", 4))
+        self.ga_from = int(self.args.get("ga_from", 1))
         if self.e1 < 1 or self.e2 < 0:
             raise MmvidError(f"balance.args.epochs_per_stage={self.e1} and correct_epochs={self.e2}: give "
                              f"epochs_per_stage >= 1 and correct_epochs >= 0 (the authors' 4 and 4)")
@@ -123,37 +125,34 @@ class ReconBoost(Balancer):
         head = unwrap(ctx.model).head
         stage, phase, m = self.schedule(ctx.epoch)
         members = self.members(stage, phase)
-        logits = head.modality_logits(out.fused)  # m -> (B, C), f(z_m)
+        # f(z_k) from each feature, not from slices of h: a slice's backward would hand every other encoder a
+        # zero gradient, which momentum and weight decay turn into a step (the reference leaves them alone).
+        logits = {k: head.classifier(z) for k, z in out.features.items()}  # k -> (B, C)
         beta = head.boost_rate
         if phase == 2:
             if len(members) == len(self.modalities):
                 value = loss  # the fused output is the whole ensemble: the augmentation's own loss
             else:
-                value = mixed_cross_entropy(beta * sum(logits[k] for k in members), y, out.mix)
+                mix = None if out.mix is None or out.mix.stage == "fused" else out.mix  # f(z_k) sees no fused mix
+                value = mixed_cross_entropy(beta * sum(logits[k] for k in members), y, mix)
             self.stats.add({"reconboost_ensemble_loss": float(value.detach()), "reconboost_beta": float(beta.detach()),
                             "reconboost_stage": float(stage), "reconboost_phase": 2.0})
             return value
         others = [k for k in members if k != m]
         with torch.no_grad():
             ensemble = beta * sum(logits[k] for k in others) if others else None
-        target = self.target(out, y, m, logits[m].shape[1])
+        mix = modality_mix(out.mix, m)
+        target = F.one_hot(y, logits[m].shape[1]).float() if mix is None else mix.soft_target(y, logits[m].shape[1])
         boost = boosting_loss(logits[m], target, ensemble, self.weight1, self.weight2).mean()
         value, stats = boost, {"reconboost_boost_loss": float(boost.detach()), "reconboost_stage": float(stage),
                         "reconboost_phase": 1.0}
-        if stage > 0 and self.alpha:
+        if stage >= self.ga_from and self.alpha:
             pre = self.modalities[(self.modalities.index(m) - 1) % len(self.modalities)]
             ga = F.mse_loss(F.softmax(logits[m].detach().float(), 1), F.softmax(logits[pre].detach().float(), 1))
             value = value + self.alpha * ga
             stats["reconboost_ga_loss"] = float(ga)
         self.stats.add(stats)
         return value
-
-    @staticmethod
-    def target(out, y: torch.Tensor, m: str, num_classes: int) -> torch.Tensor:
-        """(B, C) target of modality m's learner: one-hot y, or the mix's soft target (fused-stage mixing
-        mixes every slice of h; feature- and input-stage mixing as m's features were mixed)."""
-        mix = out.mix if out.mix is not None and out.mix.stage == "fused" else modality_mix(out.mix, m)
-        return F.one_hot(y, num_classes).float() if mix is None else mix.soft_target(y, num_classes)
 
     def log(self) -> dict[str, Any]:
         return self.stats.means()
