@@ -89,7 +89,7 @@ class CML(Balancer):
         if self.lam < 0 or self.eps < 0:
             raise MmvidError(f"balance.args.lam={self.lam} and eps={self.eps} must be >= 0 (the reference: 0.1 and 0)")
         self.gen: torch.Generator | None = None
-        self.epoch_order: list[int] = list(range(len(self.modalities)))  # removal order under ``order: epoch``
+        self.removal_order: list[int] = list(range(len(self.modalities)))  # removal order under ``order: epoch``
         self.orders: torch.Tensor | None = None  # (B, M) the last step's removal orders (read by the tests)
         self.stats = EpochMeans()
 
@@ -111,12 +111,12 @@ class CML(Balancer):
     def on_epoch_start(self, ctx) -> None:
         self.stats = EpochMeans()
         if self.order == "epoch":
-            self.epoch_order = torch.randperm(len(self.modalities), generator=self._generator()).tolist()
+            self.removal_order = torch.randperm(len(self.modalities), generator=self._generator()).tolist()
 
     def draw_orders(self, batch: int) -> torch.Tensor:
         """(B, M) removal orders: one random permutation per sample, or the epoch's for every sample."""
         if self.order == "epoch":
-            return torch.tensor(self.epoch_order).expand(batch, -1)
+            return torch.tensor(self.removal_order).expand(batch, -1)
         return torch.rand(batch, len(self.modalities), generator=self._generator()).argsort(1)
 
     def loss(self, loss, out, inputs, y, ctx):
@@ -136,10 +136,10 @@ class CML(Balancer):
         return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"gen": self.gen.get_state(), "epoch_order": list(self.epoch_order)} if self.gen is not None else {}
+        return {"gen": self.gen.get_state(), "removal_order": list(self.removal_order)} if self.gen is not None else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "gen" in state and self.gen is not None:
             self.gen.set_state(state["gen"])
-        if "epoch_order" in state:
-            self.epoch_order = [int(k) for k in state["epoch_order"]]
+        if "removal_order" in state:
+            self.removal_order = [int(k) for k in state["removal_order"]]

@@ -150,7 +150,7 @@ def test_balancebenchmark_form_matches_conf_loss_and_chain(mods):
             with torch.no_grad():
                 model.head.bias[0] = 6.0
         loss, grads = mmvid_loss_and_grads(model, inputs, y, bal, aug, ctx)
-        removal = [mods[k] for k in bal.epoch_order]
+        removal = [mods[k] for k in bal.removal_order]
         assert sorted(removal) == sorted(mods)
         ref, hinges = ref_balancebenchmark(model, inputs, y, list(reversed(removal)), lam=0.1)
         torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
@@ -184,13 +184,13 @@ def test_orders_per_sample_vary_and_epoch_order_is_shared():
     assert len({tuple(r) for r in bal.orders.tolist()}) > 1, "per-sample orders must differ between samples"
     model, inputs, y, bal, aug, ctx = make(AVF, 0, order="epoch")
     mmvid_loss_and_grads(model, inputs, y, bal, aug, ctx)
-    assert {tuple(r) for r in bal.orders.tolist()} == {tuple(bal.epoch_order)}
+    assert {tuple(r) for r in bal.orders.tolist()} == {tuple(bal.removal_order)}
     # Every rank draws the same epoch order (same seed), so under DDP they remove the same modality.
     other = BALANCERS.build("cml", make_cfg(AVF, balance="cml", balance_args={"order": "epoch"}).balance, AVF)
     ctx.rank = 1
     other.setup(model, ctx)
     other.on_epoch_start(ctx)
-    assert other.epoch_order == bal.epoch_order
+    assert other.removal_order == bal.removal_order
 
 
 def test_outside_the_window_the_loss_is_the_augmentations():
