@@ -57,7 +57,7 @@ def ref_balancebenchmark(model, inputs, label, shuffled: list[str], lam: float):
             loss = F.cross_entropy(out_s, label)
         loss = loss + F.cross_entropy(out_p, label)
         hinge = max(0, torch.sub(conf_p, conf_s).sum())  # conf_loss: Python max on the batch sum
-        hinges.append(float(hinge))
+        hinges.append(float(hinge.detach()) if torch.is_tensor(hinge) else 0.0)
         reg = reg + hinge
         out_s = out_p
     return loss / n + lam * reg, hinges
