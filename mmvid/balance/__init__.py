@@ -1,6 +1,10 @@
-"""BALANCERS: none, agm, atf, gblend, greedy, inforeg, mla, mmpareto, ogm-ge, opm, pmr, reconboost, remix, umt. Imported explicitly to register them."""
+"""BALANCERS (imported explicitly to register them): none,
+agm, atf, cml, gblend, greedy, inforeg, mla, mmpareto, ogm-ge, opm, pmr, reconboost, remix, umt."""
 
-from mmvid.balance import agm, atf, gblend, greedy, inforeg, mla, mmpareto, ogm_ge, opm, pmr, reconboost, remix, umt  # noqa: F401
+from mmvid.balance import (  # noqa: F401
+    agm, atf, cml, gblend, greedy, inforeg, mla, mmpareto,
+    ogm_ge, opm, pmr, reconboost, remix, umt,
+)
 from mmvid.balance.base import Balancer
 from mmvid.registry import BALANCERS
 
