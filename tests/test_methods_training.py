@@ -4,8 +4,10 @@ demo cache: the run finishes, its per-epoch coefficients reach metrics.jsonl, an
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+import torch
 import yaml
 from rich.console import Console
 
@@ -20,7 +22,7 @@ load_plugins()
 LOG_KEY = {"none": "rho", "ogm-ge": "ogm_coeff_audio", "gblend": "gblend_w_fused", "pmr": "pmr_coeff_video",
            "greedy": "greedy_d", "umt": "umt_mse_audio", "atf": "atf_lr_ratio_audio", "agm": "agm_coeff_audio",
            "mla": "mla_loss_video", "mmpareto": "mmpareto_alpha_mm_audio", "remix": "remix_active",
-           "inforeg": "inforeg_beta_audio", "opm": "opm_q_audio"}
+           "inforeg": "inforeg_beta_audio", "opm": "opm_q_audio", "valuate": "valuate_active"}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,8 @@ def tiny(overrides):
 
 @pytest.mark.parametrize("name", BALANCERS.names())
 def test_balancer_trains_on_the_demo(name, demo_cache, tmp_path):
-    args = {"none": {}, "gblend": {"super_epoch": 1}, "umt": {"teacher_epochs": 1}, "remix": {"warmup": 1}}.get(name, {})
+    args = {"none": {}, "gblend": {"super_epoch": 1}, "umt": {"teacher_epochs": 1}, "remix": {"warmup": 1},
+            "valuate": {"warmup": 1}}.get(name, {})
     cfg = tiny({"balance.name": name, "balance.args": args,
                 "model.fusion": {"greedy": "mmtm", "mla": "shared"}.get(name, "concat")})
     summary = train(cfg, demo_cache, tmp_path / "run", progress=False)
@@ -50,6 +53,12 @@ def test_balancer_trains_on_the_demo(name, demo_cache, tmp_path):
     if name == "remix":
         assert lines[0]["remix_active"] == 0 and lines[1]["remix_active"] == 1, "remixing starts after the warm-up"
         assert lines[1]["remix_share_audio"] + lines[1]["remix_share_video"] == pytest.approx(1.0)
+    if name == "valuate":  # epoch 2 trains every sample plus its resampled copies: the loop runs them all
+        assert lines[0]["valuate_active"] == 0 and lines[1]["valuate_active"] == 1
+        extra = int(lines[1]["valuate_copies_audio"] + lines[1]["valuate_copies_video"])
+        ck = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)
+        n, step = len(ck["splits"]["train"]), ck["step"]
+        assert extra > 0 and step == math.ceil(n / 16) + math.ceil((n + extra) / 16)
     if name == "umt":
         assert (tmp_path / "run" / "teachers" / "audio" / "checkpoint_last.pt").exists()
 
