@@ -19,11 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from mmvid.augment.base import modality_mix
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.balance.remix import summed_cross_entropy
-from mmvid.augment.base import modality_mix
 from mmvid.distributed import shard_order
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
