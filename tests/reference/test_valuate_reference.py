@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from _methods_util import CLASSES, attach, make_batch, make_cfg, make_model, train_step
-from mmvid.balance.valuate import copies, modality_level_entries, sample_level_entries, shapley
+from mmvid.balance.valuate import copies, sample_level_entries, shapley
 from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
 
 load_plugins()
