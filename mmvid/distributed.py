@@ -300,15 +300,25 @@ class ResumableSampler(torch.utils.data.DistributedSampler):
         super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         self.skip = 0  # samples of this rank to skip, once
         self.reorder = reorder  # the epoch's whole shuffled order -> a reordering of it (Balancer.epoch_order)
+        self.order: list[int] | None = None  # the epoch's whole order, fixed by set_epoch
 
-    def __iter__(self):
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the epoch's order now (the loop calls this after the balancer's ``on_epoch_start``), so that
+        ``len`` counts an order that ``epoch_order`` lengthened (Valuate's resampled copies)."""
+        super().set_epoch(epoch)
+        self.order = self._whole_order()
+
+    def _whole_order(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)  # DistributedSampler's own permutation
         order = torch.randperm(len(self.dataset), generator=g).tolist()
-        if self.reorder is not None:
-            order = list(self.reorder(order))
+        return order if self.reorder is None else list(self.reorder(order))
+
+    def __iter__(self):
+        order = self.order if self.order is not None else self._whole_order()
         indices = shard_order(order, self.rank, self.num_replicas)[self.skip:]
         self.skip = 0
         return iter(indices)
 
     def __len__(self) -> int:
-        return self.num_samples - self.skip
+        n = self.num_samples if self.order is None else -(-len(self.order) // self.num_replicas)
+        return n - self.skip

@@ -4,8 +4,10 @@ demo cache: the run finishes, its per-epoch coefficients reach metrics.jsonl, an
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+import torch
 import yaml
 from rich.console import Console
 
@@ -21,7 +23,7 @@ LOG_KEY = {"none": "rho", "ogm-ge": "ogm_coeff_audio", "gblend": "gblend_w_fused
            "greedy": "greedy_d", "umt": "umt_mse_audio", "atf": "atf_lr_ratio_audio", "agm": "agm_coeff_audio",
            "mla": "mla_loss_video", "mmpareto": "mmpareto_alpha_mm_audio", "remix": "remix_active",
            "inforeg": "inforeg_beta_audio", "opm": "opm_q_audio", "reconboost": "reconboost_phase",
-           "cml": "cml_penalty"}
+           "cml": "cml_penalty", "valuate": "valuate_active"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def tiny(overrides):
 @pytest.mark.parametrize("name", BALANCERS.names())
 def test_balancer_trains_on_the_demo(name, demo_cache, tmp_path):
     args = {"none": {}, "gblend": {"super_epoch": 1}, "umt": {"teacher_epochs": 1}, "remix": {"warmup": 1},
-            "reconboost": {"epochs_per_stage": 1, "correct_epochs": 1}}.get(name, {})
+            "reconboost": {"epochs_per_stage": 1, "correct_epochs": 1}, "valuate": {"warmup": 1}}.get(name, {})
     cfg = tiny({"balance.name": name, "balance.args": args,
                 "model.fusion": {"greedy": "mmtm", "mla": "shared", "reconboost": "shared"}.get(name, "concat"),
                 "model.fusion_args": {"combine": "boost"} if name == "reconboost" else {}})
@@ -55,6 +57,12 @@ def test_balancer_trains_on_the_demo(name, demo_cache, tmp_path):
         assert lines[1]["remix_share_audio"] + lines[1]["remix_share_video"] == pytest.approx(1.0)
     if name == "reconboost":
         assert [ln["reconboost_phase"] for ln in lines] == [1, 2], "a boosting epoch, then a rectification epoch"
+    if name == "valuate":  # epoch 2 trains every sample plus its resampled copies: the loop runs them all
+        assert lines[0]["valuate_active"] == 0 and lines[1]["valuate_active"] == 1
+        extra = int(lines[1]["valuate_copies_audio"] + lines[1]["valuate_copies_video"])
+        ck = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)
+        n, step = len(ck["splits"]["train"]), ck["step"]
+        assert extra > 0 and step == math.ceil(n / 16) + math.ceil((n + extra) / 16)
     if name == "umt":
         assert (tmp_path / "run" / "teachers" / "audio" / "checkpoint_last.pt").exists()
 
