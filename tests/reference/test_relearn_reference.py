@@ -237,3 +237,26 @@ def test_bad_options_and_small_splits_are_one_line_errors():
     ctx.splits = SimpleNamespace(train=np.arange(20), val=np.arange(2), test=np.arange(0))
     with pytest.raises(MmvidError, match="val_fraction"):
         bal.setup(model, ctx)
+
+
+@pytest.mark.slow
+def test_relearn_reinitialises_during_a_demo_run(tmp_path):
+    """Through the registry and the engine loop: the scheduled diagnosis runs on the real train/val splits,
+    its purities and strengths reach metrics.jsonl, and only on the scheduled epoch."""
+    import json
+
+    from rich.console import Console
+
+    from mmvid.config import resolve_config
+    from mmvid.engine import train
+    from mmvid.workflows import run_prepare
+
+    cache = run_prepare(Console(quiet=True), tmp_path / "ws", "demo", clips=60, progress=False)
+    cfg = resolve_config("demo", {"epochs": 3, "model.width": 4, "data.batch_size": 16, "data.val_fraction": 0.25,
+                                  "balance.name": "relearn", "balance.args": {"reinit_epoch": 1, "reinit_num": 1}})
+    train(cfg, cache, tmp_path / "run", progress=False)
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["relearn_reinit"] for ln in lines] == [0.0, 0.0, 1.0]  # after epoch 1 (e > 0), once
+    for m in AV:
+        assert 0.0 < lines[2][f"relearn_purity_train_{m}"] <= 1.0 and 0.0 < lines[2][f"relearn_purity_val_{m}"] <= 1.0
+        assert 0.0 <= lines[2][f"relearn_alpha_{m}"] < 1.0
