@@ -1,9 +1,9 @@
 """BALANCERS (imported explicitly to register them): none,
-agm, atf, cml, gblend, greedy, inforeg, mla, mmpareto, ogm-ge, opm, pmr, reconboost, remix, umt, valuate."""
+agm, atf, cml, gblend, greedy, inforeg, mla, mmpareto, ogm-ge, opm, pmr, reconboost, relearn, remix, umt, valuate."""
 
 from mmvid.balance import (  # noqa: F401
     agm, atf, cml, gblend, greedy, inforeg, mla, mmpareto,
-    ogm_ge, opm, pmr, reconboost, remix, umt, valuate,
+    ogm_ge, opm, pmr, reconboost, relearn, remix, umt, valuate,
 )
 from mmvid.balance.base import Balancer
 from mmvid.registry import BALANCERS
