@@ -60,6 +60,14 @@ class Registry(Generic[T]):
 class Plugin:
     """What augmentations and balancers share: per-epoch logging and state that survives a resume."""
 
+    def __setattr__(self, name: str, value) -> None:
+        # A plug-in's own attribute named like a hook (``self.epoch_order = [...]``) would hide the hook from
+        # the training loop, which would then fail far from the cause.
+        hook = getattr(type(self), name, None)
+        if callable(hook) and not callable(value):
+            raise TypeError(f"{type(self).__name__}.{name} is a hook of the training loop; name the attribute otherwise")
+        super().__setattr__(name, value)
+
     def on_epoch_start(self, ctx) -> None:
         pass
 

@@ -27,3 +27,16 @@ def test_required_entries_are_registered():
     assert {"concat"} <= set(FUSIONS.names())
     assert {"none", "mixup", "mm", "bmm"} <= set(AUGMENTS.names())
     assert "none" in BALANCERS.names()
+
+
+def test_a_plugin_attribute_cannot_hide_a_hook():
+    from mmvid.balance.base import Balancer
+    from mmvid.config import BalanceConfig
+
+    class Shadowing(Balancer):
+        def __init__(self, cfg, modalities):
+            super().__init__(cfg, modalities)
+            self.epoch_order = [1, 2, 3]
+
+    with pytest.raises(TypeError, match="epoch_order is a hook"):
+        Shadowing(BalanceConfig(), ["audio", "video"])
