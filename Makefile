@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.mmvid-installed
 
-.PHONY: venv demo test test-fast bench bench-prepare bench-throughput bench-methods clean
+.PHONY: venv demo test test-fast bench bench-prepare bench-throughput bench-methods bench-proving bench-zoo clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,12 @@ bench-throughput: $(STAMP)
 
 bench-methods: $(STAMP)
 	$(PY) -m benchmarks.bench_methods
+
+bench-proving: $(STAMP)
+	$(PY) -m benchmarks.bench_proving --seeds 5 --jobs 2
+
+bench-zoo: $(STAMP)
+	$(PY) -m benchmarks.bench_proving --seeds 5 --jobs 2 --zoo
 
 clean:
 	rm -rf $(VENV) mmvid-workspace
