@@ -175,13 +175,15 @@ def config_difference(saved: dict[str, Any], cfg: TrainConfig) -> str | None:
     """The first config key where a run folder's saved config differs from what the sweep would train."""
     import yaml
 
-    want, have = _flat(cfg.to_dict()), _flat(saved)
+    want, have, default = _flat(cfg.to_dict()), _flat(saved), _flat(TrainConfig().to_dict())
     for key, value in want.items():
         if key in EXECUTION_KEYS or (key == "data.dataset" and value is None):
             continue
+        # A key the run's mmvid did not have yet was trained at its default.
+        there = have.get(key, default.get(key, "<missing>"))
         # Round-trip through YAML, as the run saved it, so that 1e-3 and 0.001 compare equal.
-        if yaml.safe_load(yaml.safe_dump(value)) != have.get(key, "<missing>"):
-            return f"{key}: {have.get(key, '<missing>')!r} there, {value!r} in the sweep"
+        if yaml.safe_load(yaml.safe_dump(value)) != there:
+            return f"{key}: {there!r} there, {value!r} in the sweep"
     return None
 
 

@@ -288,6 +288,14 @@ def test_edited_recipe_is_not_silently_reused(quick_sweep, tmp_path):
     spec = plan_sweep(["recipes/table1/cremad"], seeds=1, quick=True, epochs=2, dataset="demo", sets=TINY,
                       only="concat").runs[0]
     assert run_state(ws, spec) == "done"
+    saved = ws / "runs" / spec.name / "config.yaml"
+    text = saved.read_text()
+    saved.write_text(text.replace("  name: adam\n", "", 1))  # a run of an older mmvid, before optim.name existed
+    try:
+        assert "adam" not in saved.read_text()
+        assert run_state(ws, spec) == "done"  # a key it lacked was trained at its default
+    finally:
+        saved.write_text(text)
     spec.config.optim.lr = 0.5
     with pytest.raises(MmvidError, match=r"was trained with another config \(optim.lr: 0.001 there, 0.5 in the sweep\)"):
         run_state(ws, spec)
