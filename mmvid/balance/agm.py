@@ -111,9 +111,6 @@ class AdaptiveGradientModulation(Balancer):
         self.coeffs = dict.fromkeys(self.modalities, 1.0)  # what the reference's hooks hold
         self.stats = EpochMeans()
 
-    def active(self, epoch: int) -> bool:
-        return epoch >= self.start and (self.end is None or epoch <= int(self.end))
-
     def on_epoch_start(self, ctx) -> None:
         self.stats = EpochMeans()
 

@@ -48,6 +48,25 @@ def unimodal_logits(model: nn.Module, out) -> dict[str, torch.Tensor]:
     return unwrap(model).unimodal_logits({m: z.detach().float() for m, z in out.features.items()})
 
 
+def scored_logits(model: nn.Module, out, score: str) -> dict[str, torch.Tensor]:
+    """Unimodal logits for a balancer's scores: ``mask`` (paper Eq. 5, :func:`unimodal_logits`) or
+    ``split-head`` (the slices of the fused head, as OGM-GE's and OPM's reference code)."""
+    if score == "mask":
+        return unimodal_logits(model, out)
+    with torch.no_grad():
+        return unwrap(model).split_head_logits({m: z.detach().float() for m, z in out.features.items()})
+
+
+SPLIT_HEAD_FUSIONS = ("concat", "sum", "decision")  # fusions whose head splits into per-modality slices
+
+
+def check_split_heads(model_cfg, key: str = "heads", value: str = "split", other: str = "linear") -> None:
+    """``balance.args.<key>=<value>`` reads slices of the fused head: refuse fusions that have none."""
+    if model_cfg.fusion not in SPLIT_HEAD_FUSIONS:
+        raise MmvidError(f"balance.args.{key}={value} needs --fusion concat, sum or decision (got "
+                         f"{model_cfg.fusion!r}); use balance.args.{key}={other}")
+
+
 def modality_scores(logits: dict[str, torch.Tensor], out, y: torch.Tensor, ctx) -> dict[str, float]:
     """s_m = sum_i p_m,i[y~_i] over the batch, summed over ranks; y~ is the target modality m's features
     were mixed towards (plain y without mixing)."""
@@ -74,6 +93,13 @@ class Balancer(Plugin):
         self.cfg = cfg  # BalanceConfig (name + args)
         self.args = dict(cfg.args)
         self.modalities = list(modalities)
+
+    start: int = 0  # first epoch (0-based) of a method that acts in a window of epochs
+    end: int | None = None  # last epoch of that window; None = to the end
+
+    def active(self, epoch: int) -> bool:
+        """Whether ``epoch`` lies in the method's window [start, end]."""
+        return epoch >= self.start and (self.end is None or epoch <= int(self.end))
 
     def choice(self, key: str, choices, default: str, hint: str) -> str:
         """``balance.args.<key>``, one of ``choices`` (else one line naming the key, the choices and ``hint``)."""

@@ -100,9 +100,6 @@ class CML(Balancer):
         self.gen = torch.Generator().manual_seed(int(ctx.cfg.seed) + 2038074743 + rank)
         return None
 
-    def active(self, epoch: int) -> bool:
-        return epoch >= self.start and (self.end is None or epoch <= int(self.end))
-
     def _generator(self) -> torch.Generator:
         if self.gen is None:
             raise MmvidError("balancer cml was used before setup(model, ctx); the engine calls it after building the model")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
-from mmvid.balance.base import Balancer, encoder_parameters, unwrap
+from mmvid.balance.base import Balancer, check_split_heads, encoder_parameters, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
 
@@ -85,9 +85,8 @@ class MMPareto(Balancer):
 
     def check(self, model_cfg, augment_name: str) -> None:
         super().check(model_cfg, augment_name)
-        if self.head_kind == "split" and model_cfg.fusion not in ("concat", "sum", "decision"):
-            raise MmvidError(f"balance.args.heads=split needs --fusion concat, sum or decision (got "
-                             f"{model_cfg.fusion!r}); use balance.args.heads=linear")
+        if self.head_kind == "split":
+            check_split_heads(model_cfg)
 
     def setup(self, model, ctx) -> nn.Module | None:
         net = unwrap(model)

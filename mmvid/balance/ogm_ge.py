@@ -8,9 +8,8 @@ from typing import Any
 import torch
 
 from mmvid.augment.base import EpochMeans
-from mmvid.balance.base import (Balancer, encoder_parameters, modality_scores, relative_to_others, unimodal_logits,
-                                unwrap)
-from mmvid.errors import MmvidError
+from mmvid.balance.base import (Balancer, check_split_heads, encoder_parameters, modality_scores, relative_to_others,
+                                scored_logits)
 from mmvid.registry import BALANCERS
 
 
@@ -57,9 +56,8 @@ class OGMGE(Balancer):
 
     def check(self, model_cfg, augment_name: str) -> None:
         super().check(model_cfg, augment_name)
-        if self.score == "split-head" and model_cfg.fusion not in ("concat", "sum", "decision"):
-            raise MmvidError(f"balance.args.score=split-head needs --fusion concat, sum or decision (got "
-                             f"{model_cfg.fusion!r}); use balance.args.score=mask (paper Eq. 5)")
+        if self.score == "split-head":
+            check_split_heads(model_cfg, "score", "split-head", "mask (paper Eq. 5)")
 
     def setup(self, model, ctx):
         self.seed = int(ctx.cfg.seed) + 7919  # one seed for every rank: the noise is the same everywhere
@@ -71,17 +69,11 @@ class OGMGE(Balancer):
             self.gens[key] = torch.Generator(device=device).manual_seed(self.seed)
         return self.gens[key]
 
-    def active(self, epoch: int) -> bool:
-        return epoch >= self.start and (self.end is None or epoch <= int(self.end))
-
     def on_epoch_start(self, ctx) -> None:
         self.stats = EpochMeans()
 
     def unimodal_logits(self, model, out) -> dict[str, torch.Tensor]:
-        if self.score == "mask":
-            return unimodal_logits(model, out)
-        with torch.no_grad():
-            return unwrap(model).split_head_logits({m: z.detach().float() for m, z in out.features.items()})
+        return scored_logits(model, out, self.score)
 
     def modulate(self, grad: torch.Tensor, k: float) -> torch.Tensor:
         """k g (+ GE noise whose std is that of the unmodulated g, as the reference), in place."""

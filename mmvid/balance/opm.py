@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mmvid.augment.base import EpochMeans, mixed_cross_entropy
-from mmvid.balance.base import Balancer, modality_scores, relative_to_others, unimodal_logits, unwrap
+from mmvid.balance.base import Balancer, check_split_heads, modality_scores, relative_to_others, scored_logits, unwrap
 from mmvid.balance.ogm_ge import SCORES
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
@@ -82,26 +82,19 @@ class OPM(Balancer):
 
     def check(self, model_cfg, augment_name: str) -> None:
         super().check(model_cfg, augment_name)
-        if self.score == "split-head" and model_cfg.fusion not in ("concat", "sum", "decision"):
-            raise MmvidError(f"balance.args.score=split-head needs --fusion concat, sum or decision (got "
-                             f"{model_cfg.fusion!r}); use balance.args.score=mask (paper Eq. 5)")
+        if self.score == "split-head":
+            check_split_heads(model_cfg, "score", "split-head", "mask (paper Eq. 5)")
 
     def setup(self, model, ctx):
         # Each rank drops features of its own samples: its own stream (seed + rank), resumable.
         self.gen = torch.Generator().manual_seed(int(ctx.cfg.seed) + 15485863 + int(ctx.rank))
         return None
 
-    def active(self, epoch: int) -> bool:
-        return epoch >= self.start and (self.end is None or epoch <= int(self.end))
-
     def on_epoch_start(self, ctx) -> None:
         self.stats = EpochMeans()
 
     def unimodal_logits(self, model, out) -> dict[str, torch.Tensor]:
-        if self.score == "mask":
-            return unimodal_logits(model, out)
-        with torch.no_grad():
-            return unwrap(model).split_head_logits({m: z.detach().float() for m, z in out.features.items()})
+        return scored_logits(model, out, self.score)
 
     def draw(self, q: dict[str, float], batch: int) -> torch.Tensor | None:
         """None (no drop this step, probability 1 - p_exe) or keep (M, B), keep[m, i] ~ Bernoulli(1 - q_m)."""

@@ -115,12 +115,7 @@ def generate(root: Path, n_clips: int = 600, seed: int = 0, audio_confusion: flo
     rng = np.random.default_rng(seed)
     images, targets = _digit_images()
     by_class = [np.flatnonzero(targets == c) for c in range(10)]
-    labels = np.arange(n_clips) % 10
-    rng.shuffle(labels)
-    is_test = np.zeros(n_clips, dtype=bool)
-    for c in range(10):
-        idx = np.flatnonzero(labels == c)
-        is_test[idx[: int(round(test_fraction * len(idx)))]] = True
+    labels, is_test = balanced_split(rng, n_clips, test_fraction)
     # Train and test clips draw from disjoint halves of each class's handwritten digits.
     lines = {"train": [], "test": []}
     for i, c in enumerate(labels):
@@ -132,6 +127,24 @@ def generate(root: Path, n_clips: int = 600, seed: int = 0, audio_confusion: flo
         chord = audio_cls % (chords if is_test[i] else train_chords)
         write_mp4(root / f"{name}.mp4", _video(rng, img, video_noise), _audio(rng, chord, audio_noise))
         lines["test" if is_test[i] else "train"].append(name)
+    return finish_generated(root, lines, done, stamp)
+
+
+def balanced_split(rng: np.random.Generator, n_clips: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, is_test), each (n_clips,): the 10 classes in turn, shuffled by ``rng``; the first
+    ``test_fraction`` of each class's clips go to test."""
+    labels = np.arange(n_clips) % 10
+    rng.shuffle(labels)
+    is_test = np.zeros(n_clips, dtype=bool)
+    for c in range(10):
+        idx = np.flatnonzero(labels == c)
+        is_test[idx[: int(round(test_fraction * len(idx)))]] = True
+    return labels, is_test
+
+
+def finish_generated(root: Path, lines: dict[str, list[str]], done: Path, stamp: str) -> Path:
+    """Write ``splits/{train,test}.txt`` of a generated set, then its completion stamp (last: an interrupted
+    generation is redone)."""
     (root / "splits").mkdir(exist_ok=True)
     for split, names in lines.items():
         (root / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmvid.data.demo import CLASS_NAMES, _digit_images, write_mp4
+from mmvid.data.demo import CLASS_NAMES, _digit_images, balanced_split, finish_generated, write_mp4
 from mmvid.data.sources import Source, source
 
 FPS = 3
@@ -111,14 +111,7 @@ def video(rng: np.random.Generator, digit: np.ndarray) -> np.ndarray:
 
 def layout(n_clips: int, seed: int, test_fraction: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
     """(labels, is_test), each (n_clips,): classes balanced, ``test_fraction`` of each class in test."""
-    rng = np.random.default_rng([seed, n_clips])
-    labels = np.arange(n_clips) % 10
-    rng.shuffle(labels)
-    is_test = np.zeros(n_clips, dtype=bool)
-    for c in range(10):
-        idx = np.flatnonzero(labels == c)
-        is_test[idx[: int(round(test_fraction * len(idx)))]] = True
-    return labels, is_test
+    return balanced_split(np.random.default_rng([seed, n_clips]), n_clips, test_fraction)
 
 
 def clip_arrays(seed: int, index: int, cls: int, test: bool, melody: int, images: np.ndarray,
@@ -152,11 +145,7 @@ def generate(root: Path, n_clips: int = 2000, seed: int = 0) -> Path:
         name = f"{CLASS_NAMES[c]}/clip{i:04d}"
         write_mp4(root / f"{name}.mp4", frames, wave, fps=FPS, sr=SR)
         lines["test" if is_test[i] else "train"].append(name)
-    (root / "splits").mkdir(exist_ok=True)
-    for split, names in lines.items():
-        (root / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
-    done.write_text(stamp)
-    return root
+    return finish_generated(root, lines, done, stamp)
 
 
 @source("proving", generated=True)
