@@ -284,10 +284,16 @@ def run_sweep(console, ws: Path, sweep: Sweep, jobs: int = 1, gpus: int = 0, dry
             raise MmvidError(f"--gpus {gpus}: this machine has {have} CUDA device(s); use --gpus {have} "
                              f"(or --jobs N to run N runs at once on CPU)" if have else
                              f"--gpus {gpus}: this machine has no CUDA device; leave --gpus out to train on CPU")
+    from mmvid.workflows import check_plugins
     from mmvid.workspace import resolve_cache
 
     for name in dict.fromkeys(r.config.data.dataset for r in todo):  # a missing cache fails now, not once per run
         resolve_cache(ws, name)
+    for r in todo:  # and so does a recipe whose plug-ins refuse it (a B-MM option under another augmentation)
+        try:
+            check_plugins(r.config)
+        except MmvidError as e:
+            raise MmvidError(f"recipe {r.recipe}: {e}") from None
     out = writable_dir(ws / "sweeps" / sweep.name, "sweep folder")
     logs = writable_dir(out / "logs", "sweep log folder")
     threads = max(1, (os.cpu_count() or 1) // slots)

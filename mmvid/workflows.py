@@ -138,7 +138,7 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
 
     cfg = None if resume else resolve_config(recipe, overrides, sources)
     from mmvid.engine import CKPT_LAST, default_run_name, load_checkpoint, train
-    from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS, load_plugins
+    from mmvid.registry import load_plugins
     from mmvid.workspace import resolve_cache, resolve_run, runs_dir
 
     load_plugins()
@@ -156,12 +156,7 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
             cache = Path(ck.get("cache") or resolve_cache(ws, cfg.data.dataset))
             console.print(resume_message(run_dir.name, ck, cfg.epochs), soft_wrap=True)
     else:
-        FUSIONS.get(cfg.model.fusion)  # unknown names fail here, before any work
-        for reg, section, key in ((AUGMENTS, cfg.augment, "augment"), (BALANCERS, cfg.balance, "balance")):
-            try:  # building parses the plug-in's args: a value it cannot use fails here, as one line
-                reg.build(section.name, section, cfg.data.modalities)
-            except (TypeError, ValueError, AttributeError) as e:
-                raise MmvidError(f"config {key}.args={section.args} is not valid for {reg.kind} {section.name!r}: {e}") from None
+        check_plugins(cfg)
         cache = resolve_cache(ws, cfg.data.dataset)
         cfg.data.dataset = cache.stem
         run_dir = runs_dir(ws) / (cfg.run_name or default_run_name(cfg, cache.stem))
@@ -193,6 +188,22 @@ def checkpoints_line(summary: dict[str, Any]) -> str:
     if best["epoch"] == last.get("epoch"):
         return f"{head}, which is also the {what} ({sel})"
     return f"{head}; {pct(best.get('test_acc'))} at the {what} ({best['epoch'] + 1}, {sel})"
+
+
+def check_plugins(cfg) -> None:
+    """What a config's plug-ins accept, before any work: unknown names, args a plug-in cannot use, a B-MM
+    option under another augmentation, a balancer that refuses the fusion or modalities (one line each)."""
+    from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS, load_plugins
+
+    load_plugins()
+    FUSIONS.get(cfg.model.fusion)
+    built = {}
+    for reg, section, key in ((AUGMENTS, cfg.augment, "augment"), (BALANCERS, cfg.balance, "balance")):
+        try:  # building parses the plug-in's args: a value it cannot use fails here, as one line
+            built[key] = reg.build(section.name, section, cfg.data.modalities)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise MmvidError(f"config {key}.args={section.args} is not valid for {reg.kind} {section.name!r}: {e}") from None
+    built["balance"].check(cfg.model, cfg.augment.name)
 
 
 def resume_message(name: str, ck: dict[str, Any], epochs: int) -> str:

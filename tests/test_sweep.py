@@ -32,11 +32,21 @@ TINY = {"model.encoder": "small", "model.width": 8, "data.batch_size": 16}
 # ----------------------------------------------------------------------------- recipes
 
 
-def test_every_recipe_resolves_against_the_schema():
+def test_every_recipe_resolves_against_the_schema_and_its_plugins():
+    from mmvid.workflows import check_plugins
+
     files = sorted(RECIPES.rglob("*.yaml"))
     assert len(files) > 100
     for f in files:
-        resolve_config(read_recipe(f).config)  # raises a one-line MmvidError on any bad key or value
+        # a one-line MmvidError on any bad key or value, or a plug-in refusing the config (as train would)
+        check_plugins(resolve_config(read_recipe(f).config))
+
+
+def test_a_recipe_its_plugins_refuse_fails_before_any_run(tiny_ws, tmp_path):
+    (tmp_path / "bad.yaml").write_text("extends: proving\ndata: {dataset: demo}\naugment: {unimodal: head}\n")
+    with pytest.raises(MmvidError, match=r"recipe .*bad.yaml: augment.unimodal=head is a B-MM option"):
+        sweep_command(QUIET, tiny_ws, [str(tmp_path / "bad.yaml")], seeds=1, epochs=1)
+    assert not list((tiny_ws / "runs").glob("sweep-*bad*"))
 
 
 TABLE_SHAPES = {1: (11, ["cremad", "kinetics-sounds", "ucf101"]), 2: (9, ["cremad", "kinetics-sounds", "ucf101"]),
