@@ -17,6 +17,7 @@ import yaml
 
 from mmvid.errors import MmvidError
 from mmvid.schema import check_dataclass, check_value, field_types, spec
+from mmvid.workspace import write_atomic
 
 MODALITIES = ("audio", "video", "flow")
 # Which cache dataset feeds which model modality (the cache names what is stored, the model what it means).
@@ -268,4 +269,4 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -41,6 +41,7 @@ from mmvid.data.sources import stratified_split
 from mmvid.errors import Interrupted, MmvidError
 from mmvid.models.classifier import MultimodalClassifier, build_model
 from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
+from mmvid.workspace import read_jsonl, write_atomic
 
 CKPT_LAST, CKPT_BEST, METRICS = "checkpoint_last.pt", "checkpoint_best.pt", "metrics.jsonl"
 
@@ -481,8 +482,8 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
             partial = dict(own_state(ck, "partial", rank, world_size))
             sampler.skip = partial["batch"] * cfg.data.batch_size
         if is_main and metrics_path.exists():  # drop lines of an epoch that was interrupted after its checkpoint
-            keep = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= ck["epoch"]]
-            metrics_path.write_text("".join(k + "\n" for k in keep))
+            keep = [rec for rec in read_jsonl(metrics_path) if rec.get("epoch", 0) <= ck["epoch"]]
+            write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in keep))
     elif is_main:
         metrics_path.unlink(missing_ok=True)
     if is_main:
@@ -594,11 +595,11 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
             raise Interrupted(f"training interrupted; its state is saved in {run_dir / CKPT_LAST}; "
                              f"continue with `mmvid train --resume {run_dir}`") from None
     if not last and is_main and metrics_path.exists():  # resumed after its last epoch: nothing trained now
-        lines = metrics_path.read_text().splitlines()
-        last = json.loads(lines[-1]) if lines else {}
+        recs = read_jsonl(metrics_path)
+        last = recs[-1] if recs else {}
     summary = {"run_dir": str(run_dir), "epochs": cfg.epochs, "last": last, "best": best}
     if is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=float))
     return summary
 
 

@@ -17,6 +17,7 @@ from mmvid.engine import (CKPT_BEST, CKPT_LAST, checkpoint_file, evaluate_model,
                           pick_device, rho_of)
 from mmvid.errors import MmvidError
 from mmvid.models.classifier import MultimodalClassifier
+from mmvid.workspace import write_atomic
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -154,7 +155,7 @@ def evaluate_run(run: Path, split: str = "test", device: str = "auto", cache: st
         "method": lr.label,
         "config": {"fusion": lr.cfg.model.fusion, "augment": lr.cfg.augment.name, "balance": lr.cfg.balance.name},
     }
-    eval_path(out).write_text(json.dumps(out, indent=2))
+    write_atomic(eval_path(out), json.dumps(out, indent=2))
     return out
 
 

@@ -32,6 +32,7 @@ from mmvid.data.dataset import finish_batch
 from mmvid.engine import evaluate_model
 from mmvid.errors import MmvidError
 from mmvid.evaluate import LoadedRun, checkpoint_note, load_run
+from mmvid.workspace import write_atomic
 
 MODALITY_ALIASES = {"audio": "audio", "video": "video", "rgb": "video", "frames": "video", "flow": "flow"}
 FILLS = ("zero", "mean")
@@ -295,7 +296,7 @@ def write_json(report: RobustnessReport) -> Path:
                       "drop zero": "the modality's input set to 0", "drop mean": "the modality's training-set mean input",
                       "corruptions": {k: {"modalities": list(v.modalities), "unit": v.unit, "severities": v.severities}
                                       for k, v in CORRUPTIONS.items()}}}
-    path.write_text(json.dumps(data, indent=2))
+    write_atomic(path, json.dumps(data, indent=2))
     return path
 
 

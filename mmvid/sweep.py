@@ -30,6 +30,7 @@ from typing import Any
 
 from mmvid.config import RECIPES, TrainConfig, read_recipe, resolve_config
 from mmvid.errors import Interrupted, MmvidError
+from mmvid.workspace import write_atomic
 
 QUICK_EPOCHS = 2
 # Settings of how a run executes, not of what it learns: a run is reused whatever they were.
@@ -606,7 +607,7 @@ def write_plan(out: Path, sweep: Sweep) -> Path:
             "cells": [{"table": r.table, "row": r.row, "column": r.column, "seed": r.seed, "run": r.name,
                        "recipe": str(r.recipe), "paper": r.paper} for r in sweep.runs]}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(plan, indent=2))
+    write_atomic(out / "sweep.json", json.dumps(plan, indent=2))
     return out / "sweep.json"
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from mmvid.config import MODALITIES
 from mmvid.errors import MmvidError
+from mmvid.workspace import read_jsonl
 
 if TYPE_CHECKING:
     from mmvid.robustness import RobustnessReport
@@ -63,7 +64,7 @@ def read_metrics(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.exists():
         raise MmvidError(f"{run} has no metrics.jsonl; train the run first")
-    recs = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    recs = read_jsonl(path)
     if not recs:
         raise MmvidError(f"{path} is empty; train at least one epoch first")
     return recs

@@ -242,3 +242,45 @@ def test_kill_9_takes_the_workers_along_and_the_run_resumes(tmp_path):
     report = json.loads(Path(f"{cache}.report.json").read_text())
     assert report["ok"] == report["total"] == 80 and 1 <= report["skipped_done"] < 80
     assert (read_info(cache).status == 1).all()
+
+
+@pytest.mark.parametrize("left", ["", "[{\"name\": \"bad/b0\", \"fi", None, "b0 only"])
+def test_resume_keeps_failed_clips_whatever_the_kill_left_of_failures_json(tmp_path, monkeypatch, left):
+    """A kill can land between the partial cache's flush and failures.json's (or, before atomic writes,
+    inside the latter: CI once saw an empty file and the resume died on JSONDecodeError). The partial
+    cache's status column is the authority: every clip it marks failed is in the final report."""
+    import mmvid.data.prepare as P
+
+    root = messy_tree(tmp_path / "data")
+    source = get_source("folder")(root=root)
+    assert [c.name for c in source.clips[:2]] == ["bad/b0", "bad/b1"]  # the failing clips come first
+    params = P.PrepareParams(image_size=32, clip_seconds=2.0)
+    cache = tmp_path / "folder.h5"
+    real, calls = P._process_safe, []
+
+    def interrupted_after_three(i, clip, p):
+        calls.append(clip.name)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return real(i, clip, p)
+
+    monkeypatch.setattr(P, "_process_safe", interrupted_after_three)
+    with pytest.raises(MmvidError, match="re-run the same command to resume"):
+        P.prepare(source, cache, params, progress=False)
+    failures = Path(f"{cache}.failures.json")
+    saved = {f["name"]: f["error"] for f in json.loads(failures.read_text())}
+    assert sorted(saved) == ["bad/b0", "bad/b1"] and all(saved.values())
+    if left is None:
+        failures.unlink()
+    elif left == "b0 only":  # killed after the cache marked b1 failed, before the JSON said so
+        failures.write_text(json.dumps([f for f in json.loads(failures.read_text()) if f["name"] == "bad/b0"]))
+    else:
+        failures.write_text(left)
+    monkeypatch.setattr(P, "_process_safe", real)
+    report = P.prepare(source, cache, params, progress=False)
+    assert report.skipped_done == 3 and report.ok == 6
+    assert [f["name"] for f in report.failed] == ["bad/b0", "bad/b1"]
+    lost = {f["name"] for f in report.failed if "error text was lost" in f["error"]}
+    assert lost == ({"bad/b1"} if left == "b0 only" else {"bad/b0", "bad/b1"}), report.failed
+    assert all(f["error"] == saved[f["name"]] for f in report.failed if f["name"] not in lost)
+    assert [f["name"] for f in json.loads(Path(f"{cache}.report.json").read_text())["failed"]] == ["bad/b0", "bad/b1"]

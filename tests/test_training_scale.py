@@ -197,6 +197,28 @@ def test_stop_mid_epoch_then_resume_is_exact(ws, reference, monkeypatch):
     assert metrics(run) == reference
 
 
+def test_resume_drops_a_metrics_line_torn_by_a_kill(ws, reference, monkeypatch):
+    """A kill during the append of an epoch's metrics.jsonl line leaves half a line; the resume drops it
+    (that epoch is redone from the checkpoint before it) instead of failing on the JSON."""
+    from mmvid import distributed
+
+    calls = {"n": 0}
+
+    def requested(self, all_reduce=None):  # the stop of the test above: epoch 2 after 2 of 4 batches
+        calls["n"] += 1
+        return calls["n"] == 7
+
+    monkeypatch.setattr(distributed.StopRequest, "requested", requested)
+    with pytest.raises(MmvidError, match="training interrupted"):
+        train_run(ws, "torn", epochs=2)
+    monkeypatch.undo()
+    run = ws / "runs" / "torn"
+    with (run / "metrics.jsonl").open("a") as fh:
+        fh.write('{"epoch": 1, "train_lo')
+    run_train(Console(quiet=True), ws, None, {}, resume="torn", progress=False)
+    assert metrics(run) == reference
+
+
 def test_kill9_mid_epoch_then_resume_is_exact(ws, reference):
     """kill -9 during epoch 2 loses at most that epoch; the resumed run ends with identical metrics."""
     proc = cli(ws, *cli_args("killed", 2))

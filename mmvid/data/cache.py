@@ -181,6 +181,9 @@ class CacheWriter:
     def pending(self) -> np.ndarray:
         return np.flatnonzero(self.f["status"][:] == PENDING)
 
+    def failed_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.f["status"][:] == FAILED)
+
     def write(self, i: int, sample: dict[str, np.ndarray]) -> None:
         for key, value in sample.items():
             self.f[key][i] = value

@@ -21,6 +21,7 @@ from mmvid.data.features import log_spectrogram, spectrogram_shape
 from mmvid.data.params import PrepareParams  # noqa: F401  (re-exported: defined without heavy imports)
 from mmvid.data.sources import ClipSpec, Source
 from mmvid.errors import MmvidError
+from mmvid.workspace import write_atomic
 
 
 @dataclass
@@ -175,6 +176,24 @@ def _run_pool(todo: np.ndarray, source: Source, params: PrepareParams, workers: 
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _recorded_failures(path: Path, writer: CacheWriter, source: Source) -> list[dict[str, str]]:
+    """The failed clips of a resumed run: the error texts saved beside the partial cache, completed from the
+    partial cache's own status column, which is the authority (a kill between its flush and the JSON's, or a
+    JSON from before atomic writes, must not drop a failed clip from the final report)."""
+    try:
+        saved = json.loads(path.read_text()) if path.exists() else []
+        saved = [f for f in saved if isinstance(f, dict) and {"name", "file", "error"} <= set(f)]
+    except (OSError, ValueError):
+        saved = []
+    by_name = {f["name"]: f for f in saved}
+    out = []
+    for i in writer.failed_rows():
+        clip = source.clips[i]
+        out.append(by_name.get(clip.name) or {"name": clip.name, "file": str(clip.video or clip.audio or clip.rgb_dir),
+                                              "error": "failed before the interruption (its error text was lost)"})
+    return out
+
+
 def prepare(source: Source, cache: Path, params: PrepareParams, workers: int = 1, force: bool = False,
             progress: bool = True) -> PrepareReport:
     """Write (or resume) ``cache`` for ``source``; returns what happened, also saved as ``<cache>.report.json``.
@@ -206,13 +225,13 @@ def prepare(source: Source, cache: Path, params: PrepareParams, workers: int = 1
     todo = writer.pending()
     report.skipped_done = report.total - len(todo)
     failures_path = cache.with_name(cache.name + ".failures.json")
-    failed: list[dict[str, str]] = json.loads(failures_path.read_text()) if writer.resumed and failures_path.exists() else []
+    failed = _recorded_failures(failures_path, writer, source) if writer.resumed else []
     columns = [TextColumn("[bold]prepare[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:.1f} clips/s"), TimeRemainingColumn()]
 
     def checkpoint() -> None:
         writer.flush()
-        failures_path.write_text(json.dumps(failed))
+        write_atomic(failures_path, json.dumps(failed))
 
     try:
         with Progress(*columns, disable=not progress, transient=False) as bar:
@@ -250,5 +269,5 @@ def prepare(source: Source, cache: Path, params: PrepareParams, workers: int = 1
     report.ok = int((info.status == 1).sum())
     report.empty_classes = unlearnable_classes(info)
     report.seconds = time.time() - start
-    cache.with_name(cache.name + ".report.json").write_text(json.dumps(report.to_json(), indent=2))
+    write_atomic(cache.with_name(cache.name + ".report.json"), json.dumps(report.to_json(), indent=2))
     return report
