@@ -186,3 +186,25 @@ def test_bad_options_are_one_line(args, fusion, match):
     cfg = make_cfg(AV, fusion=fusion, balance="mbsd", balance_args=args)
     with pytest.raises(MmvidError, match=match):
         BALANCERS.build("mbsd", cfg.balance, AV).check(cfg.model, "none")
+
+
+def test_mixed_targets_use_each_modalitys_soft_target():
+    """Under a feature-stage mix with partner weight 0.3, p_m = 0.7 p_m[y] + 0.3 p_m[y_pi] and a modality is
+    right when it predicts y (the heavier class); computed here by hand on random logits."""
+    from mmvid.augment.base import Mix, modality_mix
+    from mmvid.balance.mbsd import pair_terms
+
+    g = torch.Generator().manual_seed(0)
+    la, lv = torch.randn(10, 4, generator=g) * 3, torch.randn(10, 4, generator=g) * 3
+    y, perm = torch.arange(10) % 4, torch.randperm(10, generator=g)
+    mix = Mix("feature", perm, {"*": 0.3}, 0.3)
+    w, kl, rs = pair_terms(la, lv, y, modality_mix(mix, "audio"), modality_mix(mix, "video"), "logits")
+    pa, pv = la.softmax(1), lv.softmax(1)
+    ta = 0.7 * pa.gather(1, y[:, None])[:, 0] + 0.3 * pa.gather(1, y[perm][:, None])[:, 0]
+    tv = 0.7 * pv.gather(1, y[:, None])[:, 0] + 0.3 * pv.gather(1, y[perm][:, None])[:, 0]
+    right = (la.argmax(1) == y) | (lv.argmax(1) == y)
+    assert right.any() and not right.all()
+    torch.testing.assert_close(w, torch.where(right, (ta - tv).abs(), torch.zeros(10)))
+    s, u = torch.maximum(ta, tv), torch.minimum(ta, tv)
+    torch.testing.assert_close(kl, u * u.log() - u * s)
+    torch.testing.assert_close(rs, ((la - lv) ** 2).mean(1))
