@@ -147,7 +147,7 @@ class AMCo(Balancer):
         for m, u in uni.items():
             loss = loss + mixed_cross_entropy(u, y, modality_mix(out.mix, m))
         shares = self.update(uni, len(y), ctx)
-        self.stats.add({"amco_p": p, **{f"amco_masked_{m}": float(m in masked) for m in self.modalities},
+        self.stats.add({"amco_p": p, **{f"amco_dependent_{m}": float(m in masked) for m in self.modalities},
                         **{f"amco_share_{m}": s for m, s in shares.items()}})
         return loss
 
