@@ -19,7 +19,7 @@ from mmvid.workflows import run_prepare
 load_plugins()
 
 # Each run's log must carry the method's own per-epoch coefficient.
-LOG_KEY = {"none": "rho", "ogm-ge": "ogm_coeff_audio", "gblend": "gblend_w_fused", "pmr": "pmr_coeff_video",
+LOG_KEY = {"none": "rho", "amco": "amco_share_audio", "ogm-ge": "ogm_coeff_audio", "gblend": "gblend_w_fused", "pmr": "pmr_coeff_video",
            "greedy": "greedy_d", "umt": "umt_mse_audio", "atf": "atf_lr_ratio_audio", "agm": "agm_coeff_audio",
            "mla": "mla_loss_video", "mmpareto": "mmpareto_alpha_mm_audio", "remix": "remix_active",
            "inforeg": "inforeg_beta_audio", "opm": "opm_q_audio", "reconboost": "reconboost_phase",

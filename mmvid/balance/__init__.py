@@ -1,8 +1,9 @@
 """BALANCERS (imported explicitly to register them): none,
-agm, atf, cml, gblend, greedy, inforeg, mbsd, mla, mmpareto, ogm-ge, opm, pmr, reconboost, relearn, remix, umt, valuate."""
+agm, amco, atf, cml, gblend, greedy, inforeg, lfm, mbsd, mla, mmpareto, ogm-ge, opm, pmr, reconboost, relearn, remix,
+umt, valuate."""
 
 from mmvid.balance import (  # noqa: F401
-    agm, atf, cml, gblend, greedy, inforeg, mbsd, mla, mmpareto,
+    agm, amco, atf, cml, gblend, greedy, inforeg, lfm, mbsd, mla, mmpareto,
     ogm_ge, opm, pmr, reconboost, relearn, remix, umt, valuate,
 )
 from mmvid.balance.base import Balancer

@@ -30,16 +30,37 @@ class Fusion(nn.Module):
         return nn.Linear(self.output_dim, num_classes)
 
 
+class StarHead(nn.Linear):
+    """Concat head followed by a (C, C) linear layer: logits = W* (W h + b) + b* (B, C), BalanceBenchmark's
+    ``BaseClassifierAMCoModel.linear_star``. ``weight`` and ``bias`` stay the first layer's, so the split-head
+    unimodal logits W_m z_m + b / M are those before W*, as in that reference."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__(in_features, num_classes)
+        self.star = nn.Linear(num_classes, num_classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.star(super().forward(h))
+
+
 @FUSIONS.register("concat")
 class ConcatFusion(Fusion):
-    """h = [z_a; z_v; ...] (B, sum d_m); logits = W h + b (paper Table 1, Concat)."""
+    """h = [z_a; z_v; ...] (B, sum d_m); logits = W h + b (paper Table 1, Concat). ``fusion_args.star``
+    (false): one more (C, C) linear layer on the logits (:class:`StarHead`, AMCo's BalanceBenchmark model)."""
 
-    def __init__(self, dims: dict[str, int], **_) -> None:
+    def __init__(self, dims: dict[str, int], star: bool = False, **_) -> None:
         super().__init__(dims)
         self.output_dim = sum(dims.values())
+        self.star = bool(star)
+        if self.star and type(self) is not ConcatFusion:
+            raise MmvidError(f"model.fusion_args.star needs --fusion concat (its one linear head); "
+                             f"remove star for this fusion")
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.cat([feats[m] for m in self.modalities], dim=1)
+
+    def make_head(self, num_classes: int) -> nn.Module:
+        return StarHead(self.output_dim, num_classes) if self.star else super().make_head(num_classes)
 
 
 def _check_equal_dims(name: str, dims: dict[str, int]) -> None:
