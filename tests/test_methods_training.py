@@ -23,7 +23,7 @@ LOG_KEY = {"none": "rho", "ogm-ge": "ogm_coeff_audio", "gblend": "gblend_w_fused
            "greedy": "greedy_d", "umt": "umt_mse_audio", "atf": "atf_lr_ratio_audio", "agm": "agm_coeff_audio",
            "mla": "mla_loss_video", "mmpareto": "mmpareto_alpha_mm_audio", "remix": "remix_active",
            "inforeg": "inforeg_beta_audio", "opm": "opm_q_audio", "reconboost": "reconboost_phase",
-           "cml": "cml_penalty", "valuate": "valuate_active", "relearn": "relearn_reinit"}
+           "cml": "cml_penalty", "valuate": "valuate_active", "relearn": "relearn_reinit", "lfm": "lfm_alpha_align"}
 
 
 @pytest.fixture(scope="module")

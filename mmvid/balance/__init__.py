@@ -1,8 +1,8 @@
 """BALANCERS (imported explicitly to register them): none,
-agm, atf, cml, gblend, greedy, inforeg, mla, mmpareto, ogm-ge, opm, pmr, reconboost, relearn, remix, umt, valuate."""
+agm, atf, cml, gblend, greedy, inforeg, lfm, mla, mmpareto, ogm-ge, opm, pmr, reconboost, relearn, remix, umt, valuate."""
 
 from mmvid.balance import (  # noqa: F401
-    agm, atf, cml, gblend, greedy, inforeg, mla, mmpareto,
+    agm, atf, cml, gblend, greedy, inforeg, lfm, mla, mmpareto,
     ogm_ge, opm, pmr, reconboost, relearn, remix, umt, valuate,
 )
 from mmvid.balance.base import Balancer
