@@ -70,7 +70,7 @@ def hypergradient(model, inputs: dict[str, torch.Tensor], y: torch.Tensor, a_cls
     return 0.0 if hvp is None else float(hvp.float().mean())
 
 
-@BALANCERS.register("lfm", doc="LFM: 2 (a_cls CE + a_align JS-style alignment of unimodal predictions), a_align learnt each epoch by a hypergradient step (Yang et al. 2024).")
+@BALANCERS.register("lfm", doc="LFM: 2 (a_cls CE + a_align alignment of the unimodal predictions to their mean), a_align learnt each epoch by a hypergradient step (Yang et al. 2024).")
 class LFM(Balancer):
     """Learning the modality gap (reference: the authors' njustkmg/NeurIPS24-LFM ``Crema_epoch_learnable.py``
     (``Alignment``, ``getAlpha_Learnable``, ``train_audio_video``; HEAD ad44fa0) and ``Crema_epoch.py``
