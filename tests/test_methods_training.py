@@ -23,7 +23,8 @@ LOG_KEY = {"none": "rho", "amco": "amco_share_audio", "ogm-ge": "ogm_coeff_audio
            "greedy": "greedy_d", "umt": "umt_mse_audio", "atf": "atf_lr_ratio_audio", "agm": "agm_coeff_audio",
            "mla": "mla_loss_video", "mmpareto": "mmpareto_alpha_mm_audio", "remix": "remix_active",
            "inforeg": "inforeg_beta_audio", "opm": "opm_q_audio", "reconboost": "reconboost_phase",
-           "cml": "cml_penalty", "valuate": "valuate_active", "relearn": "relearn_reinit", "mbsd": "mbsd_kl"}
+           "cml": "cml_penalty", "valuate": "valuate_active", "relearn": "relearn_reinit", "mbsd": "mbsd_kl",
+           "lfm": "lfm_alpha_align"}
 
 
 @pytest.fixture(scope="module")
