@@ -153,3 +153,19 @@ def test_cli_errors_are_one_line(demo_ws, capsys, args, msg):
     assert main(["diagnose", "-w", str(demo_ws), *args]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert msg in err and "Traceback" not in err and len(err) < 400
+
+
+def test_try_ranks_methods_through_the_sweep(diagnosed, demo_ws):
+    """--try bmm: the plain fused model and B-MM on the diagnosed run's data and settings, one seed each,
+    through `mmvid sweep` (its table beside the diagnosis)."""
+    from mmvid.evaluate import load_run
+
+    cfg = load_run(diagnosed.run, "test", "cpu", checkpoint="last").cfg
+    res = D.try_comparison(QUIET, demo_ws, cfg, ["bmm"], 1, diagnosed.out / "try-test")
+    assert sorted(r["row"] for r in res["table"]) == ["bmm", "plain"]
+    runs = sorted(p.name for p in (demo_ws / "runs").iterdir() if p.name.startswith("sweep-"))
+    assert len(runs) == 2
+    for name in runs:
+        saved = (demo_ws / "runs" / name / "config.yaml").read_text()
+        assert "width: 8" in saved and "batch_size: 16" in saved and "epochs: 3" in saved
+    assert any(p.endswith("table.md") for p in res["files"])
