@@ -157,6 +157,26 @@ def shapley_summary(sp: SplitPass, modalities: list[str], class_names: list[str]
     }
 
 
+def write_samples(sp: SplitPass, modalities: list[str], info, path: Path) -> Path:
+    """One row per clip: name, class, each modality's Shapley value and share, and the fused model's
+    true-class probability and correctness (every coalition's value is in the columns ``v_<coalition>``)."""
+    import csv
+
+    phi = shapley(sp.prob, modalities)
+    share = shares(phi)
+    subsets = coalitions(modalities)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["name", "class", *[f"phi_{m}" for m in modalities], *[f"share_{m}" for m in modalities],
+                    *[f"v_{'+'.join(sorted(s)) or 'none'}" for s in subsets], "correct"])
+        full = frozenset(modalities)
+        for i in range(len(sp.labels)):
+            w.writerow([info.names[int(sp.rows[i])], info.class_names[int(sp.labels[i])],
+                        *[f"{phi[m][i]:.6g}" for m in modalities], *[f"{share[m][i]:.4f}" for m in modalities],
+                        *[f"{sp.prob[s][i]:.6g}" for s in subsets], int(sp.correct[full][i])])
+    return path
+
+
 def utilisation(acc_all: float, acc_without: float) -> float:
     """Conditional utilisation rate of a modality, bounded to [-1, 1]: (A(M) - A(M minus m)) / max of the two
     (Wu et al. 2022 divide by A(M), and equal this whenever A(M) >= A(M minus m)); 0 when both are 0."""
@@ -392,6 +412,8 @@ def diagnose_run(run: str | Path, console, out: Path | None = None, checkpoint: 
     data["measured"] = measured(data)
     write_atomic(out / "diagnosis.json", json.dumps(data, indent=2, default=float))
     diag = Diagnosis(run, out, data, [out / "diagnosis.json"])
+    for k, p in passes.items():
+        diag.files.append(write_samples(p, mods, info, out / f"samples_{k}.csv"))
     figs = plot_diagnosis(data, out / "figures")
     diag.files += figs + [write_html(data, figs, out / "diagnosis.html")]
     render(data, console)
@@ -467,6 +489,8 @@ def render(data: dict[str, Any], console) -> None:
 
 def plot_diagnosis(data: dict[str, Any], out: Path) -> list[Path]:
     """shapley_per_class, probes, memorisation and rho (PNG + SVG each); returns the PNGs."""
+    from matplotlib.ticker import FuncFormatter
+
     from mmvid.visualize import PANEL, _pyplot, save_figure
 
     plt = _pyplot()
@@ -526,6 +550,9 @@ def plot_diagnosis(data: dict[str, Any], out: Path) -> list[Path]:
             axes[0].plot(ep, vals, style, color="k", label=f"rho, {label}")
     axes[0].axhline(1, color="grey", lw=0.6)
     axes[0].set(title="imbalance factor rho (Eq. 6)", xlabel="epoch", yscale="log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    axes[0].yaxis.set_major_formatter(plain)
+    axes[0].yaxis.set_minor_formatter(plain)
     for i, m in enumerate(mods):
         for split, style in (("train", "--"), (held, "-")):
             vals = c.get(f"{split}_utilisation_{m}")

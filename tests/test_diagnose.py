@@ -123,6 +123,31 @@ def test_diagnose_a_demo_run_end_to_end(diagnosed):
     assert {i["pattern"] for i in data["measured"]} >= {"dominance", "underlearned", "memorising", "order"}
 
 
+def test_per_sample_values_are_saved_and_add_up(diagnosed):
+    import csv
+
+    rows = list(csv.DictReader(open(diagnosed.out / "samples_test.csv")))
+    data = json.loads((diagnosed.out / "diagnosis.json").read_text())
+    assert len(rows) == data["shapley"]["test"]["n"]
+    for r in rows:  # efficiency, per clip: phi_audio + phi_video = v(audio+video) - v(none)
+        assert float(r["phi_audio"]) + float(r["phi_video"]) == pytest.approx(
+            float(r["v_audio+video"]) - float(r["v_none"]), abs=1e-5)
+    assert np.mean([float(r["phi_audio"]) for r in rows]) == pytest.approx(data["shapley"]["test"]["phi"]["audio"], abs=1e-5)
+
+
+def test_the_budget_picks_the_epochs_that_fit(demo_ws):
+    from mmvid.config import resolve_config
+    from mmvid.data.cache import read_info
+
+    info = read_info(demo_ws / "caches" / "demo.h5")
+    cfg = resolve_config("demo", {"model.width": 4, "data.batch_size": 16, "data.dataset": "demo"})
+    alone = [D.alone_config(cfg, m) for m in cfg.data.modalities]
+    assert D.epochs_for_budget(cfg, alone, info, 1e-4, QUIET)[0] == 1  # nothing fits: still one epoch
+    epochs, info_ = D.epochs_for_budget(cfg, alone, info, 1e4, QUIET)
+    assert epochs == cfg.epochs and set(info_["step_seconds"]) == {"audio+video", "audio", "video"}
+    assert all(v > 0 for v in info_["step_seconds"].values())
+
+
 def test_the_page_holds_every_figure(diagnosed):
     html = (diagnosed.out / "diagnosis.html").read_text()
     imgs = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', html)
