@@ -408,6 +408,41 @@ def report(
     console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
 
+# ----------------------------------------------------------------------------- diagnose
+
+
+@app.command()
+@cli_errors
+def diagnose(
+    run: Annotated[Optional[str], typer.Argument(help="A trained run (name or folder) to diagnose.")] = None,
+    workspace: Workspace = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Train the short runs needed on this cache instead of giving a RUN.")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="With --dataset: the recipe of the fused run (default: the one named like the cache, else the defaults).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="With --dataset: a config key, e.g. --set model.fusion=sum.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="With --dataset: epochs of the fused and alone runs.")] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="With --dataset: as many epochs (up to the recipe's) as fit this budget, timed here.")] = None,
+    alone: Annotated[bool, typer.Option("--alone/--no-alone", help="Train one run per modality alone (same epochs) to compare the probes with.")] = True,
+    try_: Annotated[Optional[str], typer.Option("--try", help="Compare these methods after the diagnosis, e.g. bmm,ogm-ge,mmpareto (a sweep).")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per method for --try.")] = 3,
+    checkpoint: Annotated[str, typer.Option(help="last (default: the alone runs have the same epochs) | best.")] = "last",
+    device: Device = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default <run>/diagnosis).")] = None,
+):
+    """Measure modality imbalance: exact Shapley values of the modalities (per class and sample), linear
+    probes of each encoder against the modality trained alone, memorisation and rho over epochs, the
+    bounded conditional utilisation rate; a summary, [dim]diagnosis.json[/] and [dim]diagnosis.html[/].
+
+    Examples:
+      mmvid diagnose my-run
+      mmvid diagnose --dataset demo --minutes 5
+      mmvid diagnose --dataset folder --recipe cremad --epochs 10 --try bmm,ogm-ge,mmpareto --seeds 3
+    """
+    from mmvid.diagnose import run_diagnose
+
+    run_diagnose(console, _ws(workspace), run=run, dataset=dataset, recipe=recipe, sets=_parse_sets(set_), epochs=epochs,
+                 minutes=minutes, alone=alone, try_methods=try_, seeds=seeds, checkpoint=checkpoint, device=device, out=out)
+
+
 # ----------------------------------------------------------------------------- demo
 
 

@@ -173,6 +173,15 @@ def test_prepare_and_train_show_the_regime_direction(tmp_path):
 
     con = Console(quiet=True)
     run_prepare(con, tmp_path, "proving", clips=300, workers=1, progress=False)
-    r = regime(run_train(con, tmp_path, "proving", {"epochs": 6, "run_name": "p", "device": "cpu"}, progress=False))
+    run = run_train(con, tmp_path, "proving", {"epochs": 6, "run_name": "p", "device": "cpu"}, progress=False)
+    r = regime(run)
     assert r.rho_min > 1.0
     assert r.strong_gap > r.weak_gap
+    # `mmvid diagnose` on that run finds audio memorising and learned first
+    from mmvid.diagnose import diagnose_run
+
+    data = diagnose_run(run, con, alone=False).data
+    gaps = {i["modality"]: i for i in data["measured"] if i["pattern"] == "memorising"}
+    c = data["curves"]
+    assert c["gap_audio"][-1] > c["gap_video"][-1] and set(gaps) == {"audio", "video"}
+    assert c["learned_first"] == "audio" and data["shapley"]["test"]["share"]["audio"] > 0.5

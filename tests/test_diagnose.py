@@ -1,0 +1,196 @@
+"""`mmvid diagnose`: exact Shapley values over modality coalitions (Eq. 5 masking), linear probes against
+runs of each modality alone, memorisation and rho curves, the bounded utilisation rate, the page."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from mmvid import diagnose as D
+from mmvid.errors import MmvidError
+
+QUIET = Console(quiet=True)
+
+
+def permutation_shapley(values, mods):
+    """Shapley's other definition: the marginal contribution of m averaged over all M! orders of arrival."""
+    phi = {m: 0.0 for m in mods}
+    orders = list(itertools.permutations(mods))
+    for order in orders:
+        before = frozenset()
+        for m in order:
+            phi[m] += (values[before | {m}] - values[before]) / len(orders)
+            before = before | {m}
+    return phi
+
+
+@pytest.mark.parametrize("mods", [["audio", "video"], ["audio", "video", "flow"]])
+def test_shapley_is_exact_and_efficient(mods):
+    rng = np.random.default_rng(len(mods))
+    values = {s: rng.random(7) for s in D.coalitions(mods)}
+    assert len(values) == 2 ** len(mods)
+    phi = D.shapley(values, mods)
+    # efficiency: the values add up to v(M) - v(empty), sample by sample
+    np.testing.assert_allclose(sum(phi.values()), values[frozenset(mods)] - values[frozenset()], atol=1e-12)
+    by_order = permutation_shapley(values, mods)
+    for m in mods:
+        np.testing.assert_allclose(phi[m], by_order[m], atol=1e-12)
+
+
+def test_utilisation_is_bounded_and_wu_et_al_where_they_agree():
+    rng = np.random.default_rng(0)
+    for a_all, a_without in rng.random((200, 2)):
+        u = D.utilisation(a_all, a_without)
+        assert -1.0 <= u <= 1.0
+        if a_all >= a_without:  # Wu et al. 2022: (A(M) - A(M minus m)) / A(M)
+            assert u == pytest.approx((a_all - a_without) / a_all)
+    assert D.utilisation(0.1, 0.9) == pytest.approx(-8 / 9)  # Wu et al.'s form would give -8
+    assert D.utilisation(0.0, 0.0) == 0.0
+
+
+def test_linear_probe_is_reproducible_and_learns_a_separable_task():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 120)
+    x = rng.normal(size=(120, 5)) + 4 * np.eye(3, 5)[y]
+    a = D.linear_probe(x[:80], y[:80], x[80:], y[80:], 3)
+    b = D.linear_probe(x[:80], y[:80], x[80:], y[80:], 3)
+    assert a == b and a["test"] >= 0.9
+
+
+@pytest.fixture(scope="module")
+def demo_ws(tmp_path_factory):
+    from mmvid.workflows import run_prepare
+
+    ws = tmp_path_factory.mktemp("diag")
+    run_prepare(QUIET, ws, "demo", clips=300, progress=False)
+    return ws
+
+
+def test_a_model_that_ignores_video_gives_it_zero_shapley_value(demo_ws):
+    from mmvid.config import resolve_config
+    from mmvid.data.cache import read_info
+    from mmvid.engine import make_loader
+    from mmvid.models.classifier import build_model
+
+    info = read_info(demo_ws / "caches" / "demo.h5")
+    cfg = resolve_config("demo", {"model.width": 4})
+    torch.manual_seed(0)
+    model = build_model(cfg, info.num_classes)
+    d_audio = model.encoders["audio"].output_dim
+    with torch.no_grad():
+        model.head.weight[:, d_audio:] = 0.0  # concat head: the video columns
+    rows = info.indices("test")[:40]
+    sp = D.split_pass(model, make_loader(info, rows, cfg, train=False), torch.device("cpu"), rows)
+    phi = D.shapley(sp.prob, ["audio", "video"])
+    assert np.all(phi["video"] == 0.0)
+    assert np.abs(phi["audio"]).max() > 0
+    np.testing.assert_allclose(phi["audio"], sp.prob[frozenset({"audio", "video"})] - sp.prob[frozenset()], atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def diagnosed(demo_ws):
+    """`mmvid diagnose --dataset demo` on 300 demo clips: a 3-epoch fused run and one run per modality alone."""
+    return D.run_diagnose(QUIET, demo_ws, dataset="demo", epochs=3, sets={"model.width": 8, "data.batch_size": 16})
+
+
+def test_diagnose_a_demo_run_end_to_end(diagnosed):
+    data = json.loads((diagnosed.out / "diagnosis.json").read_text())
+    mods = data["modalities"]
+    assert mods == ["audio", "video"]
+    for split in ("train", "test"):
+        sh = data["shapley"][split]
+        # efficiency on the means: sum phi = v(M) - v(empty)
+        assert sum(sh["phi"].values()) == pytest.approx(sh["value_full"] - sh["value_empty"], abs=1e-9)
+        assert sum(sh["per_class"][c]["n"] for c in sh["per_class"]) == sh["n"]
+        assert all(-1 <= u <= 1 for u in data["utilisation"][split].values())
+        for d in sh["most_dominated_samples"]:
+            assert d["class"] in data["class_names"] and 0 < d["share"] <= 1
+    for m in mods:
+        p = data["probes"][m]
+        assert {"fused_encoder", "alone_encoder", "alone_run"} <= set(p) and p["alone_epochs"] == 3
+        assert (diagnosed.out / f"alone-{m}" / "checkpoint_last.pt").exists()
+    # the demo builds audio as the modality learned first (its chords are learned within two epochs)
+    assert data["curves"]["learned_first"] == "audio"
+    assert data["curves"]["early_epochs"] == 2
+    assert len(data["curves"]["epoch"]) == 3 and len(data["curves"]["train_utilisation_audio"]) == 3
+    assert {i["pattern"] for i in data["measured"]} >= {"dominance", "underlearned", "memorising", "order"}
+
+
+def test_per_sample_values_are_saved_and_add_up(diagnosed):
+    import csv
+
+    rows = list(csv.DictReader(open(diagnosed.out / "samples_test.csv")))
+    data = json.loads((diagnosed.out / "diagnosis.json").read_text())
+    assert len(rows) == data["shapley"]["test"]["n"]
+    for r in rows:  # efficiency, per clip: phi_audio + phi_video = v(audio+video) - v(none)
+        assert float(r["phi_audio"]) + float(r["phi_video"]) == pytest.approx(
+            float(r["v_audio+video"]) - float(r["v_none"]), abs=1e-5)
+    assert np.mean([float(r["phi_audio"]) for r in rows]) == pytest.approx(data["shapley"]["test"]["phi"]["audio"], abs=1e-5)
+
+
+def test_the_budget_picks_the_epochs_that_fit(demo_ws):
+    from mmvid.config import resolve_config
+    from mmvid.data.cache import read_info
+
+    info = read_info(demo_ws / "caches" / "demo.h5")
+    cfg = resolve_config("demo", {"model.width": 4, "data.batch_size": 16, "data.dataset": "demo"})
+    alone = [D.alone_config(cfg, m) for m in cfg.data.modalities]
+    assert D.epochs_for_budget(cfg, alone, info, 1e-4, QUIET)[0] == 1  # nothing fits: still one epoch
+    epochs, info_ = D.epochs_for_budget(cfg, alone, info, 1e4, QUIET)
+    assert epochs == cfg.epochs and set(info_["step_seconds"]) == {"audio+video", "audio", "video"}
+    assert all(v > 0 for v in info_["step_seconds"].values())
+
+
+def test_the_page_holds_every_figure(diagnosed):
+    html = (diagnosed.out / "diagnosis.html").read_text()
+    imgs = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', html)
+    assert imgs == ["shapley_per_class", "probes", "memorisation", "rho"]
+    assert all((diagnosed.out / "figures" / f"{n}.png").stat().st_size > 5000 for n in imgs)
+    assert "http" not in html.split("<body>", 1)[1].split("data:image")[0]  # self-contained: nothing fetched
+
+
+def test_alone_runs_and_probes_are_reproducible(diagnosed, demo_ws):
+    """The same command again reuses the finished runs; diagnosing into a fresh folder retrains the alone
+    runs from the seed and gets the same probes and accuracies."""
+    first = json.loads((diagnosed.out / "diagnosis.json").read_text())
+    again = D.diagnose_run(diagnosed.run, QUIET, out=demo_ws / "again")
+    assert again.data["probes"] == first["probes"]
+    assert again.data["shapley"] == first["shapley"]
+
+
+@pytest.mark.parametrize("args, msg", [
+    ([], "give a RUN to diagnose or --dataset NAME"),
+    (["x", "--dataset", "demo"], "give a RUN to diagnose or --dataset NAME"),
+    (["--dataset", "demo", "--try", "bmm,nope"], "--try nope: no such method recipe; choose from"),
+    (["--dataset", "demo", "--minutes", "-1"], "--minutes"),
+    (["some-run", "--epochs", "3"], "a RUN given is diagnosed as it was trained"),
+])
+def test_cli_errors_are_one_line(demo_ws, capsys, args, msg):
+    from mmvid.cli import main
+
+    assert main(["diagnose", "-w", str(demo_ws), *args]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert msg in err and "Traceback" not in err and len(err) < 400
+
+
+def test_try_ranks_methods_through_the_sweep(diagnosed, demo_ws):
+    """--try bmm: the plain fused model and B-MM on the diagnosed run's data and settings, one seed each,
+    through `mmvid sweep` (its table beside the diagnosis)."""
+    from mmvid.evaluate import load_run
+
+    cfg = load_run(diagnosed.run, "test", "cpu", checkpoint="last").cfg
+    res = D.try_comparison(QUIET, demo_ws, cfg, ["bmm"], 1, diagnosed.out / "try-test")
+    assert sorted(r["row"] for r in res["table"]) == ["bmm", "plain"]
+    runs = sorted(p.name for p in (demo_ws / "runs").iterdir() if p.name.startswith("sweep-"))
+    assert len(runs) == 2
+    for name in runs:
+        saved = (demo_ws / "runs" / name / "config.yaml").read_text()
+        assert "width: 8" in saved and "batch_size: 16" in saved and "epochs: 3" in saved
+    assert any(p.endswith("table.md") for p in res["files"])
