@@ -194,3 +194,27 @@ def test_try_ranks_methods_through_the_sweep(diagnosed, demo_ws):
         saved = (demo_ws / "runs" / name / "config.yaml").read_text()
         assert "width: 8" in saved and "batch_size: 16" in saved and "epochs: 3" in saved
     assert any(p.endswith("table.md") for p in res["files"])
+
+
+def test_diagnose_a_folder_of_real_clips_from_the_command_line(shared_data, tmp_path, capsys):
+    """A new user's path: `mmvid prepare folder` on their own clips (real CREMA-D clips decoded here, two
+    classes), then `mmvid diagnose --dataset folder` trains the short runs and writes the page."""
+    from mmvid.cli import main
+
+    crema = shared_data / "crema_d" / "VideoFlash"
+    for cls, emotions in (("calm", ("NEU", "HAP", "SAD")), ("tense", ("ANG", "DIS", "FEA"))):
+        (tmp_path / "clips" / cls).mkdir(parents=True)
+        for e in emotions:
+            (tmp_path / "clips" / cls / f"1001_DFA_{e}_XX.flv").symlink_to(crema / f"1001_DFA_{e}_XX.flv")
+    ws = str(tmp_path / "ws")
+    assert main(["prepare", "folder", "--root", str(tmp_path / "clips"), "-w", ws, "--image-size", "32",
+                 "--clip-seconds", "2"]) == 0
+    code = main(["diagnose", "--dataset", "folder", "-w", ws, "--epochs", "2", "--set", "model.encoder=small",
+                 "--set", "model.width=4", "--set", "data.batch_size=2", "--set", "data.val_fraction=0"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    [run] = [p for p in (tmp_path / "ws" / "runs").iterdir() if p.name.startswith("diagnose-folder-")]
+    data = json.loads((run / "diagnosis" / "diagnosis.json").read_text())
+    assert data["class_names"] == ["calm", "tense"] and data["shapley"]["train"]["n"] + data["shapley"]["test"]["n"] == 6
+    assert (run / "diagnosis" / "diagnosis.html").stat().st_size > 20000
+    assert "Shapley share" in " ".join(out.out.split())
