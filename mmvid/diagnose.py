@@ -115,6 +115,14 @@ def split_pass(model, loader, device, rows: np.ndarray, amp: str = "off") -> Spl
                      {s: cat(v) for s, v in prob.items()}, {s: cat(v) for s, v in correct.items()})
 
 
+def balancebenchmark_shapley(acc: dict[frozenset[str], float], modalities: list[str]) -> dict[str, float]:
+    """BalanceBenchmark's "Shapley" imbalance figure (``Calculate_Shapley`` in balancemm/evaluation/modalitys.py,
+    default ``include_empty=False``): for each m, the unweighted sum of acc(S + m) - acc(S) over the non-empty
+    coalitions S without m (for two modalities: acc(all) - acc(the other alone)). Not the weighted Shapley
+    value (:func:`shapley`); kept so a figure can be compared with theirs."""
+    return {m: float(sum(acc[s | {m}] - acc[s] for s in acc if s and m not in s)) for m in modalities}
+
+
 def shares(phi: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-sample share of each modality: phi_m / sum_k |phi_k| (0 where every phi is 0)."""
     total = sum(np.abs(v) for v in phi.values())
@@ -150,6 +158,7 @@ def shapley_summary(sp: SplitPass, modalities: list[str], class_names: list[str]
         "phi_accuracy": {m: float(phi_acc[m].mean()) for m in modalities},
         "share": {m: float(phi[m].mean() / max(sum(abs(phi[k].mean()) for k in modalities), 1e-12)) for m in modalities},
         "coalition_accuracy": {"+".join(sorted(s)) or "none": float(v.mean()) for s, v in sp.correct.items()},
+        "balancebenchmark_shapley": balancebenchmark_shapley({s: float(v.mean()) for s, v in sp.correct.items()}, modalities),
         "per_class": per_class,
         "class_share": class_share,
         "most_dominated_samples": dominated,

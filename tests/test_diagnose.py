@@ -44,6 +44,23 @@ def test_shapley_is_exact_and_efficient(mods):
         np.testing.assert_allclose(phi[m], by_order[m], atol=1e-12)
 
 
+def test_balancebenchmark_figure_follows_its_calculate_shapley():
+    """Their loop (balancemm/evaluation/modalitys.py, include_empty=False): for each modality, the coalitions
+    of the others of size 1..M-1, each adding acc(S + m) - acc(S) unweighted."""
+    mods = ["audio", "video", "flow"]
+    rng = np.random.default_rng(5)
+    acc = {s: float(rng.random()) for s in D.coalitions(mods)}
+    theirs = {}
+    for m in mods:
+        rest = [k for k in mods if k != m]
+        combos = [list(c) for r in range(1, len(rest) + 1) for c in itertools.combinations(rest, r)]
+        theirs[m] = sum(acc[frozenset(c + [m])] - acc[frozenset(c)] for c in combos)
+    assert D.balancebenchmark_shapley(acc, mods) == pytest.approx(theirs, abs=1e-12)
+    two = {s: v for s, v in acc.items() if "flow" not in s}
+    assert D.balancebenchmark_shapley(two, ["audio", "video"])["audio"] == pytest.approx(
+        acc[frozenset({"audio", "video"})] - acc[frozenset({"video"})])
+
+
 def test_utilisation_is_bounded_and_wu_et_al_where_they_agree():
     rng = np.random.default_rng(0)
     for a_all, a_without in rng.random((200, 2)):
