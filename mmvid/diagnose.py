@@ -443,7 +443,7 @@ def measured(data: dict[str, Any]) -> list[dict[str, Any]]:
     for m, p in data["probes"].items():
         if "alone_encoder" in p:
             d = p["fused_encoder"]["test"] - p["alone_encoder"]["test"]
-            out.append({"pattern": "underlearned", "split": "test", "modality": m,
+            out.append({"pattern": "underlearned", "split": "test", "modality": m, "probe_difference": d,
                         "text": f"a linear probe on {m}'s encoder in the fused model scores {100 * p['fused_encoder']['test']:.1f}% "
                                 f"held out; on the encoder trained on {m} alone {100 * p['alone_encoder']['test']:.1f}% "
                                 f"({100 * d:+.1f} points)", "figure": "probes.png"})
@@ -452,7 +452,7 @@ def measured(data: dict[str, Any]) -> list[dict[str, Any]]:
     for m in mods:
         gaps = [g for g in c.get(f"gap_{m}", []) if g is not None]
         if gaps:
-            out.append({"pattern": "memorising", "split": f"train-{held}", "modality": m,
+            out.append({"pattern": "memorising", "split": f"train-{held}", "modality": m, "gap": gaps[-1],
                         "text": f"{m} alone: train minus {held} accuracy {100 * gaps[-1]:+.1f} points at the last epoch "
                                 f"(largest {100 * max(gaps):+.1f})", "figure": "memorisation.png"})
     if c.get("learned_first"):
@@ -462,8 +462,12 @@ def measured(data: dict[str, Any]) -> list[dict[str, Any]]:
                             f"{k} epochs was the largest (" + ", ".join(f"{m} {v:.1f}" for m, v in sc.items()) + "); train accuracy reached "
                             f"half its best at epoch " + ", ".join(f"{m} {e}" for m, e in c["epoch_to_half_best"].items()),
                     "figure": "rho.png"})
+    worst_gap = max((i for i in out if i["pattern"] == "memorising"), key=lambda i: i["gap"], default=None)
     for item in out:
-        if item["pattern"] in TARGETS:
+        # Methods are named only where the measurement shows the pattern they target.
+        shows = {"dominance": True, "underlearned": item.get("probe_difference", 0.0) < 0,
+                 "memorising": item is worst_gap and item.get("gap", 0.0) > 0}.get(item["pattern"], False)
+        if shows:
             item["methods"] = TARGETS[item["pattern"]][1]
     return out
 

@@ -138,6 +138,12 @@ def test_diagnose_a_demo_run_end_to_end(diagnosed):
     assert data["curves"]["early_epochs"] == 2
     assert len(data["curves"]["epoch"]) == 3 and len(data["curves"]["train_utilisation_audio"]) == 3
     assert {i["pattern"] for i in data["measured"]} >= {"dominance", "underlearned", "memorising", "order"}
+    for i in data["measured"]:  # methods are named only where the pattern they target was measured
+        if i["pattern"] == "underlearned":
+            assert ("methods" in i) == (i["probe_difference"] < 0)
+    named = [i for i in data["measured"] if i["pattern"] == "memorising" and "methods" in i]
+    assert len(named) <= 1 and all(i["gap"] == max(j["gap"] for j in data["measured"] if j["pattern"] == "memorising")
+                                   for i in named)
 
 
 def test_per_sample_values_are_saved_and_add_up(diagnosed):
