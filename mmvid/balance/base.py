@@ -113,6 +113,8 @@ class Balancer(Plugin):
         if len(self.modalities) < self.min_modalities:
             raise MmvidError(f"balancer {self.cfg.name!r} needs at least {self.min_modalities} modalities, "
                              f"data.modalities has {self.modalities}; add a modality or use --balance none")
+        if getattr(self, "score", None) == "split-head":  # scores read from slices of the fused head
+            check_split_heads(model_cfg, "score", "split-head", "mask (paper Eq. 5)")
 
     def setup(self, model: nn.Module, ctx) -> nn.Module | None:
         return None

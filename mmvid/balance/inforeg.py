@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
-from mmvid.balance.base import Balancer, check_split_heads, encoder_parameters, modality_scores, unwrap
+from mmvid.balance.base import Balancer, encoder_parameters, modality_scores, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
 
@@ -106,8 +106,6 @@ class InfoReg(Balancer):
         if self.trace != "own" and self.trace not in self.modalities:
             raise MmvidError(f"balance.args.trace={self.trace!r} is not one of data.modalities {self.modalities}; "
                              f"name the modality whose Fisher trace opens the window, or use 'own'")
-        if self.score == "split-head":
-            check_split_heads(model_cfg, "score", "split-head", "mask (paper Eq. 5)")
 
     def _alpha(self, raw) -> dict[str, float]:
         if isinstance(raw, (int, float)):

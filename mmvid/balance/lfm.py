@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mmvid.augment.base import EpochMeans
-from mmvid.balance.base import Balancer, check_split_heads, unwrap
+from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
 
@@ -125,11 +125,6 @@ class LFM(Balancer):
                                  f"halve_every 20, hyper_samples 8)")
         self.last_grad = 0.0
         self.stats = EpochMeans()
-
-    def check(self, model_cfg, augment_name: str) -> None:
-        super().check(model_cfg, augment_name)
-        if self.score == "split-head":
-            check_split_heads(model_cfg, "score", "split-head", "mask (paper Eq. 5)")
 
     def setup(self, model, ctx):
         if self.schedule == "learnable" and len(ctx.splits.val) == 0:

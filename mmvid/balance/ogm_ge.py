@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from mmvid.augment.base import EpochMeans
-from mmvid.balance.base import (Balancer, check_split_heads, encoder_parameters, modality_scores, relative_to_others,
+from mmvid.balance.base import (Balancer, encoder_parameters, modality_scores, relative_to_others,
                                 scored_logits)
 from mmvid.registry import BALANCERS
 
@@ -53,11 +53,6 @@ class OGMGE(Balancer):
         self.gens: dict[str, torch.Generator] = {}
         self.seed = 0
         self.stats = EpochMeans()
-
-    def check(self, model_cfg, augment_name: str) -> None:
-        super().check(model_cfg, augment_name)
-        if self.score == "split-head":
-            check_split_heads(model_cfg, "score", "split-head", "mask (paper Eq. 5)")
 
     def setup(self, model, ctx):
         self.seed = int(ctx.cfg.seed) + 7919  # one seed for every rank: the noise is the same everywhere

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mmvid.augment.base import EpochMeans, mixed_cross_entropy
-from mmvid.balance.base import Balancer, check_split_heads, modality_scores, relative_to_others, scored_logits, unwrap
+from mmvid.balance.base import Balancer, modality_scores, relative_to_others, scored_logits, unwrap
 from mmvid.balance.ogm_ge import SCORES
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
@@ -79,11 +79,6 @@ class OPM(Balancer):
             raise MmvidError(f"balance.args.lam={self.lam} must be >= 0 (the reference's 0.5)")
         self.gen: torch.Generator | None = None
         self.stats = EpochMeans()
-
-    def check(self, model_cfg, augment_name: str) -> None:
-        super().check(model_cfg, augment_name)
-        if self.score == "split-head":
-            check_split_heads(model_cfg, "score", "split-head", "mask (paper Eq. 5)")
 
     def setup(self, model, ctx):
         # Each rank drops features of its own samples: its own stream (seed + rank), resumable.
