@@ -210,3 +210,14 @@ def test_damaged_shard_is_one_line_naming_it(sharded, tmp_path):
     line = _refused(ws, "--merge")
     assert f"cache {shard} is damaged" in line and "checksum" in line
     assert "mmvid prepare demo" in line and "--shard 2/3 --force" in line
+
+
+def test_latest_cache_is_never_a_shard(sharded, tmp_path):
+    from mmvid.workspace import resolve_cache
+
+    ws = _copy_shards(sharded, tmp_path / "l")
+    with pytest.raises(MmvidError, match=r"only shards .*`mmvid prepare demo --merge`"):
+        resolve_cache(ws, None)
+    shutil.copy(sharded["one"], ws / "caches/one.h5")
+    (ws / "caches/demo.shard-1-of-3.h5").touch()  # the newest file
+    assert resolve_cache(ws, None).name == "one.h5"
