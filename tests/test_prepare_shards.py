@@ -221,3 +221,14 @@ def test_latest_cache_is_never_a_shard(sharded, tmp_path):
     shutil.copy(sharded["one"], ws / "caches/one.h5")
     (ws / "caches/demo.shard-1-of-3.h5").touch()  # the newest file
     assert resolve_cache(ws, None).name == "one.h5"
+
+
+def test_merging_again_is_a_no_op_until_a_shard_changes(sharded, tmp_path):
+    ws = _copy_shards(sharded, tmp_path / "again")
+    shutil.copy(sharded["merged"], ws / "caches/demo.h5")
+    res = CliRunner().invoke(app, ["prepare", "demo", "-w", str(ws), "--merge"])
+    assert res.exit_code == 0 and "already complete" in res.output
+    run_prepare(QUIET, ws, "demo", clips=CLIPS, shard="1/3", force=True, progress=False)  # now BROKEN decodes
+    res = CliRunner().invoke(app, ["prepare", "demo", "-w", str(ws), "--merge"])
+    assert res.exit_code == 0 and "30/30 clips ok" in " ".join(res.output.split())
+    assert (read_info(ws / "caches/demo.h5").status == 1).all()

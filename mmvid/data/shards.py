@@ -206,13 +206,18 @@ def merge_shards(cache: Path, given: dict[str, Any] | None = None, force: bool =
     cache = Path(cache)
     n, infos, names, labels, splits = check_shards(cache, given)
     first = infos[0]
+    status = np.empty(len(names), dtype=np.int8)  # the merged rows' status, as the shards recorded it
+    for i, info in enumerate(infos):
+        status[i::n] = info.status
     report = PrepareReport(cache=cache, total=len(names))
     reports = [_read_report(info.path) for info in infos]
     report.notes, report.excluded = list(reports[0].get("notes", [])), list(reports[0].get("excluded", []))
     if cache.exists() and not force:
         try:
             have = read_info(cache)
-            if have.params == first.params and have.names == names:
+            if (have.params == first.params and have.names == names and have.class_names == first.class_names
+                    and all(np.array_equal(x, y) for x, y in ((have.labels, labels), (have.split, splits),
+                                                              (have.status, status)))):
                 report.already_complete, report.ok = True, int((have.status == OK).sum())
                 return report
         except MmvidError:
@@ -235,9 +240,6 @@ def merge_shards(cache: Path, given: dict[str, Any] | None = None, force: bool =
         writer.close()
         raise
     errors = {f["name"]: f for rep in reports for f in rep.get("failed", []) if isinstance(f, dict) and "name" in f}
-    status = np.empty(len(names), dtype=np.int8)
-    for i, info in enumerate(infos):
-        status[i::n] = info.status
     report.failed = [errors.get(names[j]) or {"name": names[j], "file": "", "error": "failed (its shard's report is gone)"}
                      for j in np.flatnonzero(status == FAILED)]
     versions = [json.loads(info.attrs.get("versions", "{}")) for info in infos]
