@@ -132,6 +132,8 @@ def prepare(
     missing_audio: Annotated[Optional[str], typer.Option(help="Clips without audio: skip | zeros.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of generated splits (and of the demo).")] = 0,
     clips: Annotated[Optional[int], typer.Option(help="Generated sets (demo, proving) only: number of clips to generate.")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="Prepare only shard i/n (0-based: clips i, i+n, ...) into <name>.shard-i-of-n.h5.")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="Copy the finished shards into one cache <name>.h5.")] = False,
 ):
     """Decode a dataset once into the HDF5 cache [dim](<workspace>/caches/<name>.h5)[/].
 
@@ -140,6 +142,7 @@ def prepare(
       mmvid prepare cremad --root /data/CREMA-D --workers 8
       mmvid prepare ucf101 --root /data/UCF101 --split 1 --flow precomputed
       mmvid prepare cremad --info
+      mmvid prepare kinetics-sounds --root /data/KS --shard 3/16   (then, once all 16 are done: --merge)
     """
     from mmvid.workflows import run_prepare
 
@@ -149,7 +152,7 @@ def prepare(
     params, labels = _from_flags(flags)
     run_prepare(console, _ws(workspace), dataset, root=root, name=name, workers=workers, force=force, info=info,
                 split=split, train_list=train_list, test_list=test_list, seed=seed, clips=clips,
-                params=params, labels=labels)
+                params=params, labels=labels, shard=shard, merge=merge)
 
 
 # ----------------------------------------------------------------------------- train

@@ -49,12 +49,18 @@ def print_cache_info(console, path: Path) -> None:
 
 def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name: str | None = None, workers: int = 1,
                 force: bool = False, info: bool = False, params: dict[str, Any] | None = None, progress: bool = True,
-                labels: dict[str, str] | None = None, **source_kwargs) -> Path:
+                labels: dict[str, str] | None = None, shard: str | None = None, merge: bool = False,
+                **source_kwargs) -> Path:
     """``params`` override the source's cache parameters (None = the source's value; ``fps`` 0 = native);
-    ``labels`` name the CLI flag of each (for errors). Every value is checked before any source is listed."""
+    ``labels`` name the CLI flag of each (for errors). Every value is checked before any source is listed.
+    ``shard`` ``"i/n"`` prepares clips i, i + n, ... into ``<name>.shard-<i>-of-<n>.h5``; ``merge`` copies
+    finished shards into ``<name>.h5`` (mmvid.data.shards)."""
     from mmvid.data.params import PrepareParams
     from mmvid.schema import check_option
 
+    if shard is not None and merge:
+        raise MmvidError("--shard and --merge go in separate commands: prepare each shard with --shard i/n, "
+                         "then merge them with --merge")
     check_option("--workers", workers, ge=1, le=1024)
     for key, rule in PREPARE_OPTIONS.items():
         if source_kwargs.get(key) is not None:
@@ -63,14 +69,23 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
     if given.get("fps") == 0:
         given["fps"] = None
     PrepareParams.build(given, labels)  # a bad option fails here, before the source is listed or generated
+    from mmvid.data import shards
     from mmvid.data.prepare import prepare
     from mmvid.data.sources import GENERATED, get_source
     from mmvid.workspace import cache_path
 
+    part = shards.parse_shard(shard) if shard is not None else None
     cache = cache_path(ws, name or dataset)
+    if part:
+        cache = shards.shard_path(cache, *part)
     if info:
         print_cache_info(console, cache)
         return cache
+    if merge:  # reads only the shard files: the source is not listed again
+        report = shards.merge_shards(cache, given, force=force, progress=progress)
+        from mmvid.data.cache import read_info
+
+        return _prepare_summary(console, cache, report, classes=read_info(cache).num_classes, what="merged shards into")
     make_source = get_source(dataset)  # first: registers every source, and rejects an unknown name
     generated = dataset in GENERATED
     if generated and root is None:
@@ -80,11 +95,28 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
         source_kwargs["n_clips"] = source_kwargs.pop("clips")
     src = make_source(root=root, **source_kwargs)
     p = PrepareParams.build({**src.params, **given}, labels)
-    report = prepare(src, cache, p, workers=workers, force=force, progress=progress)
+    attrs = None
+    if part:
+        from dataclasses import asdict
+
+        src, record = shards.select_shard(src, *part, asdict(p))
+        attrs = {"shard": record}
+    report = prepare(src, cache, p, workers=workers, force=force, progress=progress, attrs=attrs)
+    _prepare_summary(console, cache, report, classes=len(src.class_names), shard=part)
+    if part:
+        console.print(f"shard {part[0]}/{part[1]}: {report.total} of {attrs['shard']['total']} clips; when all "
+                      f"{part[1]} shards are done, merge them with `mmvid prepare {dataset}"
+                      + (f" --name {name}" if name else "") + " --merge`", soft_wrap=True, highlight=False)
+    return cache
+
+
+def _prepare_summary(console, cache: Path, report, classes: int, shard: tuple[int, int] | None = None,
+                     what: str = "wrote") -> Path:
+    """What a prepare (or merge) did: counts, notes, skipped clips and classes that cannot be learned."""
     if report.already_complete:
         console.print(f"[green]{cache}[/] is already complete ({report.ok} clips); use --force to rebuild")
         return cache
-    msg = f"[green]wrote {cache}[/]: {report.ok}/{report.total} clips ok"
+    msg = f"[green]{what} {cache}[/]: {report.ok}/{report.total} clips ok"
     if report.skipped_done:
         msg += f" ({report.skipped_done} resumed from an earlier run)"
     console.print(msg + f" in {report.seconds:.1f}s")
@@ -104,10 +136,10 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
         for f in report.failed[:20]:
             table.add_row(escape(f["name"]), escape(f["error"]))
         console.print(table)
-    empty = report.empty_classes
+    empty = [] if shard else report.empty_classes  # a shard holds some classes' clips only: the merge warns
     if empty:
         named = "; ".join(f"{e['name']}: {e['reason']}" for e in empty[:5]) + ("; ..." if len(empty) > 5 else "")
-        console.print(f"[bold yellow]warning:[/] {len(empty)} of {len(src.class_names)} classes have no usable "
+        console.print(f"[bold yellow]warning:[/] {len(empty)} of {classes} classes have no usable "
                       f"training clip and cannot be learned ({escape(named)}); they keep their label. Add or fix "
                       f"their clips and re-run with --force (\"empty_classes\" in {cache.name}.report.json)")
     return cache

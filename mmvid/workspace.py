@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -120,8 +121,15 @@ def resolve_cache(ws: Path, dataset: str | None) -> Path:
             hint = f"prepare it with `{how}`" + (f" or choose one of the prepared: {', '.join(have)}" if have else "")
             raise MmvidError(f"no cache for dataset {dataset!r} at {p}; {hint}")
         return p
-    found = sorted(caches_dir(ws).glob("*.h5"), key=lambda q: q.stat().st_mtime)
+    # shards (<name>.shard-<i>-of-<n>.h5, mmvid.data.shards) are not caches to train on: their merge is
+    found = sorted((q for q in caches_dir(ws).glob("*.h5") if not re.search(r"\.shard-\d+-of-\d+\.h5$", q.name)),
+                   key=lambda q: q.stat().st_mtime)
     if not found:
+        shard = next(iter(sorted(caches_dir(ws).glob("*.shard-*-of-*.h5"))), None)
+        if shard is not None:
+            name = re.sub(r"\.shard-\d+-of-\d+\.h5$", "", shard.name)
+            raise MmvidError(f"no prepared cache in {caches_dir(ws)}, only shards ({shard.name}, ...); merge them "
+                             f"with `mmvid prepare {name} --merge` first")
         raise MmvidError(f"no prepared cache in {caches_dir(ws)}; run `mmvid prepare demo` (or another dataset) first")
     return found[-1]
 

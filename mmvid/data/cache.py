@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,17 +63,20 @@ class CacheDamaged(MmvidError):
 
 
 def rebuild_command(path: Path, dataset: str | None = None) -> str:
-    """``mmvid prepare DATASET [--name NAME] [-w WORKSPACE] --force`` for the cache at ``path``."""
+    """``mmvid prepare DATASET [--name NAME] [-w WORKSPACE] [--shard I/N] --force`` for the cache at ``path``."""
     from mmvid.workspace import workspace_dir
 
     path = Path(path)
     name = path.name[:-3] if path.name.endswith(".h5") else path.stem
+    shard = re.fullmatch(r"(.+)\.shard-(\d+)-of-(\d+)", name)  # a shard of mmvid.data.shards: rebuild that shard
+    if shard:
+        name = shard[1]
     cmd = f"mmvid prepare {dataset or name}"
     if dataset and dataset != name:
         cmd += f" --name {name}"
     if path.parent.name == "caches" and path.parent.parent != workspace_dir():
         cmd += f" -w {path.parent.parent}"
-    return cmd + " --force"
+    return cmd + (f" --shard {shard[2]}/{shard[3]}" if shard else "") + " --force"
 
 
 def damaged(path: str | Path, what: str, dataset: str | None = None) -> CacheDamaged:

@@ -195,12 +195,13 @@ def _recorded_failures(path: Path, writer: CacheWriter, source: Source) -> list[
 
 
 def prepare(source: Source, cache: Path, params: PrepareParams, workers: int = 1, force: bool = False,
-            progress: bool = True) -> PrepareReport:
+            progress: bool = True, attrs: dict[str, Any] | None = None) -> PrepareReport:
     """Write (or resume) ``cache`` for ``source``; returns what happened, also saved as ``<cache>.report.json``.
 
     Crash safety: rows go to ``<cache>.partial`` with a per-clip status, flushed after every clip
     together with ``<cache>.failures.json``; only a finished file is renamed to ``cache``. Re-running
     the same command resumes the partial file (clips already written or failed are not redone).
+    ``attrs``: extra cache attributes (stored as JSON), e.g. the record of a shard (mmvid.data.shards).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -263,7 +264,7 @@ def prepare(source: Source, cache: Path, params: PrepareParams, workers: int = 1
         raise
     report.failed = failed
     versions = library_versions()
-    writer.finalize({"versions": versions, "failed": [f["name"] for f in failed]})
+    writer.finalize({"versions": versions, "failed": [f["name"] for f in failed], **(attrs or {})})
     failures_path.unlink(missing_ok=True)
     info = read_info(cache)
     report.ok = int((info.status == 1).sum())
