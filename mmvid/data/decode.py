@@ -1,4 +1,5 @@
-"""Decoding backends: decord by default, PyAV as the fallback when decord fails on a file.
+"""Decoding backends: decord for frames and PyAV for audio by default, the other as the fallback
+when one fails on a file.
 
 Both return RGB uint8 frames of shape (T, H, W, 3) and mono float32 audio at the requested
 sample rate. Every file is first probed with PyAV (header only), which raises Python errors on
@@ -235,8 +236,14 @@ def has_audio_stream(path: str | Path) -> bool:
         return False
 
 
-def decode_audio(path: str | Path, sr: int, backend: str = "decord") -> np.ndarray:
-    """Mono float32 waveform at ``sr`` Hz from a wav/mp3 file or a video's first audio stream."""
+def decode_audio(path: str | Path, sr: int, backend: str = "pyav") -> np.ndarray:
+    """Mono float32 waveform at ``sr`` Hz from a wav/mp3 file or a video's first audio stream.
+
+    PyAV first by default, the other backend as the fallback: decord's ``AudioReader`` leaks about the
+    size of the decoded waveform on every call (about 230 KB for a 2.5 s clip; PyAV leaks nothing
+    measurable), which made ``prepare``'s memory grow with the number of clips. Both resample with
+    FFmpeg's swresample: on every real clip of the test data their waveforms are bit-identical.
+    """
     path = Path(path)
     if path.suffix.lower() in (".wav", ".flac", ".ogg"):
         import librosa
@@ -252,7 +259,7 @@ def decode_audio(path: str | Path, sr: int, backend: str = "decord") -> np.ndarr
     if pr.audio_streams == 0:
         raise NoAudioError("no audio stream")
     errors = []
-    order = [backend] + [b for b in ("decord", "pyav") if b != backend]
+    order = [backend] + [b for b in ("pyav", "decord") if b != backend]
     if pr.audio_streams > 1:  # decord would take the "best" audio stream, not the first
         order = ["pyav"]
     for name in order:
