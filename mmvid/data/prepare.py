@@ -100,7 +100,7 @@ def process_clip(clip: ClipSpec, p: PrepareParams) -> dict[str, np.ndarray]:
     try:
         if audio_src is None:
             raise NoAudioError("no audio file")
-        wave = decode_audio(audio_src, p.sample_rate)  # PyAV whatever ``p.decoder`` says: see decode_audio
+        wave = decode_audio(audio_src, p.sample_rate)
         sample["spectrogram"] = log_spectrogram(wave, p.sample_rate, p.clip_seconds, p.n_fft, p.hop,
                                                 p.window, p.tile_audio).astype(np.float16)
     except NoAudioError as e:
