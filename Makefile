@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.mmvid-installed
 
-.PHONY: venv demo test test-fast bench bench-prepare bench-throughput bench-methods bench-proving bench-zoo clean
+.PHONY: venv demo test test-fast bench bench-prepare bench-prepare-memory bench-throughput bench-methods bench-proving bench-zoo clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,9 @@ bench: bench-prepare bench-throughput bench-methods
 
 bench-prepare: $(STAMP)
 	$(PY) -m benchmarks.bench_prepare
+
+bench-prepare-memory: $(STAMP)
+	$(PY) -m benchmarks.bench_prepare_memory
 
 bench-throughput: $(STAMP)
 	$(PY) -m benchmarks.bench_throughput

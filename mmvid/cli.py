@@ -117,7 +117,7 @@ def prepare(
     root: Annotated[Optional[Path], typer.Option(help="Dataset root folder in its official layout.")] = None,
     workspace: Workspace = None,
     name: Annotated[Optional[str], typer.Option(help="Cache name (default: the dataset name).")] = None,
-    workers: Annotated[int, typer.Option(help="Parallel decoding processes.")] = 1,
+    workers: Annotated[str, typer.Option(help="Parallel decoding processes, or auto: one per CPU, at most one per 25 clips (1 below 50).")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Rebuild the cache from scratch.")] = False,
     info: Annotated[bool, typer.Option("--info", help="Only print what an existing cache holds and verify it.")] = False,
     split: Annotated[Optional[str], typer.Option(help="UCF-101 split 1|2|3.")] = None,

@@ -47,7 +47,15 @@ def print_cache_info(console, path: Path) -> None:
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
 
 
-def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name: str | None = None, workers: int = 1,
+def _as_int(value: Any) -> Any:
+    """``"8"`` (as the CLI passes it) -> 8; anything else unchanged, for the check to reject."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name: str | None = None, workers: int | str = "auto",
                 force: bool = False, info: bool = False, params: dict[str, Any] | None = None, progress: bool = True,
                 labels: dict[str, str] | None = None, shard: str | None = None, merge: bool = False,
                 **source_kwargs) -> Path:
@@ -61,7 +69,11 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
     if shard is not None and merge:
         raise MmvidError("--shard and --merge go in separate commands: prepare each shard with --shard i/n, "
                          "then merge them with --merge")
-    check_option("--workers", workers, ge=1, le=1024)
+    if workers != "auto":  # a count, checked as every option is ("auto" is resolved once the clips are known)
+        try:
+            workers = check_option("--workers", _as_int(workers), ge=1, le=1024)
+        except MmvidError as e:
+            raise MmvidError(f"{e} or auto") from None
     for key, rule in PREPARE_OPTIONS.items():
         if source_kwargs.get(key) is not None:
             source_kwargs[key] = check_option(f"--{key}", source_kwargs[key], **rule)
@@ -119,7 +131,7 @@ def _prepare_summary(console, cache: Path, report, classes: int, shard: tuple[in
     msg = f"[green]{what} {cache}[/]: {report.ok}/{report.total} clips ok"
     if report.skipped_done:
         msg += f" ({report.skipped_done} resumed from an earlier run)"
-    console.print(msg + f" in {report.seconds:.1f}s")
+    console.print(msg + f" in {report.seconds:.1f}s" + (f" ({report.workers} decoder processes)" if report.workers > 1 else ""))
     from rich.markup import escape
 
     for note in report.notes:

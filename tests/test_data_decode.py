@@ -88,6 +88,21 @@ def test_audio_any_rate_and_channels_to_mono(shared_data):
     assert abs(len(wav) - len(vid)) < 0.05 * 8000
 
 
+def test_audio_is_what_the_caches_always_held(shared_data):
+    """Audio decoding moved from decord-then-PyAV to PyAV alone (decord's AudioReader leaks the waveform's size
+    on every call). The values do not change: the former decord call, ``AudioReader(...).asnumpy()``, raised
+    AttributeError on every file (decord 0.6.0's AudioReader has no ``asnumpy``), so PyAV's waveform was what
+    every cache stored. Checked here on the installed decord, and on a real clip: the new path equals
+    PyAV's waveform exactly (tolerance 0)."""
+    import decord
+
+    from mmvid.data.decode import _pyav_audio
+
+    assert not hasattr(decord.AudioReader, "asnumpy")
+    path = shared_data / CLIPS[0][0]
+    assert np.array_equal(decode_audio(path, 22050), _pyav_audio(path, 22050))
+
+
 def test_no_audio_stream(shared_data):
     with pytest.raises(NoAudioError, match="no audio stream"):
         decode_audio(shared_data / "kinetics_sounds_style/videos/mmaction2_test_noaudio.mp4", 16000)

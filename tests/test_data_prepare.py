@@ -196,15 +196,20 @@ def test_damaged_partial_file_restarts(shared_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_parallel_workers_give_the_same_cache(shared_data, tmp_path):
+def test_parallel_workers_give_the_same_cache(shared_data, tmp_path, monkeypatch):
+    """In this process, in 2 workers and in 1 child process, with the decoder processes recycled every 2 clips
+    (the 6 clips go through 2 pools of 2 workers, then 3 pools of 1): the same cache."""
     root = shared_data / "crema_d"
     kw = dict(root=root, train_list=root / "splits_fixture/train.csv", test_list=root / "splits_fixture/test.csv",
               progress=False, params={"image_size": 32})
-    one = run_prepare(QUIET, tmp_path, "cremad", name="one", **kw)
-    two = run_prepare(QUIET, tmp_path, "cremad", name="two", workers=2, **kw)
-    with h5py.File(one) as a, h5py.File(two) as b:
-        for key in ("frames", "spectrogram", "labels", "split", "status"):
-            assert np.array_equal(a[key][:], b[key][:])
+    one = run_prepare(QUIET, tmp_path, "cremad", name="one", workers=1, **kw)
+    monkeypatch.setattr(prepare_mod, "RECYCLE_AFTER", 2)  # also sends workers=1 with > 2 clips to a child process
+    others = [run_prepare(QUIET, tmp_path, "cremad", name=f"w{w}", workers=w, **kw) for w in (2, 1)]
+    for other in others:
+        with h5py.File(one) as a, h5py.File(other) as b:
+            assert a["status"].shape == (6,)
+            for key in ("frames", "spectrogram", "labels", "split", "status"):
+                assert np.array_equal(a[key][:], b[key][:])
 
 
 KILL_SCRIPT = """

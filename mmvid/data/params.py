@@ -33,7 +33,7 @@ class PrepareParams:
     frames_fps: float = spec(25.0, gt=0.0, le=1000.0)  # frame rate of precomputed frame folders (img_/x_/y_%05d.jpg)
     missing_audio: str = spec("skip", choices=("skip", "zeros"))
     min_seconds: float = spec(0.5, ge=0.0, le=86_400.0)  # shorter videos are reported and skipped (half a period at 1 fps)
-    decoder: str = spec("decord", choices=("decord", "pyav"))
+    decoder: str = spec("decord", choices=("decord", "pyav"))  # of frames; audio is always PyAV (decode_audio)
     normalisation: str = spec("imagenet", choices=("imagenet",))  # applied when reading frames; stored frames are raw RGB
 
     def __post_init__(self) -> None:
