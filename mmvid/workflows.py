@@ -64,7 +64,7 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
         given["fps"] = None
     PrepareParams.build(given, labels)  # a bad option fails here, before the source is listed or generated
     from mmvid.data.prepare import prepare
-    from mmvid.data.sources import GENERATED, get_source
+    from mmvid.data.sources import GENERATED, get_source, write_missing_manifest
     from mmvid.workspace import cache_path
 
     cache = cache_path(ws, name or dataset)
@@ -81,8 +81,13 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
     src = make_source(root=root, **source_kwargs)
     p = PrepareParams.build({**src.params, **given}, labels)
     report = prepare(src, cache, p, workers=workers, force=force, progress=progress)
+    manifest = write_missing_manifest(src, cache)
+    missing_note = (f"[yellow]note:[/] {len(src.missing)} clips of the split lists have no video; their list lines "
+                    f"are in {manifest} (a list to download)") if manifest else None
     if report.already_complete:
         console.print(f"[green]{cache}[/] is already complete ({report.ok} clips); use --force to rebuild")
+        if missing_note:
+            console.print(missing_note, soft_wrap=True, highlight=False)
         return cache
     msg = f"[green]wrote {cache}[/]: {report.ok}/{report.total} clips ok"
     if report.skipped_done:
@@ -92,6 +97,8 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
 
     for note in report.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
+    if missing_note:
+        console.print(missing_note, soft_wrap=True, highlight=False)
     if report.excluded:
         console.print(f"[yellow]note:[/] {len(report.excluded)} inputs were not prepared; each is named with its "
                       f"reason under \"excluded\" in {cache.name}.report.json")
