@@ -162,7 +162,8 @@ def test_vggsound_names_labels_splits_and_missing(shared_data, tmp_path):
     assert got == {f"{y}_{s:06d}": (label, split, file) for y, s, label, split, file in VGG_ROWS[:4]}
     reasons = {e["name"]: e["reason"] for e in src.excluded}
     assert set(reasons) == {"eeeeeeeeeee_000003", "fffffffffff_000000 (not a vggsound label)", "zzzzzzzzzzz_000005"}
-    assert "no video" in reasons["eeeeeeeeeee_000003"] and "309 classes" in reasons["fffffffffff_000000 (not a vggsound label)"]
+    assert "no video" in reasons["eeeeeeeeeee_000003"]
+    assert "309 classes" in reasons["fffffffffff_000000 (not a vggsound label)"]
     # the manifest line is the csv row itself, quoting included: a csv a downloader reads
     assert src.missing == ['eeeeeeeeeee,3,"bird chirping, tweeting",train']
     assert src.params["sample_rate"] == 16000 and src.params["n_fft"] == 256 and src.params["clip_seconds"] == 5.0

@@ -328,7 +328,8 @@ def parse_ks_list(path: Path, num_classes: int, hint: str = "") -> list[tuple[st
     for n, line in enumerate(read_lines(path), 1):
         parts = [s.strip() for s in line.split(",")]
         if len(parts) < 2 or not parts[-1].isdigit() or int(parts[-1]) >= num_classes:
-            raise MmvidError(f"{path}:{n}: expected `clip_id,10,label_idx` with label_idx < {num_classes}, got {line!r}{hint}")
+            raise MmvidError(f"{path}:{n}: expected `clip_id,10,label_idx` with label_idx < {num_classes}, "
+                             f"got {line!r}{hint}")
         out.append((parts[0], int(parts[-1]), line))
     return out
 
@@ -505,7 +506,8 @@ def vggsound_source(root: Path | None = None, train_list: Path | None = None, te
     ex.add(unknown, f"label not among VGGSound's {len(VGGSOUND_CLASSES)} classes (data/stat.csv)",
            f"csv rows have a label not among VGGSound's {len(VGGSOUND_CLASSES)} classes")
     clash = {k for k, r in rows.items() if len({(y, s) for y, s, _, _ in r}) > 1}
-    ex.add(sorted(clash), "listed twice with different labels or splits", "clips are listed twice with different labels or splits")
+    ex.add(sorted(clash), "listed twice with different labels or splits",
+           "clips are listed twice with different labels or splits")
     absent = [k for k, r in rows.items() if r[0][3] is None]
     ex.add([k for k in absent if k not in clash], "in the csv, no video under --root", "clips of the csv have no video file")
     used = {r[0][3] for r in rows.values()}
