@@ -113,7 +113,7 @@ def _parse_sets(items: list[str] | None) -> dict[str, str]:
 @app.command()
 @cli_errors
 def prepare(
-    dataset: Annotated[str, typer.Argument(help="demo | demo-shortcut | proving | cremad | kinetics-sounds | ucf101 | folder")],
+    dataset: Annotated[str, typer.Argument(help="demo | demo-shortcut | proving | cremad | kinetics-sounds | ave | vggsound | ucf101 | folder")],
     root: Annotated[Optional[Path], typer.Option(help="Dataset root folder in its official layout.")] = None,
     workspace: Workspace = None,
     name: Annotated[Optional[str], typer.Option(help="Cache name (default: the dataset name).")] = None,
@@ -121,7 +121,7 @@ def prepare(
     force: Annotated[bool, typer.Option("--force", help="Rebuild the cache from scratch.")] = False,
     info: Annotated[bool, typer.Option("--info", help="Only print what an existing cache holds and verify it.")] = False,
     split: Annotated[Optional[str], typer.Option(help="UCF-101 split 1|2|3.")] = None,
-    train_list: Annotated[Optional[Path], typer.Option(help="Train split list (dataset's own format).")] = None,
+    train_list: Annotated[Optional[Path], typer.Option(help="Train split list (dataset's own format; vggsound: its vggsound.csv).")] = None,
     test_list: Annotated[Optional[Path], typer.Option(help="Test split list (dataset's own format).")] = None,
     frames: Annotated[Optional[int], typer.Option(help="Frames per clip T.")] = None,
     fps: Annotated[Optional[float], typer.Option(help="Resample frames to this rate before picking T (0 = native).")] = None,
@@ -141,6 +141,8 @@ def prepare(
       mmvid prepare demo
       mmvid prepare cremad --root /data/CREMA-D --workers 8
       mmvid prepare ucf101 --root /data/UCF101 --split 1 --flow precomputed
+      mmvid prepare ave --root /data/AVE_Dataset
+      mmvid prepare vggsound --root /data/VGGSound --train-list vggsound.csv
       mmvid prepare cremad --info
       mmvid prepare kinetics-sounds --root /data/KS --shard 3/16   (then, once all 16 are done: --merge)
     """

@@ -5,6 +5,10 @@
                    split: OGM-GE ``name,LABEL`` CSVs, else stratified ~9:1 from ``--seed``.
 ``kinetics-sounds`` mp4/mkv/webm/avi anywhere under ``<root>``; split: OGM-GE ``id,10,label_idx``
                    lists plus a class-name file next to them, else ``<root>/<class>/<clip>``.
+``ave``             ``<root>/AVE/<VideoID>.mp4`` and the official ``<root>/{train,val,test}Set.txt``
+                   (``Category&VideoID&Quality&StartTime&EndTime``); valSet is mmvid's val split.
+``vggsound``       the official ``vggsound.csv`` (``youtube_id,start_seconds,label,split``, no header) and
+                   clips anywhere under ``<root>`` named ``<id>_<start:06d>`` (or the other common names).
 ``ucf101``         ``<root>/UCF-101/<Class>/v_*.avi`` and ``<root>/ucfTrainTestlist/``;
                    precomputed frames in ``<root>/{frames,rawframes}/[<Class>/]<v_name>/``.
 ``folder``         ``<root>/<class>/<video>``; optional lists of ``<class>/<video>`` lines.
@@ -12,7 +16,9 @@
 =================  ==========================================================================
 
 Sources only list files; list entries without a file and files in no list are reported in
-``Source.notes`` / ``Source.excluded`` (and in the prepare report), never silently dropped.
+``Source.notes`` / ``Source.excluded`` (and in the prepare report), never silently dropped; the list lines
+without a file also go to ``<cache>.missing.txt`` (``Source.missing``). Class lists that are names are
+pinned in ``mmvid.data.class_lists``.
 Dataset defaults (``Source.params``) follow the data protocol of the reference implementations.
 """
 
@@ -23,6 +29,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from mmvid.data.class_lists import AVE_CLASSES, KS_CLASSES, KS_OGM_GE_LISTS, VGGSOUND_CLASSES
 from mmvid.data.sources import ClipSpec, Source, source, stratified_split
 from mmvid.errors import MmvidError
 
@@ -39,6 +46,16 @@ KS_PARAMS = dict(fps=1.0, num_frames=3, image_size=224, sample_rate=16000, clip_
 UCF_PARAMS = dict(fps=1.0, num_frames=3, image_size=224, sample_rate=22050, clip_seconds=3.0, n_fft=512, hop=353,
                   frames_fps=25.0, missing_audio="zeros")
 FOLDER_PARAMS = dict(KS_PARAMS)
+# AVE as OGM-GE prepares it (pre-processing/AVE&CREMAD/video2frame-1fps.py: 10 frames at 1 fps, of which
+# dataset/dataset.py takes 3; pre-processing/obtain_audio_spectrogram.py: librosa.load at its default
+# 22,050 Hz (the sr=16000 argument is unused), tiled and cut to 160,000 samples = 7.26 s, nperseg 512,
+# noverlap 353 = hop 159 -> 257 x 1004; here a centred STFT -> 257 x 1007). PMR's Audio-1004-SE is that shape.
+AVE_PARAMS = dict(fps=1.0, num_frames=3, image_size=224, sample_rate=22050, clip_seconds=160_000 / 22_050,
+                  n_fft=512, hop=159)
+# VGGSound as OGM-GE's loader reads it (dataset/VGGSoundDataset.py: 16 kHz, tiled to 10 s, a 5 s window,
+# n_fft 256, hop 128 -> 129 x 626; main.py: --fps 1, --use_video_frames 3). Its window starts at a random
+# point of the first 5 s on every read; the cache keeps the first 5 s.
+VGGSOUND_PARAMS = dict(fps=1.0, num_frames=3, image_size=224, sample_rate=16000, clip_seconds=5.0, n_fft=256, hop=128)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -305,41 +322,204 @@ def find_class_file(*folders: Path) -> Path | None:
     return None
 
 
-def parse_ks_list(path: Path, num_classes: int) -> list[tuple[str, int]]:
-    """OGM-GE ``youtubeid_start_end,10,label_idx`` lines -> (clip id, label)."""
+def parse_ks_list(path: Path, num_classes: int, hint: str = "") -> list[tuple[str, int, str]]:
+    """OGM-GE ``youtubeid_start_end,10,label_idx`` lines -> (clip id, label, the line)."""
     out = []
     for n, line in enumerate(read_lines(path), 1):
         parts = [s.strip() for s in line.split(",")]
         if len(parts) < 2 or not parts[-1].isdigit() or int(parts[-1]) >= num_classes:
-            raise MmvidError(f"{path}:{n}: expected `clip_id,10,label_idx` with label_idx < {num_classes}, got {line!r}")
-        out.append((parts[0], int(parts[-1])))
+            raise MmvidError(f"{path}:{n}: expected `clip_id,10,label_idx` with label_idx < {num_classes}, "
+                             f"got {line!r}{hint}")
+        out.append((parts[0], int(parts[-1]), line))
     return out
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def ks_list_note(path: Path, split: str, n_lines: int) -> str:
+    """Which split a list is: OGM-GE's (the paper's) when its bytes are, else how it differs in size."""
+    known = KS_OGM_GE_LISTS.get(file_sha256(path))
+    if known:
+        return f"{split} list {path.name} is OGM-GE's {known[0]} ({known[1]:,} lines, the split of the paper)"
+    ref = {"train": 14_799, "test": 2_597}[split]
+    return f"{split} list {path} is not OGM-GE's (the paper's) {'my_' + split}.txt: {n_lines:,} lines against {ref:,}"
 
 
 @source("kinetics-sounds")
 def kinetics_sounds_source(root: Path | None = None, train_list: Path | None = None, test_list: Path | None = None,
                            seed: int = 0, **_) -> Source:
     expected = ("video files named <clip_id>.mp4|mkv|webm under <root> with --train-list/--test-list "
-                "(`clip_id,10,label_idx`) and a *class*.txt file next to them, or <root>/<class>/<clip> folders")
+                "(`clip_id,10,label_idx`; a *class*.txt file next to them overrides the pinned 31 class names), "
+                "or <root>/<class>/<clip> folders")
     root = _require_dir(root, expected)
     if not _lists_given(train_list, test_list):
         return _folder_clips("kinetics-sounds", root, None, None, seed, KS_PARAMS)
     class_file = find_class_file(Path(train_list).parent, root)
-    if class_file is None:
-        raise MmvidError(f"no class-name file (*class*.txt, one name or `index name` a line) next to {train_list} or in {root}")
-    class_names = parse_class_names(class_file)
+    if class_file is not None:
+        class_names, hint = parse_class_names(class_file), f" (classes from {class_file})"
+        notes = [f"class names from {class_file}"]
+    else:
+        class_names = list(KS_CLASSES)
+        hint = (f"; the pinned class list has OGM-GE's {len(KS_CLASSES)} classes: lists with more (32 or 34 in some "
+                f"repositories) need their class names in a *class*.txt file next to {Path(train_list).name}")
+        notes = [f"class names: mmvid's pinned {len(KS_CLASSES)} (alphabetical, inferred; see mmvid/data/class_lists.py); "
+                 "a *class*.txt file next to the lists overrides them"]
     videos = index_videos(root)
     if not videos:
         raise MmvidError(f"no video files under {root}; expected {expected}")
     ex = _Excluded()
-    entries = [(n, y, s) for s, lst in (("train", train_list), ("test", test_list))
-               for n, y in parse_ks_list(lst, len(class_names))]
-    ex.add([n for n, _, _ in entries if n not in videos], "in a split list, no video under --root",
+    entries = []
+    for s, lst in (("train", train_list), ("test", test_list)):
+        rows = parse_ks_list(lst, len(class_names), hint)
+        notes.append(ks_list_note(Path(lst), s, len(rows)))
+        entries += [(n, y, s, line) for n, y, line in rows]
+    ex.add([n for n, _, _, _ in entries if n not in videos], "in a split list, no video under --root",
            "clips of the split lists have no video file")
-    listed = {n for n, _, _ in entries}
+    listed = {e[0] for e in entries}
     ex.add([n for n in videos if n not in listed], "video under --root, in no split list", "videos are in neither split list")
-    clips = [ClipSpec(name=n, label=y, split=s, video=videos[n]) for n, y, s in entries if n in videos]
-    return _finish("kinetics-sounds", class_names, clips, KS_PARAMS, ex, root, [f"class names from {class_file}"])
+    clips = [ClipSpec(name=n, label=y, split=s, video=videos[n]) for n, y, s, _ in entries if n in videos]
+    src = _finish("kinetics-sounds", class_names, clips, KS_PARAMS, ex, root, notes)
+    src.missing = [line for n, _, _, line in entries if n not in videos]
+    return src
+
+
+# ----------------------------------------------------------------------------- AVE
+
+AVE_LISTS = (("train", "trainSet.txt"), ("val", "valSet.txt"), ("test", "testSet.txt"))
+AVE_HEADER = "category&videoid&quality&starttime&endtime"  # the first line of some copies' files
+
+
+def parse_ave_list(path: Path) -> list[tuple[str, int, str]]:
+    """Official ``Category&VideoID&Quality&StartTime&EndTime`` lines -> (video id, label in ``AVE_CLASSES``,
+    the line). The event's start and end are not used: the clip is the whole 10 s video, as in OGM-GE and PMR."""
+    out = []
+    for n, line in enumerate(read_lines(path), 1):
+        if n == 1 and line.replace(" ", "").lower() == AVE_HEADER:
+            continue
+        parts = [p.strip() for p in line.split("&")]
+        if len(parts) != 5 or not parts[1] or parts[0] not in AVE_CLASSES:
+            raise MmvidError(f"{path}:{n}: expected `Category&VideoID&Quality&StartTime&EndTime` with one of AVE's "
+                             f"28 categories (e.g. `Church bell&RUhOCu3LNXM&good&0&10`), got {line!r}")
+        out.append((parts[1], AVE_CLASSES.index(parts[0]), line))
+    return out
+
+
+@source("ave")
+def ave_source(root: Path | None = None, **_) -> Source:
+    expected = ("the official AVE_Dataset folder: <root>/AVE/<VideoID>.mp4 and <root>/trainSet.txt, valSet.txt, "
+                "testSet.txt (`Category&VideoID&Quality&StartTime&EndTime`)")
+    root = _require_dir(root, expected)
+    absent = [name for _, name in AVE_LISTS if not (root / name).is_file()]
+    if absent:
+        raise MmvidError(f"{', '.join(absent)} not found in {root}; expected {expected}")
+    video_dir = root / "AVE" if (root / "AVE").is_dir() else root
+    videos = index_videos(video_dir)
+    rows: dict[str, list[tuple[int, str, str]]] = {}  # video id -> (label, split, line) of each line naming it
+    for split, name in AVE_LISTS:
+        for vid, label, line in parse_ave_list(root / name):
+            rows.setdefault(vid, []).append((label, split, line))
+    ex = _Excluded()
+    # 45 of AVE's 4,097 videos hold two or more events of different categories (4,143 lines): as a clip
+    # label that is ambiguous, and OGM-GE's loader drops a video listed twice in a split too.
+    several = {v for v, r in rows.items() if len({y for y, _, _ in r}) > 1}
+    ex.add(sorted(several), "listed with several categories (a video with several events): its label is ambiguous",
+           "videos are listed with several categories (several events in one video)")
+    crossing = {v for v, r in rows.items() if v not in several and len({s for _, s, _ in r}) > 1}
+    ex.add(sorted(crossing), "listed in more than one split", "videos are listed in more than one split")
+    ambiguous = several | crossing
+    absent_ids = [v for v in rows if v not in videos]
+    ex.add([v for v in absent_ids if v not in ambiguous], "in a split list, no video in AVE/",
+           f"clips of the split lists have no video in {video_dir}")
+    ex.add([v for v in videos if v not in rows], "video in AVE/, in no split list", "videos are in no split list")
+    clips = [ClipSpec(name=v, label=r[0][0], split=r[0][1], video=videos[v]) for v, r in rows.items()
+             if v in videos and v not in ambiguous]
+    notes = [f"{sum(len(r) for r in rows.values()):,} list lines name {len(rows):,} videos"]
+    src = _finish("ave", list(AVE_CLASSES), clips, AVE_PARAMS, ex, root, notes)
+    src.missing = [line for v in absent_ids for _, _, line in rows[v]]
+    return src
+
+
+# ----------------------------------------------------------------------------- VGGSound
+
+VGGSOUND_SPLITS = ("train", "test")
+VGGSOUND_LABEL = {name: k for k, name in enumerate(VGGSOUND_CLASSES)}
+
+
+def vggsound_stems(youtube_id: str, start: int) -> tuple[str, ...]:
+    """The file stems a VGGSound clip goes by, the canonical one first: ``<id>_<start:06d>`` (the official
+    repository's lists, data/test.csv; Hugging Face copies), ``<id>_<start>`` (OGM-GE, PMR and BalanceBenchmark
+    read ``item[0] + '_' + item[1]``), ``<id>_<start:06d>_<end:06d>`` (Kinetics-style downloaders) and
+    ``<id>_<start ms>_<end ms>`` (audiosetdl), the clips being 10 s long."""
+    end = start + 10
+    return (f"{youtube_id}_{start:06d}", f"{youtube_id}_{start}", f"{youtube_id}_{start:06d}_{end:06d}",
+            f"{youtube_id}_{start * 1000}_{end * 1000}")
+
+
+def parse_vggsound_csv(path: Path) -> list[tuple[str, int, str, str, str]]:
+    """Official ``youtube_id,start_seconds,label,split`` rows (no header; a header row is skipped) ->
+    (youtube id, start, label name, split, the row as a csv line)."""
+    import csv
+    import io
+
+    out = []
+    for n, row in enumerate(csv.reader(read_lines(path)), 1):
+        row = [f.strip() for f in row]
+        if n == 1 and len(row) >= 2 and not row[1].replace(".", "", 1).isdigit() and "start" in row[1].lower():
+            continue
+        ok = len(row) == 4 and row[0] and row[1].replace(".", "", 1).isdigit() and float(row[1]).is_integer()
+        if not ok or row[3] not in VGGSOUND_SPLITS:
+            raise MmvidError(f"{path}:{n}: expected `youtube_id,start_seconds,label,split` with whole seconds and "
+                             f"split train or test (e.g. `---g-f_I2yQ,1,people marching,test`), got {','.join(row)!r}")
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="").writerow(row)
+        out.append((row[0], int(float(row[1])), row[2], row[3], buf.getvalue()))
+    return out
+
+
+@source("vggsound")
+def vggsound_source(root: Path | None = None, train_list: Path | None = None, test_list: Path | None = None,
+                    **_) -> Source:
+    expected = ("VGGSound clips under <root> (any depth), named <youtube_id>_<start:06d>.mp4 (or <id>_<start>, "
+                "<id>_<start:06d>_<end:06d>, <id>_<start_ms>_<end_ms>), and the official vggsound.csv in <root> "
+                "or given with --train-list")
+    root = _require_dir(root, expected)
+    csvs = [Path(p) for p in (train_list, test_list) if p is not None] or [root / "vggsound.csv"]
+    if not csvs[0].is_file():
+        raise MmvidError(f"{csvs[0]} not found; put the official vggsound.csv in --root or give it with --train-list")
+    videos = index_videos(root)
+    if not videos:
+        raise MmvidError(f"no video files under {root}; expected {expected}")
+    ex = _Excluded()
+    rows: dict[str, list[tuple[str, str, str, str | None]]] = {}  # name -> (label, split, line, file stem)
+    unknown = []
+    for path in csvs:
+        for yid, start, label, split, line in parse_vggsound_csv(path):
+            if label not in VGGSOUND_LABEL:
+                unknown.append(f"{yid}_{start:06d} ({label})")
+                continue
+            stem = next((s for s in vggsound_stems(yid, start) if s in videos), None)
+            rows.setdefault(f"{yid}_{start:06d}", []).append((label, split, line, stem))
+    ex.add(unknown, f"label not among VGGSound's {len(VGGSOUND_CLASSES)} classes (data/stat.csv)",
+           f"csv rows have a label not among VGGSound's {len(VGGSOUND_CLASSES)} classes")
+    clash = {k for k, r in rows.items() if len({(y, s) for y, s, _, _ in r}) > 1}
+    ex.add(sorted(clash), "listed twice with different labels or splits",
+           "clips are listed twice with different labels or splits")
+    absent = [k for k, r in rows.items() if r[0][3] is None]
+    ex.add([k for k in absent if k not in clash], "in the csv, no video under --root", "clips of the csv have no video file")
+    used = {r[0][3] for r in rows.values()}
+    ex.add([v for v in videos if v not in used], "video under --root, in no csv row", "videos are in no csv row")
+    clips = [ClipSpec(name=k, label=VGGSOUND_LABEL[r[0][0]], split=r[0][1], video=videos[r[0][3]])
+             for k, r in rows.items() if r[0][3] is not None and k not in clash]
+    names = ", ".join(str(p) for p in csvs)
+    src = _finish("vggsound", list(VGGSOUND_CLASSES), clips, VGGSOUND_PARAMS, ex, root,
+                  [f"{sum(len(r) for r in rows.values()):,} csv rows from {names}; no val split: training holds "
+                   "data.val_fraction of train out"])
+    src.missing = [line for k in absent for _, _, line, _ in rows[k]]
+    return src
 
 
 # ----------------------------------------------------------------------------- UCF-101

@@ -31,6 +31,26 @@ class Source:
     params: dict[str, Any] = field(default_factory=dict)  # dataset defaults for PrepareParams
     notes: list[str] = field(default_factory=list)  # what the source noticed (e.g. names not in the split)
     excluded: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}: listed without a file, or in no list
+    # the split-list lines (as written there) whose video is absent: ``<cache>.missing.txt``, a list to download
+    missing: list[str] = field(default_factory=list)
+
+
+def missing_manifest(cache: Path) -> Path:
+    return cache.with_name(cache.name + ".missing.txt")
+
+
+def write_missing_manifest(source: Source, cache: Path) -> Path | None:
+    """Write ``<cache>.missing.txt``: one split-list line per clip without a file, in the list's own format
+    (so it is itself a list a downloader reads); an old manifest goes once nothing is missing."""
+    from mmvid.workspace import write_atomic
+
+    path = missing_manifest(Path(cache))
+    if not source.missing:
+        path.unlink(missing_ok=True)
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, "\n".join(source.missing) + "\n")
+    return path
 
 
 SourceFn = Callable[..., Source]
