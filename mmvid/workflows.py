@@ -107,7 +107,6 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
         source_kwargs["n_clips"] = source_kwargs.pop("clips")
     src = make_source(root=root, **source_kwargs)
     p = PrepareParams.build({**src.params, **given}, labels)
-<<<<<<< HEAD
     attrs = None
     if part:
         from dataclasses import asdict
@@ -116,6 +115,10 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
         attrs = {"shard": record}
     report = prepare(src, cache, p, workers=workers, force=force, progress=progress, attrs=attrs)
     _prepare_summary(console, cache, report, classes=len(src.class_names), shard=part)
+    manifest = write_missing_manifest(src, cache)
+    if manifest:
+        console.print(f"[yellow]note:[/] {len(src.missing)} clips of the split lists have no video; their list lines "
+                      f"are in {manifest} (a list to download)", soft_wrap=True, highlight=False)
     if part:
         console.print(f"shard {part[0]}/{part[1]}: {report.total} of {attrs['shard']['total']} clips; when all "
                       f"{part[1]} shards are done, merge them with `mmvid prepare {dataset}"
@@ -126,16 +129,8 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
 def _prepare_summary(console, cache: Path, report, classes: int, shard: tuple[int, int] | None = None,
                      what: str = "wrote") -> Path:
     """What a prepare (or merge) did: counts, notes, skipped clips and classes that cannot be learned."""
-=======
-    report = prepare(src, cache, p, workers=workers, force=force, progress=progress)
-    manifest = write_missing_manifest(src, cache)
-    missing_note = (f"[yellow]note:[/] {len(src.missing)} clips of the split lists have no video; their list lines "
-                    f"are in {manifest} (a list to download)") if manifest else None
->>>>>>> avevgg
     if report.already_complete:
         console.print(f"[green]{cache}[/] is already complete ({report.ok} clips); use --force to rebuild")
-        if missing_note:
-            console.print(missing_note, soft_wrap=True, highlight=False)
         return cache
     msg = f"[green]{what} {cache}[/]: {report.ok}/{report.total} clips ok"
     if report.skipped_done:
@@ -145,8 +140,6 @@ def _prepare_summary(console, cache: Path, report, classes: int, shard: tuple[in
 
     for note in report.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
-    if missing_note:
-        console.print(missing_note, soft_wrap=True, highlight=False)
     if report.excluded:
         console.print(f"[yellow]note:[/] {len(report.excluded)} inputs were not prepared; each is named with its "
                       f"reason under \"excluded\" in {cache.name}.report.json")
