@@ -316,9 +316,11 @@ def test_cache_on_device_feeds_the_same_batches(ws):
 
 
 def test_device_loader_crops_on_the_device(ws):
-    """Train-time crops on the DeviceLoader: one random resized crop per clip, output at crop_size."""
+    """Train-time crops on the DeviceLoader: one random resized crop per clip, drawn by the loader, applied to
+    the batch by ``to_device`` (as for the DataLoader), output at crop_size."""
     from mmvid.config import resolve_config
     from mmvid.data.cache import read_info
+    from mmvid.data.crop import BOX_KEY
     from mmvid.engine import make_loader, to_device
 
     cfg = resolve_config("demo", {**BASE, "data.cache_on_gpu": True, "data.crop_size": 24, "data.random_crop": True})
@@ -327,9 +329,13 @@ def test_device_loader_crops_on_the_device(ws):
     batches = list(loader)
     assert len(loader) == len(batches) == 2 and sum(len(y) for _, y in batches) == 10
     inputs, y = batches[0]
-    assert inputs["video"].shape == (8, 3, 3, 24, 24) and inputs["audio"].shape[:2] == (8, 1)
+    size = info.shapes["frames"][1]
+    assert inputs["video"].shape == (8, 3, 3, size, size) and inputs["audio"].shape[:2] == (8, 1)
     assert inputs["video"].dtype == torch.uint8  # frames stay uint8 until the batch is on the device
-    video = to_device(inputs, torch.device("cpu"))["video"]
+    assert inputs[BOX_KEY].shape == (8, 6) and (inputs[BOX_KEY][:, 5] == 24).all()
+    finished = to_device(inputs, torch.device("cpu"))
+    video = finished["video"]
+    assert BOX_KEY not in finished and video.shape == (8, 3, 3, 24, 24)
     assert video.dtype == torch.float32 and torch.isfinite(video).all()
 
 
