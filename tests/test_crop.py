@@ -87,6 +87,10 @@ def test_training_batches_match_the_per_clip_transform_under_the_seed(tiny_ws):
     level = float((1 / (255 * IMAGENET_STD)).max())  # one uint8 level, normalised
     assert (got - reference).abs().max() <= level + 1e-4
     assert (got - reference).abs().mean() < 0.4 * level  # rounding (mean 1/4 level), not a different crop
+    # Training on the CPU crops each item in the loader: the former per-clip path, exactly.
+    per_item = CacheDataset(info.path, rows, ["audio", "video"], train=True, crop_in_loader=True)
+    np.random.seed(3)
+    assert torch.equal(torch.cat([finish_batch(x)["video"] for x, _ in DataLoader(per_item, batch_size=4)]), reference)
 
 
 def test_test_time_resize_is_a_box_over_the_whole_image():

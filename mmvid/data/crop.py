@@ -10,6 +10,11 @@ The resampling is torchvision's ``resized_crop(..., antialias=True)`` (bilinear,
 shrinking: PyTorch's separable ``_upsample_bilinear2d_aa`` filter), computed as K-tap gathers along
 rows, then columns, with per-clip indices and weights; a flip reverses the column taps. On float input
 it equals the per-clip torchvision call to float rounding (tests/test_crop.py).
+
+When training on the CPU, the batch's "device" is the main process, and these gathers there cost more
+than torchvision's SIMD uint8 resize spread over the loader's workers (measured: 53 vs 165 samples/s at
+2 workers on 2 cores, benchmarks/bench_loader.py); ``crop_clip`` applies the same box per clip in the
+loader instead (``CacheDataset(crop_in_loader=True)``, chosen by ``engine.make_loader``).
 """
 
 from __future__ import annotations
@@ -95,3 +100,20 @@ def flip_flow_u(flow: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     sign = 1.0 - 2.0 * boxes[:, 4].to(flow.device, flow.dtype)
     flow[:, :, 0] *= sign[:, None, None, None]
     return flow
+
+
+def crop_clip(out: dict[str, torch.Tensor], box: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One clip's video (T, 3, S, S) uint8 / flow (T, 2, S, S): ``box`` applied at once with torchvision's
+    resized_crop (its uint8 kernel rounds to uint8: within one level of ``resized_crop_batch``)."""
+    import torchvision.transforms.v2.functional as TF
+
+    top, left, h, w, flipped, size = box.tolist()
+    for m in ("video", "flow"):
+        if m in out:
+            x = TF.resized_crop(out[m], top, left, h, w, [size, size], antialias=True)
+            if flipped:
+                x = x.flip(-1)
+                if m == "flow":
+                    x[:, 0] = -x[:, 0]
+            out[m] = x
+    return out

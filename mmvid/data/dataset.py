@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from mmvid.config import CACHE_KEY
 from mmvid.data.cache import READ_ERRORS, damaged, nonfinite_rows, read_error
-from mmvid.data.crop import BOX_KEY, draw_box, flip_flow_u, resized_crop_batch
+from mmvid.data.crop import BOX_KEY, crop_clip, draw_box, flip_flow_u, resized_crop_batch
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -95,13 +95,14 @@ class CacheDataset(Dataset):
     ``train=True`` draws the training augmentation: one random resized crop (scale 0.5-1) and one
     horizontal flip shared by all frames of the clip (a flip of flow negates u). Items carry its
     parameters (``BOX_KEY``; frames stay at the cache's size), and ``finish_batch`` applies them
-    batched on the device.
+    batched on the device; with ``crop_in_loader`` (training on the CPU) the item is cropped at once.
     """
 
     def __init__(self, path: str | Path, indices: np.ndarray, modalities: list[str], train: bool = False,
                  crop_size: int | None = None, flip: bool = True, random_crop: bool = True, flow_bound: float = 20.0,
-                 in_memory: bool = False) -> None:
+                 in_memory: bool = False, crop_in_loader: bool = False) -> None:
         self.path = str(path)
+        self.crop_in_loader = crop_in_loader
         self.indices = np.asarray(indices, dtype=np.int64)
         self.modalities = list(modalities)
         self.train = train
@@ -162,7 +163,8 @@ class CacheDataset(Dataset):
         return self._spatial(out), int(self.labels[i])
 
     def _spatial(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return spatial_transform(out, self.train, self.crop_size, self.flip, self.random_crop)
+        out = spatial_transform(out, self.train, self.crop_size, self.flip, self.random_crop)
+        return crop_clip(out, out.pop(BOX_KEY)) if self.crop_in_loader and BOX_KEY in out else out
 
 
 def to_tensors(raw: dict[str, np.ndarray | torch.Tensor], flow_bound: float) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from mmvid.data.crop import BOX_KEY, draw_box
+from mmvid.data.crop import BOX_KEY, crop_clip, draw_box
 from mmvid.data.dataset import CacheDataset, to_tensors
 
 
@@ -57,6 +57,9 @@ class DeviceLoader:
             idx = order[start:start + self.batch_size]
             inputs = to_tensors({m: t[idx] for m, t in self.tensors.items()}, ds.flow_bound)
             boxes = [draw_box(size, ds.train, ds.crop_size, ds.flip, ds.random_crop) for _ in range(len(idx))] if visual else []
-            if boxes and boxes[0] is not None:  # drawn clip by clip, in the DataLoader's order
+            if boxes and boxes[0] is not None and ds.crop_in_loader:  # as the DataLoader's items would be
+                clips = [crop_clip({m: x[i] for m, x in inputs.items()}, b) for i, b in enumerate(boxes)]
+                inputs = {m: torch.stack([c[m] for c in clips]) for m in inputs}
+            elif boxes and boxes[0] is not None:  # drawn clip by clip, in the DataLoader's order
                 inputs[BOX_KEY] = torch.stack(boxes).to(self.device)
             yield inputs, self.labels[idx]
