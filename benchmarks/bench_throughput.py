@@ -46,7 +46,7 @@ def make_cfg(args: argparse.Namespace, amp: str, cache: Path):
     return resolve_config("cremad", {"data.dataset": cache.stem, "device": args.device, "amp": amp,
                                      "data.batch_size": args.batch_size, "data.workers": args.workers,
                                      "data.cache_on_gpu": args.cache_on_gpu, "model.encoder": args.encoder,
-                                     "rounds": args.rounds, "channels_last": args.channels_last, "compile": args.compile,
+                                     "channels_last": args.channels_last, "compile": args.compile,
                                      "data.val_fraction": 0.0})
 
 
@@ -186,7 +186,8 @@ def _print(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"training-step throughput, {report['device']}, batch {report['batch_size']}, "
+    table = Table(title=f"training-step throughput (medians of {report['rounds']} x {report['steps']} steps), "
+                        f"{report['device']}, batch {report['batch_size']}, "
                         f"{report['encoder']}, shapes {report['shapes']}")
     for col in ("amp", "cache-fed samples/s", "compute limit samples/s", "cache / limit"):
         table.add_column(col, justify="right")
