@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.mmvid-installed
 
-.PHONY: venv demo test test-fast bench bench-prepare bench-prepare-memory bench-throughput bench-methods bench-proving bench-zoo clean
+.PHONY: venv demo test test-fast bench bench-prepare bench-prepare-memory bench-loader bench-throughput bench-methods bench-proving bench-zoo clean
 
 venv: $(STAMP)
 
@@ -26,13 +26,16 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # Benchmarks print figures and ratios measured in one run (never part of the tests).
-bench: bench-prepare bench-throughput bench-methods
+bench: bench-prepare bench-loader bench-throughput bench-methods
 
 bench-prepare: $(STAMP)
 	$(PY) -m benchmarks.bench_prepare
 
 bench-prepare-memory: $(STAMP)
 	$(PY) -m benchmarks.bench_prepare_memory
+
+bench-loader: $(STAMP)
+	$(PY) -m benchmarks.bench_loader
 
 bench-throughput: $(STAMP)
 	$(PY) -m benchmarks.bench_throughput

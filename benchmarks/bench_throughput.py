@@ -3,7 +3,10 @@ recipe's augmentation, AMP where available), measured in one run:
 
 * fed from the cache through the training input pipeline (DataLoader with workers and pinned memory,
   or ``--cache-on-gpu``), against the same step fed from one batch already on the device (the
-  compute limit), and their ratio (goal on a GPU: >= 0.9);
+  compute limit), and their ratio (goal on a GPU: >= 0.9). The two alternate, ``--rounds`` times
+  (the order swaps every round, so neither always runs second on a machine that heats up or gets
+  busier), each ``--steps`` steps; the medians are reported. The cache-fed side first drains the
+  batches its workers prefetched while the other side ran;
 * the speed-up of AMP over fp32 (compute-limited);
 * the speed-up of N processes (DDP, cache-fed) over 1.
 
@@ -11,7 +14,7 @@ Not a test: run it by hand, once per machine:
 
     python -m benchmarks.bench_throughput                      # CREMA-D shapes: 3 x 224^2 frames, 3 s audio
     python -m benchmarks.bench_throughput --cache ws/caches/cremad.h5 --batch-size 64 --workers 8
-    python -m benchmarks.bench_throughput --image-size 112 --batch-size 8 --steps 4   # a small CPU run
+    python -m benchmarks.bench_throughput --image-size 112 --batch-size 8 --steps 10 --rounds 3   # a small CPU run
 
 Without ``--cache`` it prepares the embedded demo at the given image size with CREMA-D's audio
 parameters (real mp4 files decoded through the normal path) in a temporary workspace.
@@ -23,6 +26,7 @@ import argparse
 import itertools
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -130,7 +134,8 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (mmvid --set compile=true)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    p.add_argument("--rounds", type=int, default=3, help="alternating measurements per side; medians reported")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--procs", type=int, default=2, help="processes for the DDP figure (0: skip)")
     p.add_argument("--json", type=Path, help="also write the figures here")
@@ -146,15 +151,22 @@ def main() -> None:
         for amp in amps:
             cfg = make_cfg(args, amp, cache)
             parts = build_training(cfg, info, Path(tmp) / "run")
-            compute = samples_per_second(parts, fixed_batch(parts, cfg, info), args.steps, args.warmup)
-            fed = samples_per_second(parts, cache_batches(parts, cfg, info), args.steps, args.warmup)
-            rows[amp] = {"cache_fed": fed, "compute_limit": compute, "ratio": fed / compute}
+            sources = {"compute_limit": (fixed_batch(parts, cfg, info), args.warmup),
+                       "cache_fed": (cache_batches(parts, cfg, info), max(args.warmup, 2 * args.workers))}
+            rates: dict[str, list[float]] = {k: [] for k in sources}
+            for r in range(args.rounds):
+                for side in (sorted(sources) if r % 2 else sorted(sources, reverse=True)):
+                    batches, warmup = sources[side]
+                    rates[side].append(samples_per_second(parts, batches, args.steps, warmup))
+            fed, compute = statistics.median(rates["cache_fed"]), statistics.median(rates["compute_limit"])
+            rows[amp] = {"cache_fed": fed, "compute_limit": compute, "ratio": fed / compute,
+                         "rounds": {k: [round(v, 2) for v in vals] for k, vals in rates.items()}}
         best_amp = max((a for a in amps if a != "off"), key=lambda a: rows[a]["compute_limit"])
         report = {
             "device": torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
             "shapes": {k: list(v) for k, v in info.shapes.items()}, "batch_size": args.batch_size,
             "encoder": args.encoder, "workers": args.workers, "cache_on_gpu": args.cache_on_gpu, "steps": args.steps,
-            "channels_last": args.channels_last, "compile": args.compile,
+            "rounds": args.rounds, "channels_last": args.channels_last, "compile": args.compile,
             "torch": torch.__version__, "amp": rows,
             "amp_speedup": {a: rows[a]["compute_limit"] / rows["off"]["compute_limit"] for a in amps if a != "off"},
         }
@@ -174,7 +186,8 @@ def _print(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"training-step throughput, {report['device']}, batch {report['batch_size']}, "
+    table = Table(title=f"training-step throughput (medians of {report['rounds']} x {report['steps']} steps), "
+                        f"{report['device']}, batch {report['batch_size']}, "
                         f"{report['encoder']}, shapes {report['shapes']}")
     for col in ("amp", "cache-fed samples/s", "compute limit samples/s", "cache / limit"):
         table.add_column(col, justify="right")

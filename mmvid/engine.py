@@ -135,7 +135,8 @@ def make_loader(info: CacheInfo, rows: np.ndarray, cfg: TrainConfig, train: bool
     on_device = cfg.data.cache_on_gpu and device is not None
     ds = CacheDataset(info.path, rows, cfg.data.modalities, train=train, crop_size=cfg.data.crop_size,
                       flip=cfg.data.flip, random_crop=cfg.data.random_crop,
-                      flow_bound=float(info.params.get("flow_bound", 20.0)), in_memory=cfg.data.cache_in_memory or on_device)
+                      flow_bound=float(info.params.get("flow_bound", 20.0)), in_memory=cfg.data.cache_in_memory or on_device,
+                      crop_in_loader=not (cfg.device != "cpu" and torch.cuda.is_available()))  # mmvid.data.crop: why
     shuffle = (train if shuffle is None else shuffle) and sampler is None
     if on_device:
         from mmvid.data.device_loader import DeviceLoader

@@ -316,21 +316,31 @@ def test_cache_on_device_feeds_the_same_batches(ws):
 
 
 def test_device_loader_crops_on_the_device(ws):
-    """Train-time crops on the DeviceLoader: one random resized crop per clip, output at crop_size."""
+    """Train-time crops on the DeviceLoader: one random resized crop per clip, output at crop_size; drawn by the
+    loader and applied to the batch by ``to_device`` (training on a GPU), or per clip (on the CPU)."""
     from mmvid.config import resolve_config
     from mmvid.data.cache import read_info
+    from mmvid.data.crop import BOX_KEY
     from mmvid.engine import make_loader, to_device
 
     cfg = resolve_config("demo", {**BASE, "data.cache_on_gpu": True, "data.crop_size": 24, "data.random_crop": True})
     info = read_info(ws / "caches" / "demo.h5")
-    loader = make_loader(info, info.indices("train")[:10], cfg, train=True, device=torch.device("cpu"))
-    batches = list(loader)
-    assert len(loader) == len(batches) == 2 and sum(len(y) for _, y in batches) == 10
-    inputs, y = batches[0]
-    assert inputs["video"].shape == (8, 3, 3, 24, 24) and inputs["audio"].shape[:2] == (8, 1)
-    assert inputs["video"].dtype == torch.uint8  # frames stay uint8 until the batch is on the device
-    video = to_device(inputs, torch.device("cpu"))["video"]
-    assert video.dtype == torch.float32 and torch.isfinite(video).all()
+    size = info.shapes["frames"][1]
+    for per_clip in (True, False):
+        loader = make_loader(info, info.indices("train")[:10], cfg, train=True, device=torch.device("cpu"))
+        assert loader.dataset.crop_in_loader  # device "cpu"
+        loader.dataset.crop_in_loader = per_clip
+        batches = list(loader)
+        assert len(loader) == len(batches) == 2 and sum(len(y) for _, y in batches) == 10
+        inputs, y = batches[0]
+        side = 24 if per_clip else size
+        assert inputs["video"].shape == (8, 3, 3, side, side) and inputs["audio"].shape[:2] == (8, 1)
+        assert inputs["video"].dtype == torch.uint8  # frames stay uint8 until the batch is on the device
+        assert (BOX_KEY in inputs) == (not per_clip)
+        finished = to_device(inputs, torch.device("cpu"))
+        video = finished["video"]
+        assert BOX_KEY not in finished and video.shape == (8, 3, 3, 24, 24)
+        assert video.dtype == torch.float32 and torch.isfinite(video).all()
 
 
 @needs_cuda

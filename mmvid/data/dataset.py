@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from mmvid.config import CACHE_KEY
 from mmvid.data.cache import READ_ERRORS, damaged, nonfinite_rows, read_error
+from mmvid.data.crop import BOX_KEY, crop_clip, draw_box, flip_flow_u, resized_crop_batch
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -29,6 +30,7 @@ def frames_to_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def normalise_frames(x: torch.Tensor) -> torch.Tensor:
     """uint8 (..., 3, H, W) -> float (x / 255 - mean) / std, ImageNet statistics, on the tensor's device.
+    A float input on the 0-255 scale (a batch ``resized_crop_batch`` made) is normalised in place.
 
     One allocation and two in-place passes: a batch of frames is megabytes, and every fresh
     allocation of that size costs page faults that dominated the loader (4 ms of 5 per batch of 4).
@@ -40,10 +42,19 @@ def normalise_frames(x: torch.Tensor) -> torch.Tensor:
 
 def finish_batch(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The last, batched step of decoding, run where the batch lives (GPU when training on one):
-    uint8 video -> normalised float, float16 spectrogram -> float. Every consumer of a loader's
+    uint8 video -> normalised float, float16 spectrogram -> float, and the spatial transform whose
+    per-clip parameters the loader drew (``BOX_KEY``: train-time random resized crop and flip, or the
+    test-time resize; mmvid.data.crop), for the whole batch at once. Every consumer of a loader's
     batches calls it (``engine.to_device``)."""
     out = dict(inputs)
-    if out.get("video") is not None and out["video"].dtype == torch.uint8:
+    boxes = out.pop(BOX_KEY, None)
+    if boxes is not None:
+        for m in ("video", "flow"):
+            if out.get(m) is not None:
+                out[m] = resized_crop_batch(out[m], boxes)  # float from here; uint8 video keeps its 0-255 scale
+        if out.get("flow") is not None:
+            out["flow"] = flip_flow_u(out["flow"], boxes)
+    if out.get("video") is not None and (out["video"].dtype == torch.uint8 or boxes is not None):
         out["video"] = normalise_frames(out["video"])
     if out.get("audio") is not None and out["audio"].dtype == torch.float16:
         out["audio"] = out["audio"].float()
@@ -81,14 +92,17 @@ class CacheDataset(Dataset):
     """Items: (dict modality -> tensor, label). Shapes: audio (1, F, L) float16, video (T, 3, S, S) uint8
     (both finished per batch by ``finish_batch``), flow (T, 2, S, S) float pixels/frame.
 
-    ``train=True`` applies the training augmentation on tensors: one random resized crop (scale 0.5-1)
-    and one horizontal flip shared by all frames of the clip (a flip of flow negates u).
+    ``train=True`` draws the training augmentation: one random resized crop (scale 0.5-1) and one
+    horizontal flip shared by all frames of the clip (a flip of flow negates u). Items carry its
+    parameters (``BOX_KEY``; frames stay at the cache's size), and ``finish_batch`` applies them
+    batched on the device; with ``crop_in_loader`` (training on the CPU) the item is cropped at once.
     """
 
     def __init__(self, path: str | Path, indices: np.ndarray, modalities: list[str], train: bool = False,
                  crop_size: int | None = None, flip: bool = True, random_crop: bool = True, flow_bound: float = 20.0,
-                 in_memory: bool = False) -> None:
+                 in_memory: bool = False, crop_in_loader: bool = False) -> None:
         self.path = str(path)
+        self.crop_in_loader = crop_in_loader
         self.indices = np.asarray(indices, dtype=np.int64)
         self.modalities = list(modalities)
         self.train = train
@@ -149,7 +163,8 @@ class CacheDataset(Dataset):
         return self._spatial(out), int(self.labels[i])
 
     def _spatial(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return spatial_transform(out, self.train, self.crop_size, self.flip, self.random_crop)
+        out = spatial_transform(out, self.train, self.crop_size, self.flip, self.random_crop)
+        return crop_clip(out, out.pop(BOX_KEY)) if self.crop_in_loader and BOX_KEY in out else out
 
 
 def to_tensors(raw: dict[str, np.ndarray | torch.Tensor], flow_bound: float) -> dict[str, torch.Tensor]:
@@ -161,33 +176,14 @@ def to_tensors(raw: dict[str, np.ndarray | torch.Tensor], flow_bound: float) -> 
 
 def spatial_transform(out: dict[str, torch.Tensor], train: bool, crop_size: int | None, flip: bool,
                       random_crop: bool) -> dict[str, torch.Tensor]:
-    """One clip's video (T, 3, S, S) / flow (T, 2, S, S): train-time crop and flip, test-time resize.
+    """One clip's video (T, 3, S, S) / flow (T, 2, S, S): draw its train-time crop and flip, or its test-time
+    resize, as a ``BOX_KEY`` row that ``finish_batch`` applies to the whole batch on the device.
 
-    Works on any device; the random draws use numpy's global generator (seeded, resumable).
+    The draws use numpy's global generator (seeded, resumable), in the order they always had.
     """
-    import torchvision.transforms.v2.functional as TF
-
     visual = [m for m in out if m in ("video", "flow")]
-    if not visual:
-        return out
-    size = out[visual[0]].shape[-1]
-    crop = crop_size or size
-    if train:
-        # One crop and one flip for the whole clip (and for flow, the same as for RGB).
-        scale = np.random.uniform(0.5, 1.0) if random_crop else 1.0
-        ratio = np.exp(np.random.uniform(np.log(3 / 4), np.log(4 / 3))) if random_crop else 1.0
-        w = int(round(min(size, np.sqrt(scale * ratio) * size)))
-        h = int(round(min(size, np.sqrt(scale / ratio) * size)))
-        top, left = np.random.randint(0, size - h + 1), np.random.randint(0, size - w + 1)
-        flipped = flip and np.random.rand() < 0.5
-        for m in visual:
-            x = TF.resized_crop(out[m], top, left, h, w, [crop, crop], antialias=True)
-            if flipped:
-                x = x.flip(-1)
-                if m == "flow":
-                    x[:, 0] = -x[:, 0]
-            out[m] = x
-    elif crop != size:
-        for m in visual:
-            out[m] = TF.resize(out[m], [crop, crop], antialias=True)
+    if visual:
+        box = draw_box(out[visual[0]].shape[-1], train, crop_size, flip, random_crop)
+        if box is not None:
+            out[BOX_KEY] = box
     return out

@@ -1,6 +1,6 @@
 """``--cache-on-gpu``: the whole split held as tensors on the training device, served in batches
 without per-step I/O, host-to-device copies or worker processes; decoding to float and the
-train-time crop/flip run on the device.
+train-time crop/flip run on the device (``finish_batch``).
 
 For caches that fit (CREMA-D at 3 frames: about 1 GB of uint8 frames + float16 spectrograms).
 """
@@ -13,14 +13,16 @@ from typing import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from mmvid.data.dataset import CacheDataset, spatial_transform, to_tensors
+from mmvid.data.crop import BOX_KEY, crop_clip, draw_box
+from mmvid.data.dataset import CacheDataset, to_tensors
 
 
 class DeviceLoader:
     """Iterates ``(inputs, y)`` like a DataLoader over ``dataset``: inputs modality -> (B, ...) on ``device``.
 
     Stored per clip in the cache's own dtypes (frames/flow uint8 (N, T, S, S, C), spectrogram float16
-    (N, F, L)); each batch is gathered by index and converted (``to_tensors``) on the device.
+    (N, F, L)); each batch is gathered by index and converted (``to_tensors``) on the device, with each
+    clip's crop/flip (or resize) drawn under ``BOX_KEY`` as the DataLoader's items carry it.
     Order: ``sampler`` if given (``set_epoch`` passes through), else a torch.randperm when ``shuffle``.
     """
 
@@ -49,12 +51,15 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         ds = self.dataset
         order = self._order().to(self.device)
-        per_clip = ds.train or ds.crop_size is not None  # crops/resizes are drawn per clip
+        visual = [m for m in ds.modalities if m in ("video", "flow")]
+        size = self.tensors[visual[0]].shape[-2] if visual else 0  # (N, T, S, S, C)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             inputs = to_tensors({m: t[idx] for m, t in self.tensors.items()}, ds.flow_bound)
-            if per_clip:
-                clips = [spatial_transform({m: x[i] for m, x in inputs.items()}, ds.train, ds.crop_size, ds.flip,
-                                           ds.random_crop) for i in range(len(idx))]
+            boxes = [draw_box(size, ds.train, ds.crop_size, ds.flip, ds.random_crop) for _ in range(len(idx))] if visual else []
+            if boxes and boxes[0] is not None and ds.crop_in_loader:  # as the DataLoader's items would be
+                clips = [crop_clip({m: x[i] for m, x in inputs.items()}, b) for i, b in enumerate(boxes)]
                 inputs = {m: torch.stack([c[m] for c in clips]) for m in inputs}
+            elif boxes and boxes[0] is not None:  # drawn clip by clip, in the DataLoader's order
+                inputs[BOX_KEY] = torch.stack(boxes).to(self.device)
             yield inputs, self.labels[idx]
