@@ -77,11 +77,17 @@ def write_mp4(path: Path, frames: np.ndarray, wave: np.ndarray, fps: int = FPS, 
     with av.open(str(path), "w") as c:
         v = c.add_stream("libx264", rate=fps)
         v.width, v.height, v.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        v.options = {"crf": "18"}
+        # Lossless H.264 (qp 0): at crf 18, x264 wrote other bytes for the same pixels from one run to the next
+        # (up to 1 clip in 3 on a busy machine, with one thread too), so a regenerated demo decoded to other
+        # frames and what was trained on it differed. Lossless, the decoded frames are the yuv420p input.
+        v.options = {"qp": "0"}
         a = c.add_stream("aac", rate=sr)
         a.layout = "mono"
-        for fr in frames:
-            for pkt in v.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")):
+        for t, fr in enumerate(frames):
+            yuv = av.VideoFrame.from_ndarray(fr, format="rgb24").reformat(format="yuv420p").to_ndarray()
+            vf = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            vf.pts = t  # in the stream's time base, 1 / fps
+            for pkt in v.encode(vf):
                 c.mux(pkt)
         for pkt in v.encode():
             c.mux(pkt)
