@@ -98,7 +98,11 @@ class TrainConfig:
     channels_last: bool = False  # NHWC convolutions (tensor cores under AMP on CUDA)
     compile: bool = False  # torch.compile the training step's model
     run_name: str | None = None
-    monitor_train: bool = True  # per-modality train accuracy each epoch (paper Fig. 1)
+    # The train-set monitor each epoch (per-modality train accuracy and s_m, paper Fig. 1): the fraction of the
+    # train rows it evaluates, a fixed seeded subsample (engine.monitor_rows); true = 1 (all), false = 0 (off).
+    # A plug-in that steers on train-set statistics keeps what it needs (B-MM: the whole set, engine.monitor_plan).
+    monitor_train: float = spec(1.0, ge=0.0, le=1.0, bools=True)
+    eval_every: int = spec(1, ge=1, le=1_000_000)  # val/test evaluation every N epochs, and always at the last
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -504,7 +504,7 @@ def plot_diagnosis(data: dict[str, Any], out: Path) -> list[Path]:
     """shapley_per_class, probes, memorisation and rho (PNG + SVG each); returns the PNGs."""
     from matplotlib.ticker import FuncFormatter
 
-    from mmvid.visualize import PANEL, _pyplot, save_figure
+    from mmvid.visualize import PANEL, _pyplot, present, save_figure
 
     plt = _pyplot()
     mods, names = data["modalities"], data["class_names"]
@@ -545,9 +545,9 @@ def plot_diagnosis(data: dict[str, Any], out: Path) -> list[Path]:
     ep = c.get("epoch", [])
     fig, axes = plt.subplots(1, 2, figsize=(PANEL[0] * 2, PANEL[1]), layout="constrained")
     for i, m in enumerate(mods):
-        axes[0].plot(ep, [np.nan if v is None else 100 * v for v in c.get(f"train_acc_{m}", [])], "--", color=f"C{i}", label=f"{m}, train")
-        axes[0].plot(ep, [np.nan if v is None else 100 * v for v in c.get(f"{held}_acc_{m}", [])], "-", color=f"C{i}", label=f"{m}, {held}")
-        axes[1].plot(ep, [np.nan if v is None else 100 * v for v in c.get(f"gap_{m}", [])], "-", color=f"C{i}", label=m)
+        axes[0].plot(*present(ep, c.get(f"train_acc_{m}", []), 100), "--", color=f"C{i}", label=f"{m}, train")
+        axes[0].plot(*present(ep, c.get(f"{held}_acc_{m}", []), 100), "-", color=f"C{i}", label=f"{m}, {held}")
+        axes[1].plot(*present(ep, c.get(f"gap_{m}", []), 100), "-", color=f"C{i}", label=m)
     axes[0].set(title="each modality alone (masking, Eq. 5)", xlabel="epoch", ylabel="accuracy (%)")
     axes[1].set(title=f"memorisation: train minus {held}", xlabel="epoch", ylabel="points")
     axes[1].axhline(0, color="k", lw=0.6)
@@ -558,9 +558,9 @@ def plot_diagnosis(data: dict[str, Any], out: Path) -> list[Path]:
 
     fig, axes = plt.subplots(1, 2, figsize=(PANEL[0] * 2, PANEL[1]), layout="constrained")
     for key, style, label in (("train_rho", "-", "train"), (f"{held}_rho", ":", held)):
-        vals = [np.nan if v is None else v for v in c.get(key, [])]
+        vals = c.get(key, [])
         if vals:
-            axes[0].plot(ep, vals, style, color="k", label=f"rho, {label}")
+            axes[0].plot(*present(ep, vals), style, color="k", label=f"rho, {label}")
     axes[0].axhline(1, color="grey", lw=0.6)
     axes[0].set(title="imbalance factor rho (Eq. 6)", xlabel="epoch", yscale="log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
@@ -570,7 +570,7 @@ def plot_diagnosis(data: dict[str, Any], out: Path) -> list[Path]:
         for split, style in (("train", "--"), (held, "-")):
             vals = c.get(f"{split}_utilisation_{m}")
             if vals:
-                axes[1].plot(ep, [np.nan if v is None else v for v in vals], style, color=f"C{i}", label=f"{m}, {split}")
+                axes[1].plot(*present(ep, vals), style, color=f"C{i}", label=f"{m}, {split}")
     axes[1].set(title="conditional utilisation (bounded)", xlabel="epoch", ylim=(-1.05, 1.05))
     axes[1].axhline(0, color="k", lw=0.6)
     for ax in axes:

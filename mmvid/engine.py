@@ -252,6 +252,88 @@ def rho_of(res: EvalResult, modalities: list[str]) -> float | None:
     return imbalance(res.modality_score, modalities)[0]
 
 
+def train_scores_need(plugin: Any) -> str | None:
+    """What a plug-in's ``needs_train_scores`` asks of the monitor: None, "any" or "full" (True = "full")."""
+    need = getattr(plugin, "needs_train_scores", False)
+    return "full" if need is True else (need or None)
+
+
+def monitor_plan(cfg: TrainConfig, augment: Any, balancer: Any) -> tuple[float, str | None]:
+    """The fraction of the train rows the monitor evaluates after every epoch, and a note when a plug-in
+    needs more than ``monitor_train`` asks for (it then gets what it needs: B-MM the whole train set)."""
+    needs = {f"augment.name={cfg.augment.name}": train_scores_need(augment),
+             f"balance.name={cfg.balance.name}": train_scores_need(balancer)}
+    full = [name for name, need in needs.items() if need == "full"]
+    want = float(cfg.monitor_train)
+    if full and want < 1.0:
+        return 1.0, (f"monitor_train={want:g} raised to 1: {', '.join(full)} steers on statistics over the whole "
+                     f"train set each epoch")
+    if want == 0.0 and any(needs.values()):
+        some = [name for name, need in needs.items() if need]
+        return 1.0, (f"monitor_train=0 raised to 1: {', '.join(some)} steers on train-set statistics each epoch; "
+                     f"set monitor_train to a fraction in (0, 1) to measure them on a subsample")
+    return want, None
+
+
+def monitor_rows(rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The train rows the monitor evaluates: all of them (``fraction`` 1), none (0), or round(fraction * N)
+    (at least 1) drawn without replacement by a generator of its own seeded with (seed, "monitor"), in
+    cache order. The same rows every epoch (curves stay comparable) and after a resume; each rank of
+    DDP then evaluates every world_size-th of them."""
+    if fraction >= 1.0 or not len(rows):
+        return rows
+    if fraction <= 0.0:
+        return rows[:0]
+    n = max(1, round(fraction * len(rows)))
+    rng = np.random.default_rng([seed, int.from_bytes(b"monitor", "little")])
+    return rows[np.sort(rng.choice(len(rows), size=n, replace=False))]
+
+
+def evaluates_at(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether val and test are evaluated (and logged) after ``epoch`` (0-based): every ``eval_every``-th
+    epoch and always the last."""
+    return (epoch + 1) % cfg.eval_every == 0 or epoch + 1 >= cfg.epochs
+
+
+def evaluate_epoch(ctx: TrainContext, loaders: dict[str, Any], monitor: Any | None, held_out: bool,
+                   steer_val: bool = False, reduce=None) -> dict[str, Any]:
+    """The evaluation after an epoch: val and test (``loaders``) when ``held_out``, else val alone when a
+    plug-in steers on it (``steer_val``; not logged then), and the train-set monitor when ``monitor`` is a
+    loader. Sets ctx.train_scores / val_scores / val_losses; returns the epoch's metrics keys
+    ({split}_acc, _loss, _acc_<m>, _rho; rho and s_<m> from the monitor; eval_seconds).
+
+    It runs on a copy of the CPU random state (a DataLoader draws its base seed from it), so whether
+    and how much is evaluated never changes the training that follows.
+    """
+    t0 = time.time()
+    names = [k for k in loaders if held_out or (k == "val" and steer_val)]
+    with torch.random.fork_rng(devices=[]):
+        results = {k: evaluate_model(ctx.model, loaders[k], ctx.device, ctx.cfg.amp, reduce=reduce) for k in names}
+        if monitor is not None:
+            results["train"] = evaluate_model(ctx.model, monitor, ctx.device, ctx.cfg.amp, reduce=reduce)
+            ctx.train_scores = results["train"].scores()
+    if "val" in results:
+        ctx.val_scores = results["val"].scores()
+        ctx.val_losses = {"fused": results["val"].loss}
+        if not held_out:
+            del results["val"]
+    rec: dict[str, Any] = {}
+    mods = ctx.modalities
+    for split, res in results.items():
+        rec[f"{split}_acc"] = res.acc
+        rec[f"{split}_loss"] = res.loss
+        for m in mods:
+            rec[f"{split}_acc_{m}"] = res.modality_acc(m)
+        if len(mods) >= 2:
+            rec[f"{split}_rho"] = rho_of(res, mods)
+    if "train" in results:
+        rec["rho"] = rec.get("train_rho")
+        for m in mods:
+            rec[f"s_{m}"] = results["train"].modality_score[m]
+    rec["eval_seconds"] = time.time() - t0
+    return rec
+
+
 # ----------------------------------------------------------------------------- context
 
 
@@ -456,8 +538,10 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
     train_loader = make_loader(info, splits.train, cfg, train=True, sampler=sampler, device=device)
     eval_loaders = {k: make_loader(info, rows[rank::world_size], cfg, train=False, device=device) for k, rows in
                     (("val", splits.val), ("test", splits.test)) if len(rows)}
-    monitor_loader = make_loader(info, splits.train[rank::world_size], cfg, train=False, device=device)
-    need_scores = cfg.monitor_train or augment.needs_train_scores or balancer.needs_train_scores
+    fraction, _ = monitor_plan(cfg, augment, balancer)  # its note is printed by workflows.run_train
+    monitor_loader = (make_loader(info, monitor_rows(splits.train, fraction, cfg.seed)[rank::world_size], cfg,
+                                  train=False, device=device) if fraction > 0 else None)
+    steer_val = augment.needs_val_scores or balancer.needs_val_scores
 
     start_epoch, best = 0, {"val_acc": -1.0, "epoch": -1}
     partial = {"batch": 0, "loss_sum": 0.0, "hits": 0, "seen": 0}  # progress inside an interrupted epoch
@@ -553,31 +637,14 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                                              .tolist())
                 rec: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                                        "train_loss": tr_loss / max(tr_seen, 1), "train_acc_batch": tr_hits / max(tr_seen, 1)}
-                results = {k: evaluate_model(model, ld, device, cfg.amp, reduce=reduce) for k, ld in eval_loaders.items()}
-                if need_scores:
-                    tr = evaluate_model(model, monitor_loader, device, cfg.amp, reduce=reduce)
-                    ctx.train_scores = tr.scores()
-                    results["train"] = tr
-                if "val" in results:
-                    ctx.val_scores = results["val"].scores()
-                ctx.val_losses = {"fused": results["val"].loss} if "val" in results else None
-                for split, res in results.items():
-                    rec[f"{split}_acc"] = res.acc
-                    rec[f"{split}_loss"] = res.loss
-                    for m in modalities:
-                        rec[f"{split}_acc_{m}"] = res.modality_acc(m)
-                    if len(modalities) >= 2:
-                        rec[f"{split}_rho"] = rho_of(res, modalities)
-                if "train" in results:
-                    rec["rho"] = rec.get("train_rho")
-                    for m in modalities:
-                        rec[f"s_{m}"] = results["train"].modality_score[m]
+                held_out = evaluates_at(cfg, epoch)
+                rec.update(evaluate_epoch(ctx, eval_loaders, monitor_loader, held_out, steer_val, reduce))
                 balancer.on_epoch_end(ctx)
                 rec.update(augment.log())
                 rec.update(balancer.log())
                 rec["seconds"] = time.time() - t0
                 select = rec.get("val_acc", rec.get("test_acc", 0.0))
-                improved = select > best["val_acc"]
+                improved = held_out and select > best["val_acc"]  # best: among the epochs evaluated
                 if improved:
                     best = {"val_acc": select, "epoch": epoch, "test_acc": rec.get("test_acc")}
                 ck = checkpoint(epoch)

@@ -60,6 +60,12 @@ class Registry(Generic[T]):
 class Plugin:
     """What augmentations and balancers share: per-epoch logging and state that survives a resume."""
 
+    # What the plug-in steers on, which the engine then measures after every epoch (engine.monitor_plan):
+    # ctx.train_scores (per-modality s_m over the train set): False: not needed; "any": a monitor over a fixed
+    # subsample of the train rows will do; "full" (or True): the whole train set, whatever monitor_train says.
+    needs_train_scores: bool | str = False
+    needs_val_scores: bool = False  # ctx.val_scores every epoch, whatever eval_every says
+
     def __setattr__(self, name: str, value) -> None:
         # A plug-in's own attribute named like a hook (``self.epoch_order = [...]``) would hide the hook from
         # the training loop, which would then fail far from the cause.

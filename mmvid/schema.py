@@ -34,6 +34,7 @@ class Rule:
     le: float | None = None
     lt: float | None = None
     choices: tuple[Any, ...] | None = None
+    bools: bool = False  # a number field that also reads true / false as 1 / 0 (it was a switch before)
 
     def describe(self, tp: Any) -> str:
         """E.g. 'an integer in [1, 100000]', 'a finite number in (0, 10]', 'one of: off, bf16'."""
@@ -46,6 +47,8 @@ class Rule:
             lo = "(-inf" if self.ge is None and self.gt is None else (f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}")
             hi = "inf)" if self.le is None and self.lt is None else (f"{_num(self.le)}]" if self.le is not None else f"{_num(self.lt)})")
             what = f"{'an integer' if base is int else 'a finite number'} in {lo}, {hi}"
+            if self.bools:
+                what += " (true = 1, false = 0)"
         return what + (" or none" if optional else "")
 
     def ok(self, value: Any) -> bool:
@@ -65,9 +68,10 @@ def _num(x: float) -> str:
 
 
 def spec(default: Any = MISSING, *, factory: Any = MISSING, ge: float | None = None, gt: float | None = None,
-         le: float | None = None, lt: float | None = None, choices: tuple[Any, ...] | None = None) -> Any:
+         le: float | None = None, lt: float | None = None, choices: tuple[Any, ...] | None = None,
+         bools: bool = False) -> Any:
     """A dataclass ``field`` carrying its :class:`Rule` in ``metadata["rule"]``."""
-    rule = Rule(ge=ge, gt=gt, le=le, lt=lt, choices=tuple(choices) if choices is not None else None)
+    rule = Rule(ge=ge, gt=gt, le=le, lt=lt, choices=tuple(choices) if choices is not None else None, bools=bools)
     return dataclasses.field(default=default, default_factory=factory, metadata={"rule": rule})
 
 
@@ -155,6 +159,8 @@ def check_value(f: dataclasses.Field, tp: Any, value: Any, key: str) -> Any:
     want = rule.describe(tp) if rule is not None else _what(tp)
     if typing.get_origin(_base_type(tp)[0]) is dict:
         want += f", e.g. {key.split()[-1]}='{{k: 1}}'"
+    if rule is not None and rule.bools:
+        value = _bool_as_number(value)
     try:
         out = coerce(value, tp)
     except _Invalid as e:
@@ -163,6 +169,16 @@ def check_value(f: dataclasses.Field, tp: Any, value: Any, key: str) -> Any:
     if rule is not None and not rule.ok(out):
         raise MmvidError(f"{key}={value!r} is not valid; it must be {want}")
     return out
+
+
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _bool_as_number(value: Any) -> Any:
+    """true / false (YAML or CLI spelling) as 1 / 0, for a number field that replaced a switch."""
+    if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+        value = BOOL_WORDS[value.strip().lower()]
+    return int(value) if isinstance(value, bool) else value
 
 
 def check_option(label: str, value: Any, tp: Any = int, **rule: Any) -> Any:

@@ -70,8 +70,15 @@ def read_metrics(run: Path) -> list[dict]:
     return recs
 
 
-def _series(recs: list[dict], key: str) -> list[float]:
-    return [float("nan") if r.get(key) is None else r[key] for r in recs]
+def present(xs: list[Any], values: list[float | None], scale: float = 1.0) -> tuple[list[Any], list[float]]:
+    """The (x, scale * value) pairs that have a value, as two lists: val/test are logged every ``eval_every``
+    epochs only, and a line drawn through the epochs that have them stays a line."""
+    have = [(x, v) for x, v in zip(xs, values) if v is not None]
+    return [x for x, _ in have], [scale * v for _, v in have]
+
+
+def _series(recs: list[dict], key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
+    return present([r["epoch"] + 1 for r in recs], [r.get(key) for r in recs], scale)
 
 
 def plot_curves(run: Path, out: Path | None = None) -> list[Path]:
@@ -85,7 +92,6 @@ def plot_curves(run: Path, out: Path | None = None) -> list[Path]:
     plt = _pyplot()
     recs = read_metrics(run)
     cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else None
-    epochs = [r["epoch"] + 1 for r in recs]
     keys = set().union(*recs)
     logged = {k.split("_acc_", 1)[1] for k in keys if "_acc_" in k} & set(MODALITIES)
     mods = [m for m in (cfg["data"]["modalities"] if cfg else sorted(logged)) if m in logged]
@@ -95,10 +101,10 @@ def plot_curves(run: Path, out: Path | None = None) -> list[Path]:
     ax = axes[0]
     for split, style in (("train", "--"), ("test", "-")):
         if f"{split}_acc" in keys:
-            ax.plot(epochs, [100 * v for v in _series(recs, f"{split}_acc")], style, color="k", lw=2, label=f"fused, {split}")
+            ax.plot(*_series(recs, f"{split}_acc", 100), style, color="k", lw=2, label=f"fused, {split}")
         for i, m in enumerate(mods):
             if f"{split}_acc_{m}" in keys:
-                ax.plot(epochs, [100 * v for v in _series(recs, f"{split}_acc_{m}")], style, color=f"C{i}",
+                ax.plot(*_series(recs, f"{split}_acc_{m}", 100), style, color=f"C{i}",
                         label=f"{m} alone, {split}")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy (alone = masking, Eq. 5)", ylim=(0, 101))
     ax.grid(alpha=0.3)
@@ -106,7 +112,7 @@ def plot_curves(run: Path, out: Path | None = None) -> list[Path]:
     ax = axes[1]
     for key, style, label in (("rho", "-", "rho, train (monitor)"), ("test_rho", ":", "rho, test")):
         if key in keys:
-            ax.plot(epochs, _series(recs, key), style, color="k", marker="o", ms=3, label=label)
+            ax.plot(*_series(recs, key), style, color="k", marker="o", ms=3, label=label)
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_yscale("log")  # rho and 1 / rho are the same imbalance: symmetric around 1 on a log axis
     plain = FuncFormatter(lambda v, _: f"{v:g}")
@@ -120,7 +126,7 @@ def plot_curves(run: Path, out: Path | None = None) -> list[Path]:
         ax = axes[2]
         for i, m in enumerate(mods):
             if f"lambda_{m}" in keys:
-                ax.plot(epochs, _series(recs, f"lambda_{m}"), color=f"C{i}", marker="o", ms=3, label=f"lambda {m}")
+                ax.plot(*_series(recs, f"lambda_{m}"), color=f"C{i}", marker="o", ms=3, label=f"lambda {m}")
         ax.set(xlabel="epoch", ylabel="lambda", title="B-MM mixing ratios (Eq. 7)", ylim=(-0.02, 1.0))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

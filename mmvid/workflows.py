@@ -204,7 +204,7 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
             cache = Path(ck.get("cache") or resolve_cache(ws, cfg.data.dataset))
             console.print(resume_message(run_dir.name, ck, cfg.epochs), soft_wrap=True)
     else:
-        check_plugins(cfg)
+        check_plugins(cfg, console)
         cache = resolve_cache(ws, cfg.data.dataset)
         cfg.data.dataset = cache.stem
         run_dir = runs_dir(ws) / (cfg.run_name or default_run_name(cfg, cache.stem))
@@ -238,9 +238,10 @@ def checkpoints_line(summary: dict[str, Any]) -> str:
     return f"{head}; {pct(best.get('test_acc'))} at the {what} ({best['epoch'] + 1}, {sel})"
 
 
-def check_plugins(cfg) -> None:
+def check_plugins(cfg, console=None) -> None:
     """What a config's plug-ins accept, before any work: unknown names, args a plug-in cannot use, a B-MM
-    option under another augmentation, a balancer that refuses the fusion or modalities (one line each)."""
+    option under another augmentation, a balancer that refuses the fusion or modalities (one line each);
+    on ``console``, a note when a plug-in needs more of the train-set monitor than monitor_train gives."""
     from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS, load_plugins
 
     load_plugins()
@@ -252,6 +253,12 @@ def check_plugins(cfg) -> None:
         except (TypeError, ValueError, AttributeError) as e:
             raise MmvidError(f"config {key}.args={section.args} is not valid for {reg.kind} {section.name!r}: {e}") from None
     built["balance"].check(cfg.model, cfg.augment.name)
+    if console is not None:
+        from mmvid.engine import monitor_plan
+
+        note = monitor_plan(cfg, built["augment"], built["balance"])[1]
+        if note:
+            console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
 
 
 def resume_message(name: str, ck: dict[str, Any], epochs: int) -> str:

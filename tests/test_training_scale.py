@@ -40,9 +40,9 @@ def train_run(ws: Path, name: str, **over) -> Path:
 
 
 def metrics(run: Path) -> list[dict]:
-    """metrics.jsonl without the wall-clock field."""
+    """metrics.jsonl without the wall-clock fields."""
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln]
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "eval_seconds")} for r in rows]
 
 
 def cli(ws: Path, *args: str) -> subprocess.Popen:

@@ -98,7 +98,6 @@ class Augmentation(Plugin):
     """
 
     stage: str | None = None
-    needs_train_scores = False  # True: engine provides ctx.train_scores (per-modality s_m over the train set) each epoch
     own_options: tuple[str, ...] = ()  # B-MM's config fields (stage, unimodal) that this augmentation reads
 
     def __init__(self, cfg, modalities: list[str]) -> None:

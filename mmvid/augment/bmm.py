@@ -62,11 +62,14 @@ class BalancedMultimodalMixup(Augmentation):
     train-set rho below 1 while the test-set rho stays near 1.7).
     """
 
-    needs_train_scores = True
     own_options = ("stage", "unimodal")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
+        # rho over the whole train set each epoch (paper Eq. 6), so no subsampled monitor; on val (rho_split=val)
+        # it steers on the validation split, which the engine then evaluates every epoch.
+        self.needs_train_scores = "full" if cfg.rho_split == "train" else False
+        self.needs_val_scores = cfg.rho_split == "val"
         self.stage = cfg.stage
         self.lambdas = {m: 0.0 for m in modalities}
         self.rho: float | None = None

@@ -86,7 +86,6 @@ def relative_to_others(scores: dict[str, float]) -> dict[str, float]:
 
 
 class Balancer(Plugin):
-    needs_train_scores = False
     min_modalities = 2  # most balancers compare modalities; a lone modality has nothing to balance
 
     def __init__(self, cfg, modalities: list[str]) -> None:
