@@ -20,6 +20,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -309,6 +310,10 @@ def run_sweep(console, ws: Path, sweep: Sweep, jobs: int = 1, gpus: int = 0, dry
                TimeElapsedColumn()]
     pending = list(todo)
     active: dict[int, tuple[RunSpec, subprocess.Popen, Any, int]] = {}  # slot -> (run, process, log file, task id)
+    # Its runs take Ctrl-C as a request to save and stop (mmvid.distributed.StopRequest installs a handler even
+    # when SIGINT was ignored, as in a background job of a script); the sweep must see the same Ctrl-C, or it
+    # reports the interrupted runs as failed.
+    old_sigint = signal.signal(signal.SIGINT, signal.default_int_handler) if _main_thread() else None
     failed: list[str] = []
     with Progress(*columns, console=console, disable=not progress) as bar:
         overall = bar.add_task(f"sweep {sweep.name}", total=len(runs), completed=len(runs) - len(todo),
@@ -357,7 +362,16 @@ def run_sweep(console, ws: Path, sweep: Sweep, jobs: int = 1, gpus: int = 0, dry
                 log.close()
             raise Interrupted(f"sweep interrupted; finished runs are kept and started ones saved; "
                               f"run the same command again to continue") from None
+        finally:
+            if old_sigint is not None:
+                signal.signal(signal.SIGINT, old_sigint)
     return result
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _last_line(log: Path) -> str:

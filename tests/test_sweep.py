@@ -345,12 +345,15 @@ def test_interrupted_run_is_resumed_and_finished_ones_kept(quick_sweep, monkeypa
 @pytest.mark.slow
 def test_ctrl_c_to_a_running_sweep_then_the_same_command_finishes(tiny_ws):
     """Ctrl-C to the sweep's process group (as a terminal sends it), wherever it lands: one line, exit 2,
-    and the same command then finishes every run, each epoch once, without retraining finished runs."""
+    and the same command then finishes every run, each epoch once, without retraining finished runs.
+
+    The sweep starts with SIGINT ignored, as a background job of a script does (CI runs like that): its runs
+    still take Ctrl-C as a stop request, so the sweep must too, not report them as failed."""
     args = [sys.executable, "-m", "mmvid.cli", "sweep", "recipes/table1/cremad", "-w", str(tiny_ws), "--seeds", "1",
             "--epochs", "3", "--dataset", "demo", "--only", "bigated", *sum((["--set", f"{k}={v}"] for k, v in TINY.items()), [])]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     runs = tiny_ws / "runs"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
