@@ -286,21 +286,14 @@ def alone_config(cfg, m: str):
 def ensure_run(cfg, cache: Path, run_dir: Path, console, what: str) -> Path:
     """Train ``run_dir`` per ``cfg``, reuse it when it finished with this config, resume it when it stopped;
     a folder trained with another config is an error naming the key (never silently overwritten)."""
-    import yaml
-
     from mmvid.engine import CKPT_LAST, train
-    from mmvid.sweep import config_difference
+    from mmvid.sweep import folder_state
 
-    resume = False
-    if (run_dir / "config.yaml").exists():
-        diff = config_difference(yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, cfg)
-        if diff:
-            raise MmvidError(f"{run_dir} was trained with another config ({diff}); remove it to retrain")
-        summary = run_dir / "summary.json"
-        if summary.exists() and json.loads(summary.read_text()).get("epochs") == cfg.epochs:
-            console.print(f"{what}: reusing {run_dir}", soft_wrap=True)
-            return run_dir
-        resume = (run_dir / CKPT_LAST).exists()
+    state = folder_state(run_dir, cfg)
+    if state == "done":
+        console.print(f"{what}: reusing {run_dir}", soft_wrap=True)
+        return run_dir
+    resume = state == "partial" and (run_dir / CKPT_LAST).exists()
     console.print(f"{what}: {'resuming' if resume else 'training'} {run_dir} ({cfg.epochs} epochs)", soft_wrap=True)
     train(cfg, cache, run_dir, resume=resume, progress=console.is_terminal)
     return run_dir

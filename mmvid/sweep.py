@@ -195,25 +195,29 @@ def run_state(ws: Path, spec: RunSpec) -> str:
     A folder trained with another config (the recipe was edited since) is an error naming the key,
     never silently reused or overwritten.
     """
-    import yaml
-
     from mmvid.workspace import runs_dir
 
-    run = runs_dir(ws) / spec.name
+    return folder_state(runs_dir(ws) / spec.name, spec.config, ", or run the sweep with other options")
+
+
+def folder_state(run: Path, cfg: TrainConfig, hint: str = "") -> str:
+    """:func:`run_state` of the run folder ``run`` for ``cfg`` (also used by ``mmvid diagnose``);
+    ``hint`` ends the error of a folder trained with another config."""
+    import yaml
+
     if not (run / "config.yaml").exists():
         return "new"
     try:
         saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
         raise MmvidError(f"{run / 'config.yaml'} cannot be read ({str(e).splitlines()[0]}); remove {run} to retrain it") from None
-    diff = config_difference(saved if isinstance(saved, dict) else {}, spec.config)
+    diff = config_difference(saved if isinstance(saved, dict) else {}, cfg)
     if diff:
-        raise MmvidError(f"run {run} was trained with another config ({diff}); remove that folder to retrain it, "
-                         f"or run the sweep with other options")
+        raise MmvidError(f"run {run} was trained with another config ({diff}); remove that folder to retrain it{hint}")
     summary = run / "summary.json"
     if summary.exists():
         try:
-            if json.loads(summary.read_text()).get("epochs") == spec.config.epochs:
+            if json.loads(summary.read_text()).get("epochs") == cfg.epochs:
                 return "done"
         except (json.JSONDecodeError, OSError):
             pass
