@@ -1,6 +1,6 @@
 """The training input pipeline against OGM-GE's own CREMA-D loader, in training mode, each at its defaults.
 
-    PYTHONPATH=. python -m benchmarks.bench_loader [--workers 0,2] [--steps 20] [--rounds 5] [--batch 64]
+    PYTHONPATH=. python -m benchmarks.bench_loader [--workers 0,2] [--steps 20] [--rounds 5] [--batch 64] [--device-path]
 
 The reference is ``CramedDataset`` of GeWu-Lab/OGM-GE_CVPR2022 (``dataset/CramedDataset.py``, commit
 0f64793), run unmodified: its file is read at run time from the search tool's mirror of that repository
@@ -113,10 +113,26 @@ def mmvid_loader_factory(crema: Path, ws: Path, n_items: int):
     rows = np.resize(ok, n_items)
     device = torch.device("cpu")
 
-    def make(workers: int, batch: int):
-        cfg = resolve_config("cremad", {"data.workers": workers, "data.batch_size": batch, "device": "cpu"})
+    def make(workers: int, batch: int, device_path: bool = False):
+        if not device_path:
+            cfg = resolve_config("cremad", {"data.workers": workers, "data.batch_size": batch, "device": "cpu"})
+            loader = make_loader(info, rows, cfg, train=True)
+            return loader, lambda b: to_device(b[0], device)
+        # GPU training's path: the workers read and collate uint8 rows and each clip's crop box; the
+        # crop, flip and normalisation run batched on the device.
+        gpu = torch.cuda.is_available()
+        cfg = resolve_config("cremad", {"data.workers": workers, "data.batch_size": batch,
+                                        "device": "cuda" if gpu else "cpu"})
         loader = make_loader(info, rows, cfg, train=True)
-        return loader, lambda b: to_device(b[0], device)
+        loader.dataset.crop_in_loader = False
+        if not gpu:  # the host's share alone: what the device would do is not timed
+            return loader, lambda b: b[0]
+
+        def finish(b):
+            out = to_device(b[0], torch.device("cuda"))
+            torch.cuda.synchronize()
+            return out
+        return loader, finish
 
     return make, info
 
@@ -148,6 +164,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed batches per measurement")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved measurements per side; medians printed")
     ap.add_argument("--batch", type=int, default=64, help="batch size (OGM-GE's and the paper's: 64)")
+    ap.add_argument("--device-path", action="store_true",
+                    help="time mmvid's GPU-training path (crop, flip, normalisation batched on the device); "
+                         "without a GPU, the host's share of it alone")
     ap.add_argument("--reference", type=Path, help=f"{REFERENCE_FILE} of {REFERENCE_REPO} (default: the mirror)")
     args = ap.parse_args()
     if args.data is None or not (Path(args.data) / "crema_d" / "VideoFlash").is_dir():
@@ -163,6 +182,16 @@ def main() -> None:
         ref_ds = reference_dataset(crema, tmp / "ref", names, n_items, args.reference)
         con.print(f"{len(names)} real CREMA-D clips, {n_items} items per epoch, batch {args.batch}, training mode; "
                   f"torch threads {torch.get_num_threads()}")
+        if args.device_path:
+            on = "on the GPU" if torch.cuda.is_available() else "not timed (no GPU): the host's share alone"
+            con.print(f"mmvid's GPU-training path: crop, flip and normalisation batched on the device, {on}")
+
+        def reference_finish(b):
+            if args.device_path and torch.cuda.is_available():  # main.py's spec.to(device), image.to(device)
+                out = [t.to("cuda", non_blocking=True) for t in b[:2]]
+                torch.cuda.synchronize()
+                return out[1]
+            return b[1]
         for w in workers:
             warmup = max(1, 2 * w)  # a DataLoader prefetches 2 batches per worker
             rates: dict[str, list[float]] = {"mmvid": [], "reference": []}
@@ -170,11 +199,11 @@ def main() -> None:
                 order = ["mmvid", "reference"] if r % 2 == 0 else ["reference", "mmvid"]
                 for side in order:
                     if side == "mmvid":
-                        loader, finish = make_mmvid(w, args.batch)
+                        loader, finish = make_mmvid(w, args.batch, args.device_path)
                     else:  # main.py: DataLoader(shuffle=True, pin_memory=True); pinning only with a GPU here
                         loader = DataLoader(ref_ds, batch_size=args.batch, shuffle=True, num_workers=w,
                                             pin_memory=torch.cuda.is_available())
-                        finish = lambda b: b[1]  # noqa: E731 (spectrogram, images, label): images are model-ready
+                        finish = reference_finish  # (spectrogram, images, label): images are model-ready
                     rates[side].append(measure(loader, finish, args.steps, warmup))
                     del loader
                 con.print(f"  {w} workers, round {r + 1}: mmvid {rates['mmvid'][-1]:.1f}, "

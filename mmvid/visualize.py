@@ -154,14 +154,22 @@ def embed_2d(x: np.ndarray, seed: int, n_neighbors: int = 15) -> np.ndarray:
     """UMAP to 2-D (N, 2); ``n_neighbors`` is capped for tiny samples."""
     import warnings
 
+    import torch
     import umap
 
     if len(x) < 4:
         raise MmvidError(f"UMAP needs at least 4 clips, got {len(x)}; raise --max-points or use a larger split")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # umap warns that random_state forces one thread; that is the point
-        return umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), random_state=seed, n_jobs=1,
-                         init="spectral" if len(x) > 20 else "random").fit_transform(x)
+    # numba's OpenMP threading layer, started by UMAP, sets the OpenMP thread count of the process to all
+    # cores, and PyTorch shares that OpenMP runtime: a model trained afterwards in the same process ran
+    # with other threads than asked (OMP_NUM_THREADS, torch.set_num_threads) and other last bits.
+    threads = torch.get_num_threads()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # umap warns that random_state forces one thread; that is the point
+            return umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), random_state=seed, n_jobs=1,
+                             init="spectral" if len(x) > 20 else "random").fit_transform(x)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def umap_features(run: Path, splits: tuple[str, ...] = ("train", "test"), max_points: int = 500, seed: int = 0,

@@ -7,6 +7,14 @@ from pathlib import Path
 
 import pytest
 
+# One intra-op thread, here and in every process the tests start (the variable is inherited; torch reads it
+# when imported, after this file). The tests' tiny models gain nothing from a second thread, and on a
+# machine whose cores are busy with other jobs OpenMP's waiting threads cost far more than they bring:
+# with `stress-ng --cpu 2` beside them, the training tests took 216 s with two threads, 154 s with one
+# (60 and 64 s on the idle machine). Tests that start several processes split the cores themselves.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -209,13 +209,15 @@ def test_try_ranks_methods_through_the_sweep(diagnosed, demo_ws):
     from mmvid.evaluate import load_run
 
     cfg = load_run(diagnosed.run, "test", "cpu", checkpoint="last").cfg
+    assert cfg.epochs == 3
+    cfg.epochs = 1  # what is tested is that the runs take the diagnosed run's settings, not how long they train
     res = D.try_comparison(QUIET, demo_ws, cfg, ["bmm"], 1, diagnosed.out / "try-test")
     assert sorted(r["row"] for r in res["table"]) == ["bmm", "plain"]
     runs = sorted(p.name for p in (demo_ws / "runs").iterdir() if p.name.startswith("sweep-"))
     assert len(runs) == 2
     for name in runs:
         saved = (demo_ws / "runs" / name / "config.yaml").read_text()
-        assert "width: 8" in saved and "batch_size: 16" in saved and "epochs: 3" in saved
+        assert "width: 8" in saved and "batch_size: 16" in saved and "epochs: 1" in saved
     assert any(p.endswith("table.md") for p in res["files"])
 
 

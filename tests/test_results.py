@@ -266,6 +266,28 @@ def test_visualize_curves_confusion_umap(tiny):
     assert "best-test checkpoint (epoch" in svg
 
 
+def test_umap_leaves_the_thread_count_of_torch_as_it_was():
+    """numba's OpenMP layer, which UMAP starts, set the process's OpenMP threads to all cores; PyTorch
+    shares that runtime, so a model trained afterwards in the same process ran with other threads and
+    other last bits (a one-thread process, as OMP_NUM_THREADS=1 makes it, ended with two). A fresh process,
+    since numba starts its layer once per process."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, torch\n"
+            "torch.nn.functional.conv2d(torch.ones(1, 1, 64, 64), torch.ones(1, 1, 3, 3))\n"  # as after training
+            "from mmvid.visualize import embed_2d\n"
+            "embed_2d(np.random.default_rng(0).random((30, 8), dtype=np.float32), seed=0)\n"
+            "import numba\n"
+            "print(numba.threading_layer(), torch.get_num_threads())\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "NUMBA_NUM_THREADS"} | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    layer, threads = out.stdout.split()
+    assert threads == "1", f"UMAP (numba threading layer {layer}) left torch with {threads} threads"
+
+
 def test_report_is_one_self_contained_html(tiny):
     res = cli(tiny, "report", "bmm", "--no-umap")
     path = written(res)[-1]
