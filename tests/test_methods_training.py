@@ -9,12 +9,10 @@ import math
 import pytest
 import torch
 import yaml
-from rich.console import Console
 
 from mmvid.config import resolve_config
 from mmvid.engine import train
 from mmvid.registry import BALANCERS, load_plugins
-from mmvid.workflows import run_prepare
 
 load_plugins()
 
@@ -28,9 +26,8 @@ LOG_KEY = {"none": "rho", "amco": "amco_share_audio", "ogm-ge": "ogm_coeff_audio
 
 
 @pytest.fixture(scope="module")
-def demo_cache(tmp_path_factory):
-    ws = tmp_path_factory.mktemp("ws")
-    return run_prepare(Console(quiet=True), ws, "demo", clips=60, progress=False)
+def demo_cache(tiny_ws):
+    return tiny_ws / "caches" / "demo.h5"  # the session's 60-clip demo cache (tests/conftest.py), read only
 
 
 def tiny(overrides):

@@ -97,17 +97,14 @@ def test_bad_scale_is_one_clear_error():
             FUSIONS.build("mmcosine", {"audio": 8, "video": 8}, scale=bad)
 
 
-def test_mmcosine_trains_on_the_demo_and_evaluates_from_its_checkpoint(tmp_path):
+def test_mmcosine_trains_on_the_demo_and_evaluates_from_its_checkpoint(tiny_ws, tmp_path):
     import json
-
-    from rich.console import Console
 
     from mmvid.config import resolve_config
     from mmvid.engine import model_from_checkpoint, train
     from mmvid.models.fusions import CosineHead
-    from mmvid.workflows import run_prepare
 
-    cache = run_prepare(Console(quiet=True), tmp_path / "ws", "demo", clips=60, progress=False)
+    cache = tiny_ws / "caches" / "demo.h5"  # the session's 60-clip demo cache (tests/conftest.py), read only
     cfg = resolve_config("demo", {"epochs": 2, "model.width": 4, "data.batch_size": 16, "data.val_fraction": 0.25,
                                   "model.fusion": "mmcosine", "model.fusion_args": {"scale": 15}})
     summary = train(cfg, cache, tmp_path / "run", progress=False)

@@ -210,16 +210,13 @@ def test_bad_options_are_one_clear_error():
         BALANCERS.build("opm", cfg.balance, AV).check(cfg.model, "none")
 
 
-def test_opm_trains_on_the_demo_and_drops(tmp_path):
+def test_opm_trains_on_the_demo_and_drops(tiny_ws, tmp_path):
     import json
-
-    from rich.console import Console
 
     from mmvid.config import resolve_config
     from mmvid.engine import train
-    from mmvid.workflows import run_prepare
 
-    cache = run_prepare(Console(quiet=True), tmp_path / "ws", "demo", clips=60, progress=False)
+    cache = tiny_ws / "caches" / "demo.h5"  # the session's 60-clip demo cache (tests/conftest.py), read only
     cfg = resolve_config("demo", {"epochs": 2, "model.width": 4, "data.batch_size": 16, "data.val_fraction": 0.25,
                                   "balance.name": "opm", "balance.args": {"start": 0, "p_exe": 1.0}})
     train(cfg, cache, tmp_path / "run", progress=False)

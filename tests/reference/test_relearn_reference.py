@@ -240,18 +240,15 @@ def test_bad_options_and_small_splits_are_one_line_errors():
 
 
 @pytest.mark.slow
-def test_relearn_reinitialises_during_a_demo_run(tmp_path):
+def test_relearn_reinitialises_during_a_demo_run(tiny_ws, tmp_path):
     """Through the registry and the engine loop: the scheduled diagnosis runs on the real train/val splits,
     its purities and strengths reach metrics.jsonl, and only on the scheduled epoch."""
     import json
 
-    from rich.console import Console
-
     from mmvid.config import resolve_config
     from mmvid.engine import train
-    from mmvid.workflows import run_prepare
 
-    cache = run_prepare(Console(quiet=True), tmp_path / "ws", "demo", clips=60, progress=False)
+    cache = tiny_ws / "caches" / "demo.h5"  # the session's 60-clip demo cache (tests/conftest.py), read only
     cfg = resolve_config("demo", {"epochs": 3, "model.width": 4, "data.batch_size": 16, "data.val_fraction": 0.25,
                                   "balance.name": "relearn", "balance.args": {"reinit_epoch": 1, "reinit_num": 1}})
     train(cfg, cache, tmp_path / "run", progress=False)
