@@ -114,16 +114,14 @@ def mmvid_loader_factory(crema: Path, ws: Path, n_items: int):
     device = torch.device("cpu")
 
     def make(workers: int, batch: int, device_path: bool = False):
-        if not device_path:
-            cfg = resolve_config("cremad", {"data.workers": workers, "data.batch_size": batch, "device": "cpu"})
-            loader = make_loader(info, rows, cfg, train=True)
-            return loader, lambda b: to_device(b[0], device)
-        # GPU training's path: the workers read and collate uint8 rows and each clip's crop box; the
-        # crop, flip and normalisation run batched on the device.
-        gpu = torch.cuda.is_available()
+        gpu = device_path and torch.cuda.is_available()
         cfg = resolve_config("cremad", {"data.workers": workers, "data.batch_size": batch,
                                         "device": "cuda" if gpu else "cpu"})
         loader = make_loader(info, rows, cfg, train=True)
+        if not device_path:
+            return loader, lambda b: to_device(b[0], device)
+        # GPU training's path: the workers read and collate uint8 rows and each clip's crop box; the
+        # crop, flip and normalisation run batched on the device.
         loader.dataset.crop_in_loader = False
         if not gpu:  # the host's share alone: what the device would do is not timed
             return loader, lambda b: b[0]
