@@ -11,7 +11,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# torch first and pinned: these wheels lie on this machine's disk; an unpinned torch would pull a multi-GB build.
+	# torch first and pinned: an unpinned torch would pull a multi-GB build.
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q -e '.[dev]'
 	touch $(STAMP)
@@ -34,8 +34,9 @@ bench-prepare: $(STAMP)
 bench-prepare-memory: $(STAMP)
 	$(PY) -m benchmarks.bench_prepare_memory
 
+# OGM_GE: a clone of GeWu-Lab/OGM-GE_CVPR2022 at commit 0f64793 (its CramedDataset is the reference loader).
 bench-loader: $(STAMP)
-	$(PY) -m benchmarks.bench_loader
+	$(PY) -m benchmarks.bench_loader $(if $(OGM_GE),--reference $(OGM_GE)/dataset/CramedDataset.py)
 
 bench-throughput: $(STAMP)
 	$(PY) -m benchmarks.bench_throughput

@@ -1,10 +1,12 @@
 """The training input pipeline against OGM-GE's own CREMA-D loader, in training mode, each at its defaults.
 
-    PYTHONPATH=. python -m benchmarks.bench_loader [--workers 0,2] [--steps 20] [--rounds 5] [--batch 64] [--device-path]
+    PYTHONPATH=. python -m benchmarks.bench_loader --reference FILE [--workers 0,2] [--steps 20] [--rounds 5] [--batch 64] [--device-path]
 
 The reference is ``CramedDataset`` of GeWu-Lab/OGM-GE_CVPR2022 (``dataset/CramedDataset.py``, commit
-0f64793), run unmodified: its file is read at run time from the search tool's mirror of that repository
-(or ``--reference FILE``) and imported as it is; nothing of it is copied into this repository. It runs
+0f64793), run unmodified: pass its file as ``--reference FILE`` (``git clone
+https://github.com/GeWu-Lab/OGM-GE_CVPR2022 && git -C OGM-GE_CVPR2022 checkout 0f64793``, then
+``--reference OGM-GE_CVPR2022/dataset/CramedDataset.py``); it is imported as it is, and nothing of it is
+copied into this repository. It runs
 in ``mode='train'`` at its ``main.py`` defaults (``--fps 1``: one frame per clip; batch 64) on the layout it
 expects: the original 16 kHz ``AudioWAV/*.wav`` (``librosa.load(sr=22050)`` resamples every item), and
 ``Image-01-FPS/<clip>/`` folders of JPEG frames at the native 480x360, one per second, as its
@@ -31,7 +33,6 @@ import csv
 import importlib.util
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -39,19 +40,17 @@ from types import SimpleNamespace
 
 REFERENCE_REPO = "GeWu-Lab/OGM-GE_CVPR2022"
 REFERENCE_FILE = "dataset/CramedDataset.py"
-MIRROR = Path("/work/.mirror/GeWu-Lab+OGM-GE_CVPR2022/repo")
+REFERENCE_COMMIT = "0f64793"
+HOW_TO_GET = (f"clone https://github.com/{REFERENCE_REPO} at commit {REFERENCE_COMMIT} and pass "
+              f"--reference OGM-GE_CVPR2022/{REFERENCE_FILE}")
 
 
-def reference_source(path: Path | None, out: Path) -> Path:
-    """The reference loader's file: ``path``, else read from the mirror's git objects."""
-    if path is not None:
-        return path
-    if not MIRROR.is_dir():
-        raise SystemExit(f"{REFERENCE_FILE} of {REFERENCE_REPO} not found: download it and pass --reference FILE")
-    text = subprocess.run(["git", "--git-dir", str(MIRROR), "show", f"HEAD:{REFERENCE_FILE}"], check=True,
-                          capture_output=True, text=True).stdout
-    out.write_text(text)
-    return out
+def reference_source(path: Path | None) -> Path:
+    """The reference loader's file, as given with ``--reference``; one line saying how to get it otherwise."""
+    if path is None or not Path(path).is_file():
+        where = f"{path} is not a file" if path is not None else "--reference FILE is needed"
+        raise SystemExit(f"{where}: {HOW_TO_GET}")
+    return Path(path)
 
 
 def load_reference_class(path: Path):
@@ -89,7 +88,7 @@ def reference_dataset(crema: Path, tmp: Path, names: list[str], n_items: int, re
     with open(listing / "train.csv", "w", newline="") as f:
         csv.writer(f).writerows([names[i % len(names)], names[i % len(names)].split("_")[2]] for i in range(n_items))
     (listing / "test.csv").write_text("")
-    cls = load_reference_class(reference_source(ref_file, tmp / "CramedDataset.py"))
+    cls = load_reference_class(reference_source(ref_file))
     # main.py's defaults; `dataset` absolute: os.path.join('./data/', dataset + '/train.csv') keeps it.
     args = SimpleNamespace(dataset=str(listing), fps=1, audio_path=str(crema / "AudioWAV"), visual_path=str(visual))
     ds = cls(args, mode="train")
@@ -165,8 +164,9 @@ def main() -> None:
     ap.add_argument("--device-path", action="store_true",
                     help="time mmvid's GPU-training path (crop, flip, normalisation batched on the device); "
                          "without a GPU, the host's share of it alone")
-    ap.add_argument("--reference", type=Path, help=f"{REFERENCE_FILE} of {REFERENCE_REPO} (default: the mirror)")
+    ap.add_argument("--reference", type=Path, help=f"{REFERENCE_FILE} of {REFERENCE_REPO} at commit {REFERENCE_COMMIT}")
     args = ap.parse_args()
+    reference_source(args.reference)  # before any work: one line saying how to get the file
     if args.data is None or not (Path(args.data) / "crema_d" / "VideoFlash").is_dir():
         raise SystemExit("real CREMA-D clips not found: pass --data (the folder holding crema_d/) or set MMVID_SHARED_DATA")
     crema = Path(args.data) / "crema_d"

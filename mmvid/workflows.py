@@ -308,6 +308,14 @@ def run_demo(console, ws: Path, epochs: int | None = None, clips: int | None = N
     lines = [f"concat+{k}: test accuracy {100 * r['accuracy']:.2f}% at the {checkpoint_note(r)}  ("
              + ", ".join(f"{m} alone {100 * a:.1f}%" for m, a in r["modality_accuracy"].items()) + f", rho {r['rho']:.2f})"
              for k, r in results.items()]
+    # The figures the README quotes from the demo, in one file (tests/test_demo_figures.py recomputes them).
+    drops = {c.modalities[0]: [rob.acc(r, c) for r in rob.runs] for c in rob.conditions if c.op == "drop"}
+    figures_json = {"test_accuracy": {k: r["accuracy"] for k, r in results.items()},
+                    "checkpoint": {k: checkpoint_note(r) for k, r in results.items()},
+                    "without": {m: dict(zip(("none", "bmm"), accs)) for m, accs in drops.items()}}
+    (rob.out_dir / "demo-figures.json").write_text(json.dumps(figures_json, indent=2))
+    lines += [f"without {m}: concat {100 * a['none']:.1f}%, concat+bmm {100 * a['bmm']:.1f}%"
+              for m, a in figures_json["without"].items()]
     lines.append(f"workspace: {ws}   total time {time.time() - t0:.0f}s")
     console.print(Panel(Text("\n".join(lines), overflow="fold"), title="mmvid demo summary"))
     console.print("figures:")

@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def shared_data_dir() -> Path | None:
-    """$MMVID_SHARED_DATA, else <repo>/../shared/data, else /work/shared/data; None when absent."""
-    for cand in (os.environ.get("MMVID_SHARED_DATA"), REPO.parent / "shared" / "data", Path("/work/shared/data")):
+    """$MMVID_SHARED_DATA, else <repo>/../shared/data; None when absent."""
+    for cand in (os.environ.get("MMVID_SHARED_DATA"), REPO.parent / "shared" / "data"):
         if cand and Path(cand).is_dir():
             return Path(cand)
     return None

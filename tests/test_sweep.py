@@ -22,6 +22,7 @@ from rich.console import Console
 from mmvid.config import RECIPES, read_recipe, resolve_config
 from mmvid.errors import MmvidError
 from mmvid.sweep import plan_sweep, run_state, sweep_command, train_command
+from conftest import shared_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
 T_975 = {2: 4.302652729911275, 3: 3.182446305284263}  # Student's t quantile 0.975 at n - 1 degrees of freedom
@@ -76,9 +77,8 @@ def test_table_recipes_cover_the_paper(table):
 
 def _paper_tables() -> dict[str, dict[str, list[float]]]:
     """Table 1 and 2 rows of the paper's text: {table: {row: [CREMA-D, KS, UCF-101]}}."""
-    text = (REPO.parent / "shared" / "seeds" / "paper-mixup-multimodal-video.txt")
-    if not text.exists():
-        text = Path("/work/shared/seeds/paper-mixup-multimodal-video.txt")
+    data = shared_data_dir()  # the seeds lie beside the data: <shared>/data, <shared>/seeds
+    text = (data.parent if data is not None else REPO.parent / "shared") / "seeds" / "paper-mixup-multimodal-video.txt"
     if not text.exists():
         pytest.skip("the paper's text (../shared/seeds) is not beside the repository")
     tables: dict[str, dict[str, list[float]]] = {}
