@@ -100,11 +100,11 @@ def split_pass(model, loader, device, rows: np.ndarray, amp: str = "off") -> Spl
         for inputs, y in loader:
             inputs, y = to_device(inputs, device), y.to(device)
             with autocast(device, amp):
-                z = model.encode(inputs)
-            z = {m: v.float() for m, v in z.items()}
+                raw = model.encode(inputs, calibrate=False)
+            raw = {m: v.float() for m, v in raw.items()}
+            z = model.masked_features(raw, mods)  # every modality present: the features the fusion sees
             for s in subsets:
-                masked = {m: (v if m in s else torch.zeros_like(v)) for m, v in z.items()}
-                logits = model.classify(masked).float()
+                logits = model.masked_logits(raw, s).float()  # the modalities outside s absent (Eq. 5)
                 prob[s].append(logits.softmax(1).gather(1, y[:, None])[:, 0].double().cpu())
                 correct[s].append((logits.argmax(1) == y).double().cpu())
             labels.append(y.cpu())

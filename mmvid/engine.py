@@ -208,7 +208,7 @@ def evaluate_model(model: MultimodalClassifier, loader: DataLoader, device: torc
             inputs = transform(inputs, y)
         with autocast(device, amp):
             out = model(inputs)
-            uni = model.unimodal_logits(out.features)
+            uni = model.unimodal_logits(out.raw)
         logits = out.logits.float()
         batch_loss = float(F.cross_entropy(logits, y, reduction="sum"))
         if not np.isfinite(batch_loss):  # a damaged cache must not pass as a poor model

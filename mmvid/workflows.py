@@ -242,10 +242,12 @@ def check_plugins(cfg, console=None) -> None:
     """What a config's plug-ins accept, before any work: unknown names, args a plug-in cannot use, a B-MM
     option under another augmentation, a balancer that refuses the fusion or modalities (one line each);
     on ``console``, a note when a plug-in needs more of the train-set monitor than monitor_train gives."""
+    from mmvid.models.classifier import check_calibration
     from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS, load_plugins
 
     load_plugins()
     FUSIONS.get(cfg.model.fusion)
+    check_calibration(cfg.model.fusion, cfg.model.calibrate)
     built = {}
     for reg, section, key in ((AUGMENTS, cfg.augment, "augment"), (BALANCERS, cfg.balance, "balance")):
         try:  # building parses the plug-in's args: a value it cannot use fails here, as one line

@@ -26,7 +26,10 @@ class Mix:
     weights: dict[str, float | torch.Tensor]  # key -> partner weight w (scalar or (B,)); absent keys are not mixed
     target_weight: float | torch.Tensor  # w_y
 
-    def apply(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def apply(self, tensors: dict[str, torch.Tensor],
+              partners: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """k -> (1 - w_k) x_i + w_k x_pi(i) for every key with a weight; ``partners`` (k -> same shape as x)
+        replaces x_pi(i) row by row (a masked prediction's partner, masked as row i is)."""
         out = {}
         for k, x in tensors.items():
             w = self.weights.get(k, self.weights.get("*"))
@@ -35,7 +38,7 @@ class Mix:
                 continue
             if isinstance(w, torch.Tensor):
                 w = w.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
-            out[k] = (1 - w) * x + w * x[self.perm]
+            out[k] = (1 - w) * x + w * (x[self.perm] if partners is None else partners[k])
         return out
 
     def soft_target(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:

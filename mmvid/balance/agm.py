@@ -117,7 +117,7 @@ class AdaptiveGradientModulation(Balancer):
     def coalition_logits(self, net, out, inputs, subset: tuple[str, ...]) -> torch.Tensor:
         """f(S) (B, C), differentiable: modalities outside ``subset`` zeroed at the input or the feature."""
         if self.pad == "feature":
-            return net.classify({m: (z if m in subset else torch.zeros_like(z)) for m, z in out.features.items()})
+            return net.masked_logits(out.raw, subset, out.mix)
         was = net.training
         net.eval()  # the reference pads in eval mode: BatchNorm on running statistics, no dropout
         try:

@@ -44,8 +44,9 @@ def encoder_parameters(model: nn.Module, m: str) -> list[nn.Parameter]:
 
 @torch.no_grad()
 def unimodal_logits(model: nn.Module, out) -> dict[str, torch.Tensor]:
-    """Paper Eq. 5 on the step's (detached, float32) features: m -> (B, C) logits of m alone."""
-    return unwrap(model).unimodal_logits({m: z.detach().float() for m, z in out.features.items()})
+    """Paper Eq. 5 on the step's (detached, float32) encoder features and mix: m -> (B, C) logits of m alone
+    (:meth:`mmvid.models.classifier.MultimodalClassifier.masked_features`)."""
+    return unwrap(model).unimodal_logits({m: z.detach().float() for m, z in out.raw.items()}, out.mix)
 
 
 def scored_logits(model: nn.Module, out, score: str) -> dict[str, torch.Tensor]:

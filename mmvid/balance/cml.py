@@ -20,18 +20,19 @@ def removal_chain(model, out, orders: torch.Tensor) -> list[torch.Tensor]:
     """Predictions with 0, 1, ..., M-1 modalities removed: M logits (B, C), the first ``out.logits``.
 
     orders: (B, M) modality indices (in ``model.modalities`` order), row i = the order in which sample i loses
-    its modalities; prediction j has the features of orders[i, :j] set to zero (paper Eq. 5's masking, which
-    for the concat head W [z_1; ...; z_M] + b is the reference's out - (W_r z_r + b/M) + b/M). Fused-stage
+    its modalities; prediction j has the modalities orders[i, :j] absent (paper Eq. 5's masking, per sample:
+    :meth:`~mmvid.models.classifier.MultimodalClassifier.masked_features` with a (M, B) mask, features multiplied
+    by 0; for the concat head W [z_1; ...; z_M] + b the reference's out - (W_r z_r + b/M) + b/M). Fused-stage
     mixing is re-applied, as in the step's own forward.
     """
     net = unwrap(model)
-    feats = [out.features[m] for m in net.modalities]
-    keep = torch.ones(len(feats), orders.shape[0], device=orders.device)
+    n_mod = len(net.modalities)
+    keep = torch.ones(n_mod, orders.shape[0], device=orders.device)
     rows = torch.arange(orders.shape[0], device=orders.device)
     chain = [out.logits]
-    for j in range(len(feats) - 1):
+    for j in range(n_mod - 1):
         keep = keep.index_put((orders[:, j], rows), keep.new_zeros(()))  # a new mask: autograd keeps the old one
-        fused = net.fusion({m: z * keep[k, :, None].to(z.dtype) for k, (m, z) in enumerate(zip(net.modalities, feats))})
+        fused = net.fusion(net.masked_features(out.raw, keep, out.mix))
         if out.mix is not None and out.mix.stage == "fused":
             fused = out.mix.apply({"fused": fused})["fused"]
         chain.append(net.head(fused))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
-from mmvid.balance.base import Balancer, encoder_parameters, modality_scores, unwrap
+from mmvid.balance.base import Balancer, encoder_parameters, modality_scores, scored_logits, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
 
@@ -116,9 +116,10 @@ class InfoReg(Balancer):
                              f"give a number or one per modality, e.g. {{audio: 0.95, video: 0.1}}")
         return {m: float(raw[m]) for m in self.modalities}
 
-    def _logits(self, model, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _logits(self, model, out) -> dict[str, torch.Tensor]:
+        """m -> (B, C) from the step's ModelOutput, differentiable: the head's slices or masking (Eq. 5)."""
         net = unwrap(model)
-        return net.split_head_logits(feats) if self.score == "split-head" else net.unimodal_logits(feats)
+        return net.split_head_logits(out.features) if self.score == "split-head" else net.unimodal_logits(out.raw, out.mix)
 
     def on_epoch_start(self, ctx) -> None:
         self.stats = EpochMeans()
@@ -133,7 +134,7 @@ class InfoReg(Balancer):
     def loss(self, loss, out, inputs, y, ctx):
         if not self.uni_loss:
             return loss
-        logits = self._logits(ctx.model, out.features)
+        logits = self._logits(ctx.model, out)
         return loss + sum(mixed_cross_entropy(logits[m], y, modality_mix(out.mix, m)) for m in self.modalities)
 
     def after_backward(self, model, out, y, ctx) -> None:
@@ -141,8 +142,7 @@ class InfoReg(Balancer):
         if self.pending is not None:
             self._restore(next(net.parameters()).device)
         with torch.no_grad():
-            scores = modality_scores(self._logits(net, {m: z.detach().float() for m, z in out.features.items()}),
-                                     out, y, ctx)
+            scores = modality_scores(scored_logits(net, out, self.score), out, y, ctx)
             betas = regulation_coefficients(scores, self.alpha, {m: k > self.threshold for m, k in self.k.items()})
             for m, beta in betas.items():
                 if beta:

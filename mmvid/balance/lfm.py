@@ -53,11 +53,11 @@ def hypergradient(model, inputs: dict[str, torch.Tensor], y: torch.Tensor, a_cls
     L_total = a_cls L_cls + a_align L_align; the Hessian-vector product H v = d/dtheta <dL_total/dtheta, v> with
     v = dL_cls/dtheta (v held constant), and the mean of its entries in the model's FIRST parameter tensor (the
     reference reads ``hessian_vector_prod[0].mean()``: for audio first, the audio encoder's first convolution).
-    Only that tensor's product is formed (the other entries are never read). ``unimodal``: features -> m ->
-    (B, C) logits. Parameters that the losses do not reach are left out (the reference's model has none)."""
+    Only that tensor's product is formed (the other entries are never read). ``unimodal``: (model, ModelOutput)
+    -> m -> (B, C) logits. Parameters that the losses do not reach are left out (the reference's model has none)."""
     out = model(inputs)
     l_cls = F.cross_entropy(out.logits.float(), y)
-    l_total = a_cls * l_cls + a_align * pair_alignment(unimodal(model, out.features))
+    l_total = a_cls * l_cls + a_align * pair_alignment(unimodal(model, out))
     params = [p for p in model.parameters() if p.requires_grad]
     g_total = torch.autograd.grad(l_total, params, create_graph=True, allow_unused=True)
     g_cls = torch.autograd.grad(l_cls, params, retain_graph=True, allow_unused=True)
@@ -133,10 +133,12 @@ class LFM(Balancer):
                              f"data.val_fraction=0.1) or use balance.args.schedule=fitted")
         return None
 
-    def unimodal(self, model, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """m -> (B, C) logits of modality m, differentiable (unlike :func:`mmvid.balance.base.scored_logits`)."""
+    def unimodal(self, model, out) -> dict[str, torch.Tensor]:
+        """m -> (B, C) logits of modality m from the step's ModelOutput, differentiable (unlike
+        :func:`mmvid.balance.base.scored_logits`): the head's slices of the features, or masking (Eq. 5)."""
         net = unwrap(model)
-        logits = net.split_head_logits(feats) if self.score == "split-head" else net.unimodal_logits(feats)
+        logits = (net.split_head_logits(out.features) if self.score == "split-head"
+                  else net.unimodal_logits(out.raw, out.mix))
         return {m: logits[m] for m in self.modalities}
 
     def hyper_batch(self, ctx) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -168,7 +170,7 @@ class LFM(Balancer):
         self.last_grad = g
 
     def loss(self, loss, out, inputs, y, ctx):
-        l_align = pair_alignment(self.unimodal(ctx.model, out.features))
+        l_align = pair_alignment(self.unimodal(ctx.model, out))
         self.stats.add({"lfm_align_loss": float(l_align.detach())})
         return 2 * ((1.0 - self.align) * loss + self.align * l_align)
 

@@ -85,7 +85,7 @@ class MBSD(Balancer):
         """m -> (B, C) float logits of modality m alone, with gradients to its encoder and the head."""
         net = unwrap(model)
         feats = {m: out.features[m] for m in net.modalities}
-        logits = net.split_head_logits(feats) if self.heads == "split" else net.unimodal_logits(feats)
+        logits = net.split_head_logits(feats) if self.heads == "split" else net.unimodal_logits(out.raw, out.mix)
         return {m: logits[m].float() for m in self.modalities}
 
     def loss(self, loss, out, inputs, y, ctx):

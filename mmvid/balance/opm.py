@@ -25,17 +25,20 @@ def opm_drop_probabilities(scores: dict[str, float], q_base: float, lam: float) 
     return out
 
 
-def opm_drop(feats: dict[str, torch.Tensor], q: dict[str, float], keep: torch.Tensor):
+def opm_drop(model, raw: dict[str, torch.Tensor], q: dict[str, float], keep: torch.Tensor, mix=None):
     """Drop and rescale features (``Modality_drop.execute_drop`` once it decided to drop).
 
-    feats: m -> (B, d_m); keep: (M, B) 0/1 in the order of ``feats``, keep[m, i] ~ Bernoulli(1 - q_m).
+    raw: m -> (B, d_m) encoder features (``ModelOutput.raw``); keep: (M, B) 0/1 in ``model.modalities`` order,
+    keep[m, i] ~ Bernoulli(1 - q_m). A dropped modality is absent for the whole model (its feature zeroed before
+    the calibration, :meth:`~mmvid.models.classifier.MultimodalClassifier.masked_features`, which also applies
+    the step's feature-stage ``mix``); without calibration this is the reference's keep[m, i] z_m,i.
     Returns (m -> keep[m, i] z_m,i / (1 - theta) (B, d_m), (B,) bool: some modality of sample i kept),
     theta = sum_m d_m q_m / sum_m d_m, the expected dropped share of the concatenated feature.
     """
-    dims = {m: z.shape[1] for m, z in feats.items()}
-    theta = sum(dims[m] * q[m] for m in feats) / sum(dims.values())
-    dropped = {m: z * keep[i].to(z.dtype)[:, None] / (1 - theta) for i, (m, z) in enumerate(feats.items())}
-    return dropped, keep.bool().any(0)
+    dims = {m: z.shape[1] for m, z in raw.items()}
+    theta = sum(dims[m] * q[m] for m in raw) / sum(dims.values())
+    masked = model.masked_features(raw, keep, mix)
+    return {m: z / (1 - theta) for m, z in masked.items()}, keep.bool().any(0)
 
 
 @BALANCERS.register("opm", doc="OPM: drop the dominant modality's feature with probability q_base(1 + lam tanh(rho - 1)).")
@@ -110,7 +113,7 @@ class OPM(Balancer):
         if keep is None:
             return loss
         model = unwrap(ctx.model)
-        feats, kept = opm_drop({m: out.features[m] for m in self.modalities}, q, keep.to(y.device))
+        feats, kept = opm_drop(model, out.raw, q, keep.to(y.device), out.mix)
         fused = model.fusion(feats)
         if out.mix is not None and out.mix.stage == "fused":
             fused = out.mix.apply({"fused": fused})["fused"]

@@ -168,9 +168,9 @@ class DataRemixing(Balancer):
             idx = (owner == j).nonzero().squeeze(1)
             if len(idx) == 0:
                 continue
-            masked = {k: v[idx] if k == m else v[idx] * 0 for k, v in feats.items()}
             mix = modality_mix(out.mix, m)
-            fused = summed_cross_entropy(net.classify(masked), y, idx, mix)
+            alone = net.masked_logits(out.raw, {m}, out.mix, rows=idx, keep_graph=True)  # the others zeroed (x * 0)
+            fused = summed_cross_entropy(alone, y, idx, mix)
             own = summed_cross_entropy(self.heads[m](feats[m][idx].float()), y, idx, mix)
             total = total + fused + self.gamma[m] * own
         return total / len(y)

@@ -41,11 +41,11 @@ def coalitions(modalities: list[str]) -> list[tuple[str, ...]]:
     return [c for r in range(1, len(modalities) + 1) for c in itertools.combinations(modalities, r)]
 
 
-def coalition_logits(net, feats: dict[str, torch.Tensor]) -> dict[tuple[str, ...], torch.Tensor]:
-    """S -> (B, C) logits of the fused model with every feature outside S set to zero (``exec_drop``;
-    the whole set is the plain fused prediction)."""
-    return {S: net.classify({k: v if k in S else torch.zeros_like(v) for k, v in feats.items()})
-            for S in coalitions(list(feats))}
+def coalition_logits(net, raw: dict[str, torch.Tensor]) -> dict[tuple[str, ...], torch.Tensor]:
+    """S -> (B, C) logits of the fused model with every modality outside S absent (``exec_drop``: its feature
+    zeroed, :meth:`~mmvid.models.classifier.MultimodalClassifier.masked_logits` on the encoder features ``raw``
+    m -> (B, d_m); the whole set is the plain fused prediction)."""
+    return {S: net.masked_logits(raw, S) for S in coalitions(list(raw))}
 
 
 def shapley(correct: dict[tuple[str, ...], torch.Tensor], modalities: list[str], valuation: str = "original") -> torch.Tensor:
@@ -174,7 +174,7 @@ class SampleValuation(Balancer):
         pos = 0
         for inputs, y in ctx.loader(rows[mine], train=self.crops == "train"):
             y = y.to(ctx.device)
-            logits = coalition_logits(net, net.encode(to_device(inputs, ctx.device)))
+            logits = coalition_logits(net, net.encode(to_device(inputs, ctx.device), calibrate=False))
             at = torch.as_tensor(mine[pos:pos + len(y)])
             for S, lg in logits.items():
                 hits[S][at] = (lg.float().argmax(1) == y).double().cpu()
@@ -221,15 +221,15 @@ class SampleValuation(Balancer):
         focus = self.batch_focus(y, ctx)
         if not (focus >= 0).any():
             return loss
-        net, feats, total = unwrap(ctx.model), out.features, 0.0
+        net, total = unwrap(ctx.model), 0.0
         plain = (focus < 0).nonzero().squeeze(1)
         if len(plain):
             total = total + summed_cross_entropy(out.logits[plain], y, plain, out.mix)
         for j, m in enumerate(self.modalities):
             idx = (focus == j).nonzero().squeeze(1)
             if len(idx):
-                masked = {k: v[idx] if k == m else v[idx] * 0 for k, v in feats.items()}
-                total = total + summed_cross_entropy(net.classify(masked), y, idx, modality_mix(out.mix, m))
+                alone = net.masked_logits(out.raw, {m}, out.mix, rows=idx, keep_graph=True)
+                total = total + summed_cross_entropy(alone, y, idx, modality_mix(out.mix, m))
         return total / len(y)
 
     def log(self) -> dict[str, Any]:

@@ -3,10 +3,17 @@
 The forward is split into stages (``encode``, ``fuse``, ``classify``) so that augmentations can mix
 at the input, feature or fused stage through a :class:`mmvid.augment.base.Mix` argument; nothing is
 stored on ``self`` during forward.
+
+Predictions from a subset of the modalities (paper Eq. 5's masking: unimodal scores, Shapley
+coalitions, balancers that drop a modality) all come from :meth:`MultimodalClassifier.masked_features`:
+the absent modalities' *encoder* features are zeroed first, then the present ones are calibrated
+among themselves, then the forward's feature-stage mix is applied, then the fusion and head run. An
+absent modality is thus absent for the whole model, calibration included.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +34,19 @@ class ModelOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. calibration gates
     tokens: dict[str, torch.Tensor] | None = None  # per modality (B, N_m, d_m) when asked for (MS-Mix)
     mix: Any = None  # the Mix applied in this forward (balancers derive per-modality targets from it)
+    # per modality (B, d_m): the encoders' features before calibration and before feature-stage mixing
+    # (after input-stage mixing); what :meth:`MultimodalClassifier.masked_features` starts from
+    raw: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def check_calibration(fusion: str, calibrate: bool) -> None:
+    """Refuse the pre-fusion calibration with a fusion that exchanges information between the encoders
+    (one with ``encode``: MMTM's blocks sit between encoder stages), where the calibration would only see
+    features that already carry the other modalities, i.e. it would not be pre-fusion."""
+    if calibrate and hasattr(FUSIONS.get(fusion), "encode"):
+        raise MmvidError(f"model.calibrate=true with model.fusion={fusion}: {fusion}'s blocks exchange information "
+                         f"between the encoders, so a calibration of their features would not be pre-fusion; "
+                         f"set model.calibrate=false (--no-calibrate) or choose another fusion")
 
 
 class MultimodalClassifier(nn.Module):
@@ -34,6 +54,7 @@ class MultimodalClassifier(nn.Module):
                  fusion: str = "concat", calibrate: bool = False, fusion_args: dict | None = None,
                  unimodal: str = "mask") -> None:
         super().__init__()
+        check_calibration(fusion, calibrate)
         self.modalities = list(modalities)
         self.num_classes = num_classes
         self.encoders = nn.ModuleDict({m: ModalityEncoder(m, encoder, width) for m in self.modalities})
@@ -60,10 +81,11 @@ class MultimodalClassifier(nn.Module):
         toks = {m: self.encoders[m].tokens(inputs[m]) for m in self.modalities}
         return {m: toks[m].mean(1) for m in self.modalities}, toks, {}
 
-    def encode(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-modality features (B, d_m), calibrated when the module is on."""
+    def encode(self, inputs: dict[str, torch.Tensor], calibrate: bool = True) -> dict[str, torch.Tensor]:
+        """Per-modality features (B, d_m): calibrated when the module is on and ``calibrate`` (the default);
+        ``calibrate=False`` gives the encoders' features, what :meth:`masked_features` starts from."""
         feats = self._encoded(inputs)[0]
-        if self.calibration is not None:
+        if calibrate and self.calibration is not None:
             feats, _ = self.calibration(feats)
         return feats
 
@@ -76,6 +98,7 @@ class MultimodalClassifier(nn.Module):
         if mix is not None and mix.stage == "input":
             inputs = mix.apply(inputs)
         feats, toks, extras = self._encoded(inputs, tokens)
+        raw = feats
         if self.calibration is not None:
             feats, gates = self.calibration(feats)
             extras = {**extras, **gates}
@@ -84,19 +107,74 @@ class MultimodalClassifier(nn.Module):
         fused = self.fusion(feats)
         if mix is not None and mix.stage == "fused":
             fused = mix.apply({"fused": fused})["fused"]
-        return ModelOutput(self.head(fused), feats, fused, extras, toks, mix)
+        return ModelOutput(self.head(fused), feats, fused, extras, toks, mix, raw)
 
-    def unimodal_logits(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """m -> (B, C). Paper Eq. 5 (``unimodal="mask"``): modality m alone = the fused model with every other
-        feature set to zero. ``unimodal="head"`` (decision fusion): modality m's own classifier W_m z_m + b_m."""
+    def masked_features(self, raw: dict[str, torch.Tensor], keep: Collection[str] | torch.Tensor, mix=None,
+                        keep_graph: bool = False) -> dict[str, torch.Tensor]:
+        """The fusion's inputs m -> (B, d_m) when only the modalities in ``keep`` are present: the one place
+        where mmvid masks a modality (paper Eq. 5), used by every masked prediction.
+
+        raw: m -> (B, d_m) encoder features before calibration (``ModelOutput.raw``, ``encode(x, calibrate=False)``).
+        keep: the modalities present, either a collection of names (the same for every sample; may be
+        empty) or a (M, B) 0/1 tensor in ``self.modalities`` order (per sample: CML's removal chain, OPM's drop).
+
+        1. an absent feature is zero: ``zeros_like`` (no gradient path), or ``z * 0`` with ``keep_graph`` (the
+           references' in-place zeroing: the absent encoder gets a zero gradient); a per-sample mask multiplies
+           z_m,i by keep[m, i];
+        2. calibration, when on, of the present modalities among themselves (an absent one is not in any
+           context: :class:`mmvid.models.calibration.PreFusionCalibration` with ``present``);
+        3. the forward's feature-stage ``mix`` (other stages: nothing; the input stage is already in ``raw``).
+           With a per-sample mask, row i's partner pi(i) is masked and calibrated with row i's modalities, so
+           row i mixes nothing of a modality absent from it.
+
+        Without calibration the values equal those of masking the forward's (mixed) features. MMTM's blocks
+        exchange information inside the encoders, so there ``raw`` itself depends on every input: masking
+        removes a modality's feature, not what its input has already passed to the others.
+        """
+        per_sample = isinstance(keep, torch.Tensor)
+        if not per_sample:
+            keep = set(keep)
+            unknown = keep - set(self.modalities)
+            if unknown:
+                raise ValueError(f"masked_features: {sorted(unknown)} are not modalities of the model {self.modalities}")
+
+        def mask(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            if per_sample:
+                return {m: feats[m] * keep[i].to(feats[m].device, feats[m].dtype).view(-1, *([1] * (feats[m].dim() - 1)))
+                        for i, m in enumerate(self.modalities)}
+            return {m: feats[m] if m in keep else (feats[m] * 0 if keep_graph else torch.zeros_like(feats[m]))
+                    for m in self.modalities}
+
+        def calibrate(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return feats if self.calibration is None else self.calibration(feats, present=keep)[0]
+
+        z = calibrate(mask(raw))
+        if mix is None or mix.stage != "feature":
+            return z
+        if not per_sample:  # every row has the same modalities: mixing the masked rows is the same mask
+            return mix.apply(z)
+        partners = calibrate(mask({m: raw[m][mix.perm] for m in self.modalities}))
+        return mix.apply(z, partners)
+
+    def masked_logits(self, raw: dict[str, torch.Tensor], keep: Collection[str] | torch.Tensor, mix=None,
+                      rows: torch.Tensor | None = None, keep_graph: bool = False) -> torch.Tensor:
+        """(B, C) logits, or (R, C) for the batch ``rows`` (R,), of the fused model with only ``keep`` present:
+        ``classify`` on :meth:`masked_features` (which see). ``rows`` are picked after the mix (a row's partner
+        may lie outside them), so the fusion and head see only those rows, as a balancer's subset."""
+        z = self.masked_features(raw, keep, mix, keep_graph)
+        if rows is not None:
+            z = {m: v[rows] for m, v in z.items()}
+        return self.classify(z)
+
+    def unimodal_logits(self, raw: dict[str, torch.Tensor], mix=None) -> dict[str, torch.Tensor]:
+        """m -> (B, C) from the pre-calibration features ``raw`` (m -> (B, d_m), ``ModelOutput.raw``) and the
+        forward's ``mix``. Paper Eq. 5 (``unimodal="mask"``): modality m alone = the fused model with every other
+        modality absent (:meth:`masked_logits`). ``unimodal="head"`` (decision fusion): modality m's own
+        classifier W_m z_m + b_m on z_m as it is with m alone (calibrated with itself when calibration is on)."""
         if self.unimodal == "head":
-            return self.head.modality_logits(self.fusion(feats))
-        out = {}
-        for m in self.modalities:
-            masked = {k: (v if k == m else torch.zeros_like(v)) for k, v in feats.items()}
-            out[m] = self.classify(masked)
-        return out
-
+            return {m: self.head.modality_logits(self.fusion(self.masked_features(raw, {m}, mix)))[m]
+                    for m in self.modalities}
+        return {m: self.masked_logits(raw, {m}, mix) for m in self.modalities}
 
     def split_head_logits(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """OGM-GE's unimodal logits (its main.py), an alternative to Eq. 5's masking: each modality's own
