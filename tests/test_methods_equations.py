@@ -65,11 +65,12 @@ def test_bmm_rho_split_val_reads_the_held_out_scores():
                            "val_scores": {"audio": {"score": 9.0}, "video": {"score": 6.0}},  # audio ahead held out
                            "epoch": 1, "generator": torch.Generator().manual_seed(0)})()
     aug.on_epoch_start(ctx)
+    beta = cfg.augment.beta  # the default, 0.2
     assert aug.rho == pytest.approx(1.5)
-    assert aug.lambdas == {"audio": 0.0, "video": pytest.approx(math.tanh(0.5))}
+    assert aug.lambdas == {"audio": 0.0, "video": pytest.approx(beta * math.tanh(0.5))}
     cfg.augment.rho_split = "train"
     aug.on_epoch_start(ctx)
-    assert aug.rho == pytest.approx(0.5) and aug.lambdas == {"audio": pytest.approx(math.tanh(1.0)), "video": 0.0}
+    assert aug.rho == pytest.approx(0.5) and aug.lambdas == {"audio": pytest.approx(beta * math.tanh(1.0)), "video": 0.0}
 
 
 def test_bmm_leaves_the_strong_modality_untouched_and_mixes_the_weak_one_by_lambda():
