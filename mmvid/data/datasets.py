@@ -43,8 +43,8 @@ CREMAD_LEVELS = ["XX", "LO", "MD", "HI"]
 # The SAL target of each level, in [0, 1] like MS-Mix's |y| / 3. LO/MD/HI: the dataset's own numbers for the
 # displayed level on its raters' 0-100 intensity scale (README, finishedResponses "dispLevel": 20, 50, 80).
 # XX: the actor's own, unspecified level; the raters' mean perceived intensity of the XX clips of the five
-# emotions lies between that of LO and MD clips and nearest MD (processedResults/summaryTable.csv, tested in
-# tests/test_data_sources.py), so MD's 0.5. NEU: no emotion, 0 at every level, as MS-Mix's neutral y = 0.
+# emotions lies between that of LO and MD clips and nearest MD (processedResults/summaryTable.csv, checked
+# by tests/test_msmix_intensity.py), so MD's 0.5. NEU: no emotion, 0 at every level, as MS-Mix's neutral y = 0.
 CREMAD_LEVEL_TARGET = {"XX": 0.5, "LO": 0.2, "MD": 0.5, "HI": 0.8}
 CREMAD_INTENSITY = IntensityScale(
     levels=list(CREMAD_LEVELS),
