@@ -226,8 +226,8 @@ class MSMix(Augmentation):
         self.sal_from, self.notes = self.choice["sal_target"], []
         if self.sal_from == "labels" and getattr(ctx.info, "intensity", None) is None:
             path = getattr(ctx.info, "path", None)
-            self.notes = [f"the cache{' ' + path.name if path is not None else ''} has no intensity levels (only CREMA-D caches "
-                          f"prepared by this mmvid have them; `mmvid prepare cremad --force` rebuilds an older one): "
+            self.notes = [f"the cache{' ' + path.name if path is not None else ''} has no intensity levels (CREMA-D caches "
+                          f"prepared by this version of mmvid have them; `mmvid prepare cremad --force` rebuilds an older one): "
                           f"MS-Mix's SAL aligns with the model's true-class confidence (augment.args.sal_target=confidence)"]
             self.sal_from = "confidence"
         self.needs_intensity = self.sal_from == "labels"
