@@ -54,7 +54,11 @@ class AugmentConfig:
     name: str = "none"  # an AUGMENTS name, checked by the registry
     alpha: float = spec(0.2, gt=0.0, le=1000.0)  # Beta(alpha, alpha) for mixup / mm
     warmup: int = spec(10, ge=0, le=1_000_000)  # B-MM: epochs of plain training before mixing
-    beta: float = spec(1.0, ge=0.0, le=1000.0)  # B-MM: degree of mixup, lambda_weak = beta * tanh(r - 1)
+    # B-MM: degree of mixup, lambda_weak = beta * tanh(r - 1). 0.2, the CREMA-D recipe's (Table 5, column 2; with its
+    # warm-up of 10, the default above); every recipe uses 0.2-0.4. At beta near 1 lambda_weak can approach 1: the
+    # weak modality's feature and the label would then be almost wholly the partner's (the paper: a large beta
+    # mixes "overly aggressive[ly]"). A run's config.yaml stores the value, so older runs keep theirs.
+    beta: float = spec(0.2, ge=0.0, le=1000.0)
     rho_stat: str = spec("score", choices=("score", "acc"))  # B-MM
     lambda_map: str = spec("scaled", choices=("scaled", "inside"))  # B-MM
     # B-MM: rho over train (the paper) | val (held out; an mmvid option, not in the paper)

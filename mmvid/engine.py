@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from mmvid.augment.bmm import imbalance
 from mmvid.config import CACHE_KEY, TrainConfig, config_from_dict, save_config
 from mmvid.data.cache import CacheInfo, read_info
-from mmvid.data.dataset import CacheDataset, check_finite_inputs, finish_batch
+from mmvid.data.dataset import INTENSITY_KEY, CacheDataset, check_finite_inputs, finish_batch
 from mmvid.data.sources import stratified_split
 from mmvid.errors import Interrupted, MmvidError
 from mmvid.models.classifier import MultimodalClassifier, build_model
@@ -129,14 +129,18 @@ def check_modalities(info: CacheInfo, modalities: list[str]) -> None:
 
 
 def make_loader(info: CacheInfo, rows: np.ndarray, cfg: TrainConfig, train: bool, shuffle: bool | None = None,
-                sampler=None, batch_size: int | None = None, device: torch.device | None = None):
+                sampler=None, batch_size: int | None = None, device: torch.device | None = None,
+                intensity: bool = False):
     """A DataLoader over ``rows`` of the cache, or, when ``data.cache_on_gpu`` and a ``device`` are
-    given (the training loop), a DeviceLoader serving the rows from tensors already on ``device``."""
+    given (the training loop), a DeviceLoader serving the rows from tensors already on ``device``.
+    ``intensity``: batches also carry each clip's intensity target (``INTENSITY_KEY``; the cache's levels)."""
     on_device = cfg.data.cache_on_gpu and device is not None
+    targets = info.intensity.targets(info.labels, rows) if intensity and info.intensity is not None else None
     ds = CacheDataset(info.path, rows, cfg.data.modalities, train=train, crop_size=cfg.data.crop_size,
                       flip=cfg.data.flip, random_crop=cfg.data.random_crop,
                       flow_bound=float(info.params.get("flow_bound", 20.0)), in_memory=cfg.data.cache_in_memory or on_device,
-                      crop_in_loader=not (cfg.device != "cpu" and torch.cuda.is_available()))  # mmvid.data.crop: why
+                      crop_in_loader=not (cfg.device != "cpu" and torch.cuda.is_available()),  # mmvid.data.crop: why
+                      intensity=targets)
     shuffle = (train if shuffle is None else shuffle) and sampler is None
     if on_device:
         from mmvid.data.device_loader import DeviceLoader
@@ -360,6 +364,7 @@ class TrainContext:
     val_losses: dict[str, float] | None = None
     world_size: int = 1
     rank: int = 0
+    batch_intensity: torch.Tensor | None = None  # (B,) the step's intensity targets, when the augmentation reads them
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         """Sum across ranks (identity in one process)."""
@@ -502,6 +507,17 @@ def model_from_checkpoint(path: Path, which: str = "best") -> tuple[MultimodalCl
 # ----------------------------------------------------------------------------- training
 
 
+def print_notes(notes) -> None:
+    """A plug-in's one-line notes (e.g. MS-Mix's fallback), as the commands print theirs."""
+    if notes:
+        from rich.console import Console
+        from rich.markup import escape
+
+        console = Console()
+        for note in notes:
+            console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True, highlight=False)
+
+
 def default_run_name(cfg: TrainConfig, dataset: str) -> str:
     parts = [dataset, cfg.model.fusion + ("+cal" if cfg.model.calibrate else ""), cfg.augment.name]
     if cfg.balance.name != "none":
@@ -527,6 +543,8 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
     writable_dir(run_dir, "run folder")
     is_main = rank == 0
     parts = build_training(cfg, info, run_dir, rank, world_size)
+    if is_main:
+        print_notes(parts.augment.notes)
     ctx, augment, balancer, extra, scheduler = parts.ctx, parts.augment, parts.balancer, parts.extra, parts.scheduler
     model, optimizer, scaler, device, gen, splits = ctx.model, ctx.optimizer, ctx.scaler, ctx.device, ctx.generator, ctx.splits
     modalities = cfg.data.modalities
@@ -535,7 +553,8 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
 
     # Each rank trains on its DistributedSampler share and evaluates its slice of every split.
     sampler = ResumableSampler(len(splits.train), world_size, rank, cfg.seed, lambda order: balancer.epoch_order(order, ctx))
-    train_loader = make_loader(info, splits.train, cfg, train=True, sampler=sampler, device=device)
+    train_loader = make_loader(info, splits.train, cfg, train=True, sampler=sampler, device=device,
+                               intensity=augment.needs_intensity)
     eval_loaders = {k: make_loader(info, rows[rank::world_size], cfg, train=False, device=device) for k, rows in
                     (("val", splits.val), ("test", splits.test)) if len(rows)}
     fraction, _ = monitor_plan(cfg, augment, balancer)  # its note is printed by workflows.run_train
@@ -740,6 +759,7 @@ def train_step(parts: TrainingParts, inputs: dict[str, torch.Tensor], y: torch.T
 
     ctx, balancer, cfg = parts.ctx, parts.balancer, parts.ctx.cfg
     inputs, y = to_device(inputs, ctx.device), y.to(ctx.device, non_blocking=True)
+    ctx.batch_intensity = inputs.pop(INTENSITY_KEY, None)  # not a modality: for the augmentation (MS-Mix's SAL)
     clean = inputs
     inputs, y = balancer.on_batch(inputs, y, ctx)  # data stage
     with autocast(ctx.device, cfg.amp):

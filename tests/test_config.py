@@ -23,6 +23,19 @@ def test_round_trip_of_saved_config():
     assert again == cfg and again.augment.beta == 0.5 and again.data.modalities == ["audio", "video", "flow"]
 
 
+def test_bmm_beta_without_a_recipe_is_the_data_set_recipes_value():
+    """``--aug bmm`` with no recipe: beta is the CREMA-D recipe's 0.2 (not 1.0, where lambda_weak can approach 1),
+    within the range every data set's recipe uses; a saved config keeps the beta it was trained with."""
+    from mmvid.config import load_recipe
+
+    default = resolve_config(None, {"augment.name": "bmm"}).augment.beta
+    assert default == load_recipe("cremad")["augment"]["beta"] == 0.2
+    for name in ("cremad", "kinetics-sounds", "ucf101", "ave", "vggsound", "proving"):
+        assert 0.2 <= load_recipe(name)["augment"]["beta"] <= 0.4, name
+    old = resolve_config(None, {"augment.name": "bmm", "augment.beta": 1.0}).to_dict()
+    assert config_from_dict(old).augment.beta == 1.0
+
+
 @pytest.mark.parametrize("key,value,needle", [
     ("epochs", "ten", "integer"), ("optim.lr", "-1", "(0, 10]"), ("nosuch", 1, "unknown config key"),
     ("model.nosuch", 1, "unknown config key"), ("device", "tpu", "auto"), ("data.modalities", "audio,smell", "list without repeats of"),

@@ -65,11 +65,12 @@ def test_bmm_rho_split_val_reads_the_held_out_scores():
                            "val_scores": {"audio": {"score": 9.0}, "video": {"score": 6.0}},  # audio ahead held out
                            "epoch": 1, "generator": torch.Generator().manual_seed(0)})()
     aug.on_epoch_start(ctx)
+    beta = cfg.augment.beta  # the default, 0.2
     assert aug.rho == pytest.approx(1.5)
-    assert aug.lambdas == {"audio": 0.0, "video": pytest.approx(math.tanh(0.5))}
+    assert aug.lambdas == {"audio": 0.0, "video": pytest.approx(beta * math.tanh(0.5))}
     cfg.augment.rho_split = "train"
     aug.on_epoch_start(ctx)
-    assert aug.rho == pytest.approx(0.5) and aug.lambdas == {"audio": pytest.approx(math.tanh(1.0)), "video": 0.0}
+    assert aug.rho == pytest.approx(0.5) and aug.lambdas == {"audio": pytest.approx(beta * math.tanh(1.0)), "video": 0.0}
 
 
 def test_bmm_leaves_the_strong_modality_untouched_and_mixes_the_weak_one_by_lambda():
@@ -222,18 +223,19 @@ def test_ogm_ge_noise_is_the_same_for_equal_seeds():
 
 
 def test_msmix_never_pairs_contradictory_labels():
+    """``pairing: anchor`` with the CREMA-D recipe's valence groups: partners share a group (NEU is in both)."""
     names = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
-    group_of = label_groups({"negative": ["SAD", "FEA", "DIS", "ANG"], "positive": ["HAP"]}, names)
-    assert group_of.tolist()[1] == 1 and group_of.tolist()[2:] == [0, 0, 0, 0] and group_of[0] not in (0, 1)
+    compat = label_groups({"positive": ["NEU", "HAP"], "negative": ["NEU", "SAD", "FEA", "DIS", "ANG"]}, names)
+    assert compat[0].all() and compat[1].tolist() == [True, True, False, False, False, False]
+    assert compat[2:, 2:].all() and not compat[2:, 1].any()
     gen = torch.Generator().manual_seed(0)
     for trial in range(20):
         y = torch.randint(0, 6, (16,), generator=gen)
         feats = {"audio": torch.randn(16, 8, generator=gen), "video": torch.randn(16, 8, generator=gen)}
-        perm, valid = select_partners(similarity(feats), y, group_of, 0.4, gen)
-        g = group_of[y]
-        assert (g[perm][valid] == g[valid]).all(), "a pair crosses label groups"
+        perm, valid = select_partners(similarity(feats), y, compat, 0.4, gen)
+        assert compat[y[valid], y[perm][valid]].all(), "a pair crosses label groups"
         assert (perm[valid] != torch.arange(16)[valid]).all(), "a sample paired with itself"
-        alone = torch.tensor([int((g == g[i]).sum()) == 1 for i in range(16)])
+        alone = torch.tensor([int(compat[y[i], y].sum()) == 1 for i in range(16)])  # its only compatible sample is itself
         assert torch.equal(~valid, alone)
     with pytest.raises(MmvidError, match="groups.bad"):
         label_groups({"bad": ["XYZ"]}, names)

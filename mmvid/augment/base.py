@@ -102,6 +102,9 @@ class Augmentation(Plugin):
 
     stage: str | None = None
     own_options: tuple[str, ...] = ()  # B-MM's config fields (stage, unimodal) that this augmentation reads
+    # True (decided in ``setup``): each training batch carries the clips' intensity targets (ctx.batch_intensity)
+    needs_intensity: bool = False
+    notes: list[str] | tuple[str, ...] = ()  # one-line notes from ``setup`` (e.g. a fallback), printed once by the engine
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         self.cfg = cfg

@@ -1,25 +1,31 @@
 """MS-Mix (seed 004, Zhu et al.; reference HongyuZhu-s/MS-Mix, ``models/MS_MIX.py`` function ``MS_Mix`` and the
 loss of ``trains/ALMT.py``), adapted from regression sentiment analysis to classification.
 
-Three parts, on the per-modality features z_m (B, d_m) and tokens (B, N_m, d_m) of one batch:
+Three parts, on the per-modality features z_m (B, d_m) of one batch:
 
 * SASS, sample selection: S = mean_m cos(z_m,i, z_m,j), diagonal zeroed, min-max normalised over the
   off-diagonal entries (0.5 everywhere when they are all equal). ``pairing: reference``: the candidates are
   every ordered pair (i, j) with S_ij > tau; with fewer than B of them, the 2B most similar pairs i < j
   instead; B pairs are drawn at random from the candidates (a sample may be drawn twice or not at all).
   ``pairing: anchor`` (mmvid's earlier form): every i gets one random partner above tau, else its most
-  similar one. Classification adds ``augment.args.groups`` (e.g. CREMA-D valence): pairs never cross label
-  groups (without groups every class is compatible, as in the reference, which has no such check).
+  similar one. Classification adds ``augment.args.groups`` ({group: [class names]}, e.g. CREMA-D valence):
+  i and j may be mixed only when their classes share a group; a class may be in several groups (CREMA-D's
+  NEU, which contradicts no emotion) and must be in at least one. Without groups every class is compatible,
+  as in the reference, which has no such check.
 * SIG, intensity-guided ratios: I_m = 3 tanh(Linear(mean_N LayerNorm(x + MHSA_4(x)))) (B,) for the input x =
-  the modality's tokens (``intensity_input: tokens``) or its pooled feature as one token (``feature``: what
-  the reference's ``MS_Mix`` receives); w_m = min-max of |I_m| over the batch; per pair
-  lambda0 ~ Beta(2, 2) and lambda_m = (lambda0 + (w_m,i + e) / (w_m,i + w_m,j + 2e)) / 2, e = 1e-8, the weight
-  of sample i (not detached: the mixed loss trains the intensity heads too, as in the reference);
+  the modality's pooled feature as one token (``intensity_input: feature``, the default: what the reference's
+  ``MS_Mix`` receives, (B, d)), or its token sequence (``tokens``, N frames / time steps: a correction of the
+  reference, whose predictor on (B, N, d) adds x.unsqueeze(1) and so broadcasts every sample's residual
+  across the batch, (B, B, N, d) averaged over the batch axis); w_m = min-max of |I_m| over the batch; per
+  pair lambda0 ~ Beta(2, 2) and lambda_m = (lambda0 + (w_m,i + e) / (w_m,i + w_m,j + 2e)) / 2, e = 1e-8, the
+  weight of sample i (not detached: the mixed loss trains the intensity heads too, as in the reference);
   mixed z_m = lambda_m z_m,i + (1 - lambda_m) z_m,j; label weight lambda_y = mean_m lambda_m.
 * SAL, alignment (``sal: reference``): 1000 sum_m KL_batchmean(t || q_m), q_m = softmax_batch(|I_m| / 3) + e,
-  t = softmax_batch(s) + e with s the detached true-class probability of the fused model (the classification
-  stand-in for the reference's regression intensity |y| / 3, both in [0, 1]). ``sal: mean_kl`` (mmvid's
-  earlier form): mean_m KL(s / sum s || softmax_batch(|I_m| / 3)).
+  t = softmax_batch(s) + e, s (B,) in [0, 1] the ground-truth intensity as in the reference (|y| / 3 there).
+  ``sal_target: labels`` (default): s = the clip's intensity target from the cache's levels (CREMA-D:
+  mmvid.data.datasets.CREMAD_INTENSITY); a cache without levels falls back, with a note, to
+  ``sal_target: confidence``: s = the detached true-class probability of the fused model.
+  ``sal: mean_kl`` (mmvid's earlier form): mean_m KL(s / sum s || softmax_batch(|I_m| / 3)).
 
 Loss = CE(original) + ``mix_weight`` (0.7) CE(mixed, soft target) + ``sal_weight`` (0.5) SAL; the mixed
 samples go through the same fusion and head.
@@ -67,18 +73,35 @@ class IntensityHead(nn.Module):
         return 3 * torch.tanh(self.out(h.mean(1)).squeeze(-1))
 
 
+def check_groups(groups: Any) -> None:
+    """``augment.args.groups`` is a mapping of group names to lists of class names (one line otherwise)."""
+    if groups is None:
+        return
+    if not isinstance(groups, dict) or not all(isinstance(v, list) and all(isinstance(c, str) for c in v)
+                                               for v in groups.values()):
+        raise MmvidError(f"augment.args.groups={groups!r} is not valid for msmix; map each group name to a list of "
+                         f"class names, e.g. {{negative: [SAD, ANG], positive: [HAP]}}")
+
+
 def label_groups(groups: dict[str, list[str]] | None, class_names: list[str]) -> torch.Tensor | None:
-    """(C,) group id per class from ``{group: [class names]}``; unlisted classes form groups of their own."""
+    """(C, C) bool: classes c and d may be mixed (they share a group of ``{group: [class names]}``); None
+    without groups (every pair compatible). Every class must be in some group: a class left out would
+    silently pair only with itself."""
     if not groups:
         return None
-    ids = list(range(len(groups), len(groups) + len(class_names)))
+    check_groups(groups)
+    member = torch.zeros(len(groups), len(class_names), dtype=torch.bool)
     for g, (name, members) in enumerate(groups.items()):
         for c in members:
             if c not in class_names:
                 raise MmvidError(f"augment.args.groups.{name} names class {c!r}, which the cache does not have; "
                                  f"classes: {', '.join(class_names)}")
-            ids[class_names.index(c)] = g
-    return torch.tensor(ids)
+            member[g, class_names.index(c)] = True
+    missing = [c for k, c in enumerate(class_names) if not member[:, k].any()]
+    if missing:
+        raise MmvidError(f"augment.args.groups leaves out class {', '.join(missing)}: put every class in a group "
+                         f"(a group of its own if it may only pair with itself, e.g. groups.{missing[0]}: [{missing[0]}])")
+    return (member.T.float() @ member.float()) > 0
 
 
 def similarity(feats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -94,14 +117,17 @@ def similarity(feats: dict[str, torch.Tensor]) -> torch.Tensor:
     return s.fill_diagonal_(0)
 
 
-def _compatible(y: torch.Tensor, group_of: torch.Tensor | None) -> torch.Tensor:
-    """(B, B) bool: i and j may be mixed (same label group; never i with itself)."""
-    g = group_of.to(y.device)[y] if group_of is not None else torch.zeros_like(y)
-    compat = g[:, None] == g[None, :]
+def _compatible(y: torch.Tensor, compat_classes: torch.Tensor | None) -> torch.Tensor:
+    """(B, B) bool: i and j may be mixed (their classes share a label group; never i with itself)."""
+    if compat_classes is None:
+        compat = torch.ones(len(y), len(y), dtype=torch.bool, device=y.device)
+    else:
+        c = compat_classes.to(y.device)
+        compat = c[y][:, y].clone()
     return compat.fill_diagonal_(False)
 
 
-def select_pairs(sim: torch.Tensor, y: torch.Tensor, group_of: torch.Tensor | None, tau: float,
+def select_pairs(sim: torch.Tensor, y: torch.Tensor, compat_classes: torch.Tensor | None, tau: float,
                  gen: torch.Generator, num_mix: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """SASS as the reference draws it: (idx1, idx2), each (K,), K = min(num_mix or B, candidates).
 
@@ -109,7 +135,7 @@ def select_pairs(sim: torch.Tensor, y: torch.Tensor, group_of: torch.Tensor | No
     pairs i < j (descending). K of them drawn without replacement by a permutation of the candidates."""
     b = len(y)
     num_mix = b if num_mix is None else num_mix
-    compat = _compatible(y, group_of)
+    compat = _compatible(y, compat_classes)
     pairs = torch.nonzero(compat & (sim > tau))
     if len(pairs) < num_mix:
         upper = compat & torch.ones_like(compat).triu(1)
@@ -120,12 +146,12 @@ def select_pairs(sim: torch.Tensor, y: torch.Tensor, group_of: torch.Tensor | No
     return pairs[pick, 0], pairs[pick, 1]
 
 
-def select_partners(sim: torch.Tensor, y: torch.Tensor, group_of: torch.Tensor | None, tau: float,
+def select_partners(sim: torch.Tensor, y: torch.Tensor, compat_classes: torch.Tensor | None, tau: float,
                     gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """SASS, ``pairing: anchor``: (perm (B,), valid (B,) bool). Partners share a label group; random among
     S > tau, else the most similar compatible sample; ``valid`` is False where no compatible partner exists."""
     b = len(y)
-    compat = _compatible(y, group_of)
+    compat = _compatible(y, compat_classes)
     cand = compat & (sim > tau)
     noise = torch.rand(b, b, generator=gen).to(sim.device)
     # Candidates score in [2, 3), fallbacks by similarity in [0, 1], incompatible pairs never.
@@ -158,34 +184,53 @@ def alignment_loss(intensity: dict[str, torch.Tensor], target_prob: torch.Tensor
     return torch.stack(kls).mean()
 
 
-CHOICES = {"pairing": ("reference", "anchor"), "sal": ("reference", "mean_kl"), "intensity_input": ("tokens", "feature")}
+CHOICES = {"pairing": ("reference", "anchor"), "sal": ("reference", "mean_kl"), "intensity_input": ("feature", "tokens"),
+           "sal_target": ("labels", "confidence")}  # the first of each is the default
+NUMBERS = {"tau": 0.4, "mix_weight": 0.7, "sal_weight": 0.5}
+KEYS = (*NUMBERS, "groups", *CHOICES)
 
 
 @AUGMENTS.register("msmix")
 class MSMix(Augmentation):
     """MS-Mix: label-aware pairing (SASS), per-modality intensity ratios (SIG) and the KL alignment loss (SAL).
     ``augment.args``: tau (0.4), mix_weight (0.7), sal_weight (0.5), groups ({group: [class names]}),
-    pairing (reference | anchor), sal (reference | mean_kl), intensity_input (tokens | feature)."""
+    pairing (reference | anchor), sal (reference | mean_kl), intensity_input (feature | tokens),
+    sal_target (labels | confidence)."""
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
         a = dict(cfg.args)
-        self.tau = float(a.get("tau", 0.4))
-        self.mix_weight = float(a.get("mix_weight", 0.7))
-        self.sal_weight = float(a.get("sal_weight", 0.5))
+        unknown = sorted(k for k in a if k not in KEYS)
+        if unknown:
+            raise MmvidError(f"augment.args.{unknown[0]} is not valid for msmix (no such setting); msmix reads "
+                             f"{', '.join(KEYS)}")
+        self.tau = float(a.get("tau", NUMBERS["tau"]))
+        self.mix_weight = float(a.get("mix_weight", NUMBERS["mix_weight"]))
+        self.sal_weight = float(a.get("sal_weight", NUMBERS["sal_weight"]))
         self.groups = a.get("groups")
+        check_groups(self.groups)
         self.choice = {k: str(a.get(k, allowed[0])) for k, allowed in CHOICES.items()}
         for k, allowed in CHOICES.items():
             if self.choice[k] not in allowed:
                 raise MmvidError(f"augment.args.{k}={self.choice[k]!r} is not valid for msmix; choose one of: {', '.join(allowed)}")
         self.heads: nn.ModuleDict | None = None
-        self.group_of: torch.Tensor | None = None
+        self.compat: torch.Tensor | None = None
+        self.sal_from = self.choice["sal_target"]  # what SAL aligns with in this run (after setup's fallback)
+        self.notes: list[str] = []
         self.stats = EpochMeans()
 
     def setup(self, model, ctx) -> nn.Module:
         net = getattr(model, "module", model)  # DDP wrapper or the classifier
         self.heads = nn.ModuleDict({m: IntensityHead(net.encoders[m].output_dim) for m in self.modalities})
-        self.group_of = label_groups(self.groups, list(ctx.info.class_names))
+        self.compat = label_groups(self.groups, list(ctx.info.class_names))
+        self.sal_from, self.notes = self.choice["sal_target"], []
+        if self.sal_from == "labels" and getattr(ctx.info, "intensity", None) is None:
+            path = getattr(ctx.info, "path", None)
+            self.notes = [f"the cache{' ' + path.name if path is not None else ''} has no intensity levels (CREMA-D caches "
+                          f"prepared by this version of mmvid have them; `mmvid prepare cremad --force` rebuilds an older one): "
+                          f"MS-Mix's SAL aligns with the model's true-class confidence (augment.args.sal_target=confidence)"]
+            self.sal_from = "confidence"
+        self.needs_intensity = self.sal_from == "labels"
         return self.heads
 
     def on_epoch_start(self, ctx) -> None:
@@ -194,21 +239,32 @@ class MSMix(Augmentation):
     def pairs(self, feats: dict[str, torch.Tensor], y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         sim = similarity(feats)
         if self.choice["pairing"] == "reference":
-            return select_pairs(sim, y, self.group_of, self.tau, gen)
-        perm, valid = select_partners(sim, y, self.group_of, self.tau, gen)
+            return select_pairs(sim, y, self.compat, self.tau, gen)
+        perm, valid = select_partners(sim, y, self.compat, self.tau, gen)
         return torch.arange(len(y), device=y.device)[valid], perm[valid]
+
+    def sal_target(self, out, y: torch.Tensor, ctx) -> torch.Tensor:
+        """(B,) s in [0, 1]: the batch's intensity targets (``labels``), else the detached true-class probability."""
+        if self.sal_from == "labels":
+            s = getattr(ctx, "batch_intensity", None)
+            if s is None or len(s) != len(y):
+                raise MmvidError("MS-Mix reads intensity labels but the batch carries none; build the training "
+                                 "loader with the cache's levels (engine.make_loader(intensity=True))")
+            return s.to(y.device).float()
+        return out.logits.detach().float().softmax(1).gather(1, y[:, None]).squeeze(1)
 
     def compute(self, model, inputs, y, ctx):
         if self.heads is None:
             raise MmvidError("augment msmix was used before setup(model, ctx); the engine calls it after building the model")
-        out = model(inputs, tokens=True)
+        tokens = self.choice["intensity_input"] == "tokens"
+        out = model(inputs, tokens=tokens)
         loss = F.cross_entropy(out.logits.float(), y)
-        src = out.tokens if self.choice["intensity_input"] == "tokens" else {m: z[:, None] for m, z in out.features.items()}
+        src = out.tokens if tokens else {m: z[:, None] for m, z in out.features.items()}  # (B, 1, d): one token
         intensity = {m: self.heads[m](src[m]) for m in self.modalities}
-        sal = alignment_loss(intensity, out.logits.detach().float().softmax(1).gather(1, y[:, None]).squeeze(1),
-                             self.choice["sal"])
+        sal = alignment_loss(intensity, self.sal_target(out, y, ctx), self.choice["sal"])
         idx1, idx2 = self.pairs(out.features, y, ctx.generator)
-        stats = {"msmix_sal": float(sal.detach()), "msmix_paired": len(idx1) / len(y)}
+        stats = {"msmix_sal": float(sal.detach()), "msmix_paired": len(idx1) / len(y),
+                 "msmix_sal_labels": float(self.sal_from == "labels")}
         if len(idx1):
             lam0 = torch.tensor([beta_sample(2.0, ctx.generator) for _ in range(len(idx1))], device=y.device)
             lams = sig_lambdas(intensity, idx1, idx2, lam0)

@@ -10,6 +10,10 @@ Layout (N clips, T frames, S image size, F x L spectrogram bins x steps)::
     /names        bytes   (N,)             UTF-8, fixed length (variable-length strings cannot carry checksums)
     /split        int8    (N,)             index into attrs["split_names"]
     /status       int8    (N,)             0 pending, 1 ok, 2 failed (failed clips are in the JSON report)
+    /intensity    int8    (N,)             optional: each clip's intensity level, an index into
+                                           attrs["intensity_levels"] (CREMA-D: XX, LO, MD, HI from the name);
+                                           attrs["intensity_table"] (C, L): the target in [0, 1] of each class
+                                           at each level (MS-Mix's SAL target; mmvid.data.sources.IntensityScale)
 
 Attributes describe the cache: format, version, dataset, class_names, split_names, modalities,
 every prepare parameter (fps, num_frames, image_size, sample_rate, clip_seconds, n_fft, hop,
@@ -128,7 +132,7 @@ class CacheWriter:
 
     def __init__(self, path: Path, names: list[str], labels: list[int], splits: list[str],
                  class_names: list[str], shapes: dict[str, tuple[int, ...]], params: dict[str, Any],
-                 dataset: str, force: bool = False) -> None:
+                 dataset: str, force: bool = False, intensity: Intensity | None = None) -> None:
         self.path = Path(path)
         self.partial = partial_path(self.path)
         from mmvid.workspace import writable_dir
@@ -151,6 +155,8 @@ class CacheWriter:
         if not resumed:
             f = h5py.File(self.partial, "w")
             self._create(f, names, labels, splits, class_names, shapes, params, dataset, fp)
+        if intensity is not None and "intensity" not in f:  # also into a partial file of an older version
+            write_intensity(f, intensity)
         self.f = f
         self.resumed = resumed
 
@@ -220,6 +226,47 @@ class CacheWriter:
 
 
 @dataclass
+class Intensity:
+    """Per-clip intensity levels of a cache: ``codes`` (N,) index into ``levels``; ``table`` (C, L) is the
+    target in [0, 1] of a clip of class c at level l (mmvid.data.sources.IntensityScale)."""
+
+    codes: np.ndarray
+    levels: list[str]
+    table: np.ndarray
+
+    def targets(self, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) float32 target of each row, from its label and level."""
+        return self.table[np.asarray(labels)[rows], self.codes[rows]].astype(np.float32)
+
+
+def write_intensity(f: h5py.File, intensity: Intensity) -> None:
+    f.create_dataset("intensity", data=np.asarray(intensity.codes, dtype=np.int8), fletcher32=True)
+    f.attrs["intensity_levels"] = json.dumps(list(intensity.levels))
+    f.attrs["intensity_table"] = json.dumps(np.asarray(intensity.table, dtype=float).tolist())
+
+
+def read_intensity(f: h5py.File, attrs: dict[str, Any], n: int, num_classes: int) -> tuple[Intensity | None, list[str]]:
+    """The cache's intensity levels (None when it has none: another dataset, or a cache of an older mmvid)
+    and the problems found: rows, level codes and table entries out of range."""
+    if "intensity" not in f:
+        return None, []
+    try:
+        levels = json.loads(attrs["intensity_levels"])
+        table = np.asarray(json.loads(attrs["intensity_table"]), dtype=float)
+    except (KeyError, TypeError, ValueError):
+        return None, ["/intensity has no readable intensity_levels / intensity_table attributes"]
+    codes = f["intensity"][:]
+    problems = []
+    if codes.shape != (n,) or codes.dtype != np.int8:
+        problems.append(f"/intensity is {codes.dtype} {codes.shape}, not int8 ({n},)")
+    elif ((codes < 0) | (codes >= len(levels))).any():
+        problems.append(f"/intensity holds level codes outside 0..{len(levels) - 1}")
+    if table.shape != (num_classes, len(levels)) or not np.isfinite(table).all() or (table < 0).any() or (table > 1).any():
+        problems.append(f"attribute intensity_table is not a {num_classes} x {len(levels)} table of values in [0, 1]")
+    return (None if problems else Intensity(codes, [str(v) for v in levels], table)), problems
+
+
+@dataclass
 class CacheInfo:
     """What a finished cache says about itself (read once, small)."""
 
@@ -234,6 +281,7 @@ class CacheInfo:
     names: list[str]
     shapes: dict[str, tuple[int, ...]]
     attrs: dict[str, Any]
+    intensity: Intensity | None = None  # per-clip intensity levels, where the dataset has them (CREMA-D)
 
     @property
     def num_classes(self) -> int:
@@ -324,13 +372,15 @@ def read_info(path: str | Path) -> CacheInfo:
             class_names, params = json.loads(a["class_names"]), json.loads(a["params"])
             labels, split, status = f["labels"][:], f["split"][:], f["status"][:]
             problems = schema_problems(f, a, mods, params, len(class_names), labels, split, status)
+            intensity, more = read_intensity(f, a, len(labels), len(class_names))
+            problems += more
             if problems:
                 raise damaged(path, "; ".join(problems), dataset)
             return CacheInfo(
                 path=path, dataset=str(a["dataset"]), class_names=class_names, modalities=mods, params=params,
                 labels=labels, split=split, status=status,
                 names=[n.decode() if isinstance(n, bytes) else n for n in f["names"][:]],
-                shapes={m: tuple(f[m].shape[1:]) for m in mods}, attrs=a,
+                shapes={m: tuple(f[m].shape[1:]) for m in mods}, attrs=a, intensity=intensity,
             )
     except MmvidError:
         raise

@@ -18,6 +18,10 @@ from mmvid.config import CACHE_KEY
 from mmvid.data.cache import READ_ERRORS, damaged, nonfinite_rows, read_error
 from mmvid.data.crop import BOX_KEY, crop_clip, draw_box, flip_flow_u, resized_crop_batch
 
+# A batch's per-clip intensity targets (B,) float32 when the loader was asked for them (``CacheDataset(intensity=)``);
+# not a modality: the engine takes it out of the batch before the model sees it (engine.train_step).
+INTENSITY_KEY = "clip_intensity"
+
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
@@ -96,12 +100,14 @@ class CacheDataset(Dataset):
     horizontal flip shared by all frames of the clip (a flip of flow negates u). Items carry its
     parameters (``BOX_KEY``; frames stay at the cache's size), and ``finish_batch`` applies them
     batched on the device; with ``crop_in_loader`` (training on the CPU) the item is cropped at once.
+    ``intensity`` (len(indices),): each row's intensity target, carried under ``INTENSITY_KEY``.
     """
 
     def __init__(self, path: str | Path, indices: np.ndarray, modalities: list[str], train: bool = False,
                  crop_size: int | None = None, flip: bool = True, random_crop: bool = True, flow_bound: float = 20.0,
-                 in_memory: bool = False, crop_in_loader: bool = False) -> None:
+                 in_memory: bool = False, crop_in_loader: bool = False, intensity: np.ndarray | None = None) -> None:
         self.path = str(path)
+        self.intensity = None if intensity is None else np.asarray(intensity, dtype=np.float32)
         self.crop_in_loader = crop_in_loader
         self.indices = np.asarray(indices, dtype=np.int64)
         self.modalities = list(modalities)
@@ -159,8 +165,10 @@ class CacheDataset(Dataset):
             raise read_error(self.path, e, f"row {row} unreadable") from None
 
     def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
-        out = to_tensors(self.raw(i), self.flow_bound)
-        return self._spatial(out), int(self.labels[i])
+        out = self._spatial(to_tensors(self.raw(i), self.flow_bound))
+        if self.intensity is not None:
+            out[INTENSITY_KEY] = torch.tensor(self.intensity[i])
+        return out, int(self.labels[i])
 
     def _spatial(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = spatial_transform(out, self.train, self.crop_size, self.flip, self.random_crop)

@@ -30,13 +30,25 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mmvid.data.class_lists import AVE_CLASSES, KS_CLASSES, KS_OGM_GE_LISTS, VGGSOUND_CLASSES
-from mmvid.data.sources import ClipSpec, Source, source, stratified_split
+from mmvid.data.sources import ClipSpec, IntensityScale, Source, source, stratified_split
 from mmvid.errors import MmvidError
 
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".flv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv")
 TEST_FRACTION = 0.1  # the ~9:1 split used when no lists are given
 
 CREMAD_CLASSES = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]  # OGM-GE order (its stat.csv)
+# The emotion level, the fourth field of a CREMA-D name (1001_IEO_ANG_HI): Low, Medium, High, Unspecified (the
+# dataset's README). Only the sentence IEO was acted at LO/MD/HI; the other eleven, and every NEU clip, are XX.
+CREMAD_LEVELS = ["XX", "LO", "MD", "HI"]
+# The SAL target of each level, in [0, 1] like MS-Mix's |y| / 3. LO/MD/HI: the dataset's own numbers for the
+# displayed level on its raters' 0-100 intensity scale (README, finishedResponses "dispLevel": 20, 50, 80).
+# XX: the actor's own, unspecified level; the raters' mean perceived intensity of the XX clips of the five
+# emotions lies between that of LO and MD clips and nearest MD (processedResults/summaryTable.csv, checked
+# by tests/test_msmix_intensity.py), so MD's 0.5. NEU: no emotion, 0 at every level, as MS-Mix's neutral y = 0.
+CREMAD_LEVEL_TARGET = {"XX": 0.5, "LO": 0.2, "MD": 0.5, "HI": 0.8}
+CREMAD_INTENSITY = IntensityScale(
+    levels=list(CREMAD_LEVELS),
+    table=[[0.0 if c == "NEU" else CREMAD_LEVEL_TARGET[lv] for lv in CREMAD_LEVELS] for c in CREMAD_CLASSES])
 # Paper protocol (OGM-GE loader): 1 fps, 2 frames; 22,050 Hz tiled to 3 s; n_fft 512, hop 353 -> 257 x 188.
 CREMAD_PARAMS = dict(fps=1.0, num_frames=2, image_size=224, sample_rate=22050, clip_seconds=3.0, n_fft=512, hop=353)
 # 1 fps over the 10 s clips, 3 frames; librosa log-STFT of 10 s at 16 kHz (n_fft 512, hop 353 -> 257 x 454).
@@ -141,6 +153,13 @@ def parse_cremad_list(path: Path) -> list[tuple[str, int]]:
     return out
 
 
+def cremad_level(name: str) -> str:
+    """The emotion level of a CREMA-D clip name (``1001_IEO_ANG_HI`` -> ``HI``); a name without one of the
+    four codes as its fourth field counts as unspecified (``XX``)."""
+    parts = name.split("_")
+    return parts[3] if len(parts) > 3 and parts[3] in CREMAD_LEVELS else "XX"
+
+
 @source("cremad")
 def cremad_source(root: Path | None = None, train_list: Path | None = None, test_list: Path | None = None,
                   seed: int = 0, **_) -> Source:
@@ -168,9 +187,12 @@ def cremad_source(root: Path | None = None, train_list: Path | None = None, test
     clips = []
     for name, label, split in entries:
         wav = wav_dir / f"{name}.wav"
-        clips.append(ClipSpec(name=name, label=label, split=split, video=videos[name], audio=wav if wav.is_file() else None))
+        clips.append(ClipSpec(name=name, label=label, split=split, video=videos[name], audio=wav if wav.is_file() else None,
+                              level=cremad_level(name)))
     notes = [] if wav_dir.is_dir() else ["no AudioWAV folder: audio is decoded from the flv files"]
-    return _finish("cremad", CREMAD_CLASSES, clips, CREMAD_PARAMS, ex, root, notes)
+    src = _finish("cremad", CREMAD_CLASSES, clips, CREMAD_PARAMS, ex, root, notes)
+    src.intensity = CREMAD_INTENSITY
+    return src
 
 
 # ----------------------------------------------------------------------------- folder tree

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Sampler
 
 from mmvid.data.crop import BOX_KEY, crop_clip, draw_box
-from mmvid.data.dataset import CacheDataset, to_tensors
+from mmvid.data.dataset import INTENSITY_KEY, CacheDataset, to_tensors
 
 
 class DeviceLoader:
@@ -37,6 +37,7 @@ class DeviceLoader:
         self.shuffle = shuffle
         self.tensors = {m: torch.from_numpy(arr).to(device) for m, arr in dataset._memory.items()}
         self.labels = torch.as_tensor(dataset.labels, dtype=torch.long).to(device)
+        self.intensity = None if dataset.intensity is None else torch.from_numpy(dataset.intensity).to(device)
 
     def __len__(self) -> int:
         n = len(self.sampler) if self.sampler is not None else len(self.dataset)
@@ -62,4 +63,6 @@ class DeviceLoader:
                 inputs = {m: torch.stack([c[m] for c in clips]) for m in inputs}
             elif boxes and boxes[0] is not None:  # drawn clip by clip, in the DataLoader's order
                 inputs[BOX_KEY] = torch.stack(boxes).to(self.device)
+            if self.intensity is not None:
+                inputs[INTENSITY_KEY] = self.intensity[idx]
             yield inputs, self.labels[idx]

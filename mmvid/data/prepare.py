@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mmvid.data.cache import CacheWriter, read_info
+from mmvid.data.cache import CacheWriter, Intensity, read_info
 from mmvid.data.decode import DecodeError, NoAudioError, decode_audio, decode_frames
 from mmvid.data.features import log_spectrogram, spectrogram_shape
 from mmvid.data.params import PrepareParams  # noqa: F401  (re-exported: defined without heavy imports)
@@ -67,6 +67,15 @@ def unlearnable_classes(info) -> list[dict[str, str]]:
             continue
         out.append({"name": name, "reason": reason})
     return out
+
+
+def source_intensity(source: Source) -> Intensity | None:
+    """The cache's per-clip intensity levels from a source that has them (every clip's ``level``)."""
+    scale = source.intensity
+    if scale is None:
+        return None
+    return Intensity(np.asarray([scale.levels.index(c.level) for c in source.clips], dtype=np.int8),
+                     list(scale.levels), np.asarray(scale.table, dtype=float))
 
 
 def library_versions() -> dict[str, str]:
@@ -271,7 +280,7 @@ def prepare(source: Source, cache: Path, params: PrepareParams, workers: int | s
             pass
     writer = CacheWriter(cache, [c.name for c in source.clips], [c.label for c in source.clips],
                          [c.split for c in source.clips], source.class_names, params.shapes(), pdict,
-                         source.dataset, force=force)
+                         source.dataset, force=force, intensity=source_intensity(source))
     todo = writer.pending()
     report.skipped_done = report.total - len(todo)
     report.workers = workers = auto_workers(len(todo)) if workers == "auto" else int(workers)

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from mmvid.data.cache import FAILED, OK, READ_ERRORS, SPLIT_NAMES, CacheWriter, fingerprint, read_error, read_info
+from mmvid.data.cache import FAILED, OK, READ_ERRORS, SPLIT_NAMES, CacheWriter, Intensity, fingerprint, read_error, read_info
 from mmvid.data.sources import Source
 from mmvid.errors import MmvidError
 
@@ -223,7 +223,7 @@ def merge_shards(cache: Path, given: dict[str, Any] | None = None, force: bool =
         except MmvidError:
             pass
     writer = CacheWriter(cache, names, labels.tolist(), [SPLIT_NAMES[s] for s in splits], first.class_names,
-                         first.shapes, first.params, first.dataset, force=force)
+                         first.shapes, first.params, first.dataset, force=force, intensity=merged_intensity(infos, n))
     pending = np.zeros(len(names), dtype=bool)
     pending[writer.pending()] = True
     report.skipped_done = int((~pending).sum())
@@ -255,6 +255,17 @@ def merge_shards(cache: Path, given: dict[str, Any] | None = None, force: bool =
     report.seconds = time.time() - start
     write_atomic(cache.with_name(cache.name + ".report.json"), json.dumps(report.to_json(), indent=2))
     return report
+
+
+def merged_intensity(infos, n: int) -> Intensity | None:
+    """The shards' intensity levels in the merged order (row r of shard i is row i + r * n); None unless every
+    shard has them."""
+    if any(info.intensity is None for info in infos):
+        return None
+    codes = np.zeros(sum(len(info.names) for info in infos), dtype=np.int8)
+    for i, info in enumerate(infos):
+        codes[i::n] = info.intensity.codes
+    return Intensity(codes, infos[0].intensity.levels, infos[0].intensity.table)
 
 
 def _copy_shard(info, i: int, n: int, writer: CacheWriter, pending: np.ndarray, advance) -> None:

@@ -21,6 +21,17 @@ class ClipSpec:
     audio: Path | None = None  # separate audio file (CREMA-D AudioWAV), else taken from ``video``
     flow_dir: Path | None = None  # folder of precomputed x_/y_%05d.jpg flow frames
     rgb_dir: Path | None = None  # folder of precomputed img_%05d.jpg frames
+    level: str | None = None  # the clip's intensity level, a name in its Source's ``intensity.levels``
+
+
+@dataclass
+class IntensityScale:
+    """A dataset's per-clip intensity annotation (e.g. CREMA-D's LO/MD/HI/XX in the file name) and the
+    target in [0, 1] it stands for, per class and level: the counterpart of MS-Mix's regression intensity
+    |y| / 3 (its SAL target). Stored in the cache by ``prepare`` (mmvid.data.cache)."""
+
+    levels: list[str]  # level names; clip ``level``s index into this list in the cache
+    table: list[list[float]]  # (C, L): target of a clip of class c at level l
 
 
 @dataclass
@@ -33,6 +44,7 @@ class Source:
     excluded: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}: listed without a file, or in no list
     # the split-list lines (as written there) whose video is absent: ``<cache>.missing.txt``, a list to download
     missing: list[str] = field(default_factory=list)
+    intensity: IntensityScale | None = None  # per-clip intensity levels (every clip's ``level`` set), if the dataset has them
 
 
 def missing_manifest(cache: Path) -> Path:

@@ -1,7 +1,21 @@
-"""MM and B-MM against the paper (no public code: ../shared/seeds/paper-mixup-multimodal-video.txt, Sec. 3.2-3.3,
-Eqs. 3, 5-8, Fig. 3), the equations re-implemented here in test code and compared with mmvid on identical inputs.
+"""MM and B-MM against the reconstruction of the paper's method in our METHODS notes (../shared/docs/METHODS.md,
+"Mixup and MM" and "B-MM — reconstructed"), re-implemented here in test code and compared with mmvid on identical
+inputs. There is no public code, and the bodies of the paper's equations are missing from our copy of its text
+(../shared/seeds/paper-mixup-multimodal-video.txt), so these tests check mmvid against that reconstruction, not
+against the paper's equations themselves. What the reconstruction rests on in the paper's text:
 
-Convention of the paper's Eq. 8: the weak modality's partner weight is lambda_w,
+* MM, Sec. 3.2 and Fig. 2: mixup "applied to the multimodal feature representation" (the fused feature) to make
+  virtual feature-label pairs, with a Beta-distributed lambda whose parameter "controls the strength of data
+  interpolation" (Eq. 3, body lost).
+* B-MM, Sec. 3.3 and Fig. 3: after each epoch an imbalance factor over "the entire training set" (Eq. 6) from
+  unimodal predictions made by masking the other modality "to zero" (Eq. 5), following OGM-GE's discrepancy
+  ratio (Peng et al. 2022); a "hyperparameter that controls the degree of mixup" and a bounded, monotone function
+  of the ratio (Eq. 7; the function's name is lost, METHODS.md takes OGM-GE's tanh); mixup applied only to the
+  other modality when one performs better (Eq. 8), to its features (Fig. 3) or its input (the Sec. 3.3 text).
+  Reconstructed, not in the text: s_m = sum_i p_m,i[y_i], rho = s_a / s_v, lambda_weak = beta tanh(max(rho,
+  1 / rho) - 1), and the target mixed by the same lambda_weak.
+
+Convention (METHODS.md, Eq. 8 reconstructed): the weak modality's partner weight is lambda_w,
 x~_w,i = (1 - lambda_w) x_w,i + lambda_w x_w,pi(i); the target is mixed by the same lambda_w.
 """
 
@@ -35,11 +49,12 @@ def ctx_for(cfg, seed: int = 0, scores=None, epoch: int = 0):
                             "generator": torch.Generator().manual_seed(seed)})()
 
 
-# ----------------------------------------------------------------------------- the paper's equations, in test code
+# ----------------------------------------------------------------------------- the METHODS.md reconstruction, in test code
 
 
 def ref_scores(model, data, unimodal: str) -> dict[str, float]:
-    """Eq. 5 (mask: the fused model with the other features zeroed) or each modality's own head; s_m = sum_i p_m,i[y_i]."""
+    """Reconstructed Eq. 5 (mask: the fused model with the other features zeroed) or each modality's own head;
+    s_m = sum_i p_m,i[y_i] over the data (reconstructed Eq. 6's statistic)."""
     s = {m: 0.0 for m in AV}
     with torch.no_grad():
         model.eval()
@@ -58,7 +73,8 @@ def ref_scores(model, data, unimodal: str) -> dict[str, float]:
 
 
 def ref_lambdas(s: dict[str, float], beta: float, epoch: int, warmup: int) -> tuple[float, dict[str, float]]:
-    """Eq. 6 rho = s_a / s_v; Eq. 7 lambda_weak = beta tanh(max(rho, 1/rho) - 1) after the warm-up, strong 0."""
+    """Reconstructed Eq. 6 rho = s_a / s_v and Eq. 7 lambda_weak = beta tanh(max(rho, 1/rho) - 1) after the warm-up,
+    strong modality 0."""
     rho = s["audio"] / s["video"]
     lam = {m: 0.0 for m in AV}
     if epoch >= warmup:
@@ -69,8 +85,9 @@ def ref_lambdas(s: dict[str, float], beta: float, epoch: int, warmup: int) -> tu
 
 @pytest.mark.parametrize("unimodal,fusion", [("mask", "concat"), ("mask", "bigated"), ("mask", "decision"),
                                              ("head", "decision")])
-def test_bmm_rho_and_lambda_schedule_match_the_paper(unimodal, fusion):
-    """Scores from mmvid's own evaluation pass feed B-MM; rho and lambda equal Eqs. 5-7 epoch by epoch."""
+def test_bmm_rho_and_lambda_schedule_follow_the_methods_reconstruction(unimodal, fusion):
+    """Scores from mmvid's own evaluation pass feed B-MM; rho and lambda equal the METHODS.md reconstruction of
+    Eqs. 5-7 epoch by epoch, to 1e-6."""
     cfg = make_cfg(AV, fusion=fusion, augment="bmm")
     cfg.model.encoder, cfg.model.width = "small", 4
     cfg.augment.unimodal, cfg.augment.warmup, cfg.augment.beta = unimodal, 2, 0.7
@@ -145,6 +162,8 @@ def encoder_inputs(model):
 
 @pytest.mark.parametrize("scores,weak", [((30.0, 10.0), "video"), ((4.0, 9.0), "audio")])
 def test_bmm_input_stage_mixes_only_the_weak_input(scores, weak):
+    """``augment.stage: input`` (the Sec. 3.3 text, "each modality's input"): the reconstructed Eq. 8 on the weak
+    modality's raw input; the strong input reaches its encoder bit-identical."""
     strong = next(m for m in AV if m != weak)
     cfg = make_cfg(AV, augment="bmm")
     cfg.augment.stage, cfg.augment.warmup, cfg.augment.beta = "input", 0, 0.8
@@ -158,7 +177,7 @@ def test_bmm_input_stage_mixes_only_the_weak_input(scores, weak):
     aug.on_epoch_start(ctx)
     out, loss = aug.compute(model, inputs, y, ctx)
 
-    # The paper's computation in test code: same permutation (the generator's first draw), same lambda.
+    # The reconstruction in test code: same permutation (the generator's first draw), same lambda.
     perm = torch.randperm(8, generator=torch.Generator().manual_seed(5))
     r = max(scores[0] / scores[1], scores[1] / scores[0])
     lam = 0.8 * math.tanh(r - 1)
@@ -197,12 +216,13 @@ def test_bmm_feature_stage_is_the_default_and_differs_from_the_input_stage():
     assert not torch.allclose(outs["feature"].features["video"], outs["input"].features["video"])
 
 
-# ----------------------------------------------------------------------------- MM (paper Eq. 3) on every fusion
+# ----------------------------------------------------------------------------- MM (reconstructed Eq. 3) on every fusion
 
 
 @pytest.mark.parametrize("fusion", FUSIONS.names())
 def test_mm_mixes_the_fused_feature_on_every_fusion(fusion):
-    """h~ = lambda h_i + (1 - lambda) h_pi(i) before the head; loss = lambda CE(., y_i) + (1 - lambda) CE(., y_pi(i))."""
+    """METHODS.md's MM (Sec. 3.2, Fig. 2: mixup of the fused feature): h~ = lambda h_i + (1 - lambda) h_pi(i) before
+    the head; loss = lambda CE(., y_i) + (1 - lambda) CE(., y_pi(i))."""
     cfg = make_cfg(AV, fusion=fusion, augment="mm")
     cfg.augment.alpha = 0.4
     aug = AUGMENTS.build("mm", cfg.augment, AV)

@@ -1,24 +1,38 @@
-"""MS-Mix against its reference code, HongyuZhu-s/MS-Mix: ``models/MS_MIX.py`` (``IntensityPredictor``,
-``compute_kl_loss``, ``MS_Mix``, the 2-D-feature variant) and the loss of ``trains/ALMT.py``
-(CE(unmixed) + 0.7 mixed CE + 0.5 KL). The reference computation is re-written here from reading it and fed
-the same tensors, weights and random draws as mmvid.
+"""MS-Mix against its reference code, HongyuZhu-s/MS-Mix ``models/MS_MIX.py`` (``IntensityPredictor``,
+``compute_kl_loss``, ``MS_Mix``: the variant on pooled (B, d) features; ``MS_Mix_threeD``) and the loss of
+``trains/ALMT.py`` (CE(unmixed) + 0.7 mixed CE + 0.5 KL). Each reference computation is re-typed below from
+reading it (``ref_*``) and fed the same tensors, weights and random draws as mmvid.
 
-Comparable parts: the SASS similarity and pair draw, the SIG ratios, the mixed features and targets, the
-SAL loss, the intensity predictor and the total loss. Not comparable: the reference's random numbers come
-from torch's global RNG (randperm, torch.distributions.Beta), mmvid's from the run's seeded generator;
-the tests hand both the same draws.
+What is compared with what (also in docs/methods.md, "MS-Mix"):
+
+* The reference's own computation, literally: the predictor on (B, d) features (the 2-D path, mmvid's default
+  ``intensity_input: feature``), the SASS similarity and pair draw, the SIG ratios, mixed features and label
+  weights, ``compute_kl_loss`` with ground-truth intensity labels (mmvid's default ``sal_target: labels``) and
+  the total loss of one batch.
+* A corrected rewrite, not the reference: the predictor on token sequences (B, N, d) with a per-sample
+  residual (``intensity_input: tokens``). The reference's predictor on tokens adds ``x.unsqueeze(1)``, which
+  broadcasts every sample's residual across the batch; a test shows that, and that mmvid's option does not.
+* mmvid's stand-in, not the reference: ``sal_target: confidence`` (the detached true-class probability in
+  place of the ground-truth intensity).
+
+Not comparable: the reference's random numbers come from torch's global RNG (randperm, torch.distributions.Beta),
+mmvid's from the run's seeded generator; the tests hand both the same draws.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from _methods_util import CLASSES, attach, make_batch, make_cfg, make_model
+from _methods_util import CLASSES, attach, make_batch, make_cfg, make_ctx, make_model
 from mmvid.augment.base import beta_sample
 from mmvid.augment.msmix import (IntensityHead, alignment_loss, label_groups, select_pairs, sig_lambdas,
                                  similarity)
+from mmvid.data.cache import Intensity
 from mmvid.errors import MmvidError
 from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
 
@@ -29,19 +43,20 @@ AV = ["audio", "video"]
 # ----------------------------------------------------------------------------- the reference, in test code
 
 
-def ref_intensity(head: IntensityHead, x: torch.Tensor) -> torch.Tensor:
-    """IntensityPredictor.forward on x (B, d) (the reference's input) or (B, N, d); 4 heads, no output projection."""
-    two_d = x.dim() == 2
-    b, d = x.shape[0], x.shape[-1]
-    pad = (4 - d % 4) % 4
-    xp = torch.cat([x, x.new_zeros(*x.shape[:-1], pad)], -1) if pad else x
-    q, k, v = (head.qkv(xp)).split(d + pad, dim=-1)
-    split = lambda t: t.reshape(b, -1, 4, (d + pad) // 4).permute(0, 2, 1, 3)  # noqa: E731
-    q, k, v = split(q), split(k), split(v)
-    weights = torch.softmax(torch.einsum("bhid,bhjd->bhij", q, k) / ((d + pad) // 4) ** 0.5, dim=-1)
-    att = torch.einsum("bhij,bhjd->bhid", weights, v).permute(0, 2, 1, 3).reshape(b, -1, d + pad)
-    res = xp.unsqueeze(1) if two_d else xp
-    h = F.layer_norm(att + res, (d + pad,), head.norm.weight, head.norm.bias, head.norm.eps).mean(1)
+def ref_predictor(head: IntensityHead, x: torch.Tensor, residual: str = "reference") -> torch.Tensor:
+    """``IntensityPredictor.forward`` (d <= 2000: no reduction) with mmvid's weights: zero-pad d to a multiple of
+    the 4 heads, fused q/k/v, softmax(q k^T / sqrt(d_h)) v, ``norm1(attn + x.unsqueeze(1))``, mean over dim 1,
+    ``output_proj``, 3 tanh. On (B, d) this is (B,). On (B, N, d) the reference's ``x.unsqueeze(1)`` broadcasts
+    to (B, B, N, d) and the mean runs over the batch: (B, N). ``residual="per_sample"`` is the corrected rewrite
+    (attn + x, mean over the N tokens), which is not the reference."""
+    b = x.shape[0]
+    pad = (4 - x.shape[-1] % 4) % 4
+    x = F.pad(x, (0, pad)) if pad else x
+    dp = x.shape[-1]
+    q, k, v = [t.reshape(b, -1, 4, dp // 4).transpose(1, 2) for t in (x @ head.qkv.weight.T + head.qkv.bias).chunk(3, -1)]
+    att = (torch.softmax(q @ k.transpose(-2, -1) * (dp // 4) ** -0.5, dim=-1) @ v).transpose(1, 2).reshape(b, -1, dp)
+    res = x.unsqueeze(1) if residual == "reference" else x
+    h = F.layer_norm(att + res, (dp,), head.norm.weight, head.norm.bias, head.norm.eps).mean(1)
     return (torch.tanh(h @ head.out.weight.T + head.out.bias) * 3).squeeze(-1)
 
 
@@ -75,29 +90,61 @@ def ref_sig(intensity: list[torch.Tensor], idx1, idx2, lam_base):
     return lams, sum(lams) / len(lams)
 
 
-def ref_kl(intensity: list[torch.Tensor], label01: torch.Tensor) -> torch.Tensor:
-    """compute_kl_loss with the [0, 1] target already mapped: 1000 * sum_m kl_div(log q_m, t, batchmean)."""
-    t = F.softmax(label01, dim=0) + 1e-8
+def ref_compute_kl_loss(intensity: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """``compute_kl_loss`` as written, for any number of modalities: labels (B, 1) -> |labels| / 3, predictions
+    |I| / 3, each softmax over the batch + 1e-8, 1000 * sum_m kl_div(log p_m, p_labels, batchmean)."""
+    labels = labels.squeeze(-1)
+    to_prob = lambda v: F.softmax(v, dim=0) + 1e-8  # noqa: E731
+    target = to_prob(labels.abs() / 3.0)
     total = 0
     for i in intensity:
-        q = F.softmax(i.abs() / 3.0, dim=0) + 1e-8
-        total = total + F.kl_div(torch.log(q), t, reduction="batchmean", log_target=False)
+        total = total + F.kl_div(torch.log(to_prob(i.abs() / 3.0)), target, reduction="batchmean", log_target=False)
     return total * 1000
 
 
-# ----------------------------------------------------------------------------- tests
+def with_intensity(ctx, table_value: float = 0.5):
+    """``ctx.info`` of a cache with intensity levels (what ``setup`` looks for); the values do not matter here."""
+    codes = np.zeros(1, dtype=np.int8)
+    ctx.info = SimpleNamespace(class_names=ctx.info.class_names, path=None,
+                               intensity=Intensity(codes, ["XX"], np.full((CLASSES, 1), table_value)))
+    return ctx
 
 
-@pytest.mark.parametrize("dim,tokens", [(32, 1), (30, 1), (32, 5), (30, 3)])
-def test_intensity_head_is_the_reference_predictor(dim, tokens):
-    """Same weights, same input: (B, d) as the reference's MS_Mix feeds it (one token), and token sequences;
-    d = 30 exercises the zero padding to a multiple of the 4 heads."""
+# ----------------------------------------------------------------------------- the intensity predictor
+
+
+@pytest.mark.parametrize("dim", [32, 30])
+def test_intensity_head_on_pooled_features_is_the_reference_predictor(dim):
+    """The 2-D path (``intensity_input: feature``, the default): mmvid's head on the pooled feature as one token
+    (B, 1, d) equals the reference's ``IntensityPredictor`` on (B, d), to 1e-6; d = 30 exercises the zero padding
+    to a multiple of the 4 heads."""
     torch.manual_seed(0)
     head = IntensityHead(dim)
+    x = torch.randn(6, dim)
+    out = head(x[:, None])
+    assert torch.allclose(out, ref_predictor(head, x), atol=1e-6)
+    assert out.shape == (6,) and out.abs().max() < 3
+
+
+@pytest.mark.parametrize("dim,tokens", [(32, 5), (30, 3)])
+def test_tokens_option_is_the_corrected_predictor_not_the_references(dim, tokens):
+    """``intensity_input: tokens``: mmvid equals the predictor with a per-sample residual to 1e-6. The reference's
+    predictor on the same tokens broadcasts x.unsqueeze(1) across the batch: changing only samples 1..B-1 moves
+    its intensity of sample 0, while mmvid's stays bit-identical."""
+    torch.manual_seed(1)
+    head = IntensityHead(dim).requires_grad_(False)
     x = torch.randn(6, tokens, dim)
-    ref = ref_intensity(head, x[:, 0] if tokens == 1 else x)
-    assert torch.allclose(head(x), ref, atol=1e-6)
-    assert head(x).abs().max() < 3
+    assert torch.allclose(head(x), ref_predictor(head, x, residual="per_sample"), atol=1e-6)
+    other = x.clone()
+    other[1:] = torch.randn(5, tokens, dim, generator=torch.Generator().manual_seed(2))
+    ref_a, ref_b = ref_predictor(head, x), ref_predictor(head, other)  # (B, N): the reference's shape on tokens
+    assert ref_a.shape == (6, tokens)
+    moved = float((ref_a[0].max() - ref_b[0].max()).abs())  # MS_Mix_threeD: the max over tokens
+    assert moved > 1e-3, "the reference's predictor on tokens should couple the samples"
+    assert torch.equal(head(x)[0], head(other)[0])
+
+
+# ----------------------------------------------------------------------------- SASS
 
 
 @pytest.mark.parametrize("tau", [0.4, 0.0, 0.95])
@@ -114,19 +161,31 @@ def test_sass_similarity_and_pair_draw_match_the_reference(tau):
     assert len(idx1) == 10 and (idx1 != idx2).all()
 
 
-def test_sass_with_label_groups_never_crosses_a_group():
-    """The classification adaptation: with ``groups`` the reference draw runs over compatible pairs only."""
+def test_sass_with_label_groups_pairs_only_classes_that_share_a_group():
+    """The classification adaptation (not in the reference): the draw runs over pairs whose classes share a
+    group; a class in two groups (CREMA-D's NEU) pairs with both, classes of different groups never."""
     names = ["NEU", "HAP", "SAD", "FEA"]
-    group_of = label_groups({"positive": ["HAP"], "negative": ["SAD", "FEA"]}, names)
+    compat = label_groups({"positive": ["NEU", "HAP"], "negative": ["NEU", "SAD", "FEA"]}, names)
+    assert compat.tolist() == [[True, True, True, True], [True, True, False, False],
+                               [True, False, True, True], [True, False, True, True]]
     g = torch.Generator().manual_seed(2)
+    seen = set()
     for tau in (0.4, 0.99):
-        y = torch.randint(0, 4, (12,), generator=g)
-        feats = {m: torch.randn(12, 8, generator=g) for m in AV}
-        idx1, idx2 = select_pairs(similarity(feats), y, group_of, tau, g)
-        assert len(idx1) > 0 and (group_of[y[idx1]] == group_of[y[idx2]]).all() and (idx1 != idx2).all()
+        for _ in range(10):
+            y = torch.randint(0, 4, (12,), generator=g)
+            feats = {m: torch.randn(12, 8, generator=g) for m in AV}
+            idx1, idx2 = select_pairs(similarity(feats), y, compat, tau, g)
+            assert len(idx1) > 0 and compat[y[idx1], y[idx2]].all() and (idx1 != idx2).all()
+            seen |= {(names[a], names[b]) for a, b in zip(y[idx1].tolist(), y[idx2].tolist())}
+    assert ("NEU", "HAP") in seen and ("NEU", "SAD") in seen
+    with pytest.raises(MmvidError, match="augment.args.groups leaves out class FEA"):
+        label_groups({"positive": ["HAP"], "negative": ["NEU", "SAD"]}, names)
 
 
-def test_sig_ratios_mixed_features_targets_and_sal_match_the_reference():
+# ----------------------------------------------------------------------------- SIG and SAL
+
+
+def test_sig_ratios_mixed_features_and_label_weights_match_the_reference():
     g = torch.Generator().manual_seed(3)
     intensity = {m: 3 * torch.tanh(torch.randn(8, generator=g)) for m in AV}
     intensity["video"][2] = intensity["video"][5] = 0.0  # |I| ties at the minimum: w = 0 for both members of a pair
@@ -137,19 +196,38 @@ def test_sig_ratios_mixed_features_targets_and_sal_match_the_reference():
     for m, r in zip(AV, ref):
         assert torch.allclose(lams[m], r, atol=1e-7)
     assert lams["video"][1] == pytest.approx(0.5 * (float(lam_base[1]) + 0.5))  # 0/0 resolved as the reference does
-    s = torch.rand(8, generator=g)
-    assert float(alignment_loss(intensity, s)) == pytest.approx(float(ref_kl(list(intensity.values()), s)), rel=1e-5)
     assert torch.allclose(torch.stack(list(lams.values())).mean(0), ref_label)
 
 
-@pytest.mark.parametrize("intensity_input", ["feature", "tokens"])
-def test_msmix_loss_matches_the_reference_on_one_batch(intensity_input):
-    """CE(original) + 0.7 mean mixed soft CE + 0.5 SAL, mixed features through the same fusion and head."""
-    cfg = make_cfg(AV, augment="msmix", augment_args={"intensity_input": intensity_input})
+def test_sal_on_intensity_labels_is_the_references_compute_kl_loss():
+    """``sal_target: labels``: mmvid's SAL on targets s in [0, 1] equals ``compute_kl_loss`` on the regression
+    labels y = 3 s (which it maps back to |y| / 3), to a relative 1e-5; CREMA-D's level targets included."""
+    g = torch.Generator().manual_seed(4)
+    intensity = {m: 3 * torch.tanh(torch.randn(8, generator=g)) for m in AV}
+    for s in (torch.rand(8, generator=g), torch.tensor([0.0, 0.5, 0.5, 0.2, 0.8, 0.5, 0.0, 0.5])):
+        ref = ref_compute_kl_loss(list(intensity.values()), (3 * s)[:, None])
+        assert float(alignment_loss(intensity, s)) == pytest.approx(float(ref), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- one batch, end to end
+
+
+@pytest.mark.parametrize("args", [{}, {"sal_target": "confidence"}, {"intensity_input": "tokens"}])
+def test_msmix_loss_matches_the_reference_on_one_batch(args):
+    """CE(original) + 0.7 mean mixed soft CE + 0.5 SAL, mixed features through the same fusion and head, to a
+    relative 1e-5. ``{}`` (the defaults) is the reference's computation: predictor on pooled features, SAL on
+    ground-truth intensities. ``sal_target: confidence`` swaps in mmvid's stand-in target; ``intensity_input:
+    tokens`` the corrected predictor on token sequences (neither is the reference)."""
+    cfg = make_cfg(AV, augment="msmix", augment_args=args)
     model = make_model(cfg).eval()
     inputs, y = make_batch(AV, 8, seed=4)
     aug = AUGMENTS.build("msmix", cfg.augment, AV)
     ctx = attach(cfg, model, aug, BALANCERS.build("none", cfg.balance, AV), [(inputs, y)])
+    labels = args.get("sal_target", "labels") == "labels"
+    if labels:
+        aug.setup(model, with_intensity(ctx))
+        assert aug.needs_intensity and not aug.notes
+        ctx.batch_intensity = torch.tensor([0.0, 0.5, 0.2, 0.8, 0.5, 0.5, 0.0, 0.8])  # CREMA-D-like targets
     ctx.generator = torch.Generator().manual_seed(5)
     out, loss = aug.compute(model, inputs, y, ctx)
 
@@ -157,8 +235,10 @@ def test_msmix_loss_matches_the_reference_on_one_batch(intensity_input):
         toks = {m: model.encoders[m].tokens(inputs[m]) for m in AV}
         f = {m: toks[m].mean(1) for m in AV}
         logits = model.head(model.fusion(f))
-        src = {m: f[m] if intensity_input == "feature" else toks[m] for m in AV}
-        inten = [ref_intensity(aug.heads[m], src[m]) for m in AV]
+        if args.get("intensity_input") == "tokens":
+            inten = [ref_predictor(aug.heads[m], toks[m], residual="per_sample") for m in AV]
+        else:
+            inten = [ref_predictor(aug.heads[m], f[m]) for m in AV]
         gen = torch.Generator().manual_seed(5)  # the run's generator: the pair draw, then one Beta(2, 2) per pair
         total = ref_similarity(list(f.values()))
         b = len(y)
@@ -172,10 +252,29 @@ def test_msmix_loss_matches_the_reference_on_one_batch(intensity_input):
         o = model.head(model.fusion(mixed))
         mix_cls = F.cross_entropy(o, y[idx1], reduction="none") * lam_label + \
             F.cross_entropy(o, y[idx2], reduction="none") * (1 - lam_label)
-        p_true = logits.softmax(1)[torch.arange(b), y]
-        ref_loss = mix_cls.mean() * 0.7 + ref_kl(inten, p_true) * 0.5 + F.cross_entropy(logits, y)
+        target = 3 * ctx.batch_intensity if labels else 3 * logits.softmax(1)[torch.arange(b), y]
+        ref_loss = mix_cls.mean() * 0.7 + ref_compute_kl_loss(inten, target[:, None]) * 0.5 + F.cross_entropy(logits, y)
     assert torch.allclose(out.logits, logits, atol=1e-5)
     assert float(loss.detach()) == pytest.approx(float(ref_loss), rel=1e-5)
+    assert aug.log()["msmix_sal_labels"] == float(labels)
+
+
+def test_a_cache_without_intensity_levels_falls_back_to_confidence_with_a_note():
+    """``sal_target: labels`` on a cache that has no levels (another dataset, or a CREMA-D cache of an older
+    mmvid): one note, and SAL aligns with the true-class confidence; ``confidence`` asked for: no note."""
+    cfg = make_cfg(AV, augment="msmix")
+    model = make_model(cfg)
+    aug = AUGMENTS.build("msmix", cfg.augment, AV)
+    ctx = make_ctx(cfg, model, None, [])
+    aug.setup(model, ctx)
+    assert aug.sal_from == "confidence" and not aug.needs_intensity
+    assert len(aug.notes) == 1 and "no intensity levels" in aug.notes[0] and "sal_target=confidence" in aug.notes[0]
+    aug.setup(model, with_intensity(ctx))
+    assert aug.sal_from == "labels" and aug.needs_intensity and not aug.notes
+    cfg = make_cfg(AV, augment="msmix", augment_args={"sal_target": "confidence"})
+    aug = AUGMENTS.build("msmix", cfg.augment, AV)
+    aug.setup(model, with_intensity(ctx))
+    assert aug.sal_from == "confidence" and not aug.needs_intensity and not aug.notes
 
 
 def test_mixed_loss_trains_the_intensity_heads_through_the_ratios():
@@ -190,8 +289,17 @@ def test_mixed_loss_trains_the_intensity_heads_through_the_ratios():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in aug.heads.parameters())
 
 
+def test_msmix_defaults_are_the_references_path():
+    aug = AUGMENTS.build("msmix", make_cfg(AV, augment="msmix").augment, AV)
+    assert aug.choice == {"pairing": "reference", "sal": "reference", "intensity_input": "feature", "sal_target": "labels"}
+
+
 def test_msmix_options_are_checked():
-    for key in ("pairing", "sal", "intensity_input"):
+    for key in ("pairing", "sal", "intensity_input", "sal_target"):
         cfg = make_cfg(AV, augment="msmix", augment_args={key: "bogus"})
         with pytest.raises(MmvidError, match=f"augment.args.{key}='bogus' is not valid for msmix"):
             AUGMENTS.build("msmix", cfg.augment, AV)
+    with pytest.raises(MmvidError, match="augment.args.sal_targets is not valid for msmix"):
+        AUGMENTS.build("msmix", make_cfg(AV, augment="msmix", augment_args={"sal_targets": "labels"}).augment, AV)
+    with pytest.raises(MmvidError, match="augment.args.groups=.* is not valid for msmix"):
+        AUGMENTS.build("msmix", make_cfg(AV, augment="msmix", augment_args={"groups": ["HAP"]}).augment, AV)
