@@ -20,6 +20,10 @@ from mmvid.schema import check_dataclass, check_value, field_types, spec
 from mmvid.workspace import write_atomic
 
 MODALITIES = ("audio", "video", "flow")
+INITS = ("ogm-ge", "remix", "torch")  # model.init, applied by mmvid.models.init.initialise
+# Keys a saved config may lack because the run was saved before the key existed, with the value that run was
+# trained with when it differs from today's default (a resumed, evaluated or reused run says what it did).
+ABSENT_MEANS = {"model.init": "torch"}
 # Which cache dataset feeds which model modality (the cache names what is stored, the model what it means).
 CACHE_KEY = {"audio": "spectrogram", "video": "frames", "flow": "flow"}
 
@@ -47,6 +51,11 @@ class ModelConfig:
     fusion: str = "concat"  # a FUSIONS name, checked by the registry
     calibrate: bool = False
     fusion_args: dict[str, Any] = field(default_factory=dict)
+    # Initial weights of a ResNet-18 model (mmvid.models.init): ogm-ge (OGM-GE main.py's weight_init: conv
+    # kaiming-normal fan_out, BN 1/0, every fusion/head Linear Xavier-normal with zero bias) | remix (the backbone's
+    # own loops only, BN weights N(1, 0.02), Linear layers PyTorch's default: Remix, MMCosine, BalanceBenchmark)
+    # | torch (PyTorch's and torchvision's defaults: mmvid before this option). The small encoder keeps torch's.
+    init: str = spec("ogm-ge", choices=INITS)
 
 
 @dataclass
@@ -268,7 +277,13 @@ def _set_from(cfg: TrainConfig, key: str, value: Any, where: str) -> None:
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
-    """Rebuild a saved config (checkpoint / run folder) exactly."""
+    """Rebuild a saved config (checkpoint / run folder) exactly; a key it lacks takes the value runs were
+    trained with before the key existed (:data:`ABSENT_MEANS`), else today's default."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for key, value in ABSENT_MEANS.items():
+        section, name = key.split(".")
+        if isinstance(d.get(section), dict) and name not in d[section]:
+            d[section][name] = value
     return resolve_config(d)
 
 

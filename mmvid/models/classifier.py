@@ -16,6 +16,7 @@ from torch import nn
 from mmvid.errors import MmvidError
 from mmvid.models.encoders import ModalityEncoder
 from mmvid.models.fusions import ConcatFusion, DecisionFusion, SumFusion
+from mmvid.models.init import initialise
 from mmvid.registry import FUSIONS
 
 
@@ -32,7 +33,7 @@ class ModelOutput:
 class MultimodalClassifier(nn.Module):
     def __init__(self, modalities: list[str], num_classes: int, encoder: str = "resnet18", width: int = 32,
                  fusion: str = "concat", calibrate: bool = False, fusion_args: dict | None = None,
-                 unimodal: str = "mask") -> None:
+                 unimodal: str = "mask", init: str = "ogm-ge") -> None:
         super().__init__()
         self.modalities = list(modalities)
         self.num_classes = num_classes
@@ -49,6 +50,7 @@ class MultimodalClassifier(nn.Module):
             raise MmvidError(f"augment.unimodal=head needs a fusion with one classifier per modality (decision, mmtm, or sum with form=logits); "
                              f"model.fusion={fusion} has one joint head: use augment.unimodal=mask")
         self.unimodal = unimodal  # how unimodal_logits predicts from one modality (not a parameter, not in state_dict)
+        initialise(self, init)
 
     def _encoded(self, inputs: dict[str, torch.Tensor], tokens: bool = False):
         """(features m -> (B, d_m) before calibration, tokens m -> (B, N_m, d_m) or None, extras); a fusion
@@ -118,4 +120,5 @@ class MultimodalClassifier(nn.Module):
 
 def build_model(cfg, num_classes: int) -> MultimodalClassifier:
     return MultimodalClassifier(cfg.data.modalities, num_classes, cfg.model.encoder, cfg.model.width,
-                                cfg.model.fusion, cfg.model.calibrate, cfg.model.fusion_args, cfg.augment.unimodal)
+                                cfg.model.fusion, cfg.model.calibrate, cfg.model.fusion_args, cfg.augment.unimodal,
+                                cfg.model.init)
