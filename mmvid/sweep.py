@@ -166,7 +166,7 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k not in ("args", "fusion_args"):
+        if isinstance(v, dict) and k not in ("args", "fusion_args", "aux_loss"):  # mappings compared whole
             out.update(_flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v

@@ -3,7 +3,7 @@
 Three rules, each applied to a model whose encoders are ResNet-18 (the references' backbone):
 
 ``ogm-ge`` (default; GeWu-Lab/OGM-GE_CVPR2022 ``main.py``: ``model.apply(weight_init)``, ``utils/utils.py``;
-PMR's code does the same) on the fusion, the head and the encoders, in that order (the
+PMR's code does the same) on the fusion, the head, the auxiliary heads and the encoders, in that order (the
 order of OGM-GE's ``AVClassifier`` children: ``fusion_module``, ``audio_net``, ``visual_net``):
 
     Conv2d       W ~ N(0, 2 / fan_out),  fan_out = C_out * k_h * k_w   (kaiming_normal_, fan_out, relu)

@@ -21,6 +21,7 @@ Re-typed below from reading (not copied):
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmvid.config import TrainConfig
+from mmvid.engine import AuxiliaryLoss, TrainingParts, train_step
 from mmvid.models.classifier import MultimodalClassifier, build_model
 from mmvid.models.init import initialise
-from mmvid.registry import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
 
 load_plugins()
 CLASSES = 6
@@ -235,7 +237,7 @@ def test_remix_init_draws_the_references_backbone_weights_bit_for_bit():
     order of construction): the same generator state gives every encoder tensor exactly; heads keep PyTorch's
     default, as Remix's nn.Linear heads."""
     ref = RefRemix()
-    mine = mmvid_model("concat", init="torch")
+    mine = mmvid_model("concat", init="torch", aux_loss={"audio": 0.5, "video": 0.5})
     heads_before = {k: v.clone() for k, v in mine.state_dict().items() if not k.startswith("encoders.")}
     torch.manual_seed(3)
     for net in (ref.audio_net, ref.visual_net):
@@ -306,7 +308,7 @@ def test_torch_init_is_one_setting_away_and_is_what_mmvid_drew_before():
     conv1, head = old.encoders["audio"].backbone.conv1.weight.detach(), old.head.weight.detach()
     assert within(conv1, 1 / math.sqrt(3 * 49), k=6) and not within(conv1, math.sqrt(2 / 3136))
     assert within(head, 1 / math.sqrt(3 * 1024)) and not within(head, math.sqrt(2 / 1030))
-    assert float(old.head.bias.abs().max()) > 0
+    assert float(old.head.bias.detach().abs().max()) > 0
     # the visual conv1 is torchvision's (already kaiming fan_out) under both settings
     assert within(old.encoders["video"].backbone.conv1.weight.detach(), math.sqrt(2 / (64 * 49)))
 
@@ -317,6 +319,84 @@ def test_small_encoder_keeps_its_own_init_under_every_setting(init):
     says (heads included), so the demo's figures do not depend on it."""
     def build(how):
         torch.manual_seed(5)
-        return MultimodalClassifier(["audio", "video"], CLASSES, "small", 4, init=how)
+        return MultimodalClassifier(["audio", "video"], CLASSES, "small", 4, init=how, aux_loss={"audio": 1.0})
     a, b = build("torch").state_dict(), build(init).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- Remix's baseline loss
+
+def remix_pair(seed: int = 0):
+    """mmvid's concat model with the auxiliary heads and the reference holding the same weights."""
+    torch.manual_seed(seed)
+    mine = mmvid_model("concat", init="remix", aux_loss={"audio": 0.5, "video": 0.5})
+    ref = RefRemix()
+    theirs = {encoder_key(k) or {"head": "head", "aux_heads.audio": "head_audio",
+                                  "aux_heads.video": "head_video"}[k.rpartition(".")[0]] + "." + k.rpartition(".")[2]: v
+              for k, v in mine.state_dict().items()}
+    ref.load_state_dict(theirs, strict=True)
+    return mine, ref
+
+
+def one_mmvid_step(model: MultimodalClassifier, inputs, y, lr: float = 1e-3):
+    """engine.train_step with no augmentation and no balancer, Adam as baseline.py: (loss, gradients, parts)."""
+    cfg = TrainConfig()
+    cfg.model.aux_loss = {"audio": 0.5, "video": 0.5}
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
+    ctx = SimpleNamespace(cfg=cfg, model=model, optimizer=opt, scaler=torch.amp.GradScaler("cuda", enabled=False),
+                          device=torch.device("cpu"), epoch=0, step=0, focus=None, world_size=1, rank=0,
+                          info=SimpleNamespace(path=None))
+    parts = TrainingParts(ctx, AUGMENTS.build("none", cfg.augment, cfg.data.modalities),
+                          BALANCERS.build("none", cfg.balance, cfg.data.modalities), None, None, model,
+                          aux=AuxiliaryLoss(cfg.model.aux_loss))
+    model.train()
+    _, loss, _ = train_step(parts, inputs, y)
+    return loss, {k: p.grad.clone() for k, p in model.named_parameters()}, parts
+
+
+def test_aux_loss_and_gradients_equal_remix_baseline():
+    """On identical inputs and weights: mmvid's loss (engine.train_step with model.aux_loss = {audio: 0.5,
+    video: 0.5}) equals baseline.py's CE(out) + 0.5 CE(out_audio) + 0.5 CE(out_video), every gradient (encoders,
+    concat head, both unimodal heads) equals the reference's, and the metrics line's aux_loss_<m> are the
+    reference's unweighted CE(out_audio), CE(out_video)."""
+    mine, ref = remix_pair()
+    g = torch.Generator().manual_seed(1)
+    audio = torch.randn(4, 1, 64, 48, generator=g)
+    video = torch.randn(4, 2, 3, 48, 48, generator=g)  # mmvid's (B, T, C, H, W)
+    y = torch.tensor([0, 3, 5, 3])
+    ref.train()
+    ref_loss, ref_a, ref_v = remix_baseline_loss(ref, audio, video.permute(0, 2, 1, 3, 4), y)  # its loader's layout
+    ref_loss.backward()
+    ref_grads = {k: p.grad for k, p in ref.named_parameters()}
+
+    loss, grads, parts = one_mmvid_step(mine, {"audio": audio, "video": video}, y)
+    assert torch.allclose(loss, ref_loss, rtol=1e-5, atol=1e-6), (float(loss), float(ref_loss))
+    names = {k: encoder_key(k) or k.replace("aux_heads.audio", "head_audio").replace("aux_heads.video", "head_video")
+             for k in grads}
+    assert sorted(names.values()) == sorted(ref_grads)
+    for k, g_mine in grads.items():
+        assert torch.allclose(g_mine, ref_grads[names[k]], rtol=1e-4, atol=1e-7), k
+    logged = parts.aux.log()
+    assert logged.keys() == {"aux_loss_audio", "aux_loss_video"}
+    assert math.isclose(logged["aux_loss_audio"], float(ref_a), rel_tol=1e-5)
+    assert math.isclose(logged["aux_loss_video"], float(ref_v), rel_tol=1e-5)
+    assert parts.aux.log() == {}  # reset for the next epoch
+
+
+def test_aux_heads_take_each_modalitys_mixed_target():
+    """With input mixup every modality was mixed with weight w, so each head's CE is (1 - w) CE(., y) +
+    w CE(., y_pi); with MM (fused-stage) the features are unmixed and the heads take the plain label."""
+    from mmvid.augment.base import Mix
+
+    torch.manual_seed(0)
+    model = MultimodalClassifier(["audio", "video"], CLASSES, "small", 4, aux_loss={"audio": 0.5, "video": 2.0})
+    feats = {"audio": torch.randn(6, 32), "video": torch.randn(6, 32)}
+    y, perm = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([5, 4, 3, 2, 1, 0])
+    aux = AuxiliaryLoss({"audio": 0.5, "video": 2.0})
+    ce = nn.CrossEntropyLoss()
+    heads = model.aux_heads
+    for mix, w in ((Mix("input", perm, {"*": 0.3}, 0.3), 0.3), (Mix("fused", perm, {"fused": 0.3}, 0.3), 0.0)):
+        out = SimpleNamespace(features=feats, mix=mix)
+        want = sum(wt * ((1 - w) * ce(heads[m](feats[m]), y) + w * ce(heads[m](feats[m]), y[perm]))
+                   for m, wt in (("audio", 0.5), ("video", 2.0)))
+        assert torch.allclose(aux(model, out, y), want, rtol=1e-6)
