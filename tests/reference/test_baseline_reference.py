@@ -370,7 +370,7 @@ def test_aux_loss_and_gradients_equal_remix_baseline():
     ref_grads = {k: p.grad for k, p in ref.named_parameters()}
 
     loss, grads, parts = one_mmvid_step(mine, {"audio": audio, "video": video}, y)
-    assert torch.allclose(loss, ref_loss, rtol=1e-5, atol=1e-6), (float(loss), float(ref_loss))
+    assert torch.allclose(loss, ref_loss, rtol=1e-5, atol=1e-6), (float(loss.detach()), float(ref_loss.detach()))
     names = {k: encoder_key(k) or k.replace("aux_heads.audio", "head_audio").replace("aux_heads.video", "head_video")
              for k in grads}
     assert sorted(names.values()) == sorted(ref_grads)
@@ -378,8 +378,8 @@ def test_aux_loss_and_gradients_equal_remix_baseline():
         assert torch.allclose(g_mine, ref_grads[names[k]], rtol=1e-4, atol=1e-7), k
     logged = parts.aux.log()
     assert logged.keys() == {"aux_loss_audio", "aux_loss_video"}
-    assert math.isclose(logged["aux_loss_audio"], float(ref_a), rel_tol=1e-5)
-    assert math.isclose(logged["aux_loss_video"], float(ref_v), rel_tol=1e-5)
+    assert math.isclose(logged["aux_loss_audio"], float(ref_a.detach()), rel_tol=1e-5)
+    assert math.isclose(logged["aux_loss_video"], float(ref_v.detach()), rel_tol=1e-5)
     assert parts.aux.log() == {}  # reset for the next epoch
 
 
