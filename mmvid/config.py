@@ -16,10 +16,14 @@ from typing import Any
 import yaml
 
 from mmvid.errors import MmvidError
-from mmvid.schema import check_dataclass, check_value, field_types, spec
+from mmvid.schema import check_dataclass, check_option, check_value, field_types, spec
 from mmvid.workspace import write_atomic
 
 MODALITIES = ("audio", "video", "flow")
+INITS = ("ogm-ge", "remix", "torch")  # model.init, applied by mmvid.models.init.initialise
+# Keys a saved config may lack because the run was saved before the key existed, with the value that run was
+# trained with when it differs from today's default (a resumed, evaluated or reused run says what it did).
+ABSENT_MEANS = {"model.init": "torch"}
 # Which cache dataset feeds which model modality (the cache names what is stored, the model what it means).
 CACHE_KEY = {"audio": "spectrogram", "video": "frames", "flow": "flow"}
 
@@ -47,6 +51,14 @@ class ModelConfig:
     fusion: str = "concat"  # a FUSIONS name, checked by the registry
     calibrate: bool = False
     fusion_args: dict[str, Any] = field(default_factory=dict)
+    # Initial weights of a ResNet-18 model (mmvid.models.init): ogm-ge (OGM-GE main.py's weight_init: conv
+    # kaiming-normal fan_out, BN 1/0, every fusion/head Linear Xavier-normal with zero bias) | remix (the backbone's
+    # own loops only, BN weights N(1, 0.02), Linear layers PyTorch's default: Remix, MMCosine, BalanceBenchmark)
+    # | torch (PyTorch's and torchvision's defaults: mmvid before this option). The small encoder keeps torch's.
+    init: str = spec("ogm-ge", choices=INITS)
+    # Remix's baseline (baseline.py): a linear head h_m(z_m) per named modality, trained with
+    # L = L_fused + sum_m weight_m CE(h_m(z_m), y) every step; e.g. {audio: 0.5, video: 0.5}. Empty = off.
+    aux_loss: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -261,7 +273,26 @@ def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str,
         if value is not None:
             _set_from(cfg, key, value, f" (given by {sources[key]})" if sources and key in sources else "")
     check_dataclass(cfg, "config ")
+    check_aux_loss(cfg)
     return cfg
+
+
+def check_aux_loss(cfg: TrainConfig) -> None:
+    """``model.aux_loss``: a finite weight in (0, 1000] per modality of ``data.modalities``, and no balancer
+    (balancers compute their own loss from the augmentation's, several of them replacing it: the auxiliary
+    term would be dropped or counted twice). Converts the weights to float in place."""
+    aux = cfg.model.aux_loss
+    if not aux:
+        return
+    unknown = sorted(str(m) for m in set(aux) - set(cfg.data.modalities))
+    if unknown:
+        raise MmvidError(f"config model.aux_loss names {unknown}, not in data.modalities {cfg.data.modalities}; "
+                         f"give one weight per modality, e.g. model.aux_loss='{{audio: 0.5, video: 0.5}}'")
+    cfg.model.aux_loss = {m: check_option(f"config model.aux_loss.{m}", aux[m], float, gt=0.0, le=1000.0)
+                          for m in cfg.data.modalities if m in aux}
+    if cfg.balance.name != "none":
+        raise MmvidError(f"config model.aux_loss (Remix's baseline heads) cannot be combined with balancer "
+                         f"{cfg.balance.name!r}, which computes its own loss; remove model.aux_loss or use --balance none")
 
 
 def _set_from(cfg: TrainConfig, key: str, value: Any, where: str) -> None:
@@ -272,7 +303,13 @@ def _set_from(cfg: TrainConfig, key: str, value: Any, where: str) -> None:
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
-    """Rebuild a saved config (checkpoint / run folder) exactly."""
+    """Rebuild a saved config (checkpoint / run folder) exactly; a key it lacks takes the value runs were
+    trained with before the key existed (:data:`ABSENT_MEANS`), else today's default."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for key, value in ABSENT_MEANS.items():
+        section, name = key.split(".")
+        if isinstance(d.get(section), dict) and name not in d[section]:
+            d[section][name] = value
     return resolve_config(d)
 
 

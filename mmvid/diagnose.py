@@ -270,12 +270,12 @@ def curves(recs: list[dict[str, Any]], modalities: list[str]) -> dict[str, Any]:
 
 def alone_config(cfg, m: str):
     """The run of modality m alone for the comparison: the fused run's data, encoder, optimiser, epochs and
-    seed; one modality, so no fusion, mixing or balancing."""
+    seed; one modality, so no fusion, auxiliary heads, mixing or balancing."""
     from mmvid.config import resolve_config
 
     d = cfg.to_dict()
     d["data"]["modalities"] = [m]
-    d["model"].update({"fusion": "concat", "fusion_args": {}, "calibrate": False})
+    d["model"].update({"fusion": "concat", "fusion_args": {}, "calibrate": False, "aux_loss": {}})
     d["augment"].update({"name": "none", "args": {}, "unimodal": "mask"})
     d["balance"] = {"name": "none", "args": {}}
     d["run_name"] = None

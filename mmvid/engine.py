@@ -1,8 +1,9 @@
 """The one explicit training loop. Balancers and augmentations attach at named hook points
 (see :mod:`mmvid.balance.base`); nothing else copies this loop.
 
-Per epoch: augment/balancer ``on_epoch_start`` -> steps (:func:`train_step`: data -> forward -> per
-``balancer.passes`` item: loss -> backward -> unscale -> ``after_backward`` -> clip -> step) ->
+Per epoch: augment/balancer ``on_epoch_start`` -> steps (:func:`train_step`: data -> forward (+ the auxiliary
+heads' loss of ``model.aux_loss``) -> per ``balancer.passes`` item: loss -> backward -> unscale -> ``after_backward``
+-> clip -> step) ->
 evaluation (val, test, and the train-set imbalance monitor of paper Fig. 1) -> ``on_epoch_end`` -> metrics.jsonl line -> checkpoint.
 
 The same loop runs as one rank of a DDP group (:mod:`mmvid.distributed`). A checkpoint holds
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
 from mmvid.augment.bmm import imbalance
 from mmvid.config import CACHE_KEY, TrainConfig, config_from_dict, save_config
 from mmvid.data.cache import CacheInfo, read_info
@@ -519,7 +521,8 @@ def print_notes(notes) -> None:
 
 
 def default_run_name(cfg: TrainConfig, dataset: str) -> str:
-    parts = [dataset, cfg.model.fusion + ("+cal" if cfg.model.calibrate else ""), cfg.augment.name]
+    parts = [dataset, cfg.model.fusion + ("+cal" if cfg.model.calibrate else "") + ("+aux" if cfg.model.aux_loss else ""),
+             cfg.augment.name]
     if cfg.balance.name != "none":
         parts.append(cfg.balance.name)
     return "-".join(parts + [f"s{cfg.seed}", time.strftime("%Y%m%d-%H%M%S")])
@@ -661,6 +664,7 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                 balancer.on_epoch_end(ctx)
                 rec.update(augment.log())
                 rec.update(balancer.log())
+                rec.update(parts.aux.log(reduce) if parts.aux is not None else {})
                 rec["seconds"] = time.time() - t0
                 select = rec.get("val_acc", rec.get("test_acc", 0.0))
                 improved = held_out and select > best["val_acc"]  # best: among the epochs evaluated
@@ -701,6 +705,7 @@ class TrainingParts:
     scheduler: Any
     net: torch.nn.Module  # what the step calls: the model, DDP-wrapped and/or compiled
     aug_extra: torch.nn.Module | None = None  # an augmentation's own trainable modules (outside DDP)
+    aux: AuxiliaryLoss | None = None  # the auxiliary heads' loss term (model.aux_loss), None when off
 
     def extra_parameters(self) -> list[torch.nn.Parameter]:
         return [p for m in (self.extra, self.aug_extra) if m is not None for p in m.parameters()]
@@ -745,7 +750,41 @@ def build_training(cfg: TrainConfig, info: CacheInfo, run_dir: Path, rank: int =
             module.to(device)
             optimizer.add_param_group({"params": [p for p in module.parameters() if p.requires_grad]})
     net = wrap_model(model, device, world_size, cfg.compile)
-    return TrainingParts(ctx, augment, balancer, extra, scheduler, net, aug_extra)
+    aux = AuxiliaryLoss(cfg.model.aux_loss) if cfg.model.aux_loss else None
+    return TrainingParts(ctx, augment, balancer, extra, scheduler, net, aug_extra, aux)
+
+
+class AuxiliaryLoss:
+    """The auxiliary unimodal-head term of Remix's concat baseline (MatthewMaxy/Remix_ICML2025 ``baseline.py``,
+    ``train_epoch``: loss = loss_av + alpha loss_a + beta loss_v, alpha = beta = 0.5, every step), ``model.aux_loss``:
+
+        L_aux = sum_m w_m CE(h_m(z_m), y~_m)
+
+    h_m = ``model.aux_heads[m]`` (a Linear, (B, d_m) -> (B, C)) on the step's feature z_m (``ModelOutput.features``:
+    after calibration and any feature mixing, what the fusion sees; the reference's pooled encoder output), y~_m
+    the target z_m was mixed towards (the plain label without mixing, or with fused-stage mixing; see
+    :func:`mmvid.augment.base.modality_mix`). Gradients reach the encoders, as in the reference. ``log()`` gives
+    the epoch means of each unweighted CE(h_m(z_m), y~_m) as ``aux_loss_<m>``."""
+
+    def __init__(self, weights: dict[str, float]) -> None:
+        self.weights = dict(weights)
+        self.means = EpochMeans()
+
+    def __call__(self, model: MultimodalClassifier, out, y: torch.Tensor) -> torch.Tensor:
+        terms = {m: mixed_cross_entropy(model.aux_heads[m](out.features[m]), y, modality_mix(out.mix, m))
+                 for m in self.weights}
+        values = torch.stack([v.detach().float() for v in terms.values()]).tolist()  # one sync for all heads
+        self.means.add({f"aux_loss_{m}": v for m, v in zip(terms, values)})
+        return sum(self.weights[m] * v for m, v in terms.items())
+
+    def log(self, reduce=None) -> dict[str, float]:
+        """This epoch's means over every rank's steps (``reduce``: the sum across ranks, None in one process);
+        then reset for the next epoch."""
+        keys = [f"aux_loss_{m}" for m in self.weights]  # the same vector on every rank
+        local = [self.means.sums.get(k, 0.0) for k in keys] + [self.means.n]
+        self.means = EpochMeans()
+        total = reduce(torch.tensor(local, dtype=torch.float64)).tolist() if reduce is not None else local
+        return {k: v / total[-1] for k, v in zip(keys, total)} if total[-1] else {}
 
 
 def train_step(parts: TrainingParts, inputs: dict[str, torch.Tensor], y: torch.Tensor):
@@ -764,6 +803,8 @@ def train_step(parts: TrainingParts, inputs: dict[str, torch.Tensor], y: torch.T
     inputs, y = balancer.on_batch(inputs, y, ctx)  # data stage
     with autocast(ctx.device, cfg.amp):
         out, base = parts.augment.compute(parts.net, inputs, y, ctx)  # forward + augmentation's loss
+        if parts.aux is not None:  # the auxiliary heads' term of Remix's baseline (model.aux_loss; no balancer then)
+            base = base + parts.aux(ctx.model, out, y)
     losses = []
     for focus in balancer.passes(ctx):  # one pass, or several on this forward (MLA: one per modality)
         ctx.focus = focus

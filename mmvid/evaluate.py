@@ -96,9 +96,9 @@ class LoadedRun:
 
 
 def method_label(config: dict[str, Any]) -> str:
-    """``fusion[+cal]+augment[+balancer]`` from a saved config, e.g. ``concat+bmm``."""
+    """``fusion[+cal][+aux]+augment[+balancer]`` from a saved config, e.g. ``concat+bmm``."""
     model, aug, bal = config["model"], config["augment"]["name"], config["balance"]["name"]
-    parts = [model["fusion"] + ("+cal" if model.get("calibrate") else ""), aug]
+    parts = [model["fusion"] + ("+cal" if model.get("calibrate") else "") + ("+aux" if model.get("aux_loss") else ""), aug]
     return "+".join(parts + ([bal] if bal != "none" else []))
 
 

@@ -29,7 +29,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from mmvid.config import RECIPES, TrainConfig, read_recipe, resolve_config
+from mmvid.config import ABSENT_MEANS, RECIPES, TrainConfig, read_recipe, resolve_config
 from mmvid.errors import Interrupted, MmvidError
 from mmvid.workspace import write_atomic
 
@@ -166,7 +166,7 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k not in ("args", "fusion_args"):
+        if isinstance(v, dict) and k not in ("args", "fusion_args", "aux_loss"):  # mappings compared whole
             out.update(_flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
@@ -177,11 +177,11 @@ def config_difference(saved: dict[str, Any], cfg: TrainConfig) -> str | None:
     """The first config key where a run folder's saved config differs from what the sweep would train."""
     import yaml
 
-    want, have, default = _flat(cfg.to_dict()), _flat(saved), _flat(TrainConfig().to_dict())
+    want, have, default = _flat(cfg.to_dict()), _flat(saved), {**_flat(TrainConfig().to_dict()), **ABSENT_MEANS}
     for key, value in want.items():
         if key in EXECUTION_KEYS or (key == "data.dataset" and value is None):
             continue
-        # A key the run's mmvid did not have yet was trained at its default.
+        # A key the run's mmvid did not have yet was trained at its default (then, ABSENT_MEANS: not today's).
         there = have.get(key, default.get(key, "<missing>"))
         # Round-trip through YAML, as the run saved it, so that 1e-3 and 0.001 compare equal.
         if yaml.safe_load(yaml.safe_dump(value)) != there:

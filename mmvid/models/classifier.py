@@ -23,6 +23,7 @@ from torch import nn
 from mmvid.errors import MmvidError
 from mmvid.models.encoders import ModalityEncoder
 from mmvid.models.fusions import ConcatFusion, DecisionFusion, SumFusion
+from mmvid.models.init import initialise
 from mmvid.registry import FUSIONS
 
 
@@ -52,7 +53,7 @@ def check_calibration(fusion: str, calibrate: bool) -> None:
 class MultimodalClassifier(nn.Module):
     def __init__(self, modalities: list[str], num_classes: int, encoder: str = "resnet18", width: int = 32,
                  fusion: str = "concat", calibrate: bool = False, fusion_args: dict | None = None,
-                 unimodal: str = "mask") -> None:
+                 unimodal: str = "mask", init: str = "ogm-ge", aux_loss: dict[str, float] | None = None) -> None:
         super().__init__()
         check_calibration(fusion, calibrate)
         self.modalities = list(modalities)
@@ -70,6 +71,14 @@ class MultimodalClassifier(nn.Module):
             raise MmvidError(f"augment.unimodal=head needs a fusion with one classifier per modality (decision, mmtm, or sum with form=logits); "
                              f"model.fusion={fusion} has one joint head: use augment.unimodal=mask")
         self.unimodal = unimodal  # how unimodal_logits predicts from one modality (not a parameter, not in state_dict)
+        # Remix's baseline heads h_m: (B, d_m) -> (B, C), one per modality named in model.aux_loss; trained by the
+        # loop's auxiliary loss (mmvid.engine.AuxiliaryLoss) on ModelOutput.features, never used for prediction.
+        unknown = sorted(set(aux_loss or {}) - set(self.modalities))
+        if unknown:
+            raise MmvidError(f"model.aux_loss names {unknown}, not in data.modalities {self.modalities}")
+        self.aux_heads = nn.ModuleDict({m: nn.Linear(dims[m], num_classes) for m in self.modalities
+                                        if m in (aux_loss or {})}) if aux_loss else None
+        initialise(self, init)
 
     def _encoded(self, inputs: dict[str, torch.Tensor], tokens: bool = False):
         """(features m -> (B, d_m) before calibration, tokens m -> (B, N_m, d_m) or None, extras); a fusion
@@ -196,4 +205,5 @@ class MultimodalClassifier(nn.Module):
 
 def build_model(cfg, num_classes: int) -> MultimodalClassifier:
     return MultimodalClassifier(cfg.data.modalities, num_classes, cfg.model.encoder, cfg.model.width,
-                                cfg.model.fusion, cfg.model.calibrate, cfg.model.fusion_args, cfg.augment.unimodal)
+                                cfg.model.fusion, cfg.model.calibrate, cfg.model.fusion_args, cfg.augment.unimodal,
+                                cfg.model.init, cfg.model.aux_loss)

@@ -30,7 +30,7 @@ def _resnet18(in_ch: int) -> tuple[nn.Module, int]:
     from torchvision.models import resnet18
 
     net = resnet18(weights=None)  # from scratch, as in the paper
-    if in_ch != 3:
+    if in_ch != 3:  # PyTorch's default init here (std 1/sqrt(3 * 49 in_ch)); model.init re-draws it (mmvid.models.init)
         net.conv1 = nn.Conv2d(in_ch, 64, kernel_size=7, stride=2, padding=3, bias=False)
     net.fc = nn.Identity()
     return net, 512
@@ -53,6 +53,7 @@ class ModalityEncoder(nn.Module):
     def __init__(self, modality: str, kind: str = "resnet18", width: int = 32) -> None:
         super().__init__()
         self.modality = modality
+        self.kind = kind  # resnet18 | small (mmvid.models.init re-initialises only ResNet-18, the references' backbone)
         in_ch = IN_CHANNELS[modality]
         self.backbone, self.output_dim = _resnet18(in_ch) if kind == "resnet18" else _small(in_ch, width)
 
