@@ -391,6 +391,13 @@ def visualize(
         for suffix in (".png", ".svg"):
             check_out_file(out.with_suffix(suffix))
     target = resolve_target(_ws(workspace), run)
+    if kind == "curves" and out is None:  # the one figure drawn without loading a checkpoint: from any folder's
+        from mmvid.workspace import check_out_file, is_mmvid_run  # metrics.jsonl, into its figures/
+
+        folder = target.parent if target.is_file() else target
+        if not is_mmvid_run(folder):
+            for suffix in (".png", ".svg"):
+                check_out_file(folder / "figures" / f"curves{suffix}", "the figure")
     for path in kinds[kind](target.parent if target.is_file() and kind == "curves" else target):
         console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 

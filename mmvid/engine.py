@@ -523,7 +523,8 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
     from mmvid.distributed import ResumableSampler, StopRequest, gather_objects, sync_buffers
 
     load_plugins()
-    check_run_folder(run_dir)  # never into a folder of files mmvid did not write (it deletes metrics.jsonl below)
+    if rank == 0:  # the rank that writes; the others would race with its first files
+        check_run_folder(run_dir)  # never into a folder of files mmvid did not write (it deletes metrics.jsonl below)
     info = read_info(cache)  # cheap damage checks: labels in range, shapes as the attributes say
     check_modalities(info, cfg.data.modalities)
     from mmvid.workspace import writable_dir

@@ -137,7 +137,9 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
         overrides["data.dataset"] = dataset
     if quick or epochs is not None:
         overrides["epochs"] = epochs or QUICK_EPOCHS
-    files = [(f, Path(t).with_suffix("").name) for t in targets for f in _recipe_files(t)]
+    sources = {**{k: f"--set {k}" for k in sets or {}}, "data.dataset": "--dataset", "epochs": "--epochs"}  # for errors
+    # (recipe, the table a row falls in without paper.table: the target's name; "." and ".." by their folder's)
+    files = [(f, Path(t).resolve().stem or str(t)) for t in targets for f in _recipe_files(t)]
     patterns = [p.strip() for p in (only or "").split(",") if p.strip()]
     tag = ""
     if overrides:
@@ -160,7 +162,7 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
         paper = recipe.paper or {}
         for seed in range(seeds):
             over = {**overrides, "seed": seed}
-            cfg = resolve_config(recipe.config, over)  # a bad recipe or --set fails before anything runs
+            cfg = resolve_config(recipe.config, over, sources)  # a bad recipe or --set fails before anything runs
             key = json.dumps({**cfg.to_dict(), "run_name": None}, sort_keys=True, default=str)
             name = by_config.setdefault(key, f"sweep-{rid}{tag}-s{seed}")
             cfg.run_name = check_name("the run name of a sweep", name)

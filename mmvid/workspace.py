@@ -112,10 +112,11 @@ def named(folder: Path, name: str, label: str, suffix: str = "") -> Path:
 
 
 def is_mmvid_run(folder: Path) -> bool:
-    """A folder ``mmvid train`` wrote: its config.yaml starts with :data:`RUN_MARK`, or (a run of an mmvid from
-    before the mark) it holds checkpoint_last.pt, which is loaded, and so checked, before a resume writes."""
+    """A folder ``mmvid train`` wrote: its config.yaml starts with :data:`RUN_MARK`; or, a run of an mmvid from
+    before the mark, it holds checkpoint_last.pt (loaded, and so checked, before a resume writes) or the
+    summary.json of a finished run (what a sweep's ``--keep metrics`` leaves)."""
     folder = Path(folder)
-    if (folder / CKPT_LAST).is_file():
+    if (folder / CKPT_LAST).is_file() or _json_with(folder / "summary.json", ("run_dir", "epochs", "last", "best")):
         return True
     try:
         with open(folder / "config.yaml", encoding="utf-8", errors="replace") as fh:
@@ -131,11 +132,13 @@ def check_run_folder(folder: Path, hint: str = "choose another --run-name or mov
     if not folder.exists() and not folder.is_symlink():
         return
     if not folder.is_dir():
-        raise MmvidError(f"{folder} is a file, not a run folder; mmvid does not overwrite it: {hint}")
+        raise MmvidError(f"cannot write run folder {folder}: a file is in its place, which mmvid does not overwrite; "
+                         f"move that file or choose another name")
     if is_mmvid_run(folder) or not any(folder.iterdir()):
         return
     raise MmvidError(f"{folder} exists but is not a run folder written by `mmvid train` (its config.yaml does not "
-                     f"start with {RUN_MARK!r} and it has no {CKPT_LAST}); mmvid does not write into it, even with "
+                     f"start with {RUN_MARK!r}, and it has no {CKPT_LAST} or summary.json of a run); mmvid does not "
+                     f"write into it, even with "
                      f"--force: {hint}")
 
 
@@ -195,7 +198,7 @@ def check_out_file(path: Path, label: str = "--out") -> None:
         raise MmvidError(f"{label} {path} is a folder; give the path of a file to write")
     if not written_by_mmvid(path):
         raise MmvidError(f"{label} {path} exists and was not written by mmvid; mmvid does not overwrite it, even "
-                         f"with --force: choose another path or move that file")
+                         f"with --force: {'choose another path or ' if label == '--out' else ''}move that file")
 
 
 def caches_dir(ws: Path) -> Path:
@@ -276,8 +279,10 @@ def resolve_run(ws: Path, run: str | Path | None) -> Path:
         q = runs_dir(ws) / str(run)
         if is_plain_name(str(run)) and q.is_dir():
             return q
-        where = f", and {q}" if is_plain_name(str(run)) else " (a run name is a plain name, without a path)"
-        raise MmvidError(f"run {str(run)!r} not found (looked for a folder and a checkpoint{where})")
+        if not is_plain_name(str(run)):
+            raise MmvidError(f"run {str(run)!r} not found: no such folder or checkpoint (and it is not a run name in "
+                             f"{runs_dir(ws)}: a run name is a plain name, without a path)")
+        raise MmvidError(f"run {str(run)!r} not found (looked for a folder, a checkpoint, and {q})")
     found = sorted((d for d in runs_dir(ws).glob("*") if (d / "config.yaml").exists()), key=lambda d: d.stat().st_mtime)
     if not found:
         raise MmvidError(f"no runs in {runs_dir(ws)}; run `mmvid train` first")
