@@ -333,14 +333,18 @@ def robustness(
       mmvid robustness run_concat run_bmm --corruptions all
     """
     from mmvid.evaluate import resolve_target
-    from mmvid.robustness import compare_robustness, parse_levels
+    from mmvid.robustness import compare_robustness, default_out_dir, parse_levels
+    from mmvid.workspace import check_out_folder
 
     ws = _ws(workspace)
+    if out is not None:  # a folder the user named: new, empty or an earlier robustness output, never other files
+        check_out_folder(out, "robustness.json", ("conditions", "runs"))
     split_list = lambda s: [v.strip() for v in s.split(",") if v.strip()] if s else None  # noqa: E731
-    compare_robustness([resolve_target(ws, r) for r in (runs or [None])], drop=drop, fill=fill, noise=noise,
+    targets = [resolve_target(ws, r) for r in (runs or [None])]
+    compare_robustness(targets, drop=drop, fill=fill, noise=noise,
                        modality=modality, levels=parse_levels(levels, modality), corruptions=split_list(corruptions),
-                       severities=split_list(severities), split=split, device=device, out_dir=out, console=console,
-                       seed=seed)
+                       severities=split_list(severities), split=split, device=device, console=console, seed=seed,
+                       out_dir=out or (default_out_dir(targets, ws) if len(targets) > 1 else None))
 
 
 # ----------------------------------------------------------------------------- visualize
@@ -381,7 +385,19 @@ def visualize(
     }
     if kind not in kinds:
         raise MmvidError(f"unknown figure {kind!r}; choose one of: {', '.join(kinds)}")
+    if out is not None:  # files the user named: new, or figures mmvid wrote there before
+        from mmvid.workspace import check_out_file
+
+        for suffix in (".png", ".svg"):
+            check_out_file(out.with_suffix(suffix))
     target = resolve_target(_ws(workspace), run)
+    if kind == "curves" and out is None:  # the one figure drawn without loading a checkpoint: from any folder's
+        from mmvid.workspace import check_out_file, is_mmvid_run  # metrics.jsonl, into its figures/
+
+        folder = target.parent if target.is_file() else target
+        if not is_mmvid_run(folder):
+            for suffix in (".png", ".svg"):
+                check_out_file(folder / "figures" / f"curves{suffix}", "the figure")
     for path in kinds[kind](target.parent if target.is_file() and kind == "curves" else target):
         console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
@@ -406,8 +422,10 @@ def report(
       mmvid report my-run --no-umap
     """
     from mmvid.report import write_report
-    from mmvid.workspace import resolve_run
+    from mmvid.workspace import check_out_file, resolve_run
 
+    if out is not None:  # a file the user named: new, or a report mmvid wrote there before
+        check_out_file(out)
     path = write_report(resolve_run(_ws(workspace), run), out=out, umap=umap, robustness=robustness, device=device,
                         console=console)
     console.print(f"wrote {path}", soft_wrap=True, highlight=False)

@@ -17,7 +17,7 @@ import yaml
 
 from mmvid.errors import MmvidError
 from mmvid.schema import check_dataclass, check_option, check_value, field_types, spec
-from mmvid.workspace import write_atomic
+from mmvid.workspace import RUN_MARK, write_atomic
 
 MODALITIES = ("audio", "video", "flow")
 INITS = ("ogm-ge", "remix", "torch")  # model.init, applied by mmvid.models.init.initialise
@@ -32,7 +32,9 @@ CACHE_KEY = {"audio": "spectrogram", "video": "frames", "flow": "flow"}
 # line. resolve_config checks every value wherever it comes from (recipe, flag, --set, a saved config).
 @dataclass
 class DataConfig:
-    dataset: str | None = None  # cache name under <workspace>/caches; None = the only / latest one
+    # cache name under <workspace>/caches (a plain name: it is joined to that folder), or the path of a .h5 cache
+    # file; None = the only / latest one
+    dataset: str | None = spec(None, name=True, or_path=".h5")
     modalities: list[str] = spec(factory=lambda: ["audio", "video"], choices=MODALITIES)
     batch_size: int = spec(64, ge=1, le=65536)
     workers: int = spec(0, ge=0, le=1024)
@@ -113,7 +115,7 @@ class TrainConfig:
     gpus: int = spec(1, ge=1, le=4096)
     channels_last: bool = False  # NHWC convolutions (tensor cores under AMP on CUDA)
     compile: bool = False  # torch.compile the training step's model
-    run_name: str | None = None
+    run_name: str | None = spec(None, name=True)  # the folder <workspace>/runs/<run_name>: a plain name, never a path
     # The train-set monitor each epoch (per-modality train accuracy and s_m, paper Fig. 1): the fraction of the
     # train rows it evaluates, a fixed seeded subsample (engine.monitor_rows); true = 1 (all), false = 0 (off).
     # A plug-in that steers on train-set statistics keeps what it needs (B-MM: the whole set, engine.monitor_plan).
@@ -314,4 +316,6 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """A run's config.yaml; its first line (a YAML comment) marks the folder as a run mmvid wrote."""
+    write_atomic(path, f"{RUN_MARK}: written by `mmvid train` (a run folder; this file is also a recipe)\n"
+                 + yaml.safe_dump(cfg.to_dict(), sort_keys=False))

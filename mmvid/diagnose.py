@@ -623,6 +623,10 @@ def run_diagnose(console, ws: Path, run: str | None = None, dataset: str | None 
     if (run is None) == (dataset is None):
         raise MmvidError("give a RUN to diagnose or --dataset NAME to train one (not both)")
     methods = _try_methods(try_methods)
+    if out is not None:  # a folder the user named: new, empty or an earlier diagnosis, checked before any work
+        from mmvid.workspace import check_out_folder
+
+        check_out_folder(out, "diagnosis.json", ("run", "shapley"))
     if minutes is not None:
         from mmvid.schema import check_option
 
@@ -667,7 +671,7 @@ def _fused_run(console, ws: Path, dataset: str, recipe: str | None, sets: dict[s
     from mmvid.config import RECIPES, resolve_config
     from mmvid.data.cache import read_info
     from mmvid.workflows import check_plugins
-    from mmvid.workspace import resolve_cache, runs_dir
+    from mmvid.workspace import check_run_folder, resolve_cache, run_path
 
     cache = resolve_cache(ws, dataset)
     if recipe is None and (RECIPES / f"{cache.stem}.yaml").exists():
@@ -683,7 +687,8 @@ def _fused_run(console, ws: Path, dataset: str, recipe: str | None, sets: dict[s
     info = read_info(cache)
     wanted = cfg.epochs
     cfg.epochs = 1  # the run's name does not depend on how many epochs the budget allows
-    run_dir = runs_dir(ws) / f"diagnose-{cache.stem}-{config_hash(cfg)}"
+    run_dir = run_path(ws, f"diagnose-{cache.stem}-{config_hash(cfg)}", "the run name of diagnose")
+    check_run_folder(run_dir, "move that folder (diagnose trains its run there)")
     cfg.epochs = wanted
     budget = None
     if (run_dir / "config.yaml").exists() and epochs is None:

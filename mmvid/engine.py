@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import random
+import re
 import signal
 import time
 import warnings
@@ -43,9 +44,9 @@ from mmvid.data.sources import stratified_split
 from mmvid.errors import Interrupted, MmvidError
 from mmvid.models.classifier import MultimodalClassifier, build_model
 from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
-from mmvid.workspace import read_jsonl, write_atomic
+from mmvid.workspace import CKPT_BEST, CKPT_LAST, check_run_folder, read_jsonl, write_atomic
 
-CKPT_LAST, CKPT_BEST, METRICS = "checkpoint_last.pt", "checkpoint_best.pt", "metrics.jsonl"
+METRICS = "metrics.jsonl"  # CKPT_LAST, CKPT_BEST: mmvid.workspace (which recognises a run folder by them)
 
 
 # ----------------------------------------------------------------------------- devices, seeds
@@ -521,11 +522,13 @@ def print_notes(notes) -> None:
 
 
 def default_run_name(cfg: TrainConfig, dataset: str) -> str:
-    parts = [dataset, cfg.model.fusion + ("+cal" if cfg.model.calibrate else "") + ("+aux" if cfg.model.aux_loss else ""),
+    """``<cache>-<fusion>[_cal]-<augment>[-<balancer>]-s<seed>-<time>``: a plain name (mmvid.schema), as a
+    --run-name must be; a character a plug-in's name may hold outside that set becomes ``_``."""
+    parts = [dataset, cfg.model.fusion + ("_cal" if cfg.model.calibrate else "") + ("_aux" if cfg.model.aux_loss else ""),
              cfg.augment.name]
     if cfg.balance.name != "none":
         parts.append(cfg.balance.name)
-    return "-".join(parts + [f"s{cfg.seed}", time.strftime("%Y%m%d-%H%M%S")])
+    return re.sub(r"[^A-Za-z0-9._-]", "_", "-".join(parts + [f"s{cfg.seed}", time.strftime("%Y%m%d-%H%M%S")]))
 
 
 def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, progress: bool = True,
@@ -539,6 +542,8 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
     from mmvid.distributed import ResumableSampler, StopRequest, gather_objects, sync_buffers
 
     load_plugins()
+    if rank == 0:  # the rank that writes; the others would race with its first files
+        check_run_folder(run_dir)  # never into a folder of files mmvid did not write (it deletes metrics.jsonl below)
     info = read_info(cache)  # cheap damage checks: labels in range, shapes as the attributes say
     check_modalities(info, cfg.data.modalities)
     from mmvid.workspace import writable_dir

@@ -231,10 +231,12 @@ class RobustnessReport:
         return [m if methods.count(m) == 1 else f"{m} ({r['name']})" for m, r in zip(methods, self.runs)]
 
 
-def default_out_dir(runs: list[Path]) -> Path:
+def default_out_dir(runs: list[Path], workspace: Path | None = None) -> Path:
+    """``<run>/robustness`` for one run; for several, ``comparisons/robustness-<time>`` of ``workspace`` (the
+    command's: runs given by their paths elsewhere do not make mmvid write beside them), else of the first run's."""
     if len(runs) == 1:
         return runs[0] / "robustness"
-    return runs[0].parent.parent / "comparisons" / f"robustness-{time.strftime('%Y%m%d-%H%M%S')}"
+    return (workspace or runs[0].parent.parent) / "comparisons" / f"robustness-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def compare_robustness(runs: list[str | Path], drop: list[str] | None = ("audio",), fill: str = "zero",

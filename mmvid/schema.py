@@ -5,11 +5,19 @@ A field says what it accepts where it is defined::
     lr: float = spec(1e-3, gt=0, le=10)              # a finite number in (0, 10]
     amp: str = spec("off", choices=("off", "bf16", "fp16"))
     modalities: list[str] = spec(factory=lambda: ["audio", "video"], choices=MODALITIES)  # each item
+    run_name: str | None = spec(None, name=True)     # a plain name (below): it becomes a folder name
 
 :func:`check_value` converts a YAML / CLI value to the annotated type and applies the field's rule;
 :func:`check_dataclass` applies every rule of an instance (and of its nested sections). Numbers are
 always finite; an ``int``/``float`` field without bounds is a schema bug that ``unbounded_fields``
-reports (the tests assert there is none). No torch, numpy or other heavy import here: a bad option
+reports (the tests assert there is none).
+
+Names: a value that becomes part of a file or folder name (a run, a cache, a sweep) is declared with
+``name=True`` and must be a *plain name* (:func:`is_plain_name`): ASCII letters, digits, ``-``, ``_`` and ``.``,
+not starting with a dot (so never ``.`` or ``..``), not empty, at most :data:`NAME_MAX` characters. Such a
+value has no path separator, so joined to a folder it stays inside that folder, whatever wrote it (a flag,
+``--set``, a recipe, a saved config). ``or_path=".h5"`` also accepts the path of a file with that suffix
+(a cache given by its path). No torch, numpy or other heavy import here: a bad option
 is rejected before the CLI loads any of them.
 """
 
@@ -17,12 +25,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass
 from typing import Any
 
 from mmvid.errors import MmvidError
+
+NAME_MAX = 128  # leaves room, within a file system's 255 bytes, for what mmvid appends (.shard-i-of-n.h5.partial)
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+NAME_RULE = f"a plain name (letters, digits, '-', '_' and '.'; not starting with '.'; at most {NAME_MAX} characters; no path)"
+
+
+def is_plain_name(value: Any) -> bool:
+    """A name that, joined to a folder, names an entry of that folder and nothing else: no separator
+    (``/``, ``\\``), not ``.`` or ``..`` (no leading dot at all: no hidden files), not empty."""
+    return isinstance(value, str) and len(value) <= NAME_MAX and _NAME.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -35,11 +54,15 @@ class Rule:
     lt: float | None = None
     choices: tuple[Any, ...] | None = None
     bools: bool = False  # a number field that also reads true / false as 1 / 0 (it was a switch before)
+    name: bool = False  # a string that becomes a file or folder name: a plain name (is_plain_name)
+    or_path: str | None = None  # with ``name``: a path ending in this suffix is accepted too (".h5")
 
     def describe(self, tp: Any) -> str:
         """E.g. 'an integer in [1, 100000]', 'a finite number in (0, 10]', 'one of: off, bf16'."""
         base, optional = _base_type(tp)
-        if self.choices is not None:
+        if self.name:
+            what = NAME_RULE + (f", or the path of a {self.or_path} file" if self.or_path else "")
+        elif self.choices is not None:
             what = f"one of: {', '.join(map(str, self.choices))}"
             if typing.get_origin(base) is list:
                 what = f"a non-empty list without repeats of: {', '.join(map(str, self.choices))}"
@@ -54,6 +77,9 @@ class Rule:
     def ok(self, value: Any) -> bool:
         if value is None:
             return True  # None passed the type check: the field is Optional
+        if self.name:
+            return is_plain_name(value) or bool(self.or_path and isinstance(value, str)
+                                                and value.endswith(self.or_path) and len(value) > len(self.or_path))
         if self.choices is not None:
             items = value if isinstance(value, list) else [value]
             return bool(items) and len(set(items)) == len(items) and all(v in self.choices for v in items)
@@ -69,9 +95,10 @@ def _num(x: float) -> str:
 
 def spec(default: Any = MISSING, *, factory: Any = MISSING, ge: float | None = None, gt: float | None = None,
          le: float | None = None, lt: float | None = None, choices: tuple[Any, ...] | None = None,
-         bools: bool = False) -> Any:
+         bools: bool = False, name: bool = False, or_path: str | None = None) -> Any:
     """A dataclass ``field`` carrying its :class:`Rule` in ``metadata["rule"]``."""
-    rule = Rule(ge=ge, gt=gt, le=le, lt=lt, choices=tuple(choices) if choices is not None else None, bools=bools)
+    rule = Rule(ge=ge, gt=gt, le=le, lt=lt, choices=tuple(choices) if choices is not None else None, bools=bools,
+                name=name, or_path=or_path)
     return dataclasses.field(default=default, default_factory=factory, metadata={"rule": rule})
 
 
@@ -161,6 +188,9 @@ def check_value(f: dataclasses.Field, tp: Any, value: Any, key: str) -> Any:
         want += f", e.g. {key.split()[-1]}='{{k: 1}}'"
     if rule is not None and rule.bools:
         value = _bool_as_number(value)
+    if rule is not None and rule.name and isinstance(value, str) and not value.strip():
+        # An empty name is a mistake (a name left out of `--run-name ""` or `run_name: ''`), not "no name".
+        raise MmvidError(f"{key}={value!r} is not valid (empty); it must be {want}")
     try:
         out = coerce(value, tp)
     except _Invalid as e:
@@ -184,6 +214,11 @@ def _bool_as_number(value: Any) -> Any:
 def check_option(label: str, value: Any, tp: Any = int, **rule: Any) -> Any:
     """A value that is not a dataclass field (a command's own option): same conversion, rule and message."""
     return check_value(dataclasses.field(metadata={"rule": Rule(**rule)}), tp, value, label)
+
+
+def check_name(label: str, value: Any, or_path: str | None = None) -> str:
+    """A command's option that becomes a file or folder name (``--name``): a plain name, else the one line."""
+    return check_option(label, value, str, name=True, or_path=or_path)
 
 
 def check_dataclass(obj: Any, prefix: str = "") -> None:

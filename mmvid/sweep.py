@@ -96,7 +96,27 @@ def _recipe_id(path: Path) -> str:
     except ValueError:
         parts = list(path.with_suffix("").parts[-3:])
     parts[-1] = re.sub(r"^\d+-", "", parts[-1])
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", "-".join(parts))
+    return _plain("-".join(parts), "recipe", "_", 90)
+
+
+def _plain(text: str, fallback: str, sub: str = "-", limit: int = 100) -> str:
+    """``text`` made a plain name (mmvid.schema.is_plain_name), for the run and sweep names derived from
+    paths: other characters become ``sub``, leading dots and dashes go, and a name longer than ``limit``
+    keeps its start and a hash of the whole (so that two long names stay apart)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", sub, text).lstrip(".-") or fallback
+    if len(name) > limit:
+        name = f"{name[:limit - 9]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return name
+
+
+def _target_name(target: str) -> str:
+    """The part of a sweep's name that a target gives: its recipe id (a file), else its path (``.`` and
+    ``..``: the folder's own name)."""
+    p = Path(target)
+    if p.suffix:
+        return _recipe_id(p)
+    text = re.sub(r"[^A-Za-z0-9_.-]", "-", str(target).strip("/")).removeprefix("recipes-")
+    return _plain(text, "", limit=60) or _plain(p.resolve().name, "sweep", limit=60)
 
 
 def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: int | None = None,
@@ -107,17 +127,19 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
     override every run's config; ``only``: comma-separated patterns of recipe ids (``*mm*``).
     Runs whose config differs from the plain recipes get a name with a hash of the overrides.
     """
-    from mmvid.schema import check_option
+    from mmvid.schema import check_name, check_option
 
     check_option("--seeds", seeds, ge=1, le=1000)
     if epochs is not None:
         check_option("--epochs", epochs, ge=1, le=1_000_000)
     overrides: dict[str, Any] = dict(sets or {})
-    if dataset:
+    if dataset is not None:  # "" too: the config's rule refuses an empty cache name
         overrides["data.dataset"] = dataset
     if quick or epochs is not None:
         overrides["epochs"] = epochs or QUICK_EPOCHS
-    files = [(f, Path(t).with_suffix("").name) for t in targets for f in _recipe_files(t)]
+    sources = {**{k: f"--set {k}" for k in sets or {}}, "data.dataset": "--dataset", "epochs": "--epochs"}  # for errors
+    # (recipe, the table a row falls in without paper.table: the target's name; "." and ".." by their folder's)
+    files = [(f, Path(t).resolve().stem or str(t)) for t in targets for f in _recipe_files(t)]
     patterns = [p.strip() for p in (only or "").split(",") if p.strip()]
     tag = ""
     if overrides:
@@ -140,10 +162,10 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
         paper = recipe.paper or {}
         for seed in range(seeds):
             over = {**overrides, "seed": seed}
-            cfg = resolve_config(recipe.config, over)  # a bad recipe or --set fails before anything runs
+            cfg = resolve_config(recipe.config, over, sources)  # a bad recipe or --set fails before anything runs
             key = json.dumps({**cfg.to_dict(), "run_name": None}, sort_keys=True, default=str)
             name = by_config.setdefault(key, f"sweep-{rid}{tag}-s{seed}")
-            cfg.run_name = name
+            cfg.run_name = check_name("the run name of a sweep", name)
             runs.append(RunSpec(name=name, row_id=rid, recipe=f, seed=seed,
                                 table=str(paper.get("table", target)),
                                 row=paper.get("row", short),
@@ -152,12 +174,12 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
                                 overrides=over, config=cfg))
     if not runs:
         raise MmvidError(f"--only {only!r} matches no recipe under {', '.join(targets)}")
-    base = "+".join(_recipe_id(Path(t)) if Path(t).suffix else re.sub(r"[^A-Za-z0-9_.+-]", "-", str(t).strip("/"))
-                    .removeprefix("recipes-") for t in targets)
+    base = _plain("_".join(_target_name(t) for t in targets), "sweep")
     options = [f"--seeds {seeds}"] + (["--quick"] if quick else []) + ([f"--epochs {epochs}"] if epochs else [])
     options += [f"--dataset {dataset}"] if dataset else []
     options += [f"--set {k}={v}" for k, v in (sets or {}).items()] + ([f"--only {only}"] if only else [])
-    return Sweep(name=f"{base}{tag}", targets=list(targets), runs=runs, options=options)
+    # The folder sweeps/<name>: a plain name, as every name that becomes a path (mmvid.schema)
+    return Sweep(name=check_name("the sweep's name", f"{base}{tag}"), targets=list(targets), runs=runs, options=options)
 
 
 # ----------------------------------------------------------------------------- state of a run
@@ -195,9 +217,11 @@ def run_state(ws: Path, spec: RunSpec) -> str:
     A folder trained with another config (the recipe was edited since) is an error naming the key,
     never silently reused or overwritten.
     """
-    from mmvid.workspace import runs_dir
+    from mmvid.workspace import check_run_folder, run_path
 
-    return folder_state(runs_dir(ws) / spec.name, spec.config, ", or run the sweep with other options")
+    run = run_path(ws, spec.name, "the run name of a sweep")
+    check_run_folder(run, "rename the recipe (its runs are named after it) or move that folder")
+    return folder_state(run, spec.config, ", or run the sweep with other options")
 
 
 def folder_state(run: Path, cfg: TrainConfig, hint: str = "") -> str:

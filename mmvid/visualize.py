@@ -41,12 +41,15 @@ def _pyplot():
 
 
 def save_figure(fig, stem: Path) -> list[Path]:
-    """``stem.png`` and ``stem.svg``; closes the figure."""
+    """``stem.png`` and ``stem.svg``, marked as mmvid's (mmvid.workspace.FIGURE_METADATA: a later ``--out`` may
+    replace them, and nothing else); closes the figure."""
+    from mmvid.workspace import FIGURE_METADATA
+
     plt = _pyplot()
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     for p in paths:
-        fig.savefig(p, dpi=DPI)
+        fig.savefig(p, dpi=DPI, metadata=FIGURE_METADATA[p.suffix])
     plt.close(fig)
     return paths
 

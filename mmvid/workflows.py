@@ -4,6 +4,7 @@ The demo composes the same functions a user calls one by one."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,10 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
     from mmvid.data.params import PrepareParams
     from mmvid.schema import check_option
 
+    from mmvid.schema import check_name
+
+    # The cache's file name: --name, else the dataset's. A plain name, checked before anything else runs.
+    cache_name = check_name("--name", name) if name is not None else check_name("dataset", dataset)
     if shard is not None and merge:
         raise MmvidError("--shard and --merge go in separate commands: prepare each shard with --shard i/n, "
                          "then merge them with --merge")
@@ -87,12 +92,15 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
     from mmvid.workspace import cache_path
 
     part = shards.parse_shard(shard) if shard is not None else None
-    cache = cache_path(ws, name or dataset)
+    cache = cache_path(ws, cache_name, "--name" if name is not None else "dataset")
     if part:
         cache = shards.shard_path(cache, *part)
     if info:
         print_cache_info(console, cache)
         return cache
+    from mmvid.data.cache import check_cache_target
+
+    check_cache_target(cache)  # a file mmvid did not write is refused now, before any clip is generated or listed
     if merge:  # reads only the shard files: the source is not listed again
         report = shards.merge_shards(cache, given, force=force, progress=progress)
         from mmvid.data.cache import read_info
@@ -184,14 +192,18 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
     before torch is imported, so a bad option fails in well under a second."""
     from mmvid.config import config_from_dict, resolve_config
 
-    cfg = None if resume else resolve_config(recipe, overrides, sources)
+    cfg = None if resume is not None else resolve_config(recipe, overrides, sources)  # "" is refused by resolve_run
     from mmvid.engine import CKPT_LAST, default_run_name, load_checkpoint, train
     from mmvid.registry import load_plugins
-    from mmvid.workspace import resolve_cache, resolve_run, runs_dir
+    from mmvid.workspace import check_run_folder, resolve_cache, resolve_run, run_path
 
     load_plugins()
-    if resume:
+    # Under torchrun every rank runs this; rank 0 checks the run folder (the others would race with its first files).
+    other_rank = int(os.environ.get("RANK", "0") or 0) > 0
+    if resume is not None:
         run_dir = resolve_run(ws, resume)
+        if not other_rank:  # before its files are read or replaced
+            check_run_folder(run_dir, "resume a run that `mmvid train` started")
         if not (run_dir / CKPT_LAST).exists() and (run_dir / "config.yaml").exists():
             # Stopped (kill -9, power loss) before its first checkpoint: nothing to continue but its config.
             cfg = resolve_config(run_dir / "config.yaml")
@@ -207,7 +219,9 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
         check_plugins(cfg, console)
         cache = resolve_cache(ws, cfg.data.dataset)
         cfg.data.dataset = cache.stem
-        run_dir = runs_dir(ws) / (cfg.run_name or default_run_name(cfg, cache.stem))
+        run_dir = run_path(ws, cfg.run_name or default_run_name(cfg, cache.stem))
+        if not other_rank:
+            check_run_folder(run_dir)
         if (run_dir / CKPT_LAST).exists():
             raise MmvidError(f"run {run_dir.name} already exists; continue it with --resume {run_dir.name} or pick another --run-name")
     from mmvid.distributed import launch, under_torchrun

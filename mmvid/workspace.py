@@ -1,4 +1,11 @@
-"""Where caches and runs live: ``--workspace``, else ``$MMVID_HOME``, else ``./mmvid-workspace``."""
+"""Where caches and runs live: ``--workspace``, else ``$MMVID_HOME``, else ``./mmvid-workspace``.
+
+A user's value becomes a path inside the workspace only through :func:`named` (a plain name, mmvid.schema),
+so ``runs/<name>`` and ``caches/<name>.h5`` never leave their folder. mmvid writes into a run folder only when
+it is new, empty or one ``mmvid train`` wrote (:func:`check_run_folder`), and into an ``--out`` path only when
+it is new or mmvid wrote it (:func:`check_out_folder`, :func:`check_out_file`); anything else is one line,
+even with ``--force``.
+"""
 
 from __future__ import annotations
 
@@ -89,6 +96,111 @@ def unwritable(e: OSError, path: str | Path | None = None, what: str = "") -> Mm
     return MmvidError(f"{verb}{where}: {e.strerror or e}; {hint}")
 
 
+# Files of a run folder (mmvid.engine writes them).
+CKPT_LAST, CKPT_BEST = "checkpoint_last.pt", "checkpoint_best.pt"
+# The first line of every config.yaml that `mmvid train` writes (a YAML comment: readers ignore it): the mark of
+# a run folder mmvid wrote, present from the start of a run (before its first checkpoint).
+RUN_MARK = "# mmvid run config"
+
+
+def named(folder: Path, name: str, label: str, suffix: str = "") -> Path:
+    """``folder / (name + suffix)`` for a plain ``name`` (mmvid.schema.is_plain_name), else the one line naming
+    ``label``: the one way a user's value becomes the name of a file or folder of the workspace."""
+    from mmvid.schema import check_name
+
+    return folder / f"{check_name(label, name)}{suffix}"
+
+
+def is_mmvid_run(folder: Path) -> bool:
+    """A folder ``mmvid train`` wrote: its config.yaml starts with :data:`RUN_MARK`; or, a run of an mmvid from
+    before the mark, it holds checkpoint_last.pt (loaded, and so checked, before a resume writes) or the
+    summary.json of a finished run (what a sweep's ``--keep metrics`` leaves)."""
+    folder = Path(folder)
+    if (folder / CKPT_LAST).is_file() or _json_with(folder / "summary.json", ("run_dir", "epochs", "last", "best")):
+        return True
+    try:
+        with open(folder / "config.yaml", encoding="utf-8", errors="replace") as fh:
+            return fh.readline().startswith(RUN_MARK)
+    except OSError:
+        return False
+
+
+def check_run_folder(folder: Path, hint: str = "choose another --run-name or move that folder") -> None:
+    """A run folder mmvid may write into: absent, empty, or one mmvid train wrote (:func:`is_mmvid_run`).
+    Anything else is one line: mmvid never writes into (or over) files it did not write."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir():
+        raise MmvidError(f"cannot write run folder {folder}: a file is in its place, which mmvid does not overwrite; "
+                         f"move that file or choose another name")
+    if is_mmvid_run(folder) or not any(folder.iterdir()):
+        return
+    raise MmvidError(f"{folder} exists but is not a run folder written by `mmvid train` (its config.yaml does not "
+                     f"start with {RUN_MARK!r}, and it has no {CKPT_LAST} or summary.json of a run); mmvid does not "
+                     f"write into it, even with "
+                     f"--force: {hint}")
+
+
+def check_out_folder(folder: Path, record: str, keys: tuple[str, ...], label: str = "--out") -> None:
+    """An output folder the user named: new, empty, or one this command wrote before, recognised by its
+    ``record`` (a JSON object with ``keys``: robustness.json, diagnosis.json). Never a folder of other files."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir():
+        raise MmvidError(f"{label} {folder} is a file, not a folder; mmvid does not overwrite it: choose a new or "
+                         f"empty folder")
+    if not any(folder.iterdir()) or _json_with(folder / record, keys):
+        return
+    raise MmvidError(f"{label} {folder} holds files mmvid did not write (no {record} of an earlier run of this "
+                     f"command); mmvid does not write into it, even with --force: choose a new or empty folder")
+
+
+def _json_with(path: Path, keys: tuple[str, ...]) -> bool:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and all(k in data for k in keys)
+
+
+# What mmvid puts into the files it writes for an --out path, to recognise them before overwriting one.
+FIGURE_METADATA = {".png": {"Software": "mmvid"}, ".svg": {"Creator": "mmvid"}}
+
+
+def written_by_mmvid(path: Path) -> bool:
+    """Whether mmvid wrote the file at ``path`` (one it may overwrite): a figure with mmvid's metadata
+    (:data:`FIGURE_METADATA`, mmvid.visualize.save_figure) or an HTML page titled by mmvid (report, diagnosis)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return False
+    if path.suffix == ".png":
+        return head.startswith(b"\x89PNG") and b"Software\x00mmvid" in head
+    if path.suffix == ".svg":
+        return b"<svg" in head and b"<dc:title>mmvid</dc:title>" in head
+    if path.suffix in (".html", ".htm"):
+        return head.lstrip().lower().startswith(b"<!doctype html>") and b"<title>mmvid " in head
+    return False
+
+
+def check_out_file(path: Path, label: str = "--out") -> None:
+    """A file the user named for mmvid to write: new, or one mmvid wrote (:func:`written_by_mmvid`)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir():
+        raise MmvidError(f"{label} {path} is a folder; give the path of a file to write")
+    if not written_by_mmvid(path):
+        raise MmvidError(f"{label} {path} exists and was not written by mmvid; mmvid does not overwrite it, even "
+                         f"with --force: {'choose another path or ' if label == '--out' else ''}move that file")
+
+
 def caches_dir(ws: Path) -> Path:
     return ws / "caches"
 
@@ -97,17 +209,31 @@ def runs_dir(ws: Path) -> Path:
     return ws / "runs"
 
 
-def cache_path(ws: Path, dataset: str) -> Path:
-    return caches_dir(ws) / f"{dataset}.h5"
+def cache_path(ws: Path, dataset: str, label: str = "--dataset") -> Path:
+    """``caches/<dataset>.h5`` for a plain name (else the one line naming ``label``)."""
+    return named(caches_dir(ws), dataset, label, ".h5")
 
 
-def resolve_cache(ws: Path, dataset: str | None) -> Path:
-    """The named cache, else the only or the most recently prepared one."""
-    if dataset:
+def run_path(ws: Path, name: str, label: str = "--run-name") -> Path:
+    """``runs/<name>`` for a plain name (else the one line naming ``label``)."""
+    return named(runs_dir(ws), name, label)
+
+
+def resolve_cache(ws: Path, dataset: str | None, label: str = "--dataset") -> Path:
+    """The named cache (a plain name in caches/, or the path of a .h5 file), else the only or the most
+    recently prepared one. A cache file given by its path must have a plain name too: it names the runs."""
+    if dataset is not None:
+        from mmvid.schema import check_name, is_plain_name
+
+        check_name(label, dataset, or_path=".h5")
         p = Path(dataset)
-        if p.suffix == ".h5" and p.exists():
+        if p.suffix == ".h5" and p.is_file():
+            check_name(f"the name of cache file {p}", p.stem)
             return p.resolve()
-        p = cache_path(ws, dataset)
+        if not is_plain_name(dataset):
+            raise MmvidError(f"no cache file at {p}; give the path of a cache that `mmvid prepare` wrote, or the "
+                             f"name of a cache in {caches_dir(ws)}")
+        p = cache_path(ws, dataset, label)
         if not p.exists():
             have = sorted(q.stem for q in caches_dir(ws).glob("*.h5"))
             from mmvid.data.sources import GENERATED, SOURCES, get_source
@@ -131,20 +257,31 @@ def resolve_cache(ws: Path, dataset: str | None) -> Path:
             raise MmvidError(f"no prepared cache in {caches_dir(ws)}, only shards ({shard.name}, ...); merge them "
                              f"with `mmvid prepare {name} --merge` first")
         raise MmvidError(f"no prepared cache in {caches_dir(ws)}; run `mmvid prepare demo` (or another dataset) first")
+    from mmvid.schema import check_name
+
+    check_name(f"the name of cache file {found[-1]}", found[-1].stem)  # it names the run and is saved in its config
     return found[-1]
 
 
 def resolve_run(ws: Path, run: str | Path | None) -> Path:
-    """A run folder from a name, a path (folder or checkpoint file), or the latest run."""
-    if run:
+    """A run folder from a name (a plain name, in runs/), a path (folder or checkpoint file), or the latest run."""
+    if run is not None:
+        if not str(run).strip():
+            raise MmvidError("the run given is empty; give a run name, a run folder or a checkpoint (or leave it out "
+                             "for the latest run)")
         p = Path(run)
         if p.is_file():
             return p.parent
         if p.is_dir():
             return p.resolve()
+        from mmvid.schema import is_plain_name
+
         q = runs_dir(ws) / str(run)
-        if q.is_dir():
+        if is_plain_name(str(run)) and q.is_dir():
             return q
+        if not is_plain_name(str(run)):
+            raise MmvidError(f"run {str(run)!r} not found: no such folder or checkpoint (and it is not a run name in "
+                             f"{runs_dir(ws)}: a run name is a plain name, without a path)")
         raise MmvidError(f"run {str(run)!r} not found (looked for a folder, a checkpoint, and {q})")
     found = sorted((d for d in runs_dir(ws).glob("*") if (d / "config.yaml").exists()), key=lambda d: d.stat().st_mtime)
     if not found:

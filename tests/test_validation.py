@@ -24,6 +24,11 @@ from mmvid.schema import _base_type, rule_of, unbounded_fields, walk_fields
 runner = CliRunner()
 
 
+# Names that would leave the folder they are joined to, or hide in it: an escape, an absolute path, the folder
+# itself, its parent, a sub-path, nothing, a hidden file (tests/test_names.py runs them through every command).
+BAD_NAMES = ["../x", "/abs", ".", "..", "a/b", "", ".hidden"]
+
+
 def bad_values(f, tp) -> list[str]:
     """Out-of-range, wrong-type and non-finite spellings for one field, as a user would type them."""
     base, rule = _base_type(tp)[0], rule_of(f)
@@ -32,7 +37,9 @@ def bad_values(f, tp) -> list[str]:
     if typing.get_origin(base) is dict:
         return ["{bad yaml", "5", "[1, 2]"]
     if rule is None:
-        return []  # a free string (names checked by registries, run names)
+        return []  # a free string (names checked by registries)
+    if rule.name:  # a name that becomes a path (run_name, data.dataset): every way out of its folder
+        return list(BAD_NAMES)
     if rule.choices is not None:
         if typing.get_origin(base) is list:
             return ["bogus", f"{rule.choices[0]},{rule.choices[0]}", "[]"]

@@ -114,6 +114,47 @@ def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of an HDF5 file (superblock at offset 0, as h5py writes)
+
+
+def is_mmvid_cache(path: Path, partial: bool = False) -> bool:
+    """Whether the file at ``path`` is a cache (or with ``partial``, a ``.partial`` cache) mmvid wrote, which a
+    rebuild may replace: an HDF5 file whose ``format`` attribute is mmvid's. An HDF5 file that h5py cannot open
+    counts as one (a damaged cache: the case ``--force`` exists for; any intact HDF5 file opens and shows
+    its attributes), and so does an empty ``.partial`` (a prepare killed as it created it)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(HDF5_SIGNATURE))
+    except OSError:
+        return False
+    if partial and not head:
+        return True
+    if head != HDF5_SIGNATURE:
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format")
+    except Exception:  # noqa: BLE001 - whatever h5py raises on a damaged file
+        return True
+    return (fmt.decode(errors="replace") if isinstance(fmt, bytes) else fmt) == FORMAT
+
+
+def check_cache_target(path: Path) -> None:
+    """A cache path mmvid may write: no file there (nor at its ``.partial``), or mmvid's cache. Anything else is
+    one line, even with ``--force``: mmvid never overwrites a file it did not write."""
+    path = Path(path)
+    for p, partial in ((path, False), (partial_path(path), True)):
+        if not p.exists() and not p.is_symlink():
+            continue
+        if not p.is_file():
+            raise MmvidError(f"{p} is not a file (a cache goes there); mmvid does not replace it: choose another "
+                             f"--name or move it")
+        if not is_mmvid_cache(p, partial):
+            raise MmvidError(f"{p} exists but is not a cache written by `mmvid prepare` (not an HDF5 file with "
+                             f"mmvid's attributes); mmvid does not overwrite it, even with --force: choose another "
+                             f"--name or move that file")
+
+
 def fingerprint(names: list[str], params: dict[str, Any]) -> str:
     h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
     for n in names:
@@ -135,6 +176,7 @@ class CacheWriter:
                  dataset: str, force: bool = False, intensity: Intensity | None = None) -> None:
         self.path = Path(path)
         self.partial = partial_path(self.path)
+        check_cache_target(self.path)  # before --force removes the partial file or the rename replaces the cache
         from mmvid.workspace import writable_dir
 
         writable_dir(self.path.parent, "cache folder")
