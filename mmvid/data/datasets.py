@@ -48,7 +48,7 @@ KS_MMVID_PARAMS = dict(fps=1.0, num_frames=3, image_size=224, sample_rate=16000,
 # data.crop=reference to crop from; KineticSound/process_audio.py's 1024 x 128 Kaldi filterbank of the 16 kHz wav.
 KS_PARAMS = dict(KS_MMVID_PARAMS, frame_select="ogm-ge", frame_anchor="centre", frame_size="short-side",
                  image_size=360, frame_aspect=16 / 9, jpeg_quality=75, audio_feature="fbank", n_mels=128,
-                 fbank_frames=1024)
+                 fbank_frames=1024, decoder="pyav")
 # RGB + optical flow, 3 frames each at 1 fps; UCF-101 videos are 25 fps (also the rate of frame folders).
 # About half of UCF-101 has no audio track, and the paper uses RGB + flow: zero spectrograms, not skips.
 UCF_PARAMS = dict(fps=1.0, num_frames=3, image_size=224, sample_rate=22050, clip_seconds=3.0, n_fft=512, hop=353,
@@ -68,8 +68,11 @@ VGGSOUND_PARAMS = dict(fps=1.0, num_frames=3, image_size=224, sample_rate=16000,
 
 # Named bundles of prepare parameters per data set (``mmvid prepare DATASET --preset NAME``), over the source's
 # defaults; each reproduces the inputs of one reference implementation (docs/methods.md, "Reference protocol (data)").
-# CREMA-D's frames as the references read them: native 480 x 360, through OpenCV's quality-95 JPEG.
-_CREMAD_NATIVE = dict(frame_size="short-side", image_size=360, frame_aspect=4 / 3, jpeg_quality=95, frame_anchor="start")
+# CREMA-D's frames as the references read them: native 480 x 360, through OpenCV's quality-95 JPEG, decoded by
+# PyAV, whose frames equal OpenCV's exactly (decord's differ after the first on CREMA-D's VP6: 0.1 grey levels on
+# average, up to 30 at a few pixels; tests/reference/test_reference_inputs.py).
+_CREMAD_NATIVE = dict(frame_size="short-side", image_size=360, frame_aspect=4 / 3, jpeg_quality=95, frame_anchor="start",
+                      decoder="pyav")
 PRESETS: dict[str, dict[str, dict]] = {
     "cremad": {
         "mmvid": {},
@@ -81,7 +84,8 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
     # the default is OGM-GE's (KS_PARAMS); mmvid's own inputs undo each of its settings
     "kinetics-sounds": {"ogm-ge": {}, "mmvid": dict(KS_MMVID_PARAMS, frame_select="uniform", frame_size="square",
-                                                    frame_aspect=4 / 3, jpeg_quality=0, audio_feature="stft")},
+                                                    frame_aspect=4 / 3, jpeg_quality=0, audio_feature="stft",
+                                                    decoder="decord")},
 }
 
 

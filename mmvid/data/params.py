@@ -125,6 +125,6 @@ def check_prepared(cache_params: dict[str, Any], wanted: dict[str, Any], cache: 
     diff = [k for k in wanted if getattr(want, k) != getattr(have, k)]
     if diff:
         said = ", ".join(f"{k}={getattr(have, k)!r} (the recipe wants {getattr(want, k)!r})" for k in diff)
-        flags = " ".join(f"--{k.replace('_', '-')} {getattr(want, k)}" for k in diff)
+        flags = " ".join(f"--param {k}={getattr(want, k)}" for k in diff)
         raise MmvidError(f"{cache} was prepared with {said}; prepare a cache that matches "
                          f"(mmvid prepare DATASET {flags} --name NAME) and train on it with --dataset NAME")
