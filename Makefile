@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.mmvid-installed
 
-.PHONY: venv demo test test-fast bench bench-prepare bench-prepare-memory bench-loader bench-throughput bench-methods bench-proving bench-zoo clean
+.PHONY: venv demo test test-fast bench bench-prepare bench-prepare-memory bench-loader bench-inputs bench-throughput bench-methods bench-proving bench-zoo clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,9 @@ bench-prepare-memory: $(STAMP)
 
 bench-loader: $(STAMP)
 	$(PY) -m benchmarks.bench_loader
+
+bench-inputs: $(STAMP)
+	$(PY) -m benchmarks.bench_inputs
 
 bench-throughput: $(STAMP)
 	$(PY) -m benchmarks.bench_throughput

@@ -40,8 +40,8 @@ class DataConfig:
     # (scale 0.08-1) and flip per frame, drawn as the OGM-GE lineage's loaders draw them (mmvid.data.crop)
     crop: str = spec("clip", choices=("clip", "reference"))
     # Prepare parameters the cache must have been made with (e.g. {frame_select: ogm-ge}): a cache made otherwise
-    # is refused in one line when a loader opens it (mmvid.data.params.check_prepared); empty = any cache
-    prepared: dict[str, Any] = field(default_factory=dict)
+    # is refused in one line when a loader opens it (mmvid.data.params.check_prepared); none = any cache
+    prepared: dict[str, Any] | None = None
     cache_in_memory: bool = False
     cache_on_gpu: bool = False  # serve every split from tensors on the training device (mmvid.data.device_loader)
 

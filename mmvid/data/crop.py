@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-BOX_KEY = "crop_box"  # (B, 6) int64: top, left, height, width, flipped, output size
+BOX_KEY = "crop_box"  # (B, 6) int64: top, left, height, width, flipped, output size; (B, T, 6): one per frame
 
 
 REFERENCE_SCALE = (0.08, 1.0)  # torchvision RandomResizedCrop's default, which the reference loaders use
@@ -55,6 +55,8 @@ def draw_box(size: int | tuple[int, int], train: bool, crop_size: int | None, fl
     side = np.sqrt(h_img * w_img)  # exactly the side of a square frame: the draws of square frames are unchanged
     w = int(round(min(w_img, np.sqrt(scale * ratio) * side)))
     h = int(round(min(h_img, np.sqrt(scale / ratio) * side)))
+    if not random_crop:  # the whole frame, whatever its shape
+        h, w = h_img, w_img
     top, left = np.random.randint(0, h_img - h + 1), np.random.randint(0, w_img - w + 1)
     flipped = flip and np.random.rand() < 0.5
     return torch.tensor([top, left, h, w, int(flipped), crop])

@@ -113,7 +113,7 @@ def prepared_params(wanted: dict[str, Any]) -> PrepareParams:
     return PrepareParams.build(dict(wanted), {k: f"config data.prepared.{k}" for k in wanted})
 
 
-def check_prepared(cache_params: dict[str, Any], wanted: dict[str, Any], cache: str = "the cache") -> None:
+def check_prepared(cache_params: dict[str, Any], wanted: dict[str, Any] | None, cache: str = "the cache") -> None:
     """Refuse a cache whose prepare parameters differ from ``wanted`` (``data.prepared`` of a recipe): one
     line naming each parameter, the cache's value, the recipe's, and how to prepare a matching cache. A
     parameter the cache predates counts with its default (what such a cache was made with)."""
