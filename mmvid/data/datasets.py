@@ -70,7 +70,7 @@ VGGSOUND_PARAMS = dict(fps=1.0, num_frames=3, image_size=224, sample_rate=16000,
 # defaults; each reproduces the inputs of one reference implementation (docs/methods.md, "Reference protocol (data)").
 # CREMA-D's frames as the references read them: native 480 x 360, through OpenCV's quality-95 JPEG, decoded by
 # PyAV, whose frames equal OpenCV's exactly (decord's differ after the first on CREMA-D's VP6: 0.1 grey levels on
-# average, up to 30 at a few pixels; tests/reference/test_reference_inputs.py).
+# average, up to 33 at a few pixels; tests/reference/test_reference_inputs.py).
 _CREMAD_NATIVE = dict(frame_size="short-side", image_size=360, frame_aspect=4 / 3, jpeg_quality=95, frame_anchor="start",
                       decoder="pyav")
 PRESETS: dict[str, dict[str, dict]] = {
