@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.mmvid-installed
 
-.PHONY: venv demo test test-fast bench bench-prepare bench-prepare-memory bench-loader bench-throughput bench-methods bench-proving bench-zoo clean
+.PHONY: venv demo test test-fast bench bench-prepare bench-prepare-memory bench-loader bench-inputs bench-throughput bench-methods bench-proving bench-zoo clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,9 @@ bench-prepare-memory: $(STAMP)
 # OGM_GE: a clone of GeWu-Lab/OGM-GE_CVPR2022 at commit 0f64793 (its CramedDataset is the reference loader).
 bench-loader: $(STAMP)
 	$(PY) -m benchmarks.bench_loader $(if $(OGM_GE),--reference $(OGM_GE)/dataset/CramedDataset.py)
+
+bench-inputs: $(STAMP)
+	$(PY) -m benchmarks.bench_inputs
 
 bench-throughput: $(STAMP)
 	$(PY) -m benchmarks.bench_throughput

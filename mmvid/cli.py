@@ -95,13 +95,13 @@ def _from_flags(flags: dict[str, tuple[str, object]]) -> tuple[dict[str, object]
     return dict(flags.values()), {key: flag for flag, (key, value) in flags.items() if value is not None}
 
 
-def _parse_sets(items: list[str] | None) -> dict[str, str]:
+def _parse_sets(items: list[str] | None, flag: str = "--set", example: str = "optim.lr=3e-4") -> dict[str, str]:
     from mmvid.errors import MmvidError
 
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise MmvidError(f"--set {item!r} must look like key=value, e.g. --set optim.lr=3e-4")
+            raise MmvidError(f"{flag} {item!r} must look like key=value, e.g. {flag} {example}")
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -125,7 +125,7 @@ def prepare(
     test_list: Annotated[Optional[Path], typer.Option(help="Test split list (dataset's own format).")] = None,
     frames: Annotated[Optional[int], typer.Option(help="Frames per clip T.")] = None,
     fps: Annotated[Optional[float], typer.Option(help="Resample frames to this rate before picking T (0 = native).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Stored frame size (square).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Stored frame size: the side of a square, or the short side with --frame-size short-side.")] = None,
     sample_rate: Annotated[Optional[int], typer.Option(help="Audio sample rate in Hz.")] = None,
     clip_seconds: Annotated[Optional[float], typer.Option(help="Audio length in seconds (tiled or padded).")] = None,
     flow: Annotated[Optional[str], typer.Option(help="Optical flow: none | precomputed | farneback | dis.")] = None,
@@ -134,6 +134,11 @@ def prepare(
     clips: Annotated[Optional[int], typer.Option(help="Generated sets (demo, proving) only: number of clips to generate.")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Prepare only shard i/n (0-based: clips i, i+n, ...) into <name>.shard-i-of-n.h5.")] = None,
     merge: Annotated[bool, typer.Option("--merge", help="Copy the finished shards into one cache <name>.h5.")] = False,
+    preset: Annotated[Optional[str], typer.Option(help="The inputs of a reference: cremad mmvid|ogm-ge|remix; kinetics-sounds ogm-ge (default)|mmvid.")] = None,
+    frame_size: Annotated[Optional[str], typer.Option(help="Stored frames: square | short-side (aspect --param frame_aspect=W/H, default 4/3).")] = None,
+    frame_select: Annotated[Optional[str], typer.Option(help="Which 1-fps frames: uniform | ogm-ge | remix.")] = None,
+    audio_feature: Annotated[Optional[str], typer.Option(help="Audio: stft (log |STFT|) | fbank (Kaldi log-mel filterbank).")] = None,
+    param: Annotated[Optional[list[str]], typer.Option(help="Any prepare parameter as KEY=VALUE (repeatable), e.g. --param stft_pad=reflect.")] = None,
 ):
     """Decode a dataset once into the HDF5 cache [dim](<workspace>/caches/<name>.h5)[/].
 
@@ -145,16 +150,31 @@ def prepare(
       mmvid prepare vggsound --root /data/VGGSound --train-list vggsound.csv
       mmvid prepare cremad --info
       mmvid prepare kinetics-sounds --root /data/KS --shard 3/16   (then, once all 16 are done: --merge)
+      mmvid prepare cremad --root /data/CREMA-D --preset remix --name cremad-remix
     """
     from mmvid.workflows import run_prepare
 
     flags = {"--frames": ("num_frames", frames), "--fps": ("fps", fps), "--image-size": ("image_size", image_size),
              "--sample-rate": ("sample_rate", sample_rate), "--clip-seconds": ("clip_seconds", clip_seconds),
-             "--flow": ("flow", flow), "--missing-audio": ("missing_audio", missing_audio)}
+             "--flow": ("flow", flow), "--missing-audio": ("missing_audio", missing_audio),
+             "--frame-size": ("frame_size", frame_size), "--frame-select": ("frame_select", frame_select),
+             "--audio-feature": ("audio_feature", audio_feature)}
     params, labels = _from_flags(flags)
+    from dataclasses import fields
+
+    from mmvid.data.params import PrepareParams
+    from mmvid.errors import MmvidError
+
+    known = [f.name for f in fields(PrepareParams)]
+    for key, value in _parse_sets(param, "--param", "stft_pad=reflect").items():
+        if key not in known:
+            raise MmvidError(f"--param {key}={value}: unknown prepare parameter {key!r}; valid: {', '.join(known)}")
+        if params.get(key) is not None:
+            raise MmvidError(f"--param {key}={value} repeats a prepare option given by its own flag; give it once")
+        params[key], labels[key] = value, f"--param {key}"
     run_prepare(console, _ws(workspace), dataset, root=root, name=name, workers=workers, force=force, info=info,
                 split=split, train_list=train_list, test_list=test_list, seed=seed, clips=clips,
-                params=params, labels=labels, shard=shard, merge=merge)
+                params=params, labels=labels, shard=shard, merge=merge, preset=preset)
 
 
 # ----------------------------------------------------------------------------- train

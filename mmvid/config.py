@@ -42,6 +42,12 @@ class DataConfig:
     crop_size: int | None = spec(None, ge=1, le=8192)  # train random-resized-crop / test resize; None = cache image size
     random_crop: bool = True  # train-time random resized crop (scale 0.5-1) of frames/flow
     flip: bool = True
+    # clip: one crop (scale 0.5-1) and flip per clip, shared by its frames (mmvid); reference: one RandomResizedCrop
+    # (scale 0.08-1) and flip per frame, drawn as the OGM-GE lineage's loaders draw them (mmvid.data.crop)
+    crop: str = spec("clip", choices=("clip", "reference"))
+    # Prepare parameters the cache must have been made with (e.g. {frame_select: ogm-ge}): a cache made otherwise
+    # is refused in one line when a loader opens it (mmvid.data.params.check_prepared); none = any cache
+    prepared: dict[str, Any] | None = None
     cache_in_memory: bool = False
     cache_on_gpu: bool = False  # serve every split from tensors on the training device (mmvid.data.device_loader)
 
@@ -276,6 +282,10 @@ def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str,
             _set_from(cfg, key, value, f" (given by {sources[key]})" if sources and key in sources else "")
     check_dataclass(cfg, "config ")
     check_aux_loss(cfg)
+    if cfg.data.prepared:  # each key a prepare parameter with a value it accepts, before anything runs
+        from mmvid.data.params import prepared_params  # no heavy import: the parameters' declarations only
+
+        prepared_params(cfg.data.prepared)
     return cfg
 
 

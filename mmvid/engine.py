@@ -40,6 +40,7 @@ from mmvid.augment.bmm import imbalance
 from mmvid.config import CACHE_KEY, TrainConfig, config_from_dict, save_config
 from mmvid.data.cache import CacheInfo, read_info
 from mmvid.data.dataset import INTENSITY_KEY, CacheDataset, check_finite_inputs, finish_batch
+from mmvid.data.params import check_prepared
 from mmvid.data.sources import stratified_split
 from mmvid.errors import Interrupted, MmvidError
 from mmvid.models.classifier import MultimodalClassifier, build_model
@@ -138,12 +139,13 @@ def make_loader(info: CacheInfo, rows: np.ndarray, cfg: TrainConfig, train: bool
     given (the training loop), a DeviceLoader serving the rows from tensors already on ``device``.
     ``intensity``: batches also carry each clip's intensity target (``INTENSITY_KEY``; the cache's levels)."""
     on_device = cfg.data.cache_on_gpu and device is not None
+    check_prepared(info.params, cfg.data.prepared, f"cache {info.path}")
     targets = info.intensity.targets(info.labels, rows) if intensity and info.intensity is not None else None
     ds = CacheDataset(info.path, rows, cfg.data.modalities, train=train, crop_size=cfg.data.crop_size,
                       flip=cfg.data.flip, random_crop=cfg.data.random_crop,
                       flow_bound=float(info.params.get("flow_bound", 20.0)), in_memory=cfg.data.cache_in_memory or on_device,
                       crop_in_loader=not (cfg.device != "cpu" and torch.cuda.is_available()),  # mmvid.data.crop: why
-                      intensity=targets)
+                      intensity=targets, crop=cfg.data.crop)
     shuffle = (train if shuffle is None else shuffle) and sampler is None
     if on_device:
         from mmvid.data.device_loader import DeviceLoader

@@ -59,8 +59,9 @@ def _as_int(value: Any) -> Any:
 def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name: str | None = None, workers: int | str = "auto",
                 force: bool = False, info: bool = False, params: dict[str, Any] | None = None, progress: bool = True,
                 labels: dict[str, str] | None = None, shard: str | None = None, merge: bool = False,
-                **source_kwargs) -> Path:
-    """``params`` override the source's cache parameters (None = the source's value; ``fps`` 0 = native);
+                preset: str | None = None, **source_kwargs) -> Path:
+    """``params`` override the source's cache parameters (None = the source's value; ``fps`` 0 = native), and
+    ``preset`` (mmvid.data.datasets.PRESETS: the inputs of a reference implementation) lies between the two;
     ``labels`` name the CLI flag of each (for errors). Every value is checked before any source is listed.
     ``shard`` ``"i/n"`` prepares clips i, i + n, ... into ``<name>.shard-<i>-of-<n>.h5``; ``merge`` copies
     finished shards into ``<name>.h5`` (mmvid.data.shards)."""
@@ -107,6 +108,9 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
 
         return _prepare_summary(console, cache, report, classes=read_info(cache).num_classes, what="merged shards into")
     make_source = get_source(dataset)  # first: registers every source, and rejects an unknown name
+    from mmvid.data.datasets import preset_params
+
+    preset_params(dataset, preset)  # an unknown preset fails before the source is listed
     generated = dataset in GENERATED
     if generated and root is None:
         root = ws / "raw" / dataset
@@ -114,7 +118,7 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
     if generated and "clips" in source_kwargs:
         source_kwargs["n_clips"] = source_kwargs.pop("clips")
     src = make_source(root=root, **source_kwargs)
-    p = PrepareParams.build({**src.params, **given}, labels)
+    p = PrepareParams.build({**src.params, **preset_params(dataset, preset), **given}, labels)
     attrs = None
     if part:
         from dataclasses import asdict

@@ -101,3 +101,30 @@ def test_test_time_resize_is_a_box_over_the_whole_image():
     area = (boxes[:, 2] * boxes[:, 3]).float() / 32 ** 2
     assert area.min() >= 0.45 and area.max() <= 1.0 and (boxes[:, 5] == 24).all()
     assert 0.3 < boxes[:, 4].float().mean() < 0.7
+
+
+def test_boxes_of_rectangular_frames_stay_inside_and_keep_the_whole_frame_when_asked():
+    """Frames kept at their aspect (prepare --frame-size short-side): clip crops keep scale 0.5-1 of the area and
+    stay inside; no random crop means the whole frame; test time resizes the whole frame to a square."""
+    assert draw_box((36, 48), False, None, True, True).tolist() == [0, 0, 36, 48, 0, 36]
+    np.random.seed(1)
+    assert all(draw_box((36, 48), True, 24, False, False).tolist() == [0, 0, 36, 48, 0, 24] for _ in range(5))
+    boxes = torch.stack([draw_box((36, 48), True, 24, True, True) for _ in range(300)])
+    top, left, h, w = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    assert ((top + h) <= 36).all() and ((left + w) <= 48).all() and (h >= 1).all() and (w >= 1).all()
+    area = (h * w).float() / (36 * 48)
+    assert area.min() >= 0.4 and area.max() <= 1.0
+
+
+def test_per_frame_boxes_crop_each_frame_by_its_own_box():
+    from mmvid.data.crop import crop_clip
+
+    x = torch.rand(2, 3, 3, 30, 40)
+    boxes = torch.tensor([[[0, 0, 30, 40, 0, 16], [5, 6, 10, 12, 1, 16], [2, 3, 20, 20, 0, 16]],
+                          [[1, 1, 8, 9, 1, 16], [0, 0, 30, 40, 1, 16], [10, 20, 20, 20, 0, 16]]])
+    batched = resized_crop_batch(x, boxes)
+    ref = torch.stack([torch.stack([per_clip(x[b, t:t + 1], boxes[b, t])[0] for t in range(3)]) for b in range(2)])
+    assert batched.shape == (2, 3, 3, 16, 16) and torch.allclose(batched, ref, atol=1e-5)
+    xu = (x * 255).round().to(torch.uint8)
+    per_item = torch.stack([crop_clip({"video": xu[b]}, boxes[b])["video"] for b in range(2)]).float()
+    assert (per_item - resized_crop_batch(xu, boxes)).abs().max() <= 1.0 + 1e-4

@@ -146,9 +146,10 @@ def test_bad_files_are_reported_and_skipped(shared_data, tmp_path):
     info = read_info(cache)
     ok = [n for n, s in zip(info.names, info.status) if s == 1]
     assert sorted(ok) == ["chaplin", "nasa_13013"] and int(info.attrs["num_failed"]) == 5
-    # --missing-audio zeros keeps the silent clip with the log of silence as its spectrogram
+    # --missing-audio zeros keeps the silent clip with the log of silence as its spectrogram (mmvid's STFT inputs;
+    # the data set's default is OGM-GE's filterbank, whose silence tests/reference/test_reference_inputs.py checks)
     cache = run_prepare(QUIET, tmp_path / "ws", "kinetics-sounds", root=root, train_list=tr, test_list=te, name="ks0",
-                        progress=False, params={**params, "missing_audio": "zeros"})
+                        progress=False, params={**params, "missing_audio": "zeros"}, preset="mmvid")
     info = read_info(cache)
     i = info.names.index("mmaction2_test_noaudio")
     assert info.status[i] == 1

@@ -174,7 +174,8 @@ def test_valid_edge_values_are_accepted():
 # ----------------------------------------------------------------------------- prepare
 
 PREPARE_FLAGS = {"--frames": "num_frames", "--fps": "fps", "--image-size": "image_size", "--sample-rate": "sample_rate",
-                 "--clip-seconds": "clip_seconds", "--flow": "flow", "--missing-audio": "missing_audio"}
+                 "--clip-seconds": "clip_seconds", "--flow": "flow", "--missing-audio": "missing_audio",
+                 "--frame-size": "frame_size", "--frame-select": "frame_select", "--audio-feature": "audio_feature"}
 PARAM_FIELDS = {key: (f, tp) for key, f, tp in walk_fields(PrepareParams)}
 
 
@@ -201,6 +202,12 @@ def test_prepare_flags_reject_bad_values_before_any_work(tmp_path, flag, value, 
     (["--clips", "-3"], ["--clips=-3", "[10, 1000000]"]),
     (["--seed", "-1"], ["--seed=-1", "[0, 4294967295]"]),
     (["--workers", "0"], ["--workers=0", "[1, 1024]"]),
+    (["--param", "jpeg_quality=101"], ["--param jpeg_quality=", "[0, 100]"]),
+    (["--param", "stft_pad=edge"], ["--param stft_pad=", "constant, reflect"]),
+    (["--param", "stft_padd=reflect"], ["unknown prepare parameter 'stft_padd'", "stft_pad"]),
+    (["--param", "reflect"], ["--param 'reflect' must look like key=value"]),
+    (["--frame-select", "remix", "--param", "frame_select=remix"], ["repeats a prepare option"]),
+    (["--preset", "remix"], ["--preset 'remix' is not valid", "demo has no presets"]),
 ])
 def test_prepare_own_options(tmp_path, args, needles):
     one_error_line(runner.invoke(app, ["prepare", "demo", "-w", str(tmp_path), *args]), *needles)

@@ -347,12 +347,11 @@ class CacheInfo:
 
 def expected_shapes(params: dict[str, Any], modalities: list[str]) -> dict[str, tuple[int, ...]]:
     """Per-clip shape of each stored modality implied by the prepare parameters (the attributes)."""
-    from mmvid.data.features import spectrogram_shape
+    from mmvid.data.features import audio_shape
+    from mmvid.data.params import frame_hw
 
-    t, s = int(params["num_frames"]), int(params["image_size"])
-    known = {"frames": (t, s, s, 3), "flow": (t, s, s, 2),
-             "spectrogram": spectrogram_shape(int(params["sample_rate"]), float(params["clip_seconds"]),
-                                              int(params["n_fft"]), int(params["hop"]))}
+    t, (h, w) = int(params["num_frames"]), frame_hw(params)
+    known = {"frames": (t, h, w, 3), "flow": (t, h, w, 2), "spectrogram": audio_shape(params)}
     return {m: tuple(known[m]) for m in modalities if m in known}
 
 

@@ -6,6 +6,12 @@ int64 row under ``BOX_KEY``, and ``resized_crop_batch`` applies them to the whol
 reached the device (``dataset.finish_batch``): one random resized crop and one horizontal flip per clip,
 shared by its frames, or the test-time resize.
 
+``data.crop: reference`` draws instead one box per frame (``draw_frame_boxes``; rows (T, 6)) as the
+OGM-GE lineage's loaders do: torchvision's ``RandomResizedCrop`` parameters (area scale U(0.08, 1),
+``RandomResizedCrop.get_params``, from torch's generator) and a flip ``torch.rand(1) < 0.5``, frame by
+frame in that order, so that equal torch seeds give the reference's draws; at test time every frame is
+resized whole to ``crop x crop``, as ``Resize((224, 224))`` does.
+
 The resampling is torchvision's ``resized_crop(..., antialias=True)`` (bilinear, antialiased when
 shrinking: PyTorch's separable ``_upsample_bilinear2d_aa`` filter), computed as K-tap gathers along
 rows, then columns, with per-clip indices and weights; a flip reverses the column taps. On float input
@@ -22,23 +28,73 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-BOX_KEY = "crop_box"  # (B, 6) int64: top, left, height, width, flipped, output size
+BOX_KEY = "crop_box"  # (B, 6) int64: top, left, height, width, flipped, output size; (B, T, 6): one per frame
 
 
-def draw_box(size: int, train: bool, crop_size: int | None, flip: bool, random_crop: bool) -> torch.Tensor | None:
+REFERENCE_SCALE = (0.08, 1.0)  # torchvision RandomResizedCrop's default, which the reference loaders use
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def draw_box(size: int | tuple[int, int], train: bool, crop_size: int | None, flip: bool,
+             random_crop: bool) -> torch.Tensor | None:
     """One clip's box, drawn as torchvision's RandomResizedCrop does (area scale U(0.5, 1), log-uniform
     aspect ratio in [3/4, 4/3], sides clipped to the image, a uniform position), then a flip with
-    probability 1/2; None when nothing is to be done (test time at the cache's own size)."""
-    crop = crop_size or size
+    probability 1/2; None when nothing is to be done (test time at the cache's own square size).
+    ``size``: the frame's side, or (height, width); the output is ``crop_size`` square (default: the
+    frame's short side)."""
+    h_img, w_img = _hw(size)
+    crop = crop_size or min(h_img, w_img)
     if not train:
-        return None if crop == size else torch.tensor([0, 0, size, size, 0, crop])
+        return None if crop == h_img == w_img else torch.tensor([0, 0, h_img, w_img, 0, crop])
     scale = np.random.uniform(0.5, 1.0) if random_crop else 1.0
     ratio = np.exp(np.random.uniform(np.log(3 / 4), np.log(4 / 3))) if random_crop else 1.0
-    w = int(round(min(size, np.sqrt(scale * ratio) * size)))
-    h = int(round(min(size, np.sqrt(scale / ratio) * size)))
-    top, left = np.random.randint(0, size - h + 1), np.random.randint(0, size - w + 1)
+    side = np.sqrt(h_img * w_img)  # exactly the side of a square frame: the draws of square frames are unchanged
+    w = int(round(min(w_img, np.sqrt(scale * ratio) * side)))
+    h = int(round(min(h_img, np.sqrt(scale / ratio) * side)))
+    if not random_crop:  # the whole frame, whatever its shape
+        h, w = h_img, w_img
+    top, left = np.random.randint(0, h_img - h + 1), np.random.randint(0, w_img - w + 1)
     flipped = flip and np.random.rand() < 0.5
     return torch.tensor([top, left, h, w, int(flipped), crop])
+
+
+def draw_frame_boxes(size: int | tuple[int, int], frames: int, train: bool, crop_size: int | None, flip: bool,
+                     random_crop: bool) -> torch.Tensor:
+    """(T, 6) boxes of ``data.crop: reference``: for each frame in turn, torchvision's
+    ``RandomResizedCrop(crop, scale=(0.08, 1))`` parameters (``get_params``, torch's generator: up to 10
+    tries of area scale and log-uniform ratio, then a central fallback) and ``RandomHorizontalFlip``'s
+    ``torch.rand(1) < 0.5``, the order of ``transforms.Compose([RandomResizedCrop(224),
+    RandomHorizontalFlip(), ...])`` applied frame by frame. Test time: the whole frame resized to
+    ``crop x crop`` (``Resize((224, 224))``). ``random_crop=False`` keeps the whole frame, ``flip=False``
+    draws no flip."""
+    from torchvision.transforms import RandomResizedCrop
+
+    h_img, w_img = _hw(size)
+    crop = crop_size or min(h_img, w_img)
+    rows = []
+    for _ in range(frames):
+        top, left, h, w = 0, 0, h_img, w_img
+        flipped = False
+        if train:
+            if random_crop:
+                top, left, h, w = RandomResizedCrop.get_params(torch.empty(0, h_img, w_img), list(REFERENCE_SCALE),
+                                                               list(CROP_RATIO))
+            flipped = flip and bool(torch.rand(1) < 0.5)
+        rows.append([top, left, h, w, int(flipped), crop])
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+def draw_clip(size: int | tuple[int, int], frames: int, train: bool, crop_size: int | None, flip: bool,
+              random_crop: bool, mode: str = "clip") -> torch.Tensor | None:
+    """A clip's ``BOX_KEY`` value under ``data.crop``: ``clip`` (one box, ``draw_box``) or ``reference``
+    (one per frame, ``draw_frame_boxes``)."""
+    if mode == "reference":
+        return draw_frame_boxes(size, frames, train, crop_size, flip, random_crop)
+    return draw_box(size, train, crop_size, flip, random_crop)
 
 
 def resample_taps(start: torch.Tensor, length: torch.Tensor, out: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,8 +136,11 @@ def _gather_sum(x: torch.Tensor, dim: int, idx: torch.Tensor, w: torch.Tensor) -
 
 def resized_crop_batch(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """x (B, ..., H, W) uint8 or float -> float (B, ..., S, S): clip b's box ``boxes[b]`` (``BOX_KEY`` rows)
-    resized to S = boxes[:, 5] (one size per batch) and, where boxes[b, 4], flipped left-right."""
+    resized to S = boxes[:, 5] (one size per batch) and, where boxes[b, 4], flipped left-right.
+    Per-frame boxes (B, T, 6) (``data.crop: reference``) apply to x (B, T, ..., H, W) frame by frame."""
     boxes = boxes.cpu()
+    if boxes.dim() == 3:
+        return resized_crop_batch(x.flatten(0, 1), boxes.flatten(0, 1)).unflatten(0, tuple(boxes.shape[:2]))
     size = int(boxes[0, 5])
     rows, rw = resample_taps(boxes[:, 0], boxes[:, 2], size)
     cols, cw = resample_taps(boxes[:, 1], boxes[:, 3], size)
@@ -96,17 +155,25 @@ def resized_crop_batch(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 
 def flip_flow_u(flow: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """A mirrored flow field points the other way: negate u (channel 0 of (B, T, 2, S, S)) of flipped clips."""
-    sign = 1.0 - 2.0 * boxes[:, 4].to(flow.device, flow.dtype)
-    flow[:, :, 0] *= sign[:, None, None, None]
+    """A mirrored flow field points the other way: negate u (channel 0 of (B, T, 2, S, S)) of flipped clips
+    (of flipped frames, with per-frame boxes (B, T, 6))."""
+    sign = 1.0 - 2.0 * boxes[..., 4].to(flow.device, flow.dtype)
+    flow[:, :, 0] *= (sign[:, None] if sign.dim() == 1 else sign)[..., None, None]
     return flow
 
 
 def crop_clip(out: dict[str, torch.Tensor], box: torch.Tensor) -> dict[str, torch.Tensor]:
     """One clip's video (T, 3, S, S) uint8 / flow (T, 2, S, S): ``box`` applied at once with torchvision's
-    resized_crop (its uint8 kernel rounds to uint8: within one level of ``resized_crop_batch``)."""
+    resized_crop (its uint8 kernel rounds to uint8: within one level of ``resized_crop_batch``), or, with
+    per-frame boxes (T, 6), each frame's own."""
     import torchvision.transforms.v2.functional as TF
 
+    if box.dim() == 2:
+        frames = [crop_clip({m: out[m][t:t + 1] for m in ("video", "flow") if m in out}, b) for t, b in enumerate(box)]
+        for m in ("video", "flow"):
+            if m in out:
+                out[m] = torch.cat([f[m] for f in frames])
+        return out
     top, left, h, w, flipped, size = box.tolist()
     for m in ("video", "flow"):
         if m in out:

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from mmvid.config import CACHE_KEY
 from mmvid.data.cache import READ_ERRORS, damaged, nonfinite_rows, read_error
-from mmvid.data.crop import BOX_KEY, crop_clip, draw_box, flip_flow_u, resized_crop_batch
+from mmvid.data.crop import BOX_KEY, crop_clip, draw_clip, flip_flow_u, resized_crop_batch
 
 # A batch's per-clip intensity targets (B,) float32 when the loader was asked for them (``CacheDataset(intensity=)``);
 # not a modality: the engine takes it out of the batch before the model sees it (engine.train_step).
@@ -101,13 +101,16 @@ class CacheDataset(Dataset):
     parameters (``BOX_KEY``; frames stay at the cache's size), and ``finish_batch`` applies them
     batched on the device; with ``crop_in_loader`` (training on the CPU) the item is cropped at once.
     ``intensity`` (len(indices),): each row's intensity target, carried under ``INTENSITY_KEY``.
+    ``crop="reference"``: one crop (scale 0.08-1) and flip per frame instead (mmvid.data.crop.draw_frame_boxes).
     """
 
     def __init__(self, path: str | Path, indices: np.ndarray, modalities: list[str], train: bool = False,
                  crop_size: int | None = None, flip: bool = True, random_crop: bool = True, flow_bound: float = 20.0,
-                 in_memory: bool = False, crop_in_loader: bool = False, intensity: np.ndarray | None = None) -> None:
+                 in_memory: bool = False, crop_in_loader: bool = False, intensity: np.ndarray | None = None,
+                 crop: str = "clip") -> None:
         self.path = str(path)
         self.intensity = None if intensity is None else np.asarray(intensity, dtype=np.float32)
+        self.crop = crop
         self.crop_in_loader = crop_in_loader
         self.indices = np.asarray(indices, dtype=np.int64)
         self.modalities = list(modalities)
@@ -171,7 +174,7 @@ class CacheDataset(Dataset):
         return out, int(self.labels[i])
 
     def _spatial(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = spatial_transform(out, self.train, self.crop_size, self.flip, self.random_crop)
+        out = spatial_transform(out, self.train, self.crop_size, self.flip, self.random_crop, self.crop)
         return crop_clip(out, out.pop(BOX_KEY)) if self.crop_in_loader and BOX_KEY in out else out
 
 
@@ -183,15 +186,18 @@ def to_tensors(raw: dict[str, np.ndarray | torch.Tensor], flow_bound: float) -> 
 
 
 def spatial_transform(out: dict[str, torch.Tensor], train: bool, crop_size: int | None, flip: bool,
-                      random_crop: bool) -> dict[str, torch.Tensor]:
-    """One clip's video (T, 3, S, S) / flow (T, 2, S, S): draw its train-time crop and flip, or its test-time
-    resize, as a ``BOX_KEY`` row that ``finish_batch`` applies to the whole batch on the device.
+                      random_crop: bool, crop: str = "clip") -> dict[str, torch.Tensor]:
+    """One clip's video (T, 3, H, W) / flow (T, 2, H, W): draw its train-time crop and flip, or its test-time
+    resize, as a ``BOX_KEY`` row (``crop="reference"``: one row per frame) that ``finish_batch`` applies to
+    the whole batch on the device.
 
-    The draws use numpy's global generator (seeded, resumable), in the order they always had.
+    ``clip`` draws from numpy's global generator (seeded, resumable), in the order they always had;
+    ``reference`` from torch's, as torchvision's transforms in the reference loaders do.
     """
     visual = [m for m in out if m in ("video", "flow")]
     if visual:
-        box = draw_box(out[visual[0]].shape[-1], train, crop_size, flip, random_crop)
+        x = out[visual[0]]
+        box = draw_clip(tuple(x.shape[-2:]), x.shape[-4], train, crop_size, flip, random_crop, crop)
         if box is not None:
             out[BOX_KEY] = box
     return out

@@ -51,13 +51,21 @@ CREMAD_INTENSITY = IntensityScale(
     table=[[0.0 if c == "NEU" else CREMAD_LEVEL_TARGET[lv] for lv in CREMAD_LEVELS] for c in CREMAD_CLASSES])
 # Paper protocol (OGM-GE loader): 1 fps, 2 frames; 22,050 Hz tiled to 3 s; n_fft 512, hop 353 -> 257 x 188.
 CREMAD_PARAMS = dict(fps=1.0, num_frames=2, image_size=224, sample_rate=22050, clip_seconds=3.0, n_fft=512, hop=353)
-# 1 fps over the 10 s clips, 3 frames; librosa log-STFT of 10 s at 16 kHz (n_fft 512, hop 353 -> 257 x 454).
-KS_PARAMS = dict(fps=1.0, num_frames=3, image_size=224, sample_rate=16000, clip_seconds=10.0, n_fft=512, hop=353)
+# mmvid's own Kinetics-Sounds inputs (preset ``mmvid``): 1 fps over the 10 s clips, 3 frames at the centres of
+# 3 equal segments (1.5, 5.5, 8.5 s), 224 x 224; librosa log-STFT of 10 s at 16 kHz (n_fft 512, hop 353 -> 257 x 454).
+KS_MMVID_PARAMS = dict(fps=1.0, num_frames=3, image_size=224, sample_rate=16000, clip_seconds=10.0, n_fft=512, hop=353)
+# OGM-GE's Kinetics-Sounds inputs, the default (docs/methods.md, "Reference protocol (data)"): its 1-fps folders
+# (video2frame-1fps.py: the frame at the centre of each second, written by imageio as a quality-75 JPEG) and
+# dataset/dataset.py's files t = 3i + 1 (the seconds 0, 3, 6, i.e. 0.5, 3.5 and 6.5 s), kept at 640 x 360 for
+# data.crop=reference to crop from; KineticSound/process_audio.py's 1024 x 128 Kaldi filterbank of the 16 kHz wav.
+KS_PARAMS = dict(KS_MMVID_PARAMS, frame_select="ogm-ge", frame_anchor="centre", frame_size="short-side",
+                 image_size=360, frame_aspect=16 / 9, jpeg_quality=75, audio_feature="fbank", n_mels=128,
+                 fbank_frames=1024, decoder="pyav")
 # RGB + optical flow, 3 frames each at 1 fps; UCF-101 videos are 25 fps (also the rate of frame folders).
 # About half of UCF-101 has no audio track, and the paper uses RGB + flow: zero spectrograms, not skips.
 UCF_PARAMS = dict(fps=1.0, num_frames=3, image_size=224, sample_rate=22050, clip_seconds=3.0, n_fft=512, hop=353,
                   frames_fps=25.0, missing_audio="zeros")
-FOLDER_PARAMS = dict(KS_PARAMS)
+FOLDER_PARAMS = dict(KS_MMVID_PARAMS)
 # AVE as OGM-GE prepares it (pre-processing/AVE&CREMAD/video2frame-1fps.py: 10 frames at 1 fps, of which
 # dataset/dataset.py takes 3; pre-processing/obtain_audio_spectrogram.py: librosa.load at its default
 # 22,050 Hz (the sr=16000 argument is unused), tiled and cut to 160,000 samples = 7.26 s, nperseg 512,
@@ -68,6 +76,41 @@ AVE_PARAMS = dict(fps=1.0, num_frames=3, image_size=224, sample_rate=22050, clip
 # n_fft 256, hop 128 -> 129 x 626; main.py: --fps 1, --use_video_frames 3). Its window starts at a random
 # point of the first 5 s on every read; the cache keeps the first 5 s.
 VGGSOUND_PARAMS = dict(fps=1.0, num_frames=3, image_size=224, sample_rate=16000, clip_seconds=5.0, n_fft=256, hop=128)
+
+
+# Named bundles of prepare parameters per data set (``mmvid prepare DATASET --preset NAME``), over the source's
+# defaults; each reproduces the inputs of one reference implementation (docs/methods.md, "Reference protocol (data)").
+# CREMA-D's frames as the references read them: native 480 x 360, through OpenCV's quality-95 JPEG, decoded by
+# PyAV, whose frames equal OpenCV's exactly (decord's differ after the first on CREMA-D's VP6: 0.1 grey levels on
+# average, up to 33 at a few pixels; tests/reference/test_reference_inputs.py).
+_CREMAD_NATIVE = dict(frame_size="short-side", image_size=360, frame_aspect=4 / 3, jpeg_quality=95, frame_anchor="start",
+                      decoder="pyav")
+PRESETS: dict[str, dict[str, dict]] = {
+    "cremad": {
+        "mmvid": {},
+        # OGM-GE: one frame, the first of its 1-fps folder (video_preprocessing.py keeps frame k * int(fps));
+        # the audio of the librosa it ran in 2022 (reflect padding, kaiser_best resampling of the 16 kHz wav).
+        "ogm-ge": dict(_CREMAD_NATIVE, num_frames=1, frame_select="ogm-ge", stft_pad="reflect", resample="kaiser_best"),
+        # Remix (Data Remixing): two frames, at 0 s and 1 s of a 1-fps folder; librosa >= 0.10's audio.
+        "remix": dict(_CREMAD_NATIVE, num_frames=2, frame_select="remix"),
+    },
+    # the default is OGM-GE's (KS_PARAMS); mmvid's own inputs undo each of its settings
+    "kinetics-sounds": {"ogm-ge": {}, "mmvid": dict(KS_MMVID_PARAMS, frame_select="uniform", frame_size="square",
+                                                    frame_aspect=4 / 3, jpeg_quality=0, audio_feature="stft",
+                                                    decoder="decord")},
+}
+
+
+def preset_params(dataset: str, preset: str | None) -> dict:
+    """The prepare parameters ``--preset`` sets for ``dataset`` (over its source's defaults); one line when
+    the data set has no such preset."""
+    if preset is None:
+        return {}
+    known = PRESETS.get(dataset, {})
+    if preset not in known:
+        have = f"{dataset}'s presets: {', '.join(known)}" if known else f"{dataset} has no presets"
+        raise MmvidError(f"--preset {preset!r} is not valid; {have}")
+    return dict(known[preset])
 
 
 # ----------------------------------------------------------------------------- helpers

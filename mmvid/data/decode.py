@@ -70,24 +70,53 @@ def probe(path: str | Path) -> Probe:
         raise DecodeError(f"unreadable container: {_first_line(e)}") from None
 
 
-def select_indices(num_frames: int, native_fps: float, num_out: int, sample_fps: float | None) -> np.ndarray:
+def select_indices(num_frames: int, native_fps: float, num_out: int, sample_fps: float | None,
+                   select: str = "uniform", anchor: str = "centre") -> np.ndarray:
     """Frame indices for a constant-rate clip: the frames shown at ``select_times`` (see there)."""
     if num_frames <= 0:
         raise DecodeError("clip has no frames")
     if not (sample_fps and native_fps > 0):
-        return select_from_times(np.arange(num_frames, dtype=np.float64), num_out, None)
-    return select_from_times(np.arange(num_frames) / native_fps, num_out, sample_fps)
+        return select_from_times(np.arange(num_frames, dtype=np.float64), num_out, None, select, anchor)
+    return select_from_times(np.arange(num_frames) / native_fps, num_out, sample_fps, select, anchor)
 
 
-def select_from_times(times: np.ndarray, num_out: int, sample_fps: float | None) -> np.ndarray:
+def pick_candidates(n: int, num_out: int, select: str = "uniform") -> np.ndarray:
+    """Which ``num_out`` of ``n`` candidate frames (one per 1/fps period, in time order) a clip keeps.
+
+    * ``uniform`` (mmvid): the centre of each of ``num_out`` equal segments, floor((i + 0.5) n / T).
+    * ``ogm-ge``: i * floor(n / T), OGM-GE's ``dataset/dataset.py`` (Kinetics-Sounds, AVE: ``t = seg * i + 1``
+      of 1-based file names); with T = 1 the first frame, the one ``CramedDataset`` reads (its
+      ``select_index`` is drawn but unused, and it opens ``image_samples[0]``).
+    * ``remix``: min(i * seg + floor(seg / 2), n - 1) with seg = floor(n / T), Remix's ``AV_CD_Dataset``
+      at test time. (In training it draws a random index of each segment every epoch, which a cache of
+      fixed frames cannot; on CREMA-D's 2-3 one-second frames with T = 2 each segment is one frame, so
+      both give frames 0 and 1.)
+
+    Fewer candidates than ``num_out`` repeat frames, as each reference's index rule does.
+    """
+    i = np.arange(num_out)
+    if select == "uniform":
+        pick = ((i + 0.5) * n / num_out).astype(np.int64)
+    elif select == "ogm-ge":
+        pick = i * (n // num_out)
+    elif select == "remix":
+        seg = n // num_out
+        pick = i * seg + seg // 2
+    else:
+        raise ValueError(f"unknown frame selection {select!r}")
+    return np.minimum(pick, n - 1)
+
+
+def select_from_times(times: np.ndarray, num_out: int, sample_fps: float | None, select: str = "uniform",
+                      anchor: str = "centre") -> np.ndarray:
     """Indices of ``num_out`` frames given each frame's presentation time in seconds (n,), increasing.
 
-    The clip is resampled to ``sample_fps`` (1 fps in the paper): second k keeps the frame shown at
-    its centre (k + 0.5) / sample_fps, i.e. the last frame whose time is <= that instant, so a
-    variable-rate clip is sampled by time, not by frame count. ``num_out`` of these candidates are
-    then picked uniformly, the centre of each of ``num_out`` equal segments (deterministic, as the
-    reference implementations do at test time). Clips with fewer candidates repeat frames.
-    ``sample_fps=None`` keeps every frame as a candidate.
+    The clip is resampled to ``sample_fps`` (1 fps in the paper): period k keeps the frame shown at its
+    centre (k + 0.5) / sample_fps (``anchor="centre"``) or at its start k / sample_fps (``"start"``), i.e.
+    the last frame whose time is <= that instant, so a variable-rate clip is sampled by time, not by frame
+    count. ``num_out`` of these candidates are then picked by ``select`` (``pick_candidates``;
+    deterministic, as the reference implementations are at test time). Clips with fewer candidates
+    repeat frames. ``sample_fps=None`` keeps every frame as a candidate.
     """
     n = len(times)
     if n <= 0:
@@ -96,12 +125,12 @@ def select_from_times(times: np.ndarray, num_out: int, sample_fps: float | None)
         t = np.asarray(times, dtype=np.float64)
         step = float(np.median(np.diff(t))) if n > 1 else 1.0 / sample_fps
         duration = t[-1] - t[0] + step
-        centres = t[0] + (np.arange(max(int(np.ceil(duration * sample_fps - 1e-9)), 1)) + 0.5) / sample_fps
-        candidates = np.unique(np.clip(np.searchsorted(t, centres + 1e-9, side="right") - 1, 0, n - 1))
+        offset = 0.5 if anchor == "centre" else 0.0
+        instants = t[0] + (np.arange(max(int(np.ceil(duration * sample_fps - 1e-9)), 1)) + offset) / sample_fps
+        candidates = np.unique(np.clip(np.searchsorted(t, instants + 1e-9, side="right") - 1, 0, n - 1))
     else:
         candidates = np.arange(n)
-    pick = (np.arange(num_out) + 0.5) * len(candidates) / num_out
-    return candidates[np.minimum(pick.astype(np.int64), len(candidates) - 1)]
+    return candidates[pick_candidates(len(candidates), num_out, select)]
 
 
 def frame_times(raw: np.ndarray | list, fps: float) -> np.ndarray:
@@ -124,29 +153,37 @@ def _info(n: int, fps: float, times: np.ndarray, backend: str, idx: np.ndarray) 
     return VideoInfo(n, fps, float(times.max() - times.min()) + (1 / fps if fps else 0.0), backend, idx)
 
 
-def _decord_reader(path: Path, size: int | None):
+def _hw(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """A frame size as (height, width): an int is a square; None keeps the native size."""
+    if not size:
+        return None
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+
+
+def _decord_reader(path: Path, size: int | tuple[int, int] | None):
     import decord
 
-    if size:
-        return decord.VideoReader(str(path), width=size, height=size, num_threads=1)
+    hw = _hw(size)
+    if hw:
+        return decord.VideoReader(str(path), width=hw[1], height=hw[0], num_threads=1)
     return decord.VideoReader(str(path), num_threads=1)
 
 
-def _decord_frames(path: Path, num_out: int, sample_fps: float | None, size: int | None,
-                   offsets: tuple[int, ...]) -> tuple[np.ndarray, VideoInfo]:
+def _decord_frames(path: Path, num_out: int, sample_fps: float | None, size: int | tuple[int, int] | None,
+                   offsets: tuple[int, ...], select: str = "uniform", anchor: str = "centre") -> tuple[np.ndarray, VideoInfo]:
     vr = _decord_reader(path, size)
     n, fps = len(vr), float(vr.get_avg_fps())
     if n <= 0:
         raise DecodeError("clip has no frames")
     times = frame_times(vr.get_frame_timestamp(np.arange(n))[:, 0], fps)
-    idx = select_from_times(times, num_out, sample_fps)
+    idx = select_from_times(times, num_out, sample_fps, select, anchor)
     want = np.concatenate([np.minimum(idx + o, n - 1) for o in offsets])
     frames = vr.get_batch(list(want)).asnumpy()
     return frames, _info(n, fps, times, "decord", idx)
 
 
-def _pyav_frames(path: Path, num_out: int, sample_fps: float | None, size: int | None,
-                 offsets: tuple[int, ...]) -> tuple[np.ndarray, VideoInfo]:
+def _pyav_frames(path: Path, num_out: int, sample_fps: float | None, size: int | tuple[int, int] | None,
+                 offsets: tuple[int, ...], select: str = "uniform", anchor: str = "centre") -> tuple[np.ndarray, VideoInfo]:
     import av
 
     # Two passes, so memory holds only the chosen frames: times first, then the frames themselves.
@@ -160,7 +197,7 @@ def _pyav_frames(path: Path, num_out: int, sample_fps: float | None, size: int |
     if n == 0:
         raise DecodeError("clip has no frames")
     times = frame_times(raw_times, fps)
-    idx = select_from_times(times, num_out, sample_fps)
+    idx = select_from_times(times, num_out, sample_fps, select, anchor)
     want = np.concatenate([np.minimum(idx + o, n - 1) for o in offsets])
     wanted = set(want.tolist())
     kept: dict[int, np.ndarray] = {}
@@ -169,7 +206,10 @@ def _pyav_frames(path: Path, num_out: int, sample_fps: float | None, size: int |
         for i, f in enumerate(c.decode(c.streams.video[0])):
             if i in wanted:
                 rotation = f.rotation or 0.0
-                kept[i] = f.to_ndarray(width=size, height=size, format="rgb24") if size else f.to_ndarray(format="rgb24")
+                hw = _hw(size)
+                if hw and int(round(rotation / 90.0)) % 2:  # turned a quarter after scaling: scale to the turned shape
+                    hw = hw[::-1]
+                kept[i] = f.to_ndarray(width=hw[1], height=hw[0], format="rgb24") if hw else f.to_ndarray(format="rgb24")
             if i >= want.max():
                 break
     if len(kept) != len(wanted):
@@ -178,13 +218,14 @@ def _pyav_frames(path: Path, num_out: int, sample_fps: float | None, size: int |
     return frames, _info(n, fps, times, "pyav", idx)
 
 
-def decode_frames(path: str | Path, num_out: int, sample_fps: float | None, size: int | None,
+def decode_frames(path: str | Path, num_out: int, sample_fps: float | None, size: int | tuple[int, int] | None,
                   backend: str = "decord", offsets: tuple[int, ...] = (0,),
-                  min_seconds: float = 0.0) -> tuple[np.ndarray, VideoInfo]:
-    """(len(offsets) * T, size, size, 3) uint8 RGB frames and stream info.
+                  min_seconds: float = 0.0, select: str = "uniform", anchor: str = "centre") -> tuple[np.ndarray, VideoInfo]:
+    """(len(offsets) * T, H, W, 3) uint8 RGB frames and stream info.
 
-    The T chosen frames come first; with ``offsets=(0, 1)`` the T frames right after them follow
-    (the pairs optical flow needs). ``size=None`` keeps the native resolution. Falls back to PyAV
+    The T chosen frames (``select``, ``anchor``: ``select_from_times``) come first; with ``offsets=(0, 1)``
+    the T frames right after them follow (the pairs optical flow needs). ``size``: (H, W), an int for a
+    square, or None to keep the native resolution. Falls back to PyAV
     when decord fails, and uses PyAV directly for files with several video streams.
     """
     path = Path(path)
@@ -198,7 +239,7 @@ def decode_frames(path: str | Path, num_out: int, sample_fps: float | None, size
     for name in order:
         try:
             fn = _decord_frames if name == "decord" else _pyav_frames
-            frames, info = fn(path, num_out, sample_fps, size, offsets)
+            frames, info = fn(path, num_out, sample_fps, size, offsets, select, anchor)
             if frames.ndim != 4 or frames.shape[0] != num_out * len(offsets):
                 raise DecodeError(f"decoded frames have shape {frames.shape}")
         except Exception as e:  # each backend raises its own exception types
@@ -236,8 +277,12 @@ def has_audio_stream(path: str | Path) -> bool:
         return False
 
 
-def decode_audio(path: str | Path, sr: int) -> np.ndarray:
+def decode_audio(path: str | Path, sr: int, resample: str = "soxr_hq") -> np.ndarray:
     """Mono float32 waveform at ``sr`` Hz from a wav/mp3 file (librosa) or a video's first audio stream (PyAV).
+
+    ``resample``: librosa's resampler for wav/flac/ogg files (``soxr_hq``, librosa >= 0.10's default, or
+    ``kaiser_best``, the default of the older librosa the 2022 reference code ran, which needs resampy);
+    a video's audio goes through PyAV's (libswresample's) resampler, as ffmpeg's wav extraction does.
 
     PyAV only. decord's ``AudioReader`` leaks about the size of the decoded waveform on every call
     (about 230 KB for a 2.5 s clip; PyAV: nothing measurable), which made ``prepare``'s memory grow
@@ -249,8 +294,14 @@ def decode_audio(path: str | Path, sr: int) -> np.ndarray:
     if path.suffix.lower() in (".wav", ".flac", ".ogg"):
         import librosa
 
+        if resample == "kaiser_best":
+            try:
+                import resampy  # noqa: F401  (librosa's kaiser_* resamplers)
+            except ImportError:
+                raise MmvidError("prepare parameter resample=kaiser_best needs the resampy package: "
+                                 "pip install resampy") from None
         try:
-            wave, _ = librosa.load(str(path), sr=sr, mono=True)
+            wave, _ = librosa.load(str(path), sr=sr, mono=True, res_type=resample)
         except Exception as e:
             raise DecodeError(f"cannot read audio: {e}") from None
         if wave.size == 0:

@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from mmvid.data.crop import BOX_KEY, crop_clip, draw_box
+from mmvid.data.crop import BOX_KEY, crop_clip, draw_clip
 from mmvid.data.dataset import INTENSITY_KEY, CacheDataset, to_tensors
 
 
@@ -53,11 +53,12 @@ class DeviceLoader:
         ds = self.dataset
         order = self._order().to(self.device)
         visual = [m for m in ds.modalities if m in ("video", "flow")]
-        size = self.tensors[visual[0]].shape[-2] if visual else 0  # (N, T, S, S, C)
+        shape = self.tensors[visual[0]].shape if visual else (0,) * 5  # (N, T, H, W, C)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             inputs = to_tensors({m: t[idx] for m, t in self.tensors.items()}, ds.flow_bound)
-            boxes = [draw_box(size, ds.train, ds.crop_size, ds.flip, ds.random_crop) for _ in range(len(idx))] if visual else []
+            boxes = [draw_clip((shape[2], shape[3]), shape[1], ds.train, ds.crop_size, ds.flip, ds.random_crop, ds.crop)
+                     for _ in range(len(idx))] if visual else []
             if boxes and boxes[0] is not None and ds.crop_in_loader:  # as the DataLoader's items would be
                 clips = [crop_clip({m: x[i] for m, x in inputs.items()}, b) for i, b in enumerate(boxes)]
                 inputs = {m: torch.stack([c[m] for c in clips]) for m in inputs}

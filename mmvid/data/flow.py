@@ -66,15 +66,15 @@ def _pick(n: int, p: "PrepareParams") -> np.ndarray:
     """Frames of a folder are sampled like a video's, at the folder's own rate ``frames_fps``."""
     if n == 0:
         raise DecodeError("frame folder is empty")
-    return select_from_times(np.arange(n) / p.frames_fps, p.num_frames, p.fps)
+    return select_from_times(np.arange(n) / p.frames_fps, p.num_frames, p.fps, p.frame_select, p.frame_anchor)
 
 
-def _read(path: Path, size: int, gray: bool) -> np.ndarray:
+def _read(path: Path, hw: tuple[int, int], gray: bool) -> np.ndarray:
     cv2 = _cv2()
     img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
     if img is None:
         raise DecodeError(f"cannot read image {path.name}")
-    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    img = cv2.resize(img, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
     return img if gray else img[..., ::-1]  # OpenCV reads BGR
 
 
@@ -84,7 +84,7 @@ def read_rgb_dir(folder: Path, p: "PrepareParams") -> np.ndarray:
     if not folder.is_dir():
         raise DecodeError(f"frame folder not found: {folder}")
     files = _numbered(folder, "img")
-    return np.stack([_read(files[i], p.image_size, gray=False) for i in _pick(len(files), p)])
+    return np.stack([_read(files[i], p.frame_hw(), gray=False) for i in _pick(len(files), p)])
 
 
 def read_flow_dir(folder: Path, p: "PrepareParams") -> np.ndarray:
@@ -96,7 +96,7 @@ def read_flow_dir(folder: Path, p: "PrepareParams") -> np.ndarray:
     if not xs or len(xs) != len(ys):
         raise DecodeError(f"{folder} has {len(xs)} x_*.jpg and {len(ys)} y_*.jpg flow frames; expected the same, non-zero number")
     idx = _pick(len(xs), p)
-    return np.stack([np.stack([_read(xs[i], p.image_size, True), _read(ys[i], p.image_size, True)], -1) for i in idx])
+    return np.stack([np.stack([_read(xs[i], p.frame_hw(), True), _read(ys[i], p.frame_hw(), True)], -1) for i in idx])
 
 
 def compute_flow(first: np.ndarray, second: np.ndarray, method: str) -> np.ndarray:
@@ -114,12 +114,13 @@ def compute_flow(first: np.ndarray, second: np.ndarray, method: str) -> np.ndarr
 def flow_from_video(video: Path, p: "PrepareParams") -> np.ndarray:
     """(T, S, S, 2) uint8: flow from each chosen frame t to t + 1, at native resolution, then resized."""
     cv2 = _cv2()
-    pairs, _ = decode_frames(video, p.num_frames, p.fps, None, p.decoder, offsets=(0, 1))
+    pairs, _ = decode_frames(video, p.num_frames, p.fps, None, p.decoder, offsets=(0, 1), select=p.frame_select,
+                             anchor=p.frame_anchor)
     t = p.num_frames
     out = []
     for first, second in zip(pairs[:t], pairs[t:]):
         f = compute_flow(first, second, p.flow)
-        f = cv2.resize(f, (p.image_size, p.image_size), interpolation=cv2.INTER_AREA)
+        f = cv2.resize(f, p.frame_hw()[::-1], interpolation=cv2.INTER_AREA)
         out.append(quantise_flow(f, p.flow_bound))
     return np.stack(out)
 

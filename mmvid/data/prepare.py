@@ -17,7 +17,7 @@ import numpy as np
 
 from mmvid.data.cache import CacheWriter, Intensity, read_info
 from mmvid.data.decode import DecodeError, NoAudioError, decode_audio, decode_frames
-from mmvid.data.features import log_spectrogram, spectrogram_shape
+from mmvid.data.features import audio_feature, silent_audio
 from mmvid.data.params import PrepareParams  # noqa: F401  (re-exported: defined without heavy imports)
 from mmvid.data.sources import ClipSpec, Source
 from mmvid.errors import MmvidError
@@ -104,25 +104,44 @@ def process_clip(clip: ClipSpec, p: PrepareParams) -> dict[str, np.ndarray]:
     else:
         if clip.video is None:
             raise DecodeError("no video file")
-        frames, _ = decode_frames(clip.video, p.num_frames, p.fps, p.image_size, p.decoder, min_seconds=p.min_seconds)
+        frames, _ = decode_frames(clip.video, p.num_frames, p.fps, p.frame_hw(), p.decoder, min_seconds=p.min_seconds,
+                                  select=p.frame_select, anchor=p.frame_anchor)
+    if p.jpeg_quality:
+        frames = jpeg_roundtrip(frames, p.jpeg_quality)
     sample: dict[str, np.ndarray] = {"frames": frames}
     audio_src = clip.audio or clip.video
     try:
         if audio_src is None:
             raise NoAudioError("no audio file")
-        wave = decode_audio(audio_src, p.sample_rate)
-        sample["spectrogram"] = log_spectrogram(wave, p.sample_rate, p.clip_seconds, p.n_fft, p.hop,
-                                                p.window, p.tile_audio).astype(np.float16)
+        wave = decode_audio(audio_src, p.sample_rate, p.resample)
+        sample["spectrogram"] = audio_feature(wave, p).astype(np.float16)
     except NoAudioError as e:
         if p.missing_audio != "zeros":
             raise NoAudioError(f"{e} (--missing-audio zeros keeps such clips with a silent spectrogram)") from None
-        shape = spectrogram_shape(p.sample_rate, p.clip_seconds, p.n_fft, p.hop)
-        sample["spectrogram"] = np.full(shape, np.log(1e-7), dtype=np.float16)  # log of silence
+        sample["spectrogram"] = silent_audio(p).astype(np.float16)
     if p.flow != "none":
         from mmvid.data.flow import clip_flow
 
         sample["flow"] = clip_flow(clip, p)
     return sample
+
+
+def jpeg_roundtrip(frames: np.ndarray, quality: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB frames as the reference's frame folders hold them: each written as a JPEG of
+    ``quality`` with OpenCV (OGM-GE's video_preprocessing.py: ``cv2.imencode('.jpg', bgr)``, quality 95 by
+    default) and read back with PIL (the reference loaders' ``Image.open(...).convert('RGB')``)."""
+    import io
+
+    import cv2
+    from PIL import Image
+
+    out = np.empty_like(frames)
+    for i, rgb in enumerate(frames):
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        if not ok:
+            raise DecodeError("JPEG encoding of a frame failed")
+        out[i] = np.asarray(Image.open(io.BytesIO(buf.tobytes())).convert("RGB"))
+    return out
 
 
 def _process_safe(i: int, clip: ClipSpec, p: PrepareParams) -> tuple[int, dict[str, np.ndarray] | None, str]:
