@@ -140,6 +140,11 @@ def _prepare_summary(console, cache: Path, report, classes: int, shard: tuple[in
 
     for note in report.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
+    logged = len(report.decoder_messages) + sum(1 for f in report.failed if f.get("decoder_log"))
+    if logged:
+        console.print(f"[yellow]note:[/] the decoders printed messages on {logged} clip{'' if logged == 1 else 's'}; they are under "
+                      f"\"decoder_messages\" (clips kept) and \"decoder_log\" (clips skipped) in {cache.name}.report.json",
+                      soft_wrap=True, highlight=False)
     if report.excluded:
         console.print(f"[yellow]note:[/] {len(report.excluded)} inputs were not prepared; each is named with its "
                       f"reason under \"excluded\" in {cache.name}.report.json")
