@@ -281,7 +281,8 @@ def sweep(
 # ----------------------------------------------------------------------------- evaluate
 
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
-Cache = Annotated[Optional[Path], typer.Option(help="Use this cache instead of the one the run was trained on.")]
+Cache = Annotated[Optional[Path], typer.Option(help="Read the clips from this cache (default: the run's cache in its own "
+                                                   "workspace, caches/<name>.h5, checked against the fingerprint the run recorded).")]
 
 
 @app.command()
@@ -312,8 +313,14 @@ def evaluate(
     from mmvid.evaluate import eval_path, evaluate_run, render, resolve_target
 
     check_checkpoint_choice(checkpoint)  # a bad value fails here, before any run is loaded
+    from mmvid.runfiles import check_run
+
     ws = _ws(workspace)
-    results = [evaluate_run(resolve_target(ws, r), split, device, cache, checkpoint=checkpoint) for r in (runs or [None])]
+    targets = [resolve_target(ws, r) for r in (runs or [None])]
+    for t in targets:  # every run's files before any model is loaded
+        check_run(t.parent if t.is_file() else t)
+    results = [evaluate_run(t, split, device, cache, checkpoint=checkpoint, console=None if json_ else console)
+               for t in targets]
     if json_:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))
         return
@@ -342,6 +349,7 @@ def robustness(
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default <run>/robustness, or comparisons/ for several runs).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the noise and corruptions (the same for every run).")] = 0,
     device: Device = "auto",
+    cache: Cache = None,
 ):
     """Accuracy when a modality is missing, noisy or corrupted; several runs side by side.
     Writes robustness.csv (a row per condition), robustness.json and robustness.png/.svg.
@@ -364,7 +372,8 @@ def robustness(
     compare_robustness(targets, drop=drop, fill=fill, noise=noise,
                        modality=modality, levels=parse_levels(levels, modality), corruptions=split_list(corruptions),
                        severities=split_list(severities), split=split, device=device, console=console, seed=seed,
-                       out_dir=out or (default_out_dir(targets, ws) if len(targets) > 1 else None))
+                       out_dir=out or (default_out_dir(targets, ws) if len(targets) > 1 else None),
+                       cache=cache)
 
 
 # ----------------------------------------------------------------------------- visualize
@@ -400,8 +409,9 @@ def visualize(
 
     kinds = {
         "curves": lambda r: V.plot_curves(r, out),
-        "umap": lambda r: V.plot_umap(r, max_points=max_points, seed=seed, device=device, cache=cache, out=out),
-        "confusion": lambda r: V.plot_confusion(r, split, device, cache, out),
+        "umap": lambda r: V.plot_umap(r, max_points=max_points, seed=seed, device=device, cache=cache, out=out,
+                                      console=console),
+        "confusion": lambda r: V.plot_confusion(r, split, device, cache, out, console=console),
     }
     if kind not in kinds:
         raise MmvidError(f"unknown figure {kind!r}; choose one of: {', '.join(kinds)}")
@@ -434,6 +444,7 @@ def report(
     robustness: Annotated[bool, typer.Option("--robustness/--no-robustness", help="Run a missing-modality check if none is saved.")] = True,
     out: Annotated[Optional[Path], typer.Option(help="HTML file (default <run>/report.html).")] = None,
     device: Device = "auto",
+    cache: Cache = None,
 ):
     """One self-contained HTML page of a run: config, metrics tables and figures (embedded), to open or share.
 
@@ -447,7 +458,7 @@ def report(
     if out is not None:  # a file the user named: new, or a report mmvid wrote there before
         check_out_file(out)
     path = write_report(resolve_run(_ws(workspace), run), out=out, umap=umap, robustness=robustness, device=device,
-                        console=console)
+                        console=console, cache=cache)
     console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
 
@@ -470,6 +481,7 @@ def diagnose(
     checkpoint: Annotated[str, typer.Option(help="last (default: the alone runs have the same epochs) | best.")] = "last",
     device: Device = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default <run>/diagnosis).")] = None,
+    cache: Cache = None,
 ):
     """Measure modality imbalance: exact Shapley values of the modalities (per class and sample), linear
     probes of each encoder against the modality trained alone, memorisation and rho over epochs, the
@@ -483,7 +495,8 @@ def diagnose(
     from mmvid.diagnose import run_diagnose
 
     run_diagnose(console, _ws(workspace), run=run, dataset=dataset, recipe=recipe, sets=_parse_sets(set_), epochs=epochs,
-                 minutes=minutes, alone=alone, try_methods=try_, seeds=seeds, checkpoint=checkpoint, device=device, out=out)
+                 minutes=minutes, alone=alone, try_methods=try_, seeds=seeds, checkpoint=checkpoint, device=device, out=out,
+                 cache=cache)
 
 
 # ----------------------------------------------------------------------------- demo

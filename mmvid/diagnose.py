@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from mmvid.errors import MmvidError
-from mmvid.workspace import read_jsonl, write_atomic
+from mmvid.runfiles import read_config, read_metrics
+from mmvid.workspace import write_atomic
 
 SPLITS = ("train", "test")  # train split and held-out data
 # Which family of methods targets which measured pattern (docs/methods.md has each method).
@@ -362,27 +363,28 @@ class Diagnosis:
 
 
 def diagnose_run(run: str | Path, console, out: Path | None = None, checkpoint: str = "last", alone: bool = True,
-                 device: str = "auto", top: int = 10, budget: dict[str, Any] | None = None) -> Diagnosis:
+                 device: str = "auto", top: int = 10, budget: dict[str, Any] | None = None,
+                 cache: str | Path | None = None) -> Diagnosis:
     """Diagnose a trained run (folder): Shapley values, probes against alone-trained runs, memorisation and
     rho curves; writes ``diagnosis.json``, the figures and ``diagnosis.html`` into ``out`` (default
-    ``<run>/diagnosis``). ``alone`` trains (or reuses) one run per modality inside ``out``."""
-    from mmvid.engine import make_splits, model_from_checkpoint
+    ``<run>/diagnosis``). ``alone`` trains (or reuses) one run per modality inside ``out``. ``cache``: read
+    the clips from this cache instead of the run's own (mmvid.runfiles.resolve_run_cache)."""
+    from mmvid.engine import model_from_checkpoint
     from mmvid.evaluate import load_run, method_label
 
-    lr = load_run(run, "test", device, checkpoint=checkpoint)
+    lr = load_run(run, "test", device, cache, checkpoint=checkpoint)
     run, model, cfg, info = lr.run, lr.model, lr.cfg, lr.info
     mods = list(model.modalities)
     if len(mods) < 2:
         raise MmvidError(f"run {run} has one modality ({mods[0]}); diagnose compares modalities, train a multimodal run")
     out = Path(out or run / "diagnosis")
     out.mkdir(parents=True, exist_ok=True)
-    splits = lr.ck.get("splits") or {}
-    rows = {"train": np.asarray(splits.get("train", make_splits(info, cfg.data.val_fraction, cfg.seed).train)),
-            "test": np.asarray(splits.get("test", info.indices("test")))}
+    rows = {"train": lr.split_rows("train"), "test": lr.split_rows("test")}
     if not len(rows["test"]):
-        rows["test"] = np.asarray(splits.get("val", []))
+        rows["test"] = lr.split_rows("val")
     console.print(f"diagnosing {run.name} ({method_label(lr.ck['config'])}, {lr.note}) on "
                   f"{len(rows['train'])} train and {len(rows['test'])} held-out clips", soft_wrap=True)
+    console.print(lr.cache.line(run), soft_wrap=True, highlight=False)
     passes = {k: split_pass(model, lr.loader(rows=r), lr.device, r) for k, r in rows.items()}
     data: dict[str, Any] = {"run": str(run), "method": method_label(lr.ck["config"]), "checkpoint": lr.origin,
                             "modalities": mods, "class_names": info.class_names, "cache": str(info.path),
@@ -409,8 +411,8 @@ def diagnose_run(run: str | Path, console, out: Path | None = None, checkpoint: 
             probes[m]["alone_run"] = {k: float(ap[k].correct[frozenset({m})].mean()) for k in SPLITS}
             probes[m]["alone_epochs"] = acfg.epochs
     data["probes"] = probes
-    metrics = run / "metrics.jsonl"
-    data["curves"] = curves(read_jsonl(metrics), mods) if metrics.exists() else {}
+    recs = read_metrics(run, required=False)
+    data["curves"] = curves(recs, mods) if recs else {}
     data["measured"] = measured(data)
     write_atomic(out / "diagnosis.json", json.dumps(data, indent=2, default=float))
     diag = Diagnosis(run, out, data, [out / "diagnosis.json"])
@@ -613,7 +615,7 @@ def write_html(data: dict[str, Any], figures: list[Path], path: Path) -> Path:
 def run_diagnose(console, ws: Path, run: str | None = None, dataset: str | None = None, recipe: str | None = None,
                  sets: dict[str, Any] | None = None, epochs: int | None = None, minutes: float | None = None,
                  alone: bool = True, try_methods: str | None = None, seeds: int = 3, checkpoint: str = "last",
-                 device: str = "auto", out: Path | None = None) -> Diagnosis:
+                 device: str = "auto", out: Path | None = None, cache: str | Path | None = None) -> Diagnosis:
     """``mmvid diagnose RUN`` or ``mmvid diagnose --dataset NAME``: the latter trains (or reuses) a fused
     run of ``recipe`` (default: the recipe named like the cache, e.g. ``demo``, else the defaults) for
     ``epochs`` or as many as fit in ``minutes``; then the diagnosis, then the ``try_methods`` comparison."""
@@ -622,6 +624,8 @@ def run_diagnose(console, ws: Path, run: str | None = None, dataset: str | None 
     check_checkpoint_choice(checkpoint)
     if (run is None) == (dataset is None):
         raise MmvidError("give a RUN to diagnose or --dataset NAME to train one (not both)")
+    if dataset is not None and cache is not None:
+        raise MmvidError("--cache reads a RUN's clips from another cache; with --dataset, name the cache there")
     methods = _try_methods(try_methods)
     if out is not None:  # a folder the user named: new, empty or an earlier diagnosis, checked before any work
         from mmvid.workspace import check_out_folder
@@ -642,11 +646,12 @@ def run_diagnose(console, ws: Path, run: str | None = None, dataset: str | None 
 
         run_dir = resolve_target(ws, run)
         cfg = None
-    diag = diagnose_run(run_dir, console, out=out, checkpoint=checkpoint, alone=alone, device=device, budget=budget)
+    diag = diagnose_run(run_dir, console, out=out, checkpoint=checkpoint, alone=alone, device=device, budget=budget,
+                        cache=cache)
     if methods:
         from mmvid.evaluate import load_run
 
-        cfg = cfg or load_run(run_dir, "test", device, checkpoint=checkpoint).cfg
+        cfg = cfg or load_run(run_dir, "test", device, cache, checkpoint=checkpoint).cfg
         diag.data["try"] = try_comparison(console, ws, cfg, methods, seeds, diag.out / f"try-{config_hash(cfg)}")
         write_atomic(diag.out / "diagnosis.json", json.dumps(diag.data, indent=2, default=float))
     console.print(f"wrote {diag.out / 'diagnosis.json'} and {diag.out / 'diagnosis.html'}", soft_wrap=True, highlight=False)
@@ -692,9 +697,7 @@ def _fused_run(console, ws: Path, dataset: str, recipe: str | None, sets: dict[s
     cfg.epochs = wanted
     budget = None
     if (run_dir / "config.yaml").exists() and epochs is None:
-        import yaml
-
-        cfg.epochs = int((yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("epochs", cfg.epochs))
+        cfg.epochs = read_config(run_dir).epochs
     elif minutes is not None:
         cfg.epochs, budget = epochs_for_budget(cfg, [alone_config(cfg, m) for m in cfg.data.modalities] if alone else [],
                                                info, minutes, console)

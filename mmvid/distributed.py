@@ -15,7 +15,6 @@ one :class:`MmvidError` line rather than a hang or N tracebacks.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -244,10 +243,12 @@ def _spawn(cfg, cache: Path, run_dir: Path, resume: bool, progress: bool, worker
         stopped = _first_error(Path(err_dir))
         if stopped is not None:  # every rank stopped on request at the same step
             raise Interrupted(stopped[1])
-    summary = run_dir / "summary.json"
-    if not summary.exists():
-        raise MmvidError(f"distributed training ended without writing {summary}")
-    return json.loads(summary.read_text())
+    from mmvid.runfiles import read_summary
+
+    summary = read_summary(run_dir)
+    if summary is None:
+        raise MmvidError(f"distributed training ended without writing {run_dir / 'summary.json'}")
+    return summary
 
 
 def _join_torchrun(cfg, cache: Path, run_dir: Path, resume: bool, progress: bool) -> dict[str, Any] | None:

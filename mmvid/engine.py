@@ -45,9 +45,8 @@ from mmvid.data.sources import stratified_split
 from mmvid.errors import Interrupted, MmvidError
 from mmvid.models.classifier import MultimodalClassifier, build_model
 from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
-from mmvid.workspace import CKPT_BEST, CKPT_LAST, check_run_folder, read_jsonl, write_atomic
-
-METRICS = "metrics.jsonl"  # CKPT_LAST, CKPT_BEST: mmvid.workspace (which recognises a run folder by them)
+from mmvid.runfiles import METRICS, cache_fingerprint, read_jsonl
+from mmvid.workspace import CKPT_BEST, CKPT_LAST, check_run_folder, write_atomic
 
 
 # ----------------------------------------------------------------------------- devices, seeds
@@ -597,7 +596,10 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
             sampler.skip = partial["batch"] * cfg.data.batch_size
         if is_main and metrics_path.exists():  # drop lines of an epoch that was interrupted after its checkpoint
             keep = [rec for rec in read_jsonl(metrics_path) if rec.get("epoch", 0) <= ck["epoch"]]
-            write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in keep))
+            if keep:
+                write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in keep))
+            else:  # no finished epoch yet (Ctrl-C in the first): no file, as before that epoch
+                metrics_path.unlink()
     elif is_main:
         metrics_path.unlink(missing_ok=True)
     if is_main:
@@ -620,6 +622,7 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                 "partial": part, "rank_partial": rank_part, "world_size": world_size, "rank_fingerprints": prints,
                 "train_scores": ctx.train_scores, "val_scores": ctx.val_scores,
                 "config": cfg.to_dict(), "class_names": info.class_names, "cache": str(info.path),
+                "cache_fingerprint": cache_fingerprint(info),
                 "modalities": modalities, "splits": {k: torch.from_numpy(np.asarray(getattr(splits, k))) for k in ("train", "val", "test")}}
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 from mmvid.config import TrainConfig
-from mmvid.data.cache import CacheInfo, read_info
-from mmvid.engine import (CKPT_BEST, CKPT_LAST, checkpoint_file, evaluate_model, make_loader, model_from_checkpoint,
-                          pick_device, rho_of)
+from mmvid.data.cache import CacheInfo
+from mmvid.engine import (CKPT_BEST, CKPT_LAST, checkpoint_file, evaluate_model, make_loader, make_splits,
+                          model_from_checkpoint, pick_device, rho_of)
 from mmvid.errors import MmvidError
 from mmvid.models.classifier import MultimodalClassifier
+from mmvid.runfiles import RunCache, check_run, resolve_run_cache
 from mmvid.workspace import write_atomic
 
 
@@ -34,15 +35,6 @@ def macro_f1(cm: np.ndarray) -> float:
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
     present = cm.sum(1) > 0
     return float(f1[present].mean()) if present.any() else 0.0
-
-
-def cache_for_run(ck: dict[str, Any], cache: str | Path | None = None) -> Path:
-    if not (cache or ck.get("cache")):
-        raise MmvidError("the checkpoint names no cache (not written by `mmvid train`); pass --cache")
-    path = Path(cache or ck["cache"])
-    if not path.exists():
-        raise MmvidError(f"the run's cache {path} is missing; re-run `mmvid prepare` or pass --cache")
-    return path
 
 
 def checkpoint_origin(path: Path, ck: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +63,7 @@ def checkpoint_note(r: dict[str, Any]) -> str:
 @dataclass
 class LoadedRun:
     """A run's model (on its device, eval mode), config, checkpoint, cache and the rows of one split;
-    ``origin`` says which checkpoint (:func:`checkpoint_origin`)."""
+    ``origin`` says which checkpoint (:func:`checkpoint_origin`), ``cache`` which cache and why."""
 
     run: Path
     model: MultimodalClassifier
@@ -82,6 +74,7 @@ class LoadedRun:
     device: torch.device
     split: str
     origin: dict[str, Any]
+    cache: RunCache
 
     @property
     def label(self) -> str:
@@ -93,6 +86,22 @@ class LoadedRun:
 
     def loader(self, rows: np.ndarray | None = None, batch_size: int | None = None):
         return make_loader(self.info, self.rows if rows is None else rows, self.cfg, train=False, batch_size=batch_size)
+
+    def split_rows(self, split: str) -> np.ndarray:
+        """The cache rows of ``split`` (:func:`split_rows`)."""
+        return split_rows(self.ck, self.cfg, self.cache, split)
+
+
+def split_rows(ck: dict[str, Any], cfg: TrainConfig, cache: RunCache, split: str) -> np.ndarray:
+    """The cache rows of ``split`` as the run used them: the rows saved in its checkpoint, on the cache it
+    was trained on; on another cache (``--cache``), that cache's own split, val held out of train as
+    training would (mmvid.engine.make_splits)."""
+    if split not in ("train", "val", "test"):
+        raise MmvidError(f"--split {split!r} is not valid; choose test, val or train")
+    rows = ck.get("splits", {}).get(split) if cache.same is not False else None
+    if rows is None:
+        rows = getattr(make_splits(cache.info, cfg.data.val_fraction, cfg.seed), split)
+    return np.asarray(rows)
 
 
 def method_label(config: dict[str, Any]) -> str:
@@ -113,30 +122,37 @@ def resolve_target(ws: Path, run: str | Path | None) -> Path:
 
 def load_run(run: str | Path, split: str = "test", device: str = "auto", cache: str | Path | None = None,
              checkpoint: str = "best") -> LoadedRun:
-    """Rebuild a run's model from a run folder (its ``checkpoint``: best, else last; or last) or a checkpoint file."""
+    """Rebuild a run's model from a run folder (its ``checkpoint``: best, else last; or last) or a checkpoint file.
+
+    The run folder's own files are read first (:func:`mmvid.runfiles.check_run`: a damaged one is one line,
+    before any model is built); its cache is ``cache`` or the one :func:`mmvid.runfiles.resolve_run_cache`
+    finds (``.cache``; the commands print its :meth:`~mmvid.runfiles.RunCache.line` once their work is done).
+    """
     run = Path(run)
-    path = checkpoint_file(run, checkpoint)
-    model, cfg, ck = model_from_checkpoint(path)
-    info = read_info(cache_for_run(ck, cache))
+    folder = run.parent if run.is_file() else run
+    check_run(folder)
     if split not in ("train", "val", "test"):
         raise MmvidError(f"--split {split!r} is not valid; choose test, val or train")
-    rows = ck.get("splits", {}).get(split)
-    rows = np.asarray(info.indices(split) if rows is None else rows)
+    path = checkpoint_file(run, checkpoint)
+    model, cfg, ck = model_from_checkpoint(path)
+    rc = resolve_run_cache(folder, ck, cache)
+    info = rc.info
+    rows = split_rows(ck, cfg, rc, split)
     if len(rows) == 0:
-        raise MmvidError(f"split {split!r} of {info.path.name} has no clips for run {run.name}; choose another --split")
+        raise MmvidError(f"split {split!r} of {info.path.name} has no clips for run {folder.name}; choose another --split")
     dev = pick_device(device)
     model.to(dev).eval()
-    return LoadedRun(run.parent if run.is_file() else run, model, cfg, ck, info, rows, dev, split,
-                     checkpoint_origin(path, ck))
+    return LoadedRun(folder, model, cfg, ck, info, rows, dev, split, checkpoint_origin(path, ck), rc)
 
 
 def evaluate_run(run: Path, split: str = "test", device: str = "auto", cache: str | Path | None = None,
-                 batch_size: int | None = None, checkpoint: str = "best") -> dict[str, Any]:
+                 batch_size: int | None = None, checkpoint: str = "best", console=None) -> dict[str, Any]:
     """Metrics of one run's ``checkpoint`` (best, else last; or last), or of the checkpoint file given, on ``split``.
 
     Fused accuracy, macro-F1, per-class accuracy and the (C, C) confusion matrix; per-modality
     accuracy and confusion by masking (Eq. 5); rho (Eq. 6) from the summed true-class probabilities;
-    which checkpoint (:func:`checkpoint_origin`). Also written to ``<run>/eval_<split>.json``.
+    which checkpoint (:func:`checkpoint_origin`); which cache (``cache``, ``cache_source``). Also written to
+    ``<run>/eval_<split>.json``. ``console``: where to name the cache read, once done.
     """
     lr = load_run(run, split, device, cache, checkpoint)
     info, model = lr.info, lr.model
@@ -144,7 +160,8 @@ def evaluate_run(run: Path, split: str = "test", device: str = "auto", cache: st
     cm = confusion(res.labels, res.preds, info.num_classes)
     per_class = (np.diag(cm) / np.maximum(cm.sum(1), 1)).tolist()
     out = {
-        "run": str(lr.run), **lr.origin, "split": split, "n": res.n,
+        "run": str(lr.run), **lr.origin, "cache": str(lr.cache.path), "cache_source": lr.cache.how,
+        "split": split, "n": res.n,
         "accuracy": res.acc, "macro_f1": macro_f1(cm), "loss": res.loss,
         "per_class_accuracy": dict(zip(info.class_names, per_class)),
         "modality_accuracy": {m: res.modality_acc(m) for m in model.modalities},
@@ -156,6 +173,8 @@ def evaluate_run(run: Path, split: str = "test", device: str = "auto", cache: st
         "config": {"fusion": lr.cfg.model.fusion, "augment": lr.cfg.augment.name, "balance": lr.cfg.balance.name},
     }
     write_atomic(eval_path(out), json.dumps(out, indent=2))
+    if console is not None:
+        console.print(lr.cache.line(lr.run), soft_wrap=True, highlight=False)
     return out
 
 
@@ -264,7 +283,7 @@ class Regime:
 
 def regime(run: Path, strong: str = "audio", weak: str = "video") -> Regime:
     """The :class:`Regime` figures of a run folder (its metrics.jsonl, written with ``monitor_train``)."""
-    from mmvid.visualize import read_metrics
+    from mmvid.runfiles import read_metrics
 
     recs = read_metrics(Path(run))
     # The monitor every epoch; test (logged every eval_every epochs) at the last one, which always has it.

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from mmvid.errors import MmvidError
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;color:#222}
@@ -79,51 +77,60 @@ def robustness_section(rob: dict[str, Any]) -> str:
     return html_table(["condition", *labels], rows)
 
 
-def write_report(run: Path, out: Path | None = None, umap: bool = True, robustness: bool = True, device: str = "auto",
-                 console=None, max_points: int = 500) -> Path:
-    """Evaluate ``run`` on test, draw its figures (curves, confusion, optionally UMAP), reuse or run a
-    missing-modality robustness check, and write everything into one HTML file; returns its path."""
-    import yaml
+def robustness_html(path: Path) -> str:
+    """The robustness section from a saved ``robustness.json`` (and its PNG beside it); a file without the
+    layout ``mmvid robustness`` writes is one line naming it."""
+    from mmvid.runfiles import damaged, read_json_object
 
+    rob = read_json_object(path)
+    try:
+        html_ = "<h2>Robustness</h2>" + robustness_section(rob)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        raise damaged(path, "not the layout `mmvid robustness` writes") from None
+    png = path.with_suffix(".png")
+    return html_ + (embed_png(png, "robustness") if png.exists() else "")
+
+
+def write_report(run: Path, out: Path | None = None, umap: bool = True, robustness: bool = True, device: str = "auto",
+                 console=None, max_points: int = 500, cache: str | Path | None = None) -> Path:
+    """Evaluate ``run`` on test, draw its figures (curves, confusion, optionally UMAP), reuse or run a
+    missing-modality robustness check, and write everything into one HTML file; returns its path.
+    ``cache``: read the clips from this cache instead of the run's own (mmvid.runfiles.resolve_run_cache)."""
     from mmvid import visualize as V
     from mmvid.evaluate import evaluate_run
     from mmvid.robustness import compare_robustness
+    from mmvid.runfiles import ROBUSTNESS, check_run, read_config, read_metrics, read_summary, read_text
 
     run = Path(run)
-    if not (run / "config.yaml").exists():
-        raise MmvidError(f"{run} is not a run folder (no config.yaml); pass a folder written by `mmvid train`")
-    ev = evaluate_run(run, "test", device)
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    modalities = cfg["data"]["modalities"]
+    cfg = read_config(run)  # also: not a run folder (no config.yaml) is one line
+    check_run(run)  # every small file of the run, before any evaluation
+    rob_json = run / "robustness" / ROBUSTNESS
+    rob_html = robustness_html(rob_json) if rob_json.exists() else None
+    ev = evaluate_run(run, "test", device, cache, console=console)
+    modalities = cfg.data.modalities
     figures = [("Accuracy, rho and lambda over epochs (paper Fig. 1)", V.plot_curves(run)[0]),
                ("Confusion matrices (fused and each modality alone)", V.plot_confusion(run, result=ev)[0])]
     if umap:
         figures.append(("UMAP of features, train and test (paper Figs. 4-5)",
-                        V.plot_umap(run, max_points=max_points, device=device)[0]))
-    rob_json = run / "robustness" / "robustness.json"
-    if robustness and not rob_json.exists() and len(modalities) > 1:
-        compare_robustness([run], drop=modalities, fill="zero", device=device)
-    rob_html = ""
-    if rob_json.exists():
-        rob_html = "<h2>Robustness</h2>" + robustness_section(json.loads(rob_json.read_text()))
-        png = rob_json.with_suffix(".png")
-        if png.exists():
-            rob_html += embed_png(png, "robustness")
-    recs = V.read_metrics(run)
-    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+                        V.plot_umap(run, max_points=max_points, device=device, cache=cache)[0]))
+    if robustness and rob_html is None and len(modalities) > 1:
+        compare_robustness([run], drop=modalities, fill="zero", device=device, cache=cache)
+        rob_html = robustness_html(rob_json)
+    recs = read_metrics(run)
+    summary = read_summary(run) or {}
     best = summary.get("best", {})
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>mmvid report: {_esc(run.name)}</title>"
         f"<style>{CSS}</style></head><body>",
         f"<h1>mmvid report: {_esc(run.name)}</h1>",
-        f"<p><b>{_esc(ev['method'])}</b> on <b>{_esc(cfg['data'].get('dataset'))}</b> "
+        f"<p><b>{_esc(ev['method'])}</b> on <b>{_esc(cfg.data.dataset)}</b> "
         f"({_esc(', '.join(modalities))}), {len(recs)} epochs trained; best validation epoch "
         f"{_esc(best.get('epoch', -1) + 1)}. <span class='muted'>Written {time.strftime('%Y-%m-%d %H:%M:%S')}.</span></p>",
         "<h2>Test metrics</h2>", metrics_section(ev),
         "<h2>Figures</h2>", *[f"<h3>{_esc(t)}</h3>" + embed_png(p, t) for t, p in figures],
-        rob_html,
+        rob_html or "",
         "<h2>Training history</h2>", history_section(recs, modalities),
-        "<h2>Config</h2>", f"<pre>{_esc((run / 'config.yaml').read_text())}</pre>",
+        "<h2>Config</h2>", f"<pre>{_esc(read_text(run / 'config.yaml'))}</pre>",
         "</body></html>",
     ]
     out = Path(out) if out else run / "report.html"

@@ -32,6 +32,7 @@ from mmvid.data.dataset import finish_batch
 from mmvid.engine import evaluate_model
 from mmvid.errors import MmvidError
 from mmvid.evaluate import LoadedRun, checkpoint_note, load_run
+from mmvid.runfiles import check_run
 from mmvid.workspace import write_atomic
 
 MODALITY_ALIASES = {"audio": "audio", "video": "video", "rgb": "video", "frames": "video", "flow": "flow"}
@@ -243,15 +244,19 @@ def compare_robustness(runs: list[str | Path], drop: list[str] | None = ("audio"
                        noise: str | None = None, modality: str = "each", levels: dict[str, list[float]] | None = None,
                        corruptions: list[str] | None = None, severities: list[str] | None = None, split: str = "test",
                        device: str = "auto", out_dir: Path | None = None, console=None, batch_size: int = 32,
-                       seed: int = 0, plot: bool = True) -> RobustnessReport:
+                       seed: int = 0, plot: bool = True, cache: str | Path | None = None) -> RobustnessReport:
     """Evaluate every run under every condition; write ``robustness.csv`` (one row per condition,
     one accuracy column per run), ``robustness.json`` (all details) and ``robustness.png/.svg``
     (accuracy against severity, a panel per condition family, a line per run) into ``out_dir``;
-    print the table when ``console`` is given. E.g. concat vs concat+bmm with audio missing::
+    print the table (and the cache of each run) when ``console`` is given. ``cache``: read every run's
+    clips from this cache (default: each run's own, see :func:`mmvid.runfiles.resolve_run_cache`).
+    E.g. concat vs concat+bmm with audio missing::
 
         compare_robustness([run_concat, run_bmm], drop=["audio"], fill="both")
     """
-    loaded = [load_run(r, split, device) for r in runs]
+    for r in runs:  # every run's files before any model is loaded
+        check_run(Path(r).parent if Path(r).is_file() else Path(r))
+    loaded = [load_run(r, split, device, cache) for r in runs]
     if len({tuple(lr.info.class_names) for lr in loaded}) > 1:
         raise MmvidError("the runs were trained on different class sets; compare runs of one dataset")
     available = sorted({m for lr in loaded for m in lr.model.modalities})
@@ -265,6 +270,8 @@ def compare_robustness(runs: list[str | Path], drop: list[str] | None = ("audio"
 
         report.files += plot_robustness(report, report.out_dir / "robustness")
     if console is not None:
+        for lr in loaded:
+            console.print(lr.cache.line(lr.run), soft_wrap=True, highlight=False)
         render(report, console)
     return report
 

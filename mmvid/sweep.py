@@ -226,26 +226,18 @@ def run_state(ws: Path, spec: RunSpec) -> str:
 
 def folder_state(run: Path, cfg: TrainConfig, hint: str = "") -> str:
     """:func:`run_state` of the run folder ``run`` for ``cfg`` (also used by ``mmvid diagnose``);
-    ``hint`` ends the error of a folder trained with another config."""
-    import yaml
+    ``hint`` ends the error of a folder trained with another config. Every small file of the folder is
+    read first (mmvid.runfiles.check_run): a damaged one is one line naming it."""
+    from mmvid.runfiles import check_run, read_config_mapping, read_summary
 
     if not (run / "config.yaml").exists():
         return "new"
-    try:
-        saved = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
-        raise MmvidError(f"{run / 'config.yaml'} cannot be read ({str(e).splitlines()[0]}); remove {run} to retrain it") from None
-    diff = config_difference(saved if isinstance(saved, dict) else {}, cfg)
+    check_run(run)
+    diff = config_difference(read_config_mapping(run), cfg)
     if diff:
         raise MmvidError(f"run {run} was trained with another config ({diff}); remove that folder to retrain it{hint}")
-    summary = run / "summary.json"
-    if summary.exists():
-        try:
-            if json.loads(summary.read_text()).get("epochs") == cfg.epochs:
-                return "done"
-        except (json.JSONDecodeError, OSError):
-            pass
-    return "partial"
+    summary = read_summary(run)
+    return "done" if summary is not None and summary["epochs"] == cfg.epochs else "partial"
 
 
 def train_command(ws: Path, spec: RunSpec, state: str, program: list[str] | None = None) -> list[str]:
@@ -363,7 +355,8 @@ def run_sweep(console, ws: Path, sweep: Sweep, jobs: int = 1, gpus: int = 0, dry
                 time.sleep(0.5)
                 for slot, (spec, proc, log, tid) in list(active.items()):
                     metrics = runs_dir(ws) / spec.name / "metrics.jsonl"
-                    done_epochs = sum(1 for ln in metrics.read_text().splitlines() if ln.strip()) if metrics.exists() else 0
+                    # progress only: lines written so far (the run's files are read, checked, by run_state)
+                    done_epochs = metrics.read_bytes().count(b"\n") if metrics.exists() else 0
                     bar.update(tid, completed=done_epochs)
                     if proc.poll() is None:
                         continue
@@ -450,6 +443,7 @@ def aggregate(ws: Path, sweep: Sweep, baseline: str | None = None) -> tuple[list
     column also gets the statistics of its per-seed difference to that cell (paired by seed: the same seed
     gives both runs the same split and initialisation), so that "outside the interval" is a paired test.
     """
+    from mmvid.runfiles import read_summary
     from mmvid.workspace import runs_dir
 
     cells: dict[str, Cell] = {}
@@ -460,10 +454,15 @@ def aggregate(ws: Path, sweep: Sweep, baseline: str | None = None) -> tuple[list
         if run_state(ws, r) != "done":
             missing += [r.name] if r.name not in missing else []
             continue
-        s = json.loads((runs_dir(ws) / r.name / "summary.json").read_text())
+        s = read_summary(runs_dir(ws) / r.name)
+        accs = [s[k].get("test_acc") for k in ("last", "best")]
+        if None in accs:
+            raise MmvidError(f"{runs_dir(ws) / r.name / 'summary.json'} has no test accuracy of its "
+                             f"{'last' if accs[0] is None else 'best'} epoch (a cache without a test split?); "
+                             f"the table compares test accuracies")
         cell.seeds.append(r.seed)
-        cell.last.append(100.0 * float(s["last"]["test_acc"]))
-        cell.best.append(100.0 * float(s["best"]["test_acc"]))
+        cell.last.append(100.0 * float(accs[0]))
+        cell.best.append(100.0 * float(accs[1]))
     for cell in cells.values():
         cell.stats = {"last": summarize(cell.last), "best": summarize(cell.best)}
     if baseline:

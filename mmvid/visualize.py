@@ -22,7 +22,7 @@ import numpy as np
 
 from mmvid.config import MODALITIES
 from mmvid.errors import MmvidError
-from mmvid.workspace import read_jsonl
+from mmvid.runfiles import check_run, read_config, read_metrics
 
 if TYPE_CHECKING:
     from mmvid.robustness import RobustnessReport
@@ -63,16 +63,6 @@ def class_colors(n: int) -> list:
 # ----------------------------------------------------------------------------- curves (Fig. 1)
 
 
-def read_metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        raise MmvidError(f"{run} has no metrics.jsonl; train the run first")
-    recs = read_jsonl(path)
-    if not recs:
-        raise MmvidError(f"{path} is empty; train at least one epoch first")
-    return recs
-
-
 def present(xs: list[Any], values: list[float | None], scale: float = 1.0) -> tuple[list[Any], list[float]]:
     """The (x, scale * value) pairs that have a value, as two lists: val/test are logged every ``eval_every``
     epochs only, and a line drawn through the epochs that have them stays a line."""
@@ -87,14 +77,14 @@ def _series(recs: list[dict], key: str, scale: float = 1.0) -> tuple[list[int], 
 def plot_curves(run: Path, out: Path | None = None) -> list[Path]:
     """Panels: accuracy (fused black, modalities coloured; train dashed, test solid), rho on a log
     axis (train monitor and test), and, when the run logged them, the mixing ratios lambda_m."""
-    import yaml
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     from mmvid.evaluate import method_label
 
-    plt = _pyplot()
+    check_run(run)  # every small file of the run, before any figure
     recs = read_metrics(run)
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else None
+    cfg = read_config(run).to_dict() if (run / "config.yaml").exists() else None
+    plt = _pyplot()
     keys = set().union(*recs)
     logged = {k.split("_acc_", 1)[1] for k in keys if "_acc_" in k} & set(MODALITIES)
     mods = [m for m in (cfg["data"]["modalities"] if cfg else sorted(logged)) if m in logged]
@@ -176,9 +166,10 @@ def embed_2d(x: np.ndarray, seed: int, n_neighbors: int = 15) -> np.ndarray:
 
 
 def umap_features(run: Path, splits: tuple[str, ...] = ("train", "test"), max_points: int = 500, seed: int = 0,
-                  device: str = "auto", cache: str | Path | None = None) -> dict[str, Any]:
+                  device: str = "auto", cache: str | Path | None = None, console=None) -> dict[str, Any]:
     """Per split: labels, per-head accuracy, and 2-D UMAP embeddings of each modality's feature and of
-    the fused feature h (features as the head sees them: per-modality z_m and h = fuse(z))."""
+    the fused feature h (features as the head sees them: per-modality z_m and h = fuse(z)). ``console``:
+    where to name the cache read (once)."""
     from mmvid.engine import evaluate_model
     from mmvid.evaluate import load_run
 
@@ -193,17 +184,20 @@ def umap_features(run: Path, splits: tuple[str, ...] = ("train", "test"), max_po
         out["splits"][split] = {"labels": res.labels, "acc": acc,
                                 "embedding": {h: embed_2d(res.features[h], seed) for h in heads}}
         out.update(heads=heads, class_names=lr.info.class_names, method=lr.label, run=lr.run, checkpoint=lr.note)
+    if console is not None:
+        console.print(lr.cache.line(lr.run), soft_wrap=True, highlight=False)
     return out
 
 
 def plot_umap(run: Path, splits: tuple[str, ...] = ("train", "test"), max_points: int = 500, seed: int = 0,
-              device: str = "auto", cache: str | Path | None = None, out: Path | None = None) -> list[Path]:
+              device: str = "auto", cache: str | Path | None = None, out: Path | None = None,
+              console=None) -> list[Path]:
     """One figure, rows = splits, columns = modality features + fused; points coloured by class.
     Titles give the head's accuracy on the plotted clips and the silhouette of the classes in 2-D."""
     from sklearn.metrics import silhouette_score
 
     plt = _pyplot()
-    data = umap_features(run, splits, max_points, seed, device, cache)
+    data = umap_features(run, splits, max_points, seed, device, cache, console)
     heads, names = data["heads"], data["class_names"]
     colors = class_colors(len(names))
     nr, nc = len(splits), len(heads)
@@ -230,13 +224,13 @@ def plot_umap(run: Path, splits: tuple[str, ...] = ("train", "test"), max_points
 
 
 def plot_confusion(run: Path, split: str = "test", device: str = "auto", cache: str | Path | None = None,
-                   out: Path | None = None, result: dict[str, Any] | None = None) -> list[Path]:
+                   out: Path | None = None, result: dict[str, Any] | None = None, console=None) -> list[Path]:
     """Row-normalised confusion matrices (rows true, columns predicted): the fused model and each
     modality alone by masking (Eq. 5), a panel each; cells show the row percentage."""
     from mmvid.evaluate import checkpoint_note, evaluate_run
 
     plt = _pyplot()
-    r = result or evaluate_run(Path(run), split, device, cache)
+    r = result or evaluate_run(Path(run), split, device, cache, console=console)
     names = r["class_names"]
     mats = {"fused": np.asarray(r["confusion"])} | {m: np.asarray(v) for m, v in r["modality_confusion"].items()}
     accs = {"fused": r["accuracy"]} | r["modality_accuracy"]

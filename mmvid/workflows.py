@@ -152,6 +152,11 @@ def _prepare_summary(console, cache: Path, report, classes: int, shard: tuple[in
 
     for note in report.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
+    logged = len(report.decoder_messages) + sum(1 for f in report.failed if f.get("decoder_log"))
+    if logged:
+        console.print(f"[yellow]note:[/] the decoders printed messages on {logged} clip{'' if logged == 1 else 's'}; they are under "
+                      f"\"decoder_messages\" (clips kept) and \"decoder_log\" (clips skipped) in {cache.name}.report.json",
+                      soft_wrap=True, highlight=False)
     if report.excluded:
         console.print(f"[yellow]note:[/] {len(report.excluded)} inputs were not prepared; each is named with its "
                       f"reason under \"excluded\" in {cache.name}.report.json")
@@ -205,20 +210,34 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
     # Under torchrun every rank runs this; rank 0 checks the run folder (the others would race with its first files).
     other_rank = int(os.environ.get("RANK", "0") or 0) > 0
     if resume is not None:
+        from mmvid.runfiles import check_run, read_config, resolve_run_cache, workspace_of
+
         run_dir = resolve_run(ws, resume)
         if not other_rank:  # before its files are read or replaced
             check_run_folder(run_dir, "resume a run that `mmvid train` started")
+        check_run(run_dir)  # every small file of the run, before anything is loaded or moved
         if not (run_dir / CKPT_LAST).exists() and (run_dir / "config.yaml").exists():
-            # Stopped (kill -9, power loss) before its first checkpoint: nothing to continue but its config.
-            cfg = resolve_config(run_dir / "config.yaml")
-            cache = resolve_cache(ws, cfg.data.dataset)
-            console.print(f"{run_dir.name} has no checkpoint yet (it stopped during its first epoch); "
-                          f"restarting it from the beginning with its saved config.yaml", soft_wrap=True)
+            # Stopped (kill -9, power loss) before its first checkpoint, or its checkpoints were removed:
+            # nothing to continue but its config.
+            cfg = read_config(run_dir)
+            done = finished_without_checkpoint(run_dir, cfg.epochs)
+            if done:
+                console.print(done, soft_wrap=True, highlight=False)
+                return run_dir
+            home = workspace_of(run_dir) or ws
+            cache = resolve_cache(home, cfg.data.dataset)
+            # One process moves the files (under torchrun every rank runs this; rank 0 writes the run).
+            aside = set_aside(run_dir) if os.environ.get("RANK", "0") == "0" else (None, [])
+            console.print(restart_message(run_dir, aside), soft_wrap=True, highlight=False)
+            console.print(f"cache of {run_dir.name}: {cache} (its config's data.dataset, in the workspace {home})",
+                          soft_wrap=True, highlight=False)
         else:
             ck = load_checkpoint(run_dir / CKPT_LAST)
             cfg = config_from_dict(ck["config"])
-            cache = Path(ck.get("cache") or resolve_cache(ws, cfg.data.dataset))
-            console.print(resume_message(run_dir.name, ck, cfg.epochs), soft_wrap=True)
+            found = resolve_run_cache(run_dir, ck)
+            cache = found.path
+            console.print(found.line(run_dir), soft_wrap=True, highlight=False)
+            console.print(resume_message(run_dir.name, ck, cfg.epochs) + redone_note(run_dir, ck), soft_wrap=True)
     else:
         check_plugins(cfg, console)
         cache = resolve_cache(ws, cfg.data.dataset)
@@ -279,6 +298,69 @@ def check_plugins(cfg, console=None) -> None:
         note = monitor_plan(cfg, built["augment"], built["balance"])[1]
         if note:
             console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
+
+
+def finished_without_checkpoint(run_dir: Path, epochs: int) -> str | None:
+    """The line for a run that finished all ``epochs`` and then lost its checkpoint_last.pt (``mmvid sweep
+    --keep best|metrics`` removes it): nothing to train, nothing to discard. None for any other run."""
+    from mmvid.runfiles import read_metrics, read_summary
+
+    summary, recs = read_summary(run_dir), read_metrics(run_dir, required=False)
+    if summary is None or summary["epochs"] != epochs or not recs or recs[-1]["epoch"] + 1 < epochs:
+        return None
+    return (f"{run_dir.name} has finished all {epochs} epochs (its summary.json and metrics.jsonl say so; "
+            f"checkpoint_last.pt was removed); nothing left to train")
+
+
+# What a restart from the beginning would overwrite: kept aside in <run>/discarded[-k]/, never deleted.
+RESTART_DISCARDS = ("metrics.jsonl", "summary.json", "checkpoint_best.pt")
+
+
+def set_aside(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """Move the files a restart of ``run_dir`` from its first epoch would overwrite into a fresh
+    ``<run>/discarded`` (``discarded-2``, ...) folder; returns that folder and what moved, as words
+    (metrics.jsonl with its number of logged epochs)."""
+    from mmvid.runfiles import read_metrics
+
+    present = [n for n in RESTART_DISCARDS if (run_dir / n).exists()]
+    if not present:
+        return None, []
+    words = []
+    for n in present:
+        if n == "metrics.jsonl":
+            k = len(read_metrics(run_dir, required=False))
+            words.append(f"metrics.jsonl ({k} logged epoch{'' if k == 1 else 's'})")
+        else:
+            words.append(n)
+    folder = next(run_dir / name for name in ("discarded", *(f"discarded-{k}" for k in range(2, 10_000)))
+                  if not (run_dir / name).exists())
+    folder.mkdir()
+    for n in present:
+        (run_dir / n).rename(folder / n)
+    return folder, words
+
+
+def restart_message(run_dir: Path, aside: tuple[Path | None, list[str]]) -> str:
+    """What a ``--resume`` without a checkpoint does: restart, and which files it kept aside where."""
+    folder, words = aside
+    if folder is None:
+        return (f"{run_dir.name} has no checkpoint yet (it stopped during its first epoch); "
+                f"restarting it from the beginning with its saved config.yaml")
+    return (f"{run_dir.name} has no checkpoint_last.pt to continue from; restarting it from the beginning with its "
+            f"saved config.yaml; what it had is discarded from the run and kept aside in {folder}: {', '.join(words)}")
+
+
+def redone_note(run_dir: Path, ck: dict[str, Any]) -> str:
+    """``; ...`` when metrics.jsonl logged epochs after the checkpoint (killed between an epoch's line and its
+    checkpoint): mmvid.engine.train drops those lines, and the resume says so."""
+    from mmvid.runfiles import read_metrics
+
+    later = [r["epoch"] + 1 for r in read_metrics(run_dir, required=False) if r["epoch"] > int(ck["epoch"])]
+    if not later:
+        return ""
+    which = ", ".join(map(str, later))
+    return (f"; metrics.jsonl logged epoch{'' if len(later) == 1 else 's'} {which} after that checkpoint: "
+            f"{'its line is' if len(later) == 1 else 'their lines are'} dropped, as training goes on from the checkpoint")
 
 
 def resume_message(name: str, ck: dict[str, Any], epochs: int) -> str:

@@ -47,29 +47,6 @@ def write_atomic(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The records of a JSON-lines file that a process appends to (``metrics.jsonl``). A last line torn by a
-    kill during its append is dropped (the run resumes from the checkpoint before it); a bad line before
-    the last is damage and an error naming the file."""
-    import json
-
-    path = Path(path)
-    lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-    out = []
-    for k, ln in enumerate(lines):
-        try:
-            rec = json.loads(ln)
-        except ValueError:
-            rec = None
-        if not isinstance(rec, dict):
-            if k == len(lines) - 1:
-                break
-            raise MmvidError(f"{path} line {k + 1} is not a JSON record; the file is damaged: retrain the run "
-                             f"or delete that line")
-        out.append(rec)
-    return out
-
-
 HINTS = {
     errno.EACCES: "choose a writable --workspace (or --out), or change its permissions",
     errno.EPERM: "choose a writable --workspace (or --out), or change its permissions",

@@ -15,8 +15,15 @@ unreadable files before decord (which can abort the process on some broken input
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import tempfile
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -47,6 +54,49 @@ class Probe:
     video_streams: int
     audio_streams: int
     duration: float  # seconds, 0.0 when the container does not say
+
+
+# ----------------------------------------------------------------------------- decoder log
+
+MAX_LOG_LINES = 20  # distinct messages kept per clip; a broken file can repeat one per frame
+_ADDRESS = re.compile(r" @ 0x[0-9a-fA-F]+")
+
+
+@contextmanager
+def decoder_log() -> Iterator[list[str]]:
+    """Collect what the decoders' C libraries print while the block runs, instead of the terminal.
+
+    FFmpeg (inside decord, and PyAV when its logging is on) writes its messages, such as
+    ``[mjpeg @ 0x55d0c8] Picture size 65000x65000 is invalid``, straight to file descriptor 2, past
+    ``sys.stderr``; so descriptor 2 itself points at a temporary file during the block. The list yielded
+    is filled when the block ends: each distinct message once (the object addresses removed), with
+    ``(N times)`` when repeated, at most ``MAX_LOG_LINES`` of them. Meant for one clip at a time in a
+    process that decodes (prepare's workers, or prepare itself with one worker).
+    """
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(summarize_log(tmp.read().decode("utf-8", errors="replace")))
+
+
+def summarize_log(text: str) -> list[str]:
+    """Distinct non-empty lines of ``text`` in order of appearance, without ``@ 0x...`` addresses, each
+    with its count when above 1; at most ``MAX_LOG_LINES`` and a line saying how many more there were."""
+    counts = Counter(_ADDRESS.sub("", ln).strip() for ln in text.splitlines())
+    counts.pop("", None)
+    out = [f"{ln} ({n} times)" if n > 1 else ln for ln, n in counts.items()]
+    if len(out) > MAX_LOG_LINES:
+        out = out[:MAX_LOG_LINES] + [f"... and {len(out) - MAX_LOG_LINES} other messages"]
+    return out
 
 
 def _first_line(e: Exception) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mmvid.data.cache import CacheWriter, Intensity, read_info
-from mmvid.data.decode import DecodeError, NoAudioError, decode_audio, decode_frames
+from mmvid.data.decode import DecodeError, NoAudioError, decode_audio, decode_frames, decoder_log
 from mmvid.data.features import audio_feature, silent_audio
 from mmvid.data.params import PrepareParams  # noqa: F401  (re-exported: defined without heavy imports)
 from mmvid.data.sources import ClipSpec, Source
@@ -34,6 +34,9 @@ class PrepareReport:
     notes: list[str] = field(default_factory=list)
     excluded: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}: inputs the source skipped
     empty_classes: list[dict[str, str]] = field(default_factory=list)  # {"name", "reason"}: no usable training clip
+    # {"name", "file", "messages"}: clips that decoded, and what the decoders printed meanwhile (failed clips
+    # carry theirs as "decoder_log" in ``failed``); never printed on the terminal
+    decoder_messages: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     already_complete: bool = False
     workers: int = 0  # decoder processes used (``auto`` resolved); 0 when nothing was decoded
@@ -144,13 +147,16 @@ def jpeg_roundtrip(frames: np.ndarray, quality: int) -> np.ndarray:
     return out
 
 
-def _process_safe(i: int, clip: ClipSpec, p: PrepareParams) -> tuple[int, dict[str, np.ndarray] | None, str]:
-    try:
-        return i, process_clip(clip, p), ""
-    except MmvidError as e:
-        return i, None, str(e)
-    except Exception as e:  # a decoder crash on one file must not stop the others
-        return i, None, f"{type(e).__name__}: {e}"
+def _process_safe(i: int, clip: ClipSpec, p: PrepareParams) -> tuple[int, dict[str, np.ndarray] | None, str, list[str]]:
+    """(row, arrays or None, error text or "", what the decoders printed: :func:`decoder_log`)."""
+    with decoder_log() as log:
+        try:
+            sample, err = process_clip(clip, p), ""
+        except MmvidError as e:
+            sample, err = None, str(e)
+        except Exception as e:  # a decoder crash on one file must not stop the others
+            sample, err = None, f"{type(e).__name__}: {e}"
+    return i, sample, err, log
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -317,13 +323,16 @@ def prepare(source: Source, cache: Path, params: PrepareParams, workers: int | s
             task = bar.add_task(source.dataset, total=len(todo), rate=0.0)
             t0 = time.time()
 
-            def record(i: int, sample, err: str, done: int) -> None:
+            def record(i: int, sample, err: str, log: list[str], done: int) -> None:
+                clip = source.clips[i]
+                file = str(clip.video or clip.audio or clip.rgb_dir)
                 if sample is None:
                     writer.fail(i)
-                    clip = source.clips[i]
-                    failed.append({"name": clip.name, "file": str(clip.video or clip.audio or clip.rgb_dir), "error": err})
+                    failed.append({"name": clip.name, "file": file, "error": err, **({"decoder_log": log} if log else {})})
                 else:
                     writer.write(i, sample)
+                    if log:
+                        report.decoder_messages.append({"name": clip.name, "file": file, "messages": log})
                 checkpoint()  # per clip (cheap next to decoding): a killed run loses at most one clip
                 bar.update(task, advance=1, rate=done / max(time.time() - t0, 1e-6))
 

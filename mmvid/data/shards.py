@@ -242,6 +242,7 @@ def merge_shards(cache: Path, given: dict[str, Any] | None = None, force: bool =
     errors = {f["name"]: f for rep in reports for f in rep.get("failed", []) if isinstance(f, dict) and "name" in f}
     report.failed = [errors.get(names[j]) or {"name": names[j], "file": "", "error": "failed (its shard's report is gone)"}
                      for j in np.flatnonzero(status == FAILED)]
+    report.decoder_messages = [m for rep in reports for m in rep.get("decoder_messages", []) if isinstance(m, dict)]
     versions = [json.loads(info.attrs.get("versions", "{}")) for info in infos]
     if any(v != versions[0] for v in versions):  # decoders of other versions may decode other pixels: keep each
         report.notes.append("the shards were prepared with different library versions (attribute 'versions' lists each)")
