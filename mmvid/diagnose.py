@@ -332,7 +332,7 @@ def epochs_for_budget(cfg, alone_cfgs: list, info, minutes: float, console) -> t
     an eval step taken as 0.35 of a training step (a forward without backward)."""
     from mmvid.engine import make_splits
 
-    sp = make_splits(info, cfg.data.val_fraction, cfg.seed)
+    sp = make_splits(info, cfg.data.val_fraction, cfg.seed, cfg.protocol)
     bs = cfg.data.batch_size
     n_train, n_eval = len(sp.train), len(sp.train) + len(sp.val) + len(sp.test)
     per_epoch = 0.0
@@ -377,7 +377,7 @@ def diagnose_run(run: str | Path, console, out: Path | None = None, checkpoint: 
     out = Path(out or run / "diagnosis")
     out.mkdir(parents=True, exist_ok=True)
     splits = lr.ck.get("splits") or {}
-    rows = {"train": np.asarray(splits.get("train", make_splits(info, cfg.data.val_fraction, cfg.seed).train)),
+    rows = {"train": np.asarray(splits.get("train", make_splits(info, cfg.data.val_fraction, cfg.seed, cfg.protocol).train)),
             "test": np.asarray(splits.get("test", info.indices("test")))}
     if not len(rows["test"]):
         rows["test"] = np.asarray(splits.get("val", []))

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmvid.config import TrainConfig
+from mmvid.config import SELECTED_ON_TEST, TrainConfig
 from mmvid.data.cache import CacheInfo, read_info
 from mmvid.engine import (CKPT_BEST, CKPT_LAST, checkpoint_file, evaluate_model, make_loader, model_from_checkpoint,
                           pick_device, rho_of)
@@ -53,19 +53,23 @@ def checkpoint_origin(path: Path, ck: dict[str, Any]) -> dict[str, Any]:
     kind = {CKPT_BEST: "best", CKPT_LAST: "last"}.get(path.name, "given file")
     part = int((ck.get("partial") or {}).get("batch", 0))
     val = ck.get("splits", {}).get("val")
+    protocol = (ck.get("config") or {}).get("protocol", "clean")
     return {"checkpoint": kind, "checkpoint_epoch": int(ck.get("epoch", -1)), "checkpoint_path": str(path),
-            "checkpoint_partial_steps": part, "checkpoint_selected_on": "val" if val is None or len(val) else "test"}
+            "checkpoint_partial_steps": part, "checkpoint_selected_on": "val" if val is None or len(val) else "test",
+            "checkpoint_protocol": protocol if protocol in SELECTED_ON_TEST else "clean"}
 
 
 def checkpoint_note(r: dict[str, Any]) -> str:
-    """``best-validation checkpoint (epoch 7)`` and the like, from :func:`checkpoint_origin`'s keys."""
+    """``best-validation checkpoint (epoch 7)``, ``best-test checkpoint (epoch 7; selected on test, as the
+    reference code does)`` (protocol reference) and the like, from :func:`checkpoint_origin`'s keys."""
     kind, epoch = r["checkpoint"], r["checkpoint_epoch"] + 1
     on_val = r.get("checkpoint_selected_on", "val") == "val"
     what = {"best": f"best-{'validation' if on_val else 'test'} checkpoint", "last": "last checkpoint"}.get(
         kind, f"given file {Path(r['checkpoint_path']).name}")
     if r.get("checkpoint_partial_steps"):
         return f"{what} (saved at step {r['checkpoint_partial_steps']} of epoch {epoch + 1}, interrupted)"
-    return f"{what} (epoch {epoch}{'' if on_val or kind != 'best' else '; no validation split'})"
+    why = SELECTED_ON_TEST.get(r.get("checkpoint_protocol", "clean"), SELECTED_ON_TEST["clean"])
+    return f"{what} (epoch {epoch}{'' if on_val or kind != 'best' else '; ' + why})"
 
 
 @dataclass
