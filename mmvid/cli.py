@@ -203,6 +203,7 @@ def train(
     cache_in_memory: Annotated[Optional[bool], typer.Option("--cache-in-memory/--no-cache-in-memory", help="Read the whole cache into RAM first.")] = None,
     cache_on_gpu: Annotated[Optional[bool], typer.Option("--cache-on-gpu/--no-cache-on-gpu", help="Serve the whole cache from tensors on the device.")] = None,
     run_name: Annotated[Optional[str], typer.Option(help="Run folder name under runs/.")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help="clean (hold out a validation split, select on it) | reference (train on every training clip, select on test, as the published code).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue an interrupted run (name or folder).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set augment.beta=0.5.")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List registered fusions, augmentations and balancers.")] = False,
@@ -229,6 +230,7 @@ def train(
         "--lr": ("optim.lr", lr), "--seed": ("seed", seed), "--device": ("device", device), "--amp": ("amp", amp),
         "--gpus": ("gpus", gpus), "--workers": ("data.workers", workers), "--run-name": ("run_name", run_name),
         "--cache-in-memory": ("data.cache_in_memory", cache_in_memory), "--cache-on-gpu": ("data.cache_on_gpu", cache_on_gpu),
+        "--protocol": ("protocol", protocol),
     }
     overrides, sources = _from_flags(flags)
     sets = _parse_sets(set_)
@@ -259,10 +261,12 @@ def sweep(
     collect: Annotated[bool, typer.Option("--collect", help="Only write the table from the finished runs.")] = False,
     keep: Annotated[str, typer.Option(help="What a finished run keeps: all | best (drop checkpoint_last.pt) | metrics (no checkpoints).")] = "all",
     baseline: Annotated[Optional[str], typer.Option(help="Add each row's per-seed difference to this row (e.g. concat) with its 95 % CI.")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help="clean | reference | clean,reference (or both): every run under each (default: each recipe's own).")] = None,
 ):
     """Train every recipe of a table at every seed (resuming what an earlier sweep left), then write the
-    table in the paper's layout: mean ± std and 95 % CI of last-epoch and best-validation accuracy beside the
-    published figure [dim](<workspace>/sweeps/<name>/table.md, .csv, .png)[/].
+    table in the paper's layout: mean ± std and 95 % CI of last-epoch and best-epoch accuracy (best-validation
+    under protocol clean, best-test under protocol reference, labelled so) beside the published figure
+    [dim](<workspace>/sweeps/<name>/table.md, .csv, .png)[/].
 
     Examples:
       mmvid sweep recipes/table1/cremad --seeds 3
@@ -270,12 +274,13 @@ def sweep(
       mmvid sweep recipes/table1/cremad --dry-run
       mmvid sweep recipes/table1 --emit slurm
       mmvid sweep recipes/table1/cremad --quick --dataset demo --set model.encoder=small
+      mmvid sweep recipes/table1/cremad --protocol both   (clean and reference columns beside the paper's)
     """
     from mmvid.sweep import sweep_command
 
     sweep_command(console, _ws(workspace), targets, seeds=seeds, quick=quick, epochs=epochs, dataset=dataset,
                   sets=_parse_sets(set_), only=only, jobs=jobs, gpus=gpus, dry_run=dry_run, emit=emit, task=task,
-                  collect=collect, keep=keep, baseline=baseline)
+                  collect=collect, keep=keep, baseline=baseline, protocol=protocol)
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -24,6 +24,10 @@ INITS = ("ogm-ge", "remix", "torch")  # model.init, applied by mmvid.models.init
 # Keys a saved config may lack because the run was saved before the key existed, with the value that run was
 # trained with when it differs from today's default (a resumed, evaluated or reused run says what it did).
 ABSENT_MEANS = {"model.init": "torch"}
+PROTOCOLS = ("clean", "reference")
+# What the best epoch of a run is chosen on, in words, for every place that reports it (summary line, evaluate,
+# report, sweep tables): reference selects on test as the published code does, and says so wherever it appears.
+SELECTED_ON_TEST = {"reference": "selected on test, as the reference code does", "clean": "no validation split"}
 # Which cache dataset feeds which model modality (the cache names what is stored, the model what it means).
 CACHE_KEY = {"audio": "spectrogram", "video": "frames", "flow": "flow"}
 
@@ -127,6 +131,10 @@ class TrainConfig:
     # A plug-in that steers on train-set statistics keeps what it needs (B-MM: the whole set, engine.monitor_plan).
     monitor_train: float = spec(1.0, ge=0.0, le=1.0, bools=True)
     eval_every: int = spec(1, ge=1, le=1_000_000)  # val/test evaluation every N epochs, and always at the last
+    # Model selection (docs/methods.md "Reference protocol"). clean: a validation split (data.val_fraction) is
+    # held out of train and the best epoch is chosen on it. reference: as OGM-GE and Data Remixing do, every
+    # training clip trains, test is evaluated every epoch and the best epoch is chosen on test (labelled so).
+    protocol: str = spec("clean", choices=PROTOCOLS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -266,8 +274,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str, Any] | None = None,
-                   sources: dict[str, str] | None = None) -> TrainConfig:
-    """Defaults, then the recipe, then CLI overrides (dotted keys; ``None`` values are skipped).
+                   sources: dict[str, str] | None = None, notes: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the recipe, then CLI overrides (dotted keys; ``None`` values are skipped), then what
+    the protocol implies (:func:`apply_protocol`; its notes are appended to ``notes``).
 
     Every value is checked against its field's rule as it is set; an error names the key, what it
     accepts and where the value came from (``sources``: key -> the CLI flag that gave it).
@@ -286,6 +295,7 @@ def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str,
         from mmvid.data.params import prepared_params  # no heavy import: the parameters' declarations only
 
         prepared_params(cfg.data.prepared)
+    apply_protocol(cfg, {k for k, v in (overrides or {}).items() if v is not None}, sources, notes)
     return cfg
 
 
@@ -305,6 +315,32 @@ def check_aux_loss(cfg: TrainConfig) -> None:
     if cfg.balance.name != "none":
         raise MmvidError(f"config model.aux_loss (Remix's baseline heads) cannot be combined with balancer "
                          f"{cfg.balance.name!r}, which computes its own loss; remove model.aux_loss or use --balance none")
+
+
+def apply_protocol(cfg: TrainConfig, given: set[str] = frozenset(), sources: dict[str, str] | None = None,
+                   notes: list[str] | None = None) -> None:
+    """What ``protocol: reference`` implies: no validation split (every training clip trains) and test
+    evaluated after every epoch.
+
+    A recipe's (or the default) ``data.val_fraction`` is replaced by 0, so that the saved config says what
+    ran, with a line in ``notes``; a ``data.val_fraction`` above 0 given beside the protocol among the
+    overrides (``given``: the command line) contradicts it and is an error, as is ``eval_every`` other than 1.
+    """
+    if cfg.protocol != "reference":
+        return
+    flag = lambda key: f" (given by {sources[key]})" if sources and key in sources else ""  # noqa: E731
+    if cfg.eval_every != 1:
+        raise MmvidError(f"config eval_every={cfg.eval_every}{flag('eval_every')}: protocol reference evaluates test "
+                         f"after every epoch (the best epoch is chosen on test); leave eval_every at 1 or use protocol clean")
+    if cfg.data.val_fraction > 0:
+        if "data.val_fraction" in given:
+            raise MmvidError(f"config data.val_fraction={cfg.data.val_fraction}{flag('data.val_fraction')}: protocol "
+                             f"reference trains on every training clip and holds no validation split out; leave "
+                             f"data.val_fraction out or use protocol clean")
+        if notes is not None:
+            notes.append(f"protocol reference: every training clip trains (data.val_fraction={cfg.data.val_fraction} "
+                         f"is not used) and the best epoch is {SELECTED_ON_TEST['reference']}")
+        cfg.data.val_fraction = 0.0
 
 
 def _set_from(cfg: TrainConfig, key: str, value: Any, where: str) -> None:

@@ -333,7 +333,7 @@ def epochs_for_budget(cfg, alone_cfgs: list, info, minutes: float, console) -> t
     an eval step taken as 0.35 of a training step (a forward without backward)."""
     from mmvid.engine import make_splits
 
-    sp = make_splits(info, cfg.data.val_fraction, cfg.seed)
+    sp = make_splits(info, cfg.data.val_fraction, cfg.seed, cfg.protocol)
     bs = cfg.data.batch_size
     n_train, n_eval = len(sp.train), len(sp.train) + len(sp.val) + len(sp.test)
     per_epoch = 0.0

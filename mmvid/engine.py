@@ -112,11 +112,16 @@ class Splits:
     test: np.ndarray
 
 
-def make_splits(info: CacheInfo, val_fraction: float, seed: int) -> Splits:
-    """Train/val/test rows. Val comes from the cache's val split, else is held out of train (stratified)."""
+def make_splits(info: CacheInfo, val_fraction: float, seed: int, protocol: str = "clean") -> Splits:
+    """Train/val/test rows. Val comes from the cache's val split, else is held out of train (stratified).
+
+    Under ``protocol="reference"`` there is no validation split at all (not even a cache's own): every
+    training clip trains and the best epoch is chosen on test, as OGM-GE and Data Remixing do."""
     train, val, test = info.indices("train"), info.indices("val"), info.indices("test")
     if len(train) == 0:
         raise MmvidError(f"cache {info.path} has no usable train clips")
+    if protocol == "reference":
+        return Splits(train, val[:0], test)
     if len(val) == 0 and val_fraction > 0:
         parts = stratified_split(list(info.labels[train]), val_fraction, seed)
         is_val = np.asarray([p == "test" for p in parts])
@@ -479,7 +484,8 @@ CHECKPOINT_CHOICES = {"best": CKPT_BEST, "last": CKPT_LAST}
 
 def check_checkpoint_choice(which: str) -> str:
     if which not in CHECKPOINT_CHOICES:
-        raise MmvidError(f"--checkpoint {which!r} is not valid; choose best (the best-validation epoch) or last (the last epoch)")
+        raise MmvidError(f"--checkpoint {which!r} is not valid; choose best (the best-validation epoch; the best-test "
+                         f"epoch under protocol reference) or last (the last epoch)")
     return which
 
 
@@ -509,6 +515,20 @@ def model_from_checkpoint(path: Path, which: str = "best") -> tuple[MultimodalCl
 
 
 # ----------------------------------------------------------------------------- training
+
+
+def selection_score(best: dict[str, Any]) -> float:
+    """The accuracy a run's best epoch was chosen by: val, or test where it was selected on test. A best
+    saved before ``selected_on`` existed kept the chosen accuracy under ``val_acc`` (test without val)."""
+    score = best["val_acc"] if "val_acc" in best else best.get("test_acc")
+    return -1.0 if score is None else float(score)
+
+
+def best_selected_on(summary: dict[str, Any]) -> str:
+    """``val`` or ``test``: what a run's best epoch (summary.json ``best``) was chosen on. A summary written
+    before ``selected_on`` existed chose on val exactly when its epochs logged val_acc."""
+    best = summary.get("best", {})
+    return best.get("selected_on") or ("val" if "val_acc" in summary.get("last", {}) else "test")
 
 
 def print_notes(notes) -> None:
@@ -571,7 +591,10 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                                   train=False, device=device) if fraction > 0 else None)
     steer_val = augment.needs_val_scores or balancer.needs_val_scores
 
-    start_epoch, best = 0, {"val_acc": -1.0, "epoch": -1}
+    # The best epoch is chosen on val, or on test where no validation split exists (protocol reference, or
+    # data.val_fraction 0 without a cache val split): summary.json and the checkpoint say which (selected_on).
+    on = "val" if len(splits.val) else "test"
+    start_epoch, best = 0, {f"{on}_acc": -1.0, "epoch": -1, "selected_on": on}
     partial = {"batch": 0, "loss_sum": 0.0, "hits": 0, "seen": 0}  # progress inside an interrupted epoch
     metrics_path = run_dir / METRICS
     if resume and (run_dir / CKPT_LAST).exists():
@@ -677,9 +700,12 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                 rec.update(parts.aux.log(reduce) if parts.aux is not None else {})
                 rec["seconds"] = time.time() - t0
                 select = rec.get("val_acc", rec.get("test_acc", 0.0))
-                improved = held_out and select > best["val_acc"]  # best: among the epochs evaluated
+                # best: the first of the highest among the epochs evaluated (strictly greater, as OGM-GE's and
+                # Data Remixing's `if acc > best_acc`)
+                improved = held_out and select > selection_score(best)
                 if improved:
-                    best = {"val_acc": select, "epoch": epoch, "test_acc": rec.get("test_acc")}
+                    best = ({"val_acc": select, "epoch": epoch, "test_acc": rec.get("test_acc"), "selected_on": "val"}
+                            if "val_acc" in rec else {"test_acc": rec.get("test_acc"), "epoch": epoch, "selected_on": "test"})
                 ck = checkpoint(epoch)
                 if is_main:
                     # The line first: a crash before the checkpoint is renamed redoes this epoch, and resume drops the line.
@@ -689,7 +715,8 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                     if improved:
                         atomic_save(ck, run_dir / CKPT_BEST)
                 last = rec
-                bar.update(ep_task, advance=1, info=f"val {rec.get('val_acc', float('nan')):.3f} test {rec.get('test_acc', float('nan')):.3f}")
+                bar.update(ep_task, advance=1, info=" ".join(f"{k} {rec[f'{k}_acc']:.3f}" for k in ("val", "test")
+                                                              if f"{k}_acc" in rec))
                 if epoch_stop and epoch + 1 < cfg.epochs:
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
@@ -698,7 +725,7 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
     if not last and is_main and metrics_path.exists():  # resumed after its last epoch: nothing trained now
         recs = read_jsonl(metrics_path)
         last = recs[-1] if recs else {}
-    summary = {"run_dir": str(run_dir), "epochs": cfg.epochs, "last": last, "best": best}
+    summary = {"run_dir": str(run_dir), "epochs": cfg.epochs, "protocol": cfg.protocol, "last": last, "best": best}
     if is_main:
         write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=float))
     return summary
@@ -737,7 +764,7 @@ def build_training(cfg: TrainConfig, info: CacheInfo, run_dir: Path, rank: int =
     if cfg.amp == "fp16" and device.type != "cuda":
         raise MmvidError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
     seed_everything(cfg.seed)
-    splits = make_splits(info, cfg.data.val_fraction, cfg.seed)
+    splits = make_splits(info, cfg.data.val_fraction, cfg.seed, cfg.protocol)
     modalities = cfg.data.modalities
     augment = AUGMENTS.build(cfg.augment.name, cfg.augment, modalities)
     balancer = BALANCERS.build(cfg.balance.name, cfg.balance, modalities)

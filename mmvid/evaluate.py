@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmvid.config import TrainConfig
+from mmvid.config import SELECTED_ON_TEST, TrainConfig
 from mmvid.data.cache import CacheInfo
 from mmvid.engine import (CKPT_BEST, CKPT_LAST, checkpoint_file, evaluate_model, make_loader, make_splits,
                           model_from_checkpoint, pick_device, rho_of)
@@ -45,19 +45,23 @@ def checkpoint_origin(path: Path, ck: dict[str, Any]) -> dict[str, Any]:
     kind = {CKPT_BEST: "best", CKPT_LAST: "last"}.get(path.name, "given file")
     part = int((ck.get("partial") or {}).get("batch", 0))
     val = ck.get("splits", {}).get("val")
+    protocol = (ck.get("config") or {}).get("protocol", "clean")
     return {"checkpoint": kind, "checkpoint_epoch": int(ck.get("epoch", -1)), "checkpoint_path": str(path),
-            "checkpoint_partial_steps": part, "checkpoint_selected_on": "val" if val is None or len(val) else "test"}
+            "checkpoint_partial_steps": part, "checkpoint_selected_on": "val" if val is None or len(val) else "test",
+            "checkpoint_protocol": protocol if protocol in SELECTED_ON_TEST else "clean"}
 
 
 def checkpoint_note(r: dict[str, Any]) -> str:
-    """``best-validation checkpoint (epoch 7)`` and the like, from :func:`checkpoint_origin`'s keys."""
+    """``best-validation checkpoint (epoch 7)``, ``best-test checkpoint (epoch 7; selected on test, as the
+    reference code does)`` (protocol reference) and the like, from :func:`checkpoint_origin`'s keys."""
     kind, epoch = r["checkpoint"], r["checkpoint_epoch"] + 1
     on_val = r.get("checkpoint_selected_on", "val") == "val"
     what = {"best": f"best-{'validation' if on_val else 'test'} checkpoint", "last": "last checkpoint"}.get(
         kind, f"given file {Path(r['checkpoint_path']).name}")
     if r.get("checkpoint_partial_steps"):
         return f"{what} (saved at step {r['checkpoint_partial_steps']} of epoch {epoch + 1}, interrupted)"
-    return f"{what} (epoch {epoch}{'' if on_val or kind != 'best' else '; no validation split'})"
+    why = SELECTED_ON_TEST.get(r.get("checkpoint_protocol", "clean"), SELECTED_ON_TEST["clean"])
+    return f"{what} (epoch {epoch}{'' if on_val or kind != 'best' else '; ' + why})"
 
 
 @dataclass
@@ -100,7 +104,7 @@ def split_rows(ck: dict[str, Any], cfg: TrainConfig, cache: RunCache, split: str
         raise MmvidError(f"--split {split!r} is not valid; choose test, val or train")
     rows = ck.get("splits", {}).get(split) if cache.same is not False else None
     if rows is None:
-        rows = getattr(make_splits(cache.info, cfg.data.val_fraction, cfg.seed), split)
+        rows = getattr(make_splits(cache.info, cfg.data.val_fraction, cfg.seed, cfg.protocol), split)
     return np.asarray(rows)
 
 

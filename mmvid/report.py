@@ -38,6 +38,20 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
+def best_epoch_words(summary: dict[str, Any]) -> str:
+    """``best validation epoch 7``, or where the best epoch was chosen on test ``best-test epoch 7 (selected
+    on test, as the reference code does)`` (protocol reference) or ``(no validation split)``."""
+    from mmvid.config import SELECTED_ON_TEST
+    from mmvid.engine import best_selected_on
+
+    if "best" not in summary:
+        return "no summary.json: the best epoch is not known"
+    epoch = summary["best"].get("epoch", -1) + 1
+    if best_selected_on(summary) == "val":
+        return f"best validation epoch {epoch}"
+    return f"best-test epoch {epoch} ({SELECTED_ON_TEST.get(summary.get('protocol', 'clean'), SELECTED_ON_TEST['clean'])})"
+
+
 def metrics_section(ev: dict[str, Any]) -> str:
     rows = [["accuracy", _pct(ev["accuracy"])], ["macro-F1", f"{100 * ev['macro_f1']:.2f}"],
             ["loss", f"{ev['loss']:.4f}"]]
@@ -118,14 +132,13 @@ def write_report(run: Path, out: Path | None = None, umap: bool = True, robustne
         rob_html = robustness_html(rob_json)
     recs = read_metrics(run)
     summary = read_summary(run) or {}
-    best = summary.get("best", {})
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>mmvid report: {_esc(run.name)}</title>"
         f"<style>{CSS}</style></head><body>",
         f"<h1>mmvid report: {_esc(run.name)}</h1>",
         f"<p><b>{_esc(ev['method'])}</b> on <b>{_esc(cfg.data.dataset)}</b> "
-        f"({_esc(', '.join(modalities))}), {len(recs)} epochs trained; best validation epoch "
-        f"{_esc(best.get('epoch', -1) + 1)}. <span class='muted'>Written {time.strftime('%Y-%m-%d %H:%M:%S')}.</span></p>",
+        f"({_esc(', '.join(modalities))}), {len(recs)} epochs trained; {_esc(best_epoch_words(summary))}. "
+        f"<span class='muted'>Written {time.strftime('%Y-%m-%d %H:%M:%S')}.</span></p>",
         "<h2>Test metrics</h2>", metrics_section(ev),
         "<h2>Figures</h2>", *[f"<h3>{_esc(t)}</h3>" + embed_png(p, t) for t, p in figures],
         rob_html or "",

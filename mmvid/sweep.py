@@ -60,6 +60,9 @@ class Sweep:
     targets: list[str]  # what the user named (for the commands that continue or collect the sweep)
     runs: list[RunSpec]  # one per cell and seed; rows with the same config share a run (Table 2's Concat is Table 1's)
     options: list[str]  # the sweep's own flags that shape its plan (--seeds, --quick, --set ...)
+    # runs --protocol asked for that cannot be trained under it (a method that needs a validation split under
+    # protocol reference): "recipe id under reference: why", for the table's note
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def unique(self) -> list[RunSpec]:
@@ -119,17 +122,36 @@ def _target_name(target: str) -> str:
     return _plain(text, "", limit=60) or _plain(p.resolve().name, "sweep", limit=60)
 
 
+def parse_protocols(protocol: str | None) -> list[str] | None:
+    """``--protocol``: None (each recipe's own), ``clean``, ``reference``, ``clean,reference`` or ``both``."""
+    from mmvid.config import PROTOCOLS
+
+    if protocol is None:
+        return None
+    names = list(PROTOCOLS) if protocol.strip() == "both" else [p.strip() for p in protocol.split(",") if p.strip()]
+    if not names or any(p not in PROTOCOLS for p in names):
+        raise MmvidError(f"--protocol {protocol!r} is not valid; choose {', '.join(PROTOCOLS)}, "
+                         f"{','.join(PROTOCOLS)} or both")
+    return [p for p in PROTOCOLS if p in names]  # clean first: the table's column order
+
+
 def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: int | None = None,
-               dataset: str | None = None, sets: dict[str, Any] | None = None, only: str | None = None) -> Sweep:
+               dataset: str | None = None, sets: dict[str, Any] | None = None, only: str | None = None,
+               protocol: str | None = None) -> Sweep:
     """Every recipe under ``targets`` at seeds 0..seeds-1, each config resolved and checked now.
 
     ``quick`` trains ``epochs`` (default 2) epochs per run and keeps every row; ``dataset`` and ``sets``
     override every run's config; ``only``: comma-separated patterns of recipe ids (``*mm*``).
     Runs whose config differs from the plain recipes get a name with a hash of the overrides.
+    ``protocol`` (:func:`parse_protocols`): each recipe x seed runs under each protocol named (default: the
+    recipe's own); a run under protocol reference has ``-reference`` in its name, a clean run the name it
+    always had, so that runs trained before are reused. A run a protocol cannot train (a method with a
+    validation split of its own, under reference) is left out and listed in ``Sweep.skipped``.
     """
     from mmvid.schema import check_name, check_option
 
     check_option("--seeds", seeds, ge=1, le=1000)
+    protocols = parse_protocols(protocol)
     if epochs is not None:
         check_option("--epochs", epochs, ge=1, le=1_000_000)
     overrides: dict[str, Any] = dict(sets or {})
@@ -146,6 +168,7 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
         digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:6]
         tag = f"-quick{digest}" if quick else f"-{digest}"
     runs: list[RunSpec] = []
+    sweep_skipped: list[str] = []
     seen: dict[str, Path] = {}
     by_config: dict[str, str] = {}  # resolved config -> the run name that trains it
     for f, target in files:
@@ -160,26 +183,41 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
         seen[rid] = f
         recipe = read_recipe(f)
         paper = recipe.paper or {}
-        for seed in range(seeds):
-            over = {**overrides, "seed": seed}
-            cfg = resolve_config(recipe.config, over, sources)  # a bad recipe or --set fails before anything runs
-            key = json.dumps({**cfg.to_dict(), "run_name": None}, sort_keys=True, default=str)
-            name = by_config.setdefault(key, f"sweep-{rid}{tag}-s{seed}")
-            cfg.run_name = check_name("the run name of a sweep", name)
-            runs.append(RunSpec(name=name, row_id=rid, recipe=f, seed=seed,
-                                table=str(paper.get("table", target)),
-                                row=paper.get("row", short),
-                                column=paper.get("column", cfg.data.dataset or f.parent.name),
-                                paper=float(paper["accuracy"]) if "accuracy" in paper else None,
-                                overrides=over, config=cfg))
+        for proto in protocols or [None]:
+            over_p = {**overrides, **({"protocol": proto} if proto else {})}
+            # a bad recipe or --set fails before anything runs
+            cfgs = [resolve_config(recipe.config, {**over_p, "seed": seed}, sources) for seed in range(seeds)]
+            if proto == "reference":
+                from mmvid.workflows import reference_refusal
+
+                why = reference_refusal(cfgs[0])
+                if why:
+                    sweep_skipped.append(f"{rid} has no protocol reference run: {why}")
+                    continue
+            for seed, cfg in enumerate(cfgs):
+                key = json.dumps({**cfg.to_dict(), "run_name": None}, sort_keys=True, default=str)
+                mark = "-reference" if cfg.protocol == "reference" else ""
+                name = by_config.setdefault(key, f"sweep-{rid}{tag}{mark}-s{seed}")
+                cfg.run_name = check_name("the run name of a sweep", name)
+                runs.append(RunSpec(name=name, row_id=rid, recipe=f, seed=seed,
+                                    table=str(paper.get("table", target)),
+                                    row=paper.get("row", short),
+                                    column=paper.get("column", cfg.data.dataset or f.parent.name),
+                                    paper=float(paper["accuracy"]) if "accuracy" in paper else None,
+                                    overrides={**over_p, "seed": seed}, config=cfg))
+    if not runs and sweep_skipped:
+        raise MmvidError(f"nothing to train: {'; '.join(sweep_skipped[:3])}")
     if not runs:
         raise MmvidError(f"--only {only!r} matches no recipe under {', '.join(targets)}")
     base = _plain("_".join(_target_name(t) for t in targets), "sweep")
     options = [f"--seeds {seeds}"] + (["--quick"] if quick else []) + ([f"--epochs {epochs}"] if epochs else [])
     options += [f"--dataset {dataset}"] if dataset else []
     options += [f"--set {k}={v}" for k, v in (sets or {}).items()] + ([f"--only {only}"] if only else [])
+    options += [f"--protocol {','.join(protocols)}"] if protocols else []
+    mark = f"-{'_'.join(protocols)}" if protocols else ""
     # The folder sweeps/<name>: a plain name, as every name that becomes a path (mmvid.schema)
-    return Sweep(name=check_name("the sweep's name", f"{base}{tag}"), targets=list(targets), runs=runs, options=options)
+    return Sweep(name=check_name("the sweep's name", f"{base}{tag}{mark}"), targets=list(targets), runs=runs,
+                 options=options, skipped=sweep_skipped)
 
 
 # ----------------------------------------------------------------------------- state of a run
@@ -406,7 +444,7 @@ def _last_line(log: Path) -> str:
 
 @dataclass
 class Cell:
-    """One table cell: the seeds of a recipe, summarised."""
+    """One table cell: the seeds of a recipe under one protocol, summarised."""
 
     table: str
     row: str
@@ -414,9 +452,13 @@ class Cell:
     recipe: str
     seeds: list[int]
     last: list[float]  # test accuracy % at the last epoch, per seed
-    best: list[float]  # test accuracy % at the best-validation epoch, per seed
+    best: list[float]  # test accuracy % at the best epoch (best-validation; best-test under reference), per seed
     paper: float | None
     name: str = ""  # the recipe's own name (its file name without the order prefix), for --baseline
+    protocol: str = "clean"  # the runs' protocol (mmvid.config.PROTOCOLS)
+    # what each seed's best epoch was chosen on (summary.json): "val", or "test" (protocol reference, or a
+    # clean run without a validation split)
+    selected_on: list[str] = field(default_factory=list)
     stats: dict[str, dict[str, float]] = field(default_factory=dict)  # last|best -> mean, std, ci_lo, ci_hi
     # last|best -> the same statistics of (this cell - the baseline's) per seed, over the seeds both have
     versus: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -446,11 +488,14 @@ def aggregate(ws: Path, sweep: Sweep, baseline: str | None = None) -> tuple[list
     from mmvid.runfiles import read_summary
     from mmvid.workspace import runs_dir
 
-    cells: dict[str, Cell] = {}
+    from mmvid.engine import best_selected_on
+
+    cells: dict[tuple[str, str], Cell] = {}
     missing: list[str] = []
     for r in sweep.runs:
-        cell = cells.setdefault(r.row_id, Cell(r.table, r.row, r.column, str(r.recipe), [], [], [], r.paper,
-                                                re.sub(r"^\d+-", "", r.recipe.stem)))
+        protocol = r.config.protocol
+        cell = cells.setdefault((r.row_id, protocol), Cell(r.table, r.row, r.column, str(r.recipe), [], [], [], r.paper,
+                                                           re.sub(r"^\d+-", "", r.recipe.stem), protocol))
         if run_state(ws, r) != "done":
             missing += [r.name] if r.name not in missing else []
             continue
@@ -463,15 +508,16 @@ def aggregate(ws: Path, sweep: Sweep, baseline: str | None = None) -> tuple[list
         cell.seeds.append(r.seed)
         cell.last.append(100.0 * float(accs[0]))
         cell.best.append(100.0 * float(accs[1]))
+        cell.selected_on.append(best_selected_on(s))
     for cell in cells.values():
         cell.stats = {"last": summarize(cell.last), "best": summarize(cell.best)}
     if baseline:
-        bases = {(c.table, c.column): c for c in cells.values() if baseline in (c.name, c.row)}
+        bases = {(c.table, c.column, c.protocol): c for c in cells.values() if baseline in (c.name, c.row)}
         if not bases:
             raise MmvidError(f"--baseline {baseline!r} is no row of this sweep; choose a recipe name or row label: "
                              + ", ".join(dict.fromkeys(c.name for c in cells.values())))
         for cell in cells.values():
-            base = bases.get((cell.table, cell.column))
+            base = bases.get((cell.table, cell.column, cell.protocol))
             if base is None or base is cell:
                 continue
             for which in ("last", "best"):
@@ -498,50 +544,125 @@ def _paper(cell: Cell, which: str) -> str:
     return f" · paper {cell.paper:.2f} (Δ {st['mean'] - cell.paper:+.2f},{inside})"
 
 
+def best_label(cells: list[Cell], protocol: str, short: bool = False) -> str:
+    """What the best epoch of ``cells`` (one protocol) was chosen on: ``best-validation epoch``, ``best-test
+    epoch (selected on test, as the reference code does)``, ...; ``short``: ``best-val``, ``best-test
+    (selected on test)``. Read from the runs' summaries; cells of a protocol that chose both ways mark the
+    test-selected ones with † (:func:`_dagger`)."""
+    from mmvid.config import SELECTED_ON_TEST
+
+    ons = {o for c in cells for o in c.selected_on} or {"test" if protocol == "reference" else "val"}
+    why = SELECTED_ON_TEST.get(protocol, SELECTED_ON_TEST["clean"])
+    if ons == {"val"}:
+        return "best-val" if short else "best-validation epoch"
+    if ons == {"test"}:
+        return f"best-test ({'selected on test' if protocol == 'reference' else why})" if short else f"best-test epoch ({why})"
+    return "best (val; † test)" if short else f"best epoch (validation; † test: {why})"
+
+
+def _dagger(cell: Cell, group: list[Cell]) -> str:
+    """`` †`` on a cell whose best epoch was chosen on test in a ``group`` (one protocol's cells) that chose
+    both ways (a clean recipe with data.val_fraction 0 beside others)."""
+    ons = {o for c in group for o in c.selected_on}
+    return " †" if len(ons) > 1 and "test" in cell.selected_on else ""
+
+
+def protocol_column(cells: list[Cell], protocol: str) -> str:
+    """The label of a protocol's figures beside the paper's, e.g. ``reference: last / best-test (selected on test)``."""
+    return f"{protocol}: last / {best_label(cells, protocol, short=True)}"
+
+
+def headline(cells_of_row: dict[str, Cell]) -> tuple[Cell | None, str]:
+    """The figure a row's Δ against the paper is computed from: the reference protocol's best-test figure
+    where the sweep ran it (what the paper reports: its reference code selects on test), else the clean
+    protocol's best epoch. Returns the cell and its protocol (None when no seed finished)."""
+    for protocol in ("reference", "clean"):
+        c = cells_of_row.get(protocol)
+        if c is not None and c.best:
+            return c, protocol
+    return None, ""
+
+
 def write_tables(cells: list[Cell], out: Path, title: str, note: str = "", baseline: str | None = None) -> list[Path]:
-    """table.md (the paper's layout, a table per paper table: last epoch, then best validation epoch),
-    table.csv (one line per cell with every number) and table.png / .svg."""
+    """table.md (per paper table: its rows beside the paper's figure, one column per protocol; then the
+    paper's layout, a grid per protocol and epoch: last, then best), table.csv (one line per cell and
+    protocol with every number) and table.png / .svg."""
+    from mmvid.config import PROTOCOLS
+
     tables: dict[str, list[Cell]] = {}
     for c in cells:
         tables.setdefault(c.table, []).append(c)
+    protocols = [p for p in PROTOCOLS if any(c.protocol == p for c in cells)]
     md = [f"# {title}", ""] + ([note, ""] if note else [])
     md += ["Each cell: test accuracy %, mean ± std over seeds [95 % confidence interval, Student's t]; "
-           "the paper's figure and the difference (Δ = ours − paper).", ""]
+           "the paper's figure and the difference (Δ = ours − paper).", "",
+           "Protocols: **clean** holds a validation split out of the training clips and reports the last epoch and "
+           "the best-validation epoch; **reference** trains on every training clip and reports the last epoch and "
+           "the best-test epoch, selected on test as the paper's reference code does (OGM-GE, Data Remixing), which "
+           "flatters it. The paper's figures were selected that way, so the Δ beside each row is computed against "
+           "the reference protocol's best-test figure where the sweep ran it (`--protocol both`), else against the "
+           "clean protocol's best-validation figure, which is expected to be lower for the same method.", ""]
     for table, cs in tables.items():
+        name = f"{'Table ' if table.isdigit() else ''}{table}"
         rows = list(dict.fromkeys(c.row for c in cs))
         columns = list(dict.fromkeys(c.column for c in cs))
-        by = {(c.row, c.column): c for c in cs}
-        for which, label in (("last", "last epoch"), ("best", "best-validation epoch")):
-            md += [f"## {'Table ' if table.isdigit() else ''}{table}: {label}", "",
-                   "| " + " | ".join(["", *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
-            for row in rows:
-                cells_ = [(_fmt(by[row, col].stats[which]) + _paper(by[row, col], which)) if (row, col) in by else ""
-                          for col in columns]
-                md.append("| " + " | ".join([row, *cells_]) + " |")
-            md.append("")
-        if baseline:
-            md += [f"## {'Table ' if table.isdigit() else ''}{table}: difference to {baseline}, paired by seed", "",
-                   "Each cell: mean difference (test accuracy points) [95 % CI, Student's t over the per-seed "
-                   "differences], last epoch; then best-validation epoch. **Bold**: the interval excludes 0.", "",
-                   "| " + " | ".join(["", *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
-            for row in rows:
-                cells_ = [" / ".join(_versus(by[row, col].versus[w]) for w in ("last", "best"))
-                          if (row, col) in by and by[row, col].versus else "" for col in columns]
-                md.append("| " + " | ".join([row, *cells_]) + " |")
-            md.append("")
+        by = {(c.row, c.column, c.protocol): c for c in cs}
+        here = [p for p in protocols if any(c.protocol == p for c in cs)]
+        labels = [protocol_column([c for c in cs if c.protocol == p], p) for p in here]
+        md += [f"## {name}: beside the paper", "",
+               "| " + " | ".join(["", "column", "paper", *labels, "Δ vs paper (from)"]) + " |",
+               "|" + "---|" * (4 + len(here))]
+        for row in rows:
+            for col in columns:
+                mine = {p: by[row, col, p] for p in here if (row, col, p) in by}
+                if not mine:
+                    continue
+                paper = next(iter(mine.values())).paper
+                figures = [" / ".join(_short(mine[p].stats[w]) for w in ("last", "best"))
+                           + _dagger(mine[p], [c for c in cs if c.protocol == p]) if p in mine else "" for p in here]
+                head, src = headline(mine)
+                delta = ("" if paper is None or head is None else
+                         f"{head.stats['best']['mean'] - paper:+.2f}{_inside(head.stats['best'], paper)} "
+                         f"({src} {'best-test' if 'test' in head.selected_on else 'best-val'})")
+                md.append("| " + " | ".join([row, col, "" if paper is None else f"{paper:.2f}", *figures, delta]) + " |")
+        md.append("")
+        for protocol in here:
+            mine = [c for c in cs if c.protocol == protocol]
+            for which, label in (("last", "last epoch"), ("best", best_label(mine, protocol))):
+                md += [f"## {name}: {label} (protocol {protocol})", "",
+                       "| " + " | ".join(["", *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+                for row in rows:
+                    c_ = [by.get((row, col, protocol)) for col in columns]
+                    cells_ = ["" if c is None else _fmt(c.stats[which]) + (_dagger(c, mine) if which == "best" else "")
+                              + _paper(c, which) for c in c_]
+                    md.append("| " + " | ".join([row, *cells_]) + " |")
+                md.append("")
+            if baseline:
+                md += [f"## {name}: difference to {baseline}, paired by seed (protocol {protocol})", "",
+                       "Each cell: mean difference (test accuracy points) [95 % CI, Student's t over the per-seed "
+                       f"differences], last epoch; then {best_label(mine, protocol)}. **Bold**: the interval "
+                       "excludes 0.", "",
+                       "| " + " | ".join(["", *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+                for row in rows:
+                    c_ = [by.get((row, col, protocol)) for col in columns]
+                    cells_ = [" / ".join(_versus(c.versus[w]) for w in ("last", "best")) if c is not None and c.versus
+                              else "" for c in c_]
+                    md.append("| " + " | ".join([row, *cells_]) + " |")
+                md.append("")
     seeds_n = {len(c.last) for c in cells}
     md.append(f"Seeds per cell: {', '.join(str(n) for n in sorted(seeds_n))}.")
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text("\n".join(md) + "\n")
     with (out / "table.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["table", "row", "column", "recipe", "n_seeds", "seeds",
+        w.writerow(["table", "row", "column", "protocol", "best_selected_on", "recipe", "n_seeds", "seeds",
                     *[f"{which}_{k}" for which in ("last", "best") for k in ("mean", "std", "ci95_lo", "ci95_hi")],
                     "paper", "diff_last", "diff_best", "last_per_seed", "best_per_seed",
                     *[f"vs_baseline_{which}_{k}" for which in ("last", "best") for k in ("mean", "ci95_lo", "ci95_hi")]])
         for c in cells:
             sl, sb = c.stats["last"], c.stats["best"]
-            w.writerow([c.table, c.row, c.column, c.recipe, len(c.last), " ".join(map(str, c.seeds)),
+            w.writerow([c.table, c.row, c.column, c.protocol, " ".join(dict.fromkeys(c.selected_on)), c.recipe,
+                        len(c.last), " ".join(map(str, c.seeds)),
                         *[_num(st[k]) for st in (sl, sb) for k in ("mean", "std", "ci_lo", "ci_hi")],
                         "" if c.paper is None else c.paper,
                         "" if c.paper is None or not c.last else _num(sl["mean"] - c.paper),
@@ -550,6 +671,18 @@ def write_tables(cells: list[Cell], out: Path, title: str, note: str = "", basel
                         *[_num(c.versus[which][k]) if which in c.versus else "" for which in ("last", "best")
                           for k in ("mean", "ci_lo", "ci_hi")]])
     return [out / "table.md", out / "table.csv", *plot_table(cells, out / "table", title)]
+
+
+def _short(st: dict[str, float]) -> str:
+    if not st["n"]:
+        return "–"
+    return f"{st['mean']:.2f}" + ("" if st["n"] < 2 else f" ± {st['std']:.2f}")
+
+
+def _inside(st: dict[str, float], paper: float) -> str:
+    if math.isnan(st["ci_lo"]):
+        return ""
+    return ", in CI" if st["ci_lo"] <= paper <= st["ci_hi"] else ", outside CI"
 
 
 def _versus(st: dict[str, float]) -> str:
@@ -565,38 +698,63 @@ def _num(x: float) -> str:
 
 def plot_table(cells: list[Cell], out: Path, title: str) -> list[Path]:
     """One panel per column (data set or ablation value): each row's mean with its 95 % interval, last
-    epoch and best-validation epoch, and the paper's figure as a diamond."""
+    epoch and best epoch of each protocol (clean: best-validation; reference: best-test, selected on test),
+    each labelled with its protocol, and the paper's figure as a diamond."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mmvid.config import PROTOCOLS
+
     groups: dict[tuple[str, str], list[Cell]] = {}
     for c in cells:
         groups.setdefault((c.table, c.column), []).append(c)
+    protocols = [p for p in PROTOCOLS if any(c.protocol == p for c in cells)]
+    series = [(p, which) for p in protocols for which in ("last", "best")]
+    colors = {("clean", "last"): "tab:blue", ("clean", "best"): "tab:orange",
+              ("reference", "last"): "tab:green", ("reference", "best"): "tab:red"}
+    labels = {(p, w): f"{p}: " + ("last epoch" if w == "last" else best_label([c for c in cells if c.protocol == p], p, short=True))
+              for p, w in series}
+    step = 0.6 / len(series)
     n = len(groups)
-    height = max(len(cs) for cs in groups.values()) * 0.45 + 1.6
+    legend_cols = max(1, min(len(series) + 1, int(4.2 * n // 2.8)))  # a label is up to ~2.7 in wide at 8 pt
+    legend_rows = math.ceil((len(series) + 1) / legend_cols)  # below the panels, where it hides no point
+    height = (max(len({c.row for c in cs}) for cs in groups.values()) * 0.45 * (1 + 0.5 * (len(protocols) - 1))
+              + 1.6 + 0.25 * legend_rows)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, height), squeeze=False, sharey=False)
     for ax, ((table, column), cs) in zip(axes[0], groups.items()):
-        ys = range(len(cs))
-        for which, dy, color, label in (("last", -0.15, "tab:blue", "last epoch"), ("best", 0.15, "tab:orange", "best val")):
-            means = [c.stats[which]["mean"] for c in cs]
-            errs = [[0 if math.isnan(c.stats[which]["ci_lo"]) else c.stats[which]["mean"] - c.stats[which]["ci_lo"] for c in cs],
-                    [0 if math.isnan(c.stats[which]["ci_hi"]) else c.stats[which]["ci_hi"] - c.stats[which]["mean"] for c in cs]]
-            ax.errorbar(means, [y + dy for y in ys], xerr=errs, fmt="o", color=color, capsize=3, label=label)
-        paper = [(c.paper, y) for c, y in zip(cs, ys) if c.paper is not None]
+        rows = list(dict.fromkeys(c.row for c in cs))
+        ys = {row: y for y, row in enumerate(rows)}
+        for k, (protocol, which) in enumerate(series):
+            mine = [c for c in cs if c.protocol == protocol and c.stats[which]["n"]]
+            if not mine:
+                continue
+            dy = -0.3 + step * (k + 0.5)
+            means = [c.stats[which]["mean"] for c in mine]
+            errs = [[0 if math.isnan(c.stats[which]["ci_lo"]) else c.stats[which]["mean"] - c.stats[which]["ci_lo"] for c in mine],
+                    [0 if math.isnan(c.stats[which]["ci_hi"]) else c.stats[which]["ci_hi"] - c.stats[which]["mean"] for c in mine]]
+            ax.errorbar(means, [ys[c.row] + dy for c in mine], xerr=errs, fmt="o" if protocol == "clean" else "s",
+                        color=colors.get((protocol, which)), capsize=3, label=labels[protocol, which])
+        paper = {c.row: c.paper for c in cs if c.paper is not None}
         if paper:
-            ax.scatter([p for p, _ in paper], [y for _, y in paper], marker="D", color="black", zorder=3, label="paper")
-        ax.set_yticks(list(ys), [c.row for c in cs])
+            ax.scatter(list(paper.values()), [ys[r] for r in paper], marker="D", color="black", zorder=3, label="paper")
+        ax.set_yticks(list(ys.values()), rows)
         ax.invert_yaxis()
         ax.set_xlabel("test accuracy %")
         ax.set_title(f"{'Table ' if table.isdigit() else ''}{table}: {column}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="best")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:  # a panel without some series has the others' handles
+        for h, lbl in zip(*ax.get_legend_handles_labels()):
+            if lbl not in names:
+                handles.append(h)
+                names.append(lbl)
+    fig.legend(handles, names, loc="lower center", ncol=legend_cols, fontsize=8, frameon=False)
     import textwrap
 
     fig.suptitle(textwrap.fill(title, width=int(60 * n)), fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.25 * legend_rows / height, 1, 1))
     paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
     for p in paths:
         fig.savefig(p, dpi=120)
@@ -645,8 +803,9 @@ def write_plan(out: Path, sweep: Sweep) -> Path:
     plan = {"name": sweep.name, "targets": sweep.targets, "options": sweep.options,
             "runs": [{"index": i, "name": r.name, "recipe": str(r.recipe), "seed": r.seed}
                      for i, r in enumerate(sweep.unique)],
-            "cells": [{"table": r.table, "row": r.row, "column": r.column, "seed": r.seed, "run": r.name,
-                       "recipe": str(r.recipe), "paper": r.paper} for r in sweep.runs]}
+            "cells": [{"table": r.table, "row": r.row, "column": r.column, "protocol": r.config.protocol,
+                       "seed": r.seed, "run": r.name, "recipe": str(r.recipe), "paper": r.paper} for r in sweep.runs],
+            "skipped": sweep.skipped}
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "sweep.json", json.dumps(plan, indent=2))
     return out / "sweep.json"
@@ -659,16 +818,21 @@ def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: 
                   dataset: str | None = None, sets: dict[str, Any] | None = None, only: str | None = None,
                   jobs: int = 1, gpus: int = 0, dry_run: bool = False, emit: str | None = None,
                   task: int | None = None, collect: bool = False, progress: bool = True, keep: str = "all",
-                  baseline: str | None = None) -> list[Path]:
+                  baseline: str | None = None, protocol: str | None = None) -> list[Path]:
     """Plan, then one of: print the commands (``dry_run``), write a Slurm script (``emit``), run one task
     (``task``, for a job array), or run what is not done; then aggregate and write the tables (unless a
-    single task ran). Returns the files written."""
+    single task ran). ``protocol``: see :func:`plan_sweep`. Returns the files written."""
     if emit not in (None, "slurm"):
         raise MmvidError(f"--emit {emit!r} is not supported; choose: slurm")
-    sweep = plan_sweep(targets, seeds=seeds, quick=quick, epochs=epochs, dataset=dataset, sets=sets, only=only)
+    sweep = plan_sweep(targets, seeds=seeds, quick=quick, epochs=epochs, dataset=dataset, sets=sets, only=only,
+                       protocol=protocol)
+    for line in sweep.skipped:
+        console.print(f"[yellow]note:[/] {line}", soft_wrap=True, highlight=False)
     out = ws / "sweeps" / sweep.name
     n_rows, n_runs = len({r.row_id for r in sweep.runs}), len(sweep.unique)
     shared = f", {len(sweep.runs) - n_runs} cells reuse a run of the same config" if n_runs < len(sweep.runs) else ""
+    n_protocols = len({r.config.protocol for r in sweep.runs})
+    shared = (f" x {n_protocols} protocols" if n_protocols > 1 else "") + shared
     if emit:
         if keep not in KEEP:
             raise MmvidError(f"--keep {keep!r} is not valid; choose one of: {', '.join(KEEP)}")
@@ -693,6 +857,8 @@ def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: 
     cells, missing = aggregate(ws, sweep, baseline)
     note = (f"{len(missing)} of {n_runs} runs are not finished and are left out: {', '.join(missing[:6])}"
             + (", ..." if len(missing) > 6 else "")) if missing else ""
+    if sweep.skipped:  # in the table's note too: a reference column without these rows is not an oversight
+        note = " ".join([note, *[f"{line}." for line in sweep.skipped]]).strip()
     over = ", ".join(sweep.options)
     files = write_tables(cells, out, f"mmvid sweep {' '.join(targets)} ({over})", note, baseline)
     _print_summary(console, cells)
@@ -711,9 +877,10 @@ def _print_summary(console, cells: list[Cell]) -> None:
 
     for name in dict.fromkeys(c.table for c in cells):
         table = Table(title=f"{'Table ' if name.isdigit() else ''}{name}: test accuracy %, mean ± std [95 % CI] over seeds")
-        for col in ("row", "column", "seeds", "last epoch", "best-val epoch", "paper (Δ last)"):
+        for col in ("row", "column", "protocol", "seeds", "last epoch", "best epoch", "chosen on", "paper (Δ best)"):
             table.add_column(col)
         for c in (c for c in cells if c.table == name):
-            paper = "" if c.paper is None else f"{c.paper:.2f}" + (f" ({c.stats['last']['mean'] - c.paper:+.2f})" if c.last else "")
-            table.add_row(c.row, c.column, str(len(c.last)), _fmt(c.stats["last"]), _fmt(c.stats["best"]), paper)
+            paper = "" if c.paper is None else f"{c.paper:.2f}" + (f" ({c.stats['best']['mean'] - c.paper:+.2f})" if c.best else "")
+            table.add_row(c.row, c.column, c.protocol, str(len(c.last)), _fmt(c.stats["last"]), _fmt(c.stats["best"]),
+                          "/".join(dict.fromkeys(c.selected_on)), paper)
         console.print(table)

@@ -201,7 +201,8 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
     before torch is imported, so a bad option fails in well under a second."""
     from mmvid.config import config_from_dict, resolve_config
 
-    cfg = None if resume is not None else resolve_config(recipe, overrides, sources)  # "" is refused by resolve_run
+    notes: list[str] = []
+    cfg = None if resume is not None else resolve_config(recipe, overrides, sources, notes)  # "" is refused by resolve_run
     from mmvid.engine import CKPT_LAST, default_run_name, load_checkpoint, train
     from mmvid.registry import load_plugins
     from mmvid.workspace import check_run_folder, resolve_cache, resolve_run, run_path
@@ -240,6 +241,8 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
             console.print(resume_message(run_dir.name, ck, cfg.epochs) + redone_note(run_dir, ck), soft_wrap=True)
     else:
         check_plugins(cfg, console)
+        for note in notes:
+            console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
         cache = resolve_cache(ws, cfg.data.dataset)
         cfg.data.dataset = cache.stem
         run_dir = run_path(ws, cfg.run_name or default_run_name(cfg, cache.stem))
@@ -261,15 +264,19 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
 
 
 def checkpoints_line(summary: dict[str, Any]) -> str:
-    """Test accuracy at the last epoch (checkpoint_last.pt) and at the best-validation epoch
-    (checkpoint_best.pt, what `mmvid evaluate` reads by default), each with its 1-based epoch.
-    Without a validation split the best epoch was chosen on test, and the line says so."""
+    """Test accuracy at the last epoch (checkpoint_last.pt) and at the best epoch (checkpoint_best.pt, what
+    `mmvid evaluate` reads by default), each with its 1-based epoch. The best epoch is chosen on validation;
+    where it was chosen on test (protocol reference, or no validation split) the line says so and why."""
+    from mmvid.config import SELECTED_ON_TEST
+    from mmvid.engine import best_selected_on
+
     last, best = summary["last"], summary["best"]
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"  # noqa: E731
     head = f"test acc {pct(last.get('test_acc'))} at the last epoch ({last.get('epoch', -1) + 1})"
-    on_val = "val_acc" in last
+    on_val = best_selected_on(summary) == "val"
     what = "best-validation epoch" if on_val else "best-test epoch"
-    sel = f"val {pct(best['val_acc'])}" if on_val else "chosen on test: no validation split"
+    protocol = summary.get("protocol", "clean")
+    sel = f"val {pct(best['val_acc'])}" if on_val else SELECTED_ON_TEST.get(protocol, SELECTED_ON_TEST["clean"])
     if best["epoch"] == last.get("epoch"):
         return f"{head}, which is also the {what} ({sel})"
     return f"{head}; {pct(best.get('test_acc'))} at the {what} ({best['epoch'] + 1}, {sel})"
@@ -292,6 +299,10 @@ def check_plugins(cfg, console=None) -> None:
         except (TypeError, ValueError, AttributeError) as e:
             raise MmvidError(f"config {key}.args={section.args} is not valid for {reg.kind} {section.name!r}: {e}") from None
     built["balance"].check(cfg.model, cfg.augment.name)
+    refusal = reference_refusal(cfg, built)
+    if refusal:
+        raise MmvidError(f"config protocol=reference holds no validation split out, but {refusal}; "
+                         f"train it under protocol clean")
     if console is not None:
         from mmvid.engine import monitor_plan
 
@@ -361,6 +372,31 @@ def redone_note(run_dir: Path, ck: dict[str, Any]) -> str:
     which = ", ".join(map(str, later))
     return (f"; metrics.jsonl logged epoch{'' if len(later) == 1 else 's'} {which} after that checkpoint: "
             f"{'its line is' if len(later) == 1 else 'their lines are'} dropped, as training goes on from the checkpoint")
+
+
+def reference_refusal(cfg, built: dict[str, Any] | None = None) -> str | None:
+    """Why ``cfg``'s plug-ins cannot train under protocol reference, e.g. "balancer 'gblend' estimates on
+    validation clips of its own" (None if they can): a method that estimates on held-out clips (G-Blend,
+    Diagnosing & Re-learning, LFM's learned schedule, B-MM with rho_split val) needs the validation split
+    that protocol reference does not hold out. ``built``: the plug-ins already built from ``cfg``
+    ({"augment": ..., "balance": ...}); else they are built here (an error building them is left to
+    :func:`check_plugins`)."""
+    if cfg.protocol != "reference":
+        return None
+    from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
+
+    if built is None:
+        load_plugins()
+        try:
+            built = {"augment": AUGMENTS.build(cfg.augment.name, cfg.augment, cfg.data.modalities),
+                     "balance": BALANCERS.build(cfg.balance.name, cfg.balance, cfg.data.modalities)}
+        except (MmvidError, TypeError, ValueError, AttributeError):
+            return None
+    for key, kind in (("augment", "augmentation"), ("balance", "balancer")):
+        plugin = built[key]
+        if plugin.needs_val_split or plugin.needs_val_scores:
+            return f"{kind} {getattr(cfg, key).name!r} estimates on validation clips of its own"
+    return None
 
 
 def resume_message(name: str, ck: dict[str, Any], epochs: int) -> str:

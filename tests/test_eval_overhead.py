@@ -140,7 +140,8 @@ def test_eval_every_logs_evaluated_epochs_only_and_never_changes_training(every2
         assert figures(g) == figures(r, held_out=g["epoch"] in (1, 2))
     best = max((r for r in got if "val_acc" in r), key=lambda r: (r["val_acc"], -r["epoch"]))
     summary = json.loads((every2 / "summary.json").read_text())
-    assert summary["best"] == {"val_acc": best["val_acc"], "epoch": best["epoch"], "test_acc": best["test_acc"]}
+    assert summary["best"] == {"val_acc": best["val_acc"], "epoch": best["epoch"], "test_acc": best["test_acc"],
+                               "selected_on": "val"}
     assert summary["last"]["test_acc"] == got[-1]["test_acc"]
     assert load_checkpoint(every2 / CKPT_BEST)["epoch"] == best["epoch"] != 0
     assert load_checkpoint(every2 / CKPT_LAST)["epoch"] == 2

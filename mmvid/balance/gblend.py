@@ -46,6 +46,7 @@ class GradientBlending(Balancer):
     ``batch_sum`` (the sum over the epoch's batches of each batch's mean loss, as BalanceBenchmark)."""
 
     min_modalities = 1
+    needs_val_split = True  # its weights are estimated on held-out clips
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

@@ -108,6 +108,7 @@ class LFM(Balancer):
         super().__init__(cfg, modalities)
         self.schedule = self.choice("schedule", SCHEDULES, "learnable",
                                     "learnable is Crema_epoch_learnable.py and BalanceBenchmark, fitted Crema_epoch.py")
+        self.needs_val_split = self.schedule == "learnable"  # its hypergradient is taken on validation clips
         self.hyper_mode = self.choice("hyper_mode", MODES, "eval", "eval is the authors' code, train BalanceBenchmark's")
         self.score = self.choice("score", SCORES, "split-head", "split-head is the reference, mask paper Eq. 5")
         self.align = float(self.args.get("align_init", 0.95))

@@ -80,6 +80,8 @@ class DiagnoseRelearn(Balancer):
     rank 0's purities are used by all.
     """
 
+    needs_val_split = True  # the diagnosis compares train and validation purity
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
         self.move_lambda = float(self.args.get("move_lambda", 3.0))
