@@ -201,6 +201,11 @@ def read_metrics(run: str | Path, required: bool = True) -> list[dict[str, Any]]
     return recs
 
 
+# The words (not numbers) a summary.json holds: what the best epoch was chosen on, and the run's protocol.
+WORDS_OF = {("best", "selected_on"): ("val", "test"), (".", "protocol"): ("clean", "reference")}
+WORDS = {field for _, field in WORDS_OF}
+
+
 def check_summary(data: dict[str, Any], path: Path) -> dict[str, Any]:
     epochs = data.get("epochs")
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
@@ -209,11 +214,15 @@ def check_summary(data: dict[str, Any], path: Path) -> dict[str, Any]:
         part = data.get(key)
         if not isinstance(part, dict):
             raise damaged(path, f"{key} is not an object")
-        bad = [k for k, v in part.items() if not is_number(v)]
+        bad = [k for k, v in part.items() if not is_number(v) and k not in WORDS]
         if bad:
             raise damaged(path, f"{key}.{bad[0]} is not a number")
     if not isinstance(data["best"].get("epoch", -1), int):
         raise damaged(path, "best.epoch is not an epoch number")
+    for (key, field), choices in WORDS_OF.items():
+        value = data[key].get(field) if key != "." else data.get(field)
+        if value is not None and value not in choices:
+            raise damaged(path, f"{field}={value!r} is not one of {', '.join(choices)}")
     return data
 
 

@@ -232,7 +232,7 @@ def test_the_papers_recipes_state_their_protocol_with_a_reason():
 def test_protocol_plan_names_runs_by_protocol_and_keeps_clean_names():
     plain = plan_sweep(["recipes/table2/cremad"], seeds=2)
     both = plan_sweep(["recipes/table2/cremad"], seeds=2, protocol="both")
-    assert both.name == "table2-cremad-clean+reference" and "--protocol clean,reference" in both.options
+    assert both.name == "table2-cremad-clean_reference" and "--protocol clean,reference" in both.options
     clean = [r.name for r in both.runs if r.config.protocol == "clean"]
     assert clean == [r.name for r in plain.runs]  # a clean run keeps its name: earlier sweeps' runs are reused
     ref = [r for r in both.runs if r.config.protocol == "reference"]
@@ -242,7 +242,7 @@ def test_protocol_plan_names_runs_by_protocol_and_keeps_clean_names():
     assert not any("gblend" in r.name for r in ref) and len(ref) == 2 * 8
     assert both.skipped == ["table2-cremad-gblend has no protocol reference run: balancer 'gblend' estimates on "
                             "validation clips of its own"]
-    assert plan_sweep(["recipes/table1/cremad"], seeds=1, protocol="reference,clean").name == "table1-cremad-clean+reference"
+    assert plan_sweep(["recipes/table1/cremad"], seeds=1, protocol="reference,clean").name == "table1-cremad-clean_reference"
     with pytest.raises(MmvidError, match=r"^--protocol 'val' is not valid; choose clean, reference, clean,reference or both$"):
         plan_sweep(["recipes/table1/cremad"], protocol="val")
 
@@ -293,7 +293,7 @@ def test_both_protocols_sweep_shows_both_columns_beside_the_paper(reference_swee
     stamps = {c["run"]: (ws / "runs" / c["run"] / "metrics.jsonl").stat().st_mtime_ns for c in plan["cells"]}
     files = sweep_command(QUIET, ws, ["recipes/table1/cremad"], protocol="both", **QUICK)
     out = files[0].parent
-    assert out.name.endswith("-clean+reference")
+    assert out.name.endswith("-clean_reference")
     # the reference runs of the first sweep are reused, not retrained
     assert stamps == {n: (ws / "runs" / n / "metrics.jsonl").stat().st_mtime_ns for n in stamps}
     with (out / "table.csv").open() as fh:
