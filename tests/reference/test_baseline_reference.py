@@ -55,6 +55,17 @@ class RefBlock(nn.Module):
         return self.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
+
+def backbone_init(net: nn.Module) -> None:
+    """The backbone's own init loop of models/backbone.py (``ResNet.__init__``), re-typed: convolutions
+    kaiming-normal (fan_out, relu), norm weights N(1, 0.02^2) and biases 0."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.normal_(m.weight, mean=1, std=0.02)
+            nn.init.constant_(m.bias, 0)
+
 class RefResNet18(nn.Module):
     """backbone.py's ResNet(BasicBlock, [2, 2, 2, 2], modality); ``layout`` is the visual input's: OGM-GE's
     (B, C, T, H, W) or Remix's (B, T, C, H, W)."""
@@ -71,12 +82,7 @@ class RefResNet18(nn.Module):
         self.layer2 = self._layer(128, 2)
         self.layer3 = self._layer(256, 2)
         self.layer4 = self._layer(512, 2)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.normal_(m.weight, mean=1, std=0.02)
-                nn.init.constant_(m.bias, 0)
+        backbone_init(self)
 
     def _layer(self, planes: int, stride: int) -> nn.Sequential:
         down = None
@@ -241,12 +247,7 @@ def test_remix_init_draws_the_references_backbone_weights_bit_for_bit():
     heads_before = {k: v.clone() for k, v in mine.state_dict().items() if not k.startswith("encoders.")}
     torch.manual_seed(3)
     for net in (ref.audio_net, ref.visual_net):
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.normal_(m.weight, mean=1, std=0.02)
-                nn.init.constant_(m.bias, 0)
+        backbone_init(net)
     torch.manual_seed(3)
     initialise(mine, "remix")
     theirs = ref.state_dict()
