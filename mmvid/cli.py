@@ -184,7 +184,7 @@ def train(
     cache_on_gpu: Annotated[Optional[bool], typer.Option("--cache-on-gpu/--no-cache-on-gpu", help="Serve the whole cache from tensors on the device.")] = None,
     run_name: Annotated[Optional[str], typer.Option(help="Run folder name under runs/.")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue an interrupted run (name or folder).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set augment.beta=0.5.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set augment.args.beta=0.5 (see --list NAME).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List registered fusions, augmentations and balancers.")] = False,
 ):
     """Train a model on a prepared cache; writes [dim]runs/<run-name>/[/] (config, metrics.jsonl, checkpoints).

@@ -1,0 +1,134 @@
+"""Every plug-in's settings are declared once (a ``Settings`` dataclass of ``spec`` fields) and checked in one
+place (:func:`mmvid.config.resolve_config`): a misspelled key, a wrong type or a value out of range is one line
+and exit 2, never a silent default."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mmvid.cli import app
+from mmvid.config import RECIPES, TrainConfig, config_from_dict, read_recipe, resolve_config
+from mmvid.errors import MmvidError
+from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS, load_plugins
+
+load_plugins()
+runner = CliRunner()
+
+
+def one_line(res, *needles: str) -> str:
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res.output, res.output
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--balance", "ogm-ge", "--set", "balance.args.alpah=0.5"],
+     ["balance.args.alpah", "balancer 'ogm-ge'", "did you mean balance.args.alpha?", "alpha, start, end, ge, params, score"]),
+    (["--fusion", "mmcosine", "--set", "model.fusion_args.sclae=5"],
+     ["model.fusion_args.sclae", "fusion 'mmcosine'", "did you mean model.fusion_args.scale?", "its settings: scale"]),
+    (["--aug", "bmm", "--set", "augment.args.betta=0.3"],
+     ["augment.args.betta", "augmentation 'bmm'", "did you mean augment.args.beta?", "warmup, beta, rho_stat"]),
+    (["--set", "augment.args.betta=0.3"], ["augment.args.betta", "augmentation 'none'", "it has no settings"]),
+])
+def test_the_measured_misspellings_are_one_line_and_exit_2(tmp_path, args, needles):
+    """The three cases of the issue (they used to train with the default), through the CLI before any training."""
+    one_line(runner.invoke(app, ["train", "-w", str(tmp_path), *args]), *needles)
+
+
+def test_a_misspelled_key_in_a_recipe_names_the_recipe(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("balance: {name: ogm-ge, args: {alpah: 0.5}}\n")
+    one_line(runner.invoke(app, ["train", "-w", str(tmp_path), "--recipe", str(recipe)]),
+             "balance.args.alpah", "did you mean balance.args.alpha?", str(recipe))
+
+
+def test_a_setting_under_another_plug_ins_name_is_checked_even_when_that_plug_in_does_not_run():
+    with pytest.raises(MmvidError, match=r"augment.args.betta: augmentation 'bmm' has no setting 'betta'"):
+        resolve_config({"augment": {"name": "mm", "bmm": {"betta": 0.3}}})
+    with pytest.raises(MmvidError, match=r"'nosuch' is no augmentation"):
+        resolve_config({"augment": {"nosuch": {"beta": 0.3}}})
+    cfg = resolve_config({"augment": {"name": "bmm", "bmm": {"beta": 0.3}, "mm": {"alpha": 0.7}}})
+    assert cfg.augment.args["beta"] == 0.3 and "alpha" not in cfg.augment.args
+
+
+def test_settings_are_typed_and_saved_in_full():
+    cfg = resolve_config(None, {"balance.name": "ogm-ge", "balance.args.alpha": "0.5", "balance.args.end": "none"})
+    assert cfg.balance.args["alpha"] == 0.5 and cfg.balance.args["end"] is None
+    assert cfg.balance.args == {"alpha": 0.5, "start": 0, "end": None, "ge": True, "params": "conv", "score": "mask"}
+    assert config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
+
+
+def test_fusion_constructors_take_exactly_their_declared_settings():
+    """No ``**_`` swallowing a typo: each fusion's keyword parameters are its Settings fields."""
+    import inspect
+
+    for name in FUSIONS.names():
+        params = [p for p in inspect.signature(FUSIONS.get(name).__init__).parameters.values()
+                  if p.name not in ("self", "dims")]
+        assert not [p for p in params if p.kind is p.VAR_KEYWORD], name
+        assert [p.name for p in params] == [f.name for f in dataclasses.fields(FUSIONS.settings(name))], name
+
+
+# ----------------------------------------------------------------------------- the old layout
+
+
+OLD_BMM_RUN = {  # a config.yaml as `mmvid train` saved it before B-MM's fields moved into augment.args
+    "data": {"dataset": "demo", "modalities": ["audio", "video"]},
+    "model": {"encoder": "small", "width": 8, "fusion": "concat", "calibrate": False, "fusion_args": {},
+              "init": "ogm-ge"},
+    "augment": {"name": "bmm", "alpha": 0.2, "warmup": 2, "beta": 0.4, "rho_stat": "score", "lambda_map": "scaled",
+                "rho_split": "val", "stage": "feature", "unimodal": "mask", "args": {}},
+    "balance": {"name": "ogm-ge", "args": {"alpha": 0.5}},
+    "epochs": 3,
+}
+
+
+def test_a_run_saved_in_the_old_layout_reads_back_to_the_same_settings():
+    notes: list[str] = []
+    old = config_from_dict(OLD_BMM_RUN, notes=notes)
+    new = resolve_config({**OLD_BMM_RUN, "augment": {"name": "bmm", "args": {"warmup": 2, "beta": 0.4, "rho_split": "val"}}},
+                         notes=[])
+    assert old == new and old.augment.args["beta"] == 0.4 and old.augment.args["rho_split"] == "val"
+    assert len(notes) == 1 and "augment.beta -> augment.bmm.beta" in notes[0] and "\n" not in notes[0]
+
+
+def test_an_old_mm_run_keeps_its_alpha_and_drops_the_b_mm_fields_it_never_read():
+    old = {**OLD_BMM_RUN, "augment": {**OLD_BMM_RUN["augment"], "name": "mm", "alpha": 0.5, "stage": "input"}}
+    cfg = config_from_dict(old, notes=[])
+    assert cfg.augment.args == {"alpha": 0.5}
+
+
+def test_the_sweep_sees_an_old_layout_run_as_the_same_config():
+    from mmvid.sweep import config_difference
+
+    new = resolve_config({**OLD_BMM_RUN, "augment": {"name": "bmm", "args": {"warmup": 2, "beta": 0.4, "rho_split": "val"}}})
+    assert config_difference(OLD_BMM_RUN, new) is None
+    changed = resolve_config({**OLD_BMM_RUN, "augment": {"name": "bmm", "args": {"warmup": 2, "beta": 0.3, "rho_split": "val"}}})
+    assert "augment.args" in config_difference(OLD_BMM_RUN, changed)
+
+
+def test_an_old_key_on_the_command_line_is_moved_with_one_note(tmp_path, capsys):
+    notes: list[str] = []
+    cfg = resolve_config("demo", {"augment.name": "bmm", "augment.beta": "0.3"}, notes=notes)
+    assert cfg.augment.args["beta"] == 0.3 and notes == [
+        "config augment.beta -> augment.bmm.beta (each augmentation's own settings, `mmvid train --list NAME`)"]
+
+
+def test_mmvids_own_recipes_use_the_new_layout():
+    """No recipe of mmvid's prints the old-layout note (each resolves with no note)."""
+    for f in sorted(RECIPES.rglob("*.yaml")):
+        notes: list[str] = []
+        resolve_config(read_recipe(f).config, notes=notes)
+        assert notes == [], (f, notes)
+
+
+def test_core_config_has_no_plug_in_fields_left():
+    assert {f.name for f in dataclasses.fields(TrainConfig().augment)} == {"name", "args"}
+    assert AUGMENTS.settings("bmm") is not None and BALANCERS.settings("none") is not None
