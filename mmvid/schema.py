@@ -279,6 +279,15 @@ def field_default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
+class SettingValueError(ValueError):
+    """Raised by a Settings dataclass's ``__post_init__`` for a value its field's rule cannot express
+    (``int | 'auto'``); :func:`check_settings` turns it into the one line naming the plug-in."""
+
+    def __init__(self, key: str, value: Any, want: str) -> None:
+        super().__init__(f"{key}={value!r}: it must be {want}")
+        self.key, self.value, self.want = key, value, want
+
+
 def check_settings(cls: Any, args: Any, owner: str, prefix: str, where: str = "") -> Any:
     """A plug-in's settings (the dataclass ``cls``) from a mapping of its args, every value converted and
     checked like a core config value. ``owner`` names the plug-in (``balancer 'ogm-ge'``), ``prefix`` the
@@ -302,4 +311,7 @@ def check_settings(cls: Any, args: Any, owner: str, prefix: str, where: str = ""
             values[key] = check_value(fields_[key], types_[key], value, f"config {prefix}.{key}")
         except MmvidError as e:
             raise MmvidError(str(e).replace(" is not valid", f" is not valid for {owner}", 1) + where) from None
-    return cls(**values)
+    try:
+        return cls(**values)
+    except SettingValueError as e:
+        raise MmvidError(f"config {prefix}.{e.key}={e.value!r} is not valid for {owner}; it must be {e.want}{where}") from None

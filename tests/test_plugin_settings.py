@@ -132,3 +132,115 @@ def test_mmvids_own_recipes_use_the_new_layout():
 def test_core_config_has_no_plug_in_fields_left():
     assert {f.name for f in dataclasses.fields(TrainConfig().augment)} == {"name", "args"}
     assert AUGMENTS.settings("bmm") is not None and BALANCERS.settings("none") is not None
+
+
+# ----------------------------------------------------------------------------- --list NAME and the docs
+
+
+def test_list_shows_every_plug_in_and_list_name_its_settings():
+    from mmvid.registry import REGISTRIES
+
+    res = runner.invoke(app, ["train", "--list"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    for reg in REGISTRIES:
+        assert all(n in res.output for n in reg.names()), reg.kind
+    assert "prefusion" in res.output and "calibrations" in res.output
+    res = runner.invoke(app, ["train", "--list", "ogm-ge"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    for needle in ("balance.args.alpha", "0.8", "a finite number in [0, 1000]", "modulation strength", "OGM-GE main.py",
+                   "one of: conv, nd, all"):
+        assert needle in res.output, needle
+    one_line(runner.invoke(app, ["train", "--list", "ogmge"]), "no plug-in named 'ogmge'", "did you mean ogm-ge?")
+
+
+def test_the_settings_tables_of_the_docs_are_the_declarations():
+    """docs/methods.md's settings block is what `python -m mmvid.docs_tables` generates from the Settings;
+    a setting added, renamed or given another default without regenerating it fails here."""
+    from mmvid.docs_tables import METHODS_MD, main, settings_markdown
+
+    assert settings_markdown() in METHODS_MD.read_text(encoding="utf-8")
+    assert main(["--check"]) == 0
+    for reg_rows in ("| `alpha` | `0.8` | a finite number in [0, 1000] |", "| `beta` | `0.2` |", "| `hidden` | `64` |"):
+        assert reg_rows in settings_markdown(), reg_rows
+
+
+# ----------------------------------------------------------------------------- every setting of every plug-in
+
+
+def _cases():
+    """(registry, plug-in, setting or None, case, value for --set, value for a recipe, what the line must name)."""
+    import typing
+
+    from mmvid.registry import REGISTRIES
+    from mmvid.schema import _base_type, field_types, rule_of
+
+    out = []
+    for reg in REGISTRIES:
+        for name in reg.names():
+            cls = reg.settings(name)
+            fields = dataclasses.fields(cls)
+            if not fields:
+                out.append((reg, name, "anything", "unknown", "1", 1, "it has no settings"))
+                continue
+            types_ = field_types(cls)
+            for f in fields:
+                tp, rule = types_[f.name], rule_of(f)
+                base = _base_type(tp)[0]
+                union = [a for a in typing.get_args(tp) if a is not type(None)]
+                out.append((reg, name, f.name + "x", "unknown", "1", 1, f"did you mean {reg.args_key}.{f.name}?"))
+                # a wrong type: a word for numbers and switches, a number for mappings, a mapping for the rest
+                if base in (int, float, bool):
+                    wrong_set, wrong_recipe = "maybe", "maybe"
+                elif typing.get_origin(base) is dict:
+                    wrong_set, wrong_recipe = "5", 5
+                else:
+                    wrong_set, wrong_recipe = None, {"a": 1}  # every --set value is a string, a valid str
+                if len(union) > 1 and str in union:
+                    wrong_set = None
+                out.append((reg, name, f.name, "type", wrong_set, wrong_recipe, "is not valid for"))
+                if rule is not None and rule.choices is not None:
+                    bad = 99 if typing.get_origin(base) is list else "bogus"
+                    out.append((reg, name, f.name, "range", str(bad), [bad] if bad == 99 else bad, "is not valid for"))
+                elif rule is not None and (rule.le is not None or rule.lt is not None):
+                    hi = rule.le if rule.le is not None else rule.lt
+                    bad = hi + 1 if base is int else hi * 2 + 1
+                    out.append((reg, name, f.name, "range", str(bad), bad, "is not valid for"))
+    return out
+
+
+CASES = _cases()
+
+
+def _select(reg, name) -> tuple[list[str], dict]:
+    """The CLI options and the recipe sections that run plug-in ``name`` of ``reg``."""
+    flag = {"fusion": ["--fusion", name], "augmentation": ["--aug", name], "balancer": ["--balance", name],
+            "calibration": ["--calibrate"]}[reg.kind]
+    section = {"fusion": ("model", "fusion"), "augmentation": ("augment", "name"), "balancer": ("balance", "name"),
+               "calibration": ("model", "calibrate")}[reg.kind]
+    return flag, {section[0]: {section[1]: True if reg.kind == "calibration" else name}}
+
+
+def test_the_walk_covers_every_setting_of_every_plug_in():
+    from mmvid.registry import REGISTRIES
+
+    settings = {(reg.kind, n, f.name) for reg in REGISTRIES for n in reg.names() for f in dataclasses.fields(reg.settings(n))}
+    unknown = {(reg.kind, n, k[:-1]) for reg, n, k, case, *_ in CASES if case == "unknown" and k != "anything"}
+    assert unknown == settings and len(settings) > 100
+    ranged = {(reg.kind, n, k) for reg, n, k, case, *_ in CASES if case == "range"}
+    assert len(ranged) > 90  # every number and every choice has its bounds
+
+
+@pytest.mark.parametrize("reg,name,key,case,set_value,recipe_value,needle", CASES,
+                         ids=[f"{c[0].kind}-{c[1]}-{c[2]}-{c[3]}" for c in CASES])
+def test_a_bad_setting_is_one_line_through_set_and_through_a_recipe(tmp_path, reg, name, key, case, set_value,
+                                                                    recipe_value, needle):
+    flag, sections = _select(reg, name)
+    names = [f"{reg.args_key}.{key}", f"{reg.kind} {name!r}", needle]
+    if set_value is not None:
+        one_line(runner.invoke(app, ["train", "-w", str(tmp_path), *flag, "--set", f"{reg.args_key}.{key}={set_value}"]),
+                 *names)
+    family, field = reg.args_key.split(".")
+    sections.setdefault(family, {})[field] = {key: recipe_value}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(sections))
+    one_line(runner.invoke(app, ["train", "-w", str(tmp_path), "--recipe", str(recipe)]), *names, str(recipe))

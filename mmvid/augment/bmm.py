@@ -67,12 +67,12 @@ class BalancedMultimodalMixup(Augmentation):
     @dataclass
     class Settings:
         warmup: int = spec(10, ge=0, le=1_000_000, help="epochs of plain training before mixing",
-                           ref="paper Table 5 (CREMA-D: 10)")
+                           ref="paper Table 4 (CREMA-D: 10, recipes/cremad.yaml)")
         # lambda_weak = beta * tanh(r - 1). 0.2 is the CREMA-D recipe's (Table 5, column 2); every recipe uses
         # 0.2-0.4. At beta near 1 lambda_weak can approach 1: the weak modality's feature and the label would then
         # be almost wholly the partner's (the paper: a large beta mixes "overly aggressive[ly]").
         beta: float = spec(0.2, ge=0.0, le=1000.0, help="degree of mixup: lambda_weak = beta tanh(r - 1) (Eq. 7)",
-                           ref="paper Table 5 (CREMA-D: 0.2)")
+                           ref="paper Table 5 (CREMA-D: 0.2, recipes/cremad.yaml)")
         rho_stat: str = spec("score", choices=("score", "acc"),
                              help="rho from summed true-class probabilities (Eq. 6) or from accuracies", ref="paper Eq. 6")
         lambda_map: str = spec("scaled", choices=("scaled", "inside"),

@@ -196,25 +196,25 @@ class MSMix(Augmentation):
     @dataclass
     class Settings:
         tau: float = spec(0.4, ge=0.0, le=1.0, help="SASS: pairs with normalised similarity above tau are candidates",
-                          ref="MS-Mix MS_MIX.py threshold 0.4")
+                          ref="MS-Mix models/MS_MIX.py MS_Mix")
         mix_weight: float = spec(0.7, ge=0.0, le=1000.0, help="weight of the mixed samples' cross-entropy",
-                                 ref="MS-Mix trains/ALMT.py 0.7")
+                                 ref="MS-Mix trains/ALMT.py loss")
         sal_weight: float = spec(0.5, ge=0.0, le=1000.0, help="weight of the SAL alignment loss",
-                                 ref="MS-Mix trains/ALMT.py 0.5")
+                                 ref="MS-Mix trains/ALMT.py loss")
         groups: dict[str, list[str]] | None = spec(None, help="label groups {group: [class names]}: mix only within a group "
                                                    "(mmvid's addition for classification)")
         pairing: str = spec("reference", choices=("reference", "anchor"),
                             help="SASS draws B pairs above tau (reference) or a partner per sample (anchor)",
-                            ref="MS-Mix MS_MIX.py")
+                            ref="MS-Mix models/MS_MIX.py MS_Mix (reference)")
         sal: str = spec("reference", choices=("reference", "mean_kl"),
                         help="SAL as the reference (1000 sum of batch KLs) or mmvid's earlier mean KL",
-                        ref="MS-Mix trains/ALMT.py")
+                        ref="MS-Mix compute_kl_loss (reference)")
         intensity_input: str = spec("feature", choices=("feature", "tokens"),
                                     help="intensity heads on the pooled feature (reference) or the token sequence",
-                                    ref="MS-Mix MS_MIX.py IntensityPredictor")
+                                    ref="MS-Mix IntensityPredictor input (feature)")
         sal_target: str = spec("labels", choices=("labels", "confidence"),
                                help="SAL aligns with the cache's intensity levels or the true-class confidence",
-                               ref="MS-Mix trains/ALMT.py |y| / 3")
+                               ref="MS-Mix trains/ALMT.py ground-truth intensity (labels)")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

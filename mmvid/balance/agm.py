@@ -101,17 +101,17 @@ class AdaptiveGradientModulation(Balancer):
     @dataclass
     class Settings:
         alpha: float = spec(1.0, ge=0.0, le=1000.0, help="strength of the gradient-magnitude modulation",
-                            ref="AGM main.py --alpha 1.0")
+                            ref="AGM run/CREMAD_main.py")
         cap: float = spec(10.0, gt=0.0, le=1e6, help="upper bound of each modality's coefficient",
-                          ref="AGM main.py coefficient clamp 10")
-        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based) of modulation", ref="AGM main.py")
+                          ref="AGM run/CREMAD_main.py (BalanceBenchmark: 7)")
+        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based) of modulation", ref="AGM run/CREMAD_main.py")
         end: int | None = spec(19, ge=0, le=1_000_000, help="last epoch (0-based, inclusive) of modulation; none: to the end",
-                               ref="AGM main.py --modulation_ends 20")
+                               ref="AGM run/CREMAD_main.py (BalanceBenchmark: none)")
         hold: bool = spec(True, help="keep the last coefficients outside the window (true) or reset them to 1",
-                          ref="AGM main.py")
-        clip: float = spec(1.0, gt=0.0, le=1e9, help="gradient-norm clip of the reference's step", ref="AGM main.py clip_grad_norm 1.0")
+                          ref="AGM run/CREMAD_main.py")
+        clip: float = spec(1.0, gt=0.0, le=1e9, help="gradient-norm clip of the reference's step", ref="AGM run/CREMAD_main.py (BalanceBenchmark: 5)")
         pad: str = spec("input", choices=("input", "feature"), help="absent modalities zeroed at the input (reference) or the feature",
-                        ref="AGM models (zeroed inputs)")
+                        ref="AGM model/CREMAD_net.py (input)")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

@@ -81,13 +81,13 @@ class AMCo(Balancer):
 
     @dataclass
     class Settings:
-        sigma: float = spec(0.5, ge=0.0, le=1.0, help="masking probability of a dependent modality", ref="BalanceBenchmark AMCo sigma 0.5")
-        eps: float = spec(0.3, ge=0.0, le=1000.0, help="dependence threshold", ref="BalanceBenchmark AMCo eps 0.3")
-        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based) of masking", ref="BalanceBenchmark AMCo")
+        sigma: float = spec(0.5, ge=0.0, le=1.0, help="masking probability of a dependent modality", ref="BalanceBenchmark AMCo_trainer.py")
+        eps: float = spec(0.3, ge=0.0, le=1000.0, help="dependence threshold", ref="BalanceBenchmark AMCo_trainer.py (0.3)")
+        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based) of masking", ref="BalanceBenchmark AMCo_trainer.py")
         end: int | None = spec(80, ge=0, le=1_000_000, help="last epoch (0-based, inclusive); none: to the end",
-                               ref="BalanceBenchmark AMCo modulation_ends 80")
+                               ref="BalanceBenchmark AMCo_trainer.py")
         target: str = spec("logits", choices=TARGETS, help="mask the head's logits (BalanceBenchmark HEAD) or the features (its first version)",
-                           ref="BalanceBenchmark AMCo_trainer.py")
+                           ref="BalanceBenchmark AMCo_trainer.py (logits)")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

@@ -28,8 +28,8 @@ class AdaptiveTrackingFactor(Balancer):
 
     @dataclass
     class Settings:
-        gamma: float = spec(1.0, ge=0.0, le=1000.0, help="strength of the learning-rate rebalancing", ref="ATF gamma 1.0")
-        momentum: float = spec(0.9, ge=0.0, le=1.0, help="momentum of the running per-modality statistics", ref="ATF momentum 0.9")
+        gamma: float = spec(1.0, ge=0.0, le=1000.0, help="strength of the learning-rate rebalancing", ref="no public code (METHODS.md reconstruction)")
+        momentum: float = spec(0.9, ge=0.0, le=1.0, help="momentum of the running per-modality statistics", ref="no public code (METHODS.md reconstruction)")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

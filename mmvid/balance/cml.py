@@ -84,14 +84,14 @@ class CML(Balancer):
 
     @dataclass
     class Settings:
-        lam: float = spec(0.1, ge=0.0, le=1000.0, help="weight of the calibration term", ref="CML main.py --lam 0.1")
-        eps: float = spec(0.0, ge=0.0, le=1000.0, help="margin of the confidence penalty", ref="CML main.py eps 0")
+        lam: float = spec(0.1, ge=0.0, le=1000.0, help="weight of the calibration term", ref="CML miwae/train.py")
+        eps: float = spec(0.0, ge=0.0, le=1000.0, help="margin of the confidence penalty", ref="CML miwae/train.py")
         penalty: str = spec("sample", choices=PENALTIES, help="penalty per sample (the authors' code) or per batch (BalanceBenchmark)",
-                            ref="CML main.py")
+                            ref="CML miwae/train.py (sample); BalanceBenchmark batch")
         order: str = spec("sample", choices=ORDERS, help="modality-removal order per sample (authors) or per epoch (BalanceBenchmark)",
-                          ref="CML main.py")
-        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based) of the term", ref="CML main.py")
-        end: int | None = spec(None, ge=0, le=1_000_000, help="last epoch (0-based, inclusive); none: to the end", ref="CML main.py")
+                          ref="CML miwae/train.py (sample); BalanceBenchmark epoch")
+        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based) of the term", ref="CML miwae/train.py")
+        end: int | None = spec(None, ge=0, le=1_000_000, help="last epoch (0-based, inclusive); none: to the end", ref="CML miwae/train.py; BalanceBenchmark 80")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

@@ -53,11 +53,11 @@ class GradientBlending(Balancer):
     @dataclass
     class Settings:
         super_epoch: int = spec(2, ge=1, le=1_000_000, help="epochs between re-estimations of the blending weights",
-                                ref="Gradient-Blending paper super-epoch")
+                                ref="Wang et al. 2020 (no code from the authors)")
         heads: str = spec("linear", choices=HEADS, help="an extra linear head per modality (paper) or the fusion head's part (BalanceBenchmark)",
-                          ref="Wang et al. 2020 Sec. 3")
+                          ref="BalanceBenchmark GBlending_trainer.py (split)")
         losses: str = spec("mean", choices=LOSSES, help="per-epoch mean loss (paper) or sum of batch-mean losses (BalanceBenchmark)",
-                           ref="Wang et al. 2020 Eq. 8")
+                           ref="BalanceBenchmark GBlending_trainer.py (batch_sum)")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

@@ -63,13 +63,13 @@ class GreedyRebalance(Balancer):
     @dataclass
     class Settings:
         epsilon: float = spec(0.01, ge=0.0, le=1000.0, help="imbalance threshold of the conditional learning speeds",
-                              ref="greedy_multimodal_learning --alpha 0.01")
-        window: int = spec(5, ge=1, le=1_000_000, help="steps per re-balancing window", ref="greedy_multimodal_learning window 5")
-        start_epoch: int = spec(1, ge=0, le=1_000_000, help="first epoch of re-balancing", ref="greedy_multimodal_learning")
+                              ref="greedy_multimodal_learning callbacks.py")
+        window: int = spec(5, ge=1, le=1_000_000, help="steps per re-balancing window", ref="greedy_multimodal_learning callbacks.py")
+        start_epoch: int = spec(1, ge=0, le=1_000_000, help="first epoch of re-balancing", ref="greedy_multimodal_learning callbacks.py")
         loss: str = spec("branches", choices=("branches", "fused"), help="per-head loss (the reference) or the fused loss",
-                         ref="greedy_multimodal_learning src/train.py")
+                         ref="greedy_multimodal_learning (branches)")
         average: str = spec("own", choices=("own", "first"), help="each modality's own running average, or the first's (the reference's shared one)",
-                            ref="greedy_multimodal_learning src/balanced_mmtm.py")
+                            ref="greedy_multimodal_learning balanced_mmtm.py (first)")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

@@ -90,11 +90,11 @@ class InfoReg(Balancer):
     @dataclass
     class Settings:
         score: str = spec("split-head", choices=SCORES, help="unimodal scores from the head's slices (reference) or masking (Eq. 5)",
-                          ref="InfoReg main.py")
+                          ref="InfoReg main.py (split-head)")
         uni_loss: bool = spec(True, help="add the unimodal losses", ref="InfoReg main.py")
-        window: int = spec(10, ge=1, le=1_000_000, help="epochs of the Fisher-trace window", ref="InfoReg main.py 10")
+        window: int = spec(10, ge=1, le=1_000_000, help="epochs of the Fisher-trace window", ref="InfoReg main.py")
         threshold: float = spec(0.05, ge=0.0, le=1000.0, help="relative Fisher-trace change that opens the window",
-                                ref="InfoReg main.py 0.05")
+                                ref="InfoReg main.py")
         trace: str = spec("audio", help="the modality whose Fisher trace opens the window, or own", ref="InfoReg main.py (audio)")
         alpha: float | dict[str, float] = spec(factory=lambda: dict(ALPHA), ge=0.0, le=1000.0,
                                                help="regularisation coefficient, one number or one per modality",

@@ -112,14 +112,14 @@ class LFM(Balancer):
         schedule: str = spec("learnable", choices=SCHEDULES, help="learnable alignment weight or the fitted polynomial",
                              ref="LFM Crema_epoch_learnable.py (learnable), Crema_epoch.py (fitted)")
         hyper_mode: str = spec("eval", choices=MODES, help="hypergradient in eval mode (authors) or train mode (BalanceBenchmark)",
-                               ref="LFM Crema_epoch_learnable.py")
+                               ref="LFM authors' code (eval); BalanceBenchmark train")
         score: str = spec("split-head", choices=SCORES, help="unimodal logits from the head's slices (reference) or masking (Eq. 5)",
-                          ref="LFM models")
+                          ref="LFM authors' code (split-head)")
         align_init: float = spec(0.95, ge=ALIGN_RANGE[0], le=ALIGN_RANGE[1], help="initial alignment weight",
-                                 ref="LFM 0.95 (BalanceBenchmark 0.05)")
-        lr_alpha: float = spec(1e-4, gt=0.0, le=1e6, help="learning rate of the alignment weight", ref="LFM lr_alpha 1e-4")
-        halve_every: int = spec(20, ge=1, le=1_000_000, help="epochs between halvings of lr_alpha", ref="LFM 20")
-        hyper_samples: int = spec(8, ge=1, le=1_000_000, help="validation clips of the hypergradient", ref="LFM 8")
+                                 ref="LFM authors 0.95; BalanceBenchmark 0.05")
+        lr_alpha: float = spec(1e-4, gt=0.0, le=1e6, help="learning rate of the alignment weight", ref="LFM Crema_epoch_learnable.py")
+        halve_every: int = spec(20, ge=1, le=1_000_000, help="epochs between halvings of lr_alpha", ref="LFM Crema_epoch_learnable.py")
+        hyper_samples: int = spec(8, ge=1, le=1_000_000, help="validation clips of the hypergradient", ref="LFM Crema_epoch_learnable.py")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

@@ -68,12 +68,12 @@ class MBSD(Balancer):
     @dataclass
     class Settings:
         heads: str = spec("split", choices=HEADS, help="unimodal logits from the split fusion head (BalanceBenchmark) or masking (Eq. 5)",
-                          ref="BalanceBenchmark MBSD unimodal_result")
+                          ref="BalanceBenchmark MBSD_trainer.py (split)")
         rs: str | None = spec(None, choices=RS_SPACES, help="RS compares logits or probabilities; none: logits for two modalities, "
                               "probabilities for more (the reference)", ref="BalanceBenchmark MBSD_trainer.py")
-        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based)", ref="BalanceBenchmark MBSD")
+        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based)", ref="BalanceBenchmark MBSD_trainer.py")
         end: int | None = spec(80, ge=0, le=1_000_000, help="last epoch (0-based, inclusive); none: to the end",
-                               ref="BalanceBenchmark MBSD modulation_ends 80")
+                               ref="BalanceBenchmark MBSD_trainer.py")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

@@ -75,9 +75,9 @@ class AlternatingUnimodal(Balancer):
     @dataclass
     class Settings:
         projection: str = spec("replace", choices=PROJECTIONS, help="gradient projection of the shared head: replace, add or off",
-                               ref="MLA main.py")
+                               ref="MLA main.py GSPlugin before 11ae1ee (replace); BalanceBenchmark add")
         idle: str = spec("step", choices=IDLE, help="an idle modality's optimizer still steps (reference, torch 1.8) or skips (torch >= 2.0)",
-                         ref="MLA main.py")
+                         ref="MLA main.py under torch 1.8 (step)")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

@@ -75,11 +75,11 @@ class MMPareto(Balancer):
 
     @dataclass
     class Settings:
-        gamma: float = spec(1.5, ge=0.0, le=1000.0, help="magnitude rescaling of the Pareto direction", ref="MMPareto main.py gamma 1.5")
+        gamma: float = spec(1.5, ge=0.0, le=1000.0, help="magnitude rescaling of the Pareto direction", ref="MMPareto code/MMPareto.py (1.5)")
         heads: str = spec("linear", choices=HEADS, help="unimodal heads head_audio/head_video (reference) or the split fusion head",
-                          ref="MMPareto models")
+                          ref="MMPareto code/MMPareto.py (linear); BalanceBenchmark split")
         grads: str = spec("separate", choices=GRADS, help="gradients computed separately (reference) or accumulated (BalanceBenchmark)",
-                          ref="MMPareto main.py")
+                          ref="MMPareto code/MMPareto.py (separate); BalanceBenchmark accumulated")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

@@ -48,16 +48,16 @@ class OGMGE(Balancer):
     @dataclass
     class Settings:
         alpha: float = spec(0.8, ge=0.0, le=1000.0, help="modulation strength: k_u = 1 - tanh(alpha rho_u)",
-                            ref="OGM-GE main.py --alpha 0.8")
-        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based) of modulation", ref="OGM-GE main.py --modulation_starts 0")
+                            ref="OGM-GE main.py train_epoch")
+        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based) of modulation", ref="OGM-GE main.py train_epoch")
         end: int | None = spec(50, ge=0, le=1_000_000, help="last epoch (0-based, inclusive); none: to the end",
-                               ref="OGM-GE main.py --modulation_ends 50")
+                               ref="OGM-GE main.py (its default 50)")
         ge: bool = spec(True, help="add the generalisation-enhancement noise (OGM_GE) or not (OGM)",
-                        ref="OGM-GE main.py --modulation OGM_GE")
+                        ref="OGM-GE main.py (OGM_GE)")
         params: str = spec("conv", choices=tuple(PARAMS), help="modulated parameters: 4-D conv kernels (reference), every n-D one "
-                           "(BalanceBenchmark) or all", ref="OGM-GE main.py len(grad.size()) == 4")
+                           "(BalanceBenchmark) or all", ref="OGM-GE main.py (4-D grads: conv); BalanceBenchmark nd")
         score: str = spec("mask", choices=SCORES, help="unimodal scores by masking (paper Eq. 5) or the head's slices (reference code)",
-                          ref="OGM-GE main.py out_a/out_v")
+                          ref="OGM-GE main.py (split head); paper Eq. 5 (mask)")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

@@ -71,13 +71,13 @@ class OPM(Balancer):
 
     @dataclass
     class Settings:
-        q_base: float = spec(0.5, ge=0.0, le=1.0, help="base drop probability", ref="OPM q_base 0.5")
-        lam: float = spec(0.5, ge=0.0, le=1000.0, help="sensitivity of the drop probability to the imbalance", ref="OPM lam 0.5")
-        p_exe: float = spec(0.7, ge=0.0, le=1.0, help="probability that a step drops at all", ref="OPM p_exe 0.7")
-        start: int = spec(6, ge=0, le=1_000_000, help="first epoch (0-based) of dropping", ref="OPM start 6")
-        end: int | None = spec(None, ge=0, le=1_000_000, help="last epoch (0-based, inclusive); none: to the end", ref="OPM")
+        q_base: float = spec(0.5, ge=0.0, le=1.0, help="base drop probability", ref="BML_TPAMI2024 code/main.py; BalanceBenchmark 0.4")
+        lam: float = spec(0.5, ge=0.0, le=1000.0, help="sensitivity of the drop probability to the imbalance", ref="BML_TPAMI2024 code/main.py")
+        p_exe: float = spec(0.7, ge=0.0, le=1.0, help="probability that a step drops at all", ref="BML_TPAMI2024 code/main.py")
+        start: int = spec(6, ge=0, le=1_000_000, help="first epoch (0-based) of dropping", ref="BML_TPAMI2024 code/main.py; BalanceBenchmark 0")
+        end: int | None = spec(None, ge=0, le=1_000_000, help="last epoch (0-based, inclusive); none: to the end", ref="BML_TPAMI2024 code/main.py; BalanceBenchmark 80")
         score: str = spec("split-head", choices=SCORES, help="unimodal scores from the head's slices (reference) or masking (Eq. 5)",
-                          ref="OPM reference code")
+                          ref="BML_TPAMI2024 code/models/Classifier.py (split-head)")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

@@ -70,15 +70,15 @@ class PrototypicalRebalance(Balancer):
 
     @dataclass
     class Settings:
-        alpha: float = spec(1.0, ge=0.0, le=1000.0, help="weight of the prototype losses", ref="PMR main.py --alpha 1.0")
+        alpha: float = spec(1.0, ge=0.0, le=1000.0, help="weight of the prototype losses", ref="Modal-Imbalance-PMR main_Prototype_grad.py")
         scale: str = spec("constant", choices=("constant", "ratio"), help="constant coefficient (reference code) or the imbalance ratio (paper)",
-                          ref="PMR main.py")
+                          ref="PMR code (constant); paper alpha (rho - 1) (ratio)")
         fraction: float = spec(0.1, gt=0.0, le=1.0, help="fraction of the train set that estimates the prototypes",
-                               ref="PMR main.py 0.1")
-        momentum: float = spec(0.2, ge=0.0, le=1.0, help="momentum of the prototype update", ref="PMR main.py --momentum_coef 0.2")
-        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based)", ref="PMR main.py --modulation_starts 0")
-        end: int = spec(100, ge=0, le=1_000_000, help="last epoch (0-based, inclusive)", ref="PMR main.py --modulation_ends 100")
-        proto_augment: bool = spec(True, help="prototype-based entropy regularisation", ref="PMR main.py")
+                               ref="Modal-Imbalance-PMR main_Prototype_grad.py")
+        momentum: float = spec(0.2, ge=0.0, le=1.0, help="momentum of the prototype update", ref="Modal-Imbalance-PMR main_Prototype_grad.py")
+        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based)", ref="Modal-Imbalance-PMR main_Prototype_grad.py")
+        end: int = spec(100, ge=0, le=1_000_000, help="last epoch (0-based, inclusive)", ref="Modal-Imbalance-PMR main_Prototype_grad.py")
+        proto_augment: bool = spec(True, help="prototype-based entropy regularisation", ref="Modal-Imbalance-PMR main_Prototype_grad.py")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

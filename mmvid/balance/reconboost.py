@@ -73,16 +73,16 @@ class ReconBoost(Balancer):
 
     @dataclass
     class Settings:
-        weight1: float = spec(5.0, ge=0.0, le=1000.0, help="weight of the boosting loss", ref="ReconBoost --weight1 5")
-        weight2: float = spec(1.0, ge=0.0, le=1000.0, help="weight of the reconcilement term", ref="ReconBoost --weight2 1")
-        alpha: float = spec(0.5, ge=0.0, le=1000.0, help="weight of the gradient-ascent correction", ref="ReconBoost --alpha 0.5")
-        epochs_per_stage: int = spec(4, ge=1, le=1_000_000, help="epochs of each modality's stage", ref="ReconBoost 4")
-        correct_epochs: int = spec(4, ge=0, le=1_000_000, help="epochs of the global correction", ref="ReconBoost 4")
-        ga_from: int = spec(1, ge=0, le=1_000_000, help="first stage with the gradient-ascent term", ref="ReconBoost")
+        weight1: float = spec(5.0, ge=0.0, le=1000.0, help="weight of the boosting loss", ref="ReconBoost train.py")
+        weight2: float = spec(1.0, ge=0.0, le=1000.0, help="weight of the reconcilement term", ref="ReconBoost train.py")
+        alpha: float = spec(0.5, ge=0.0, le=1000.0, help="weight of the gradient-ascent correction", ref="ReconBoost train.py")
+        epochs_per_stage: int = spec(4, ge=1, le=1_000_000, help="epochs of each modality's stage", ref="ReconBoost train.py")
+        correct_epochs: int = spec(4, ge=0, le=1_000_000, help="epochs of the global correction", ref="ReconBoost train.py")
+        ga_from: int = spec(1, ge=0, le=1_000_000, help="first stage with the gradient-ascent term", ref="ReconBoost train.py; BalanceBenchmark M")
         ensemble: str = spec("grown", choices=ENSEMBLES, help="the grown ensemble (authors' DynamicNet) or every modality (BalanceBenchmark)",
-                             ref="ReconBoost DynamicNet")
+                             ref="ReconBoost dynamic_net.py (grown); BalanceBenchmark full")
         optimizer: str = spec("fresh", choices=OPTIMIZER_STATES, help="a new SGD per phase (authors) or one kept (BalanceBenchmark)",
-                              ref="ReconBoost main.py")
+                              ref="ReconBoost train.py (fresh); BalanceBenchmark kept")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

@@ -86,13 +86,13 @@ class DataRemixing(Balancer):
 
     @dataclass
     class Settings:
-        warmup: int = spec(10, ge=0, le=1_000_000, help="epochs of plain training before reassembling", ref="Remix warmup 10")
+        warmup: int = spec(10, ge=0, le=1_000_000, help="epochs of plain training before reassembling", ref="Remix_ICML2025 train.py")
         alpha: float | dict[str, float] = spec(0.5, ge=0.0, le=1000.0, help="per-modality alpha, one number or one per modality",
-                                               ref="Remix alpha 0.5")
+                                               ref="Remix_ICML2025 train.py")
         gamma: float | dict[str, float] = spec(1.0, ge=0.0, le=1000.0, help="per-modality gamma, one number or one per modality",
-                                               ref="Remix gamma 1.0")
+                                               ref="Remix_ICML2025 train.py")
         reassemble: str = spec("batch", choices=REASSEMBLE, help="unimodal batches (reference) or mixed batches per sample",
-                               ref="Remix train.py")
+                               ref="Remix_ICML2025 train.py (batch)")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

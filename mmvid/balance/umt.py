@@ -45,13 +45,13 @@ class UniModalTeacher(Balancer):
 
     @dataclass
     class Settings:
-        beta: float = spec(10.0, ge=0.0, le=1e6, help="weight of the distillation loss", ref="UMT beta 10")
+        beta: float = spec(10.0, ge=0.0, le=1e6, help="weight of the distillation loss", ref="BalanceBenchmark UMT_trainer.py (its config: 1)")
         teachers: dict[str, str] | None = spec(None, help="modality -> unimodal teacher checkpoint (none: trained first)",
-                                               ref="UMT (teachers trained first)")
+                                               ref="")
         teacher_epochs: int | None = spec(None, ge=1, le=1_000_000, help="epochs of each teacher trained first; none: the run's",
-                                          ref="UMT")
+                                          ref="")
         teacher_mode: str = spec("eval", choices=TEACHER_MODES, help="teachers with frozen BatchNorm statistics (eval) or batch ones (train)",
-                                 ref="BalanceBenchmark UMT trainer (train)")
+                                 ref="BalanceBenchmark UMT_trainer.py (train)")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

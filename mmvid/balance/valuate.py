@@ -145,17 +145,17 @@ class SampleValuation(Balancer):
 
     @dataclass
     class Settings:
-        warmup: int = spec(5, ge=0, le=1_000_000, help="epochs before the first valuation", ref="Valuate-and-Enhance warmup 5")
+        warmup: int = spec(5, ge=0, le=1_000_000, help="epochs before the first valuation", ref="Valuate-and-Enhance sample_level.py")
         level: str = spec("sample", choices=LEVELS, help="sample-level (sample_level.py) or modality-level (modality_level.py)",
-                          ref="Valuate-and-Enhance sample_level.py")
+                          ref="Valuate-and-Enhance sample_level.py / modality_level.py")
         valuation: str = spec("original", choices=VALUATIONS, help="the authors' valuation bins or BalanceBenchmark's",
-                              ref="Valuate-and-Enhance sample_level.py")
+                              ref="Valuate-and-Enhance sample_level.py (original)")
         func: str = spec("linear", choices=FUNCS, help="resampling function of the modality level",
                          ref="AV_KS_Dataset_modality_level func")
         valuation_crops: str = spec("train", choices=CROPS, help="valuation inputs with train-time crops (reference) or eval crops",
-                                    ref="Valuate-and-Enhance")
-        part_ratio: float = spec(0.2, ge=0.0, le=1.0, help="fraction of the samples re-valued", ref="part_ratio 0.2")
-        alpha: float = spec(1.0, ge=0.0, le=1000.0, help="strength of the resampling", ref="alpha 1.0")
+                                    ref="Valuate-and-Enhance (train)")
+        part_ratio: float = spec(0.2, ge=0.0, le=1.0, help="fraction of the samples re-valued", ref="Valuate-and-Enhance")
+        alpha: float = spec(1.0, ge=0.0, le=1000.0, help="strength of the resampling", ref="Valuate-and-Enhance")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)

@@ -45,7 +45,7 @@ class StarHead(nn.Linear):
         return self.star(super().forward(h))
 
 
-@FUSIONS.register("concat")
+@FUSIONS.register("concat", doc="Concat: h = [z_a; z_v; ...], logits = W h + b (Table 1, Concat); star: one more (C, C) layer.")
 class ConcatFusion(Fusion):
     """h = [z_a; z_v; ...] (B, sum d_m); logits = W h + b (paper Table 1, Concat). ``fusion_args.star``
     (false): one more (C, C) linear layer on the logits (:class:`StarHead`, AMCo's BalanceBenchmark model)."""
@@ -200,7 +200,7 @@ class MMCosineFusion(ConcatFusion):
     @dataclass
     class Settings:
         scale: float = spec(10.0, gt=0.0, le=10000.0, help="s, the scale of the summed cosine logits",
-                            ref="MMCosine main_CD.py --scaling 10 (BalanceBenchmark 15)")
+                            ref="MMCosine main_CD.py --scaling (10); BalanceBenchmark 15")
 
     def __init__(self, dims: dict[str, int], scale: float = 10.0) -> None:
         super().__init__(dims)
@@ -223,7 +223,7 @@ class FiLMFusion(Fusion):
     class Settings:
         condition: str | None = spec(None, choices=("audio", "video", "flow"),
                                      help="the conditioning modality (none: audio if present, else the first)",
-                                     ref="OGM-GE models/fusion_modules.py FiLM (x_film=True: audio)")
+                                     ref="OGM-GE models/fusion_modules.py FiLM (audio conditions)")
 
     def __init__(self, dims: dict[str, int], condition: str | None = None) -> None:
         super().__init__(dims)
@@ -338,7 +338,7 @@ class MMTMFusion(DecisionFusion):
                                     help="encoder stages (1-based) followed by an MMTM block",
                                     ref="greedy_multimodal_learning src/model.py MMTM_MVCNN (after layers 2-4)")
         ratio: float = spec(4.0, gt=0.0, le=1024.0, help="squeeze width int(2 sum C_m / ratio)",
-                            ref="greedy_multimodal_learning src/balanced_mmtm.py ratio 4")
+                            ref="greedy_multimodal_learning src/balanced_mmtm.py (MMTM_mitigate)")
 
     def __init__(self, dims: dict[str, int], positions: list[int] | tuple[int, ...] = (2, 3, 4), ratio: float = 4) -> None:
         super().__init__(dims)
@@ -449,16 +449,16 @@ class SharedFusion(Fusion):
     class Settings:
         combine: str = spec("entropy", choices=COMBINES,
                             help="unimodal predictions combined by entropy weights, fixed weights or ReconBoost's boost",
-                            ref="MLA main.py --gs_flag (entropy); ReconBoost DynamicNet (boost)")
+                            ref="MLA main.py --gs_flag (entropy); ReconBoost dynamic_net.py DynamicNet (boost)")
         entropy: str = spec("batch", choices=ENTROPIES,
                             help="entropy over the batch (the authors' code) or per sample (the paper)",
-                            ref="MLA utils calculate_entropy (batch)")
+                            ref="MLA calculate_entropy (batch); BalanceBenchmark and the paper (sample)")
         weights: dict[str, float] | None = spec(None, help="modality -> weight for combine: fixed (none: 1/M each)",
-                                                ref="MLA av_alpha 0.5")
+                                                ref="MLA av_alpha 0.5 without --dynamic")
         boost_rate: float = spec(1.0, ge=-1000.0, le=1000.0, help="beta's start for combine: boost",
-                                 ref="ReconBoost DynamicNet boost_rate 1.0")
+                                 ref="ReconBoost dynamic_net.py DynamicNet.forward_grad")
         hidden: int = spec(0, ge=0, le=65536, help="> 0: a two-layer head of this width (combine: boost only)",
-                           ref="ReconBoost models Head")
+                           ref="ReconBoost authors' Head")
 
     def __init__(self, dims: dict[str, int], combine: str = "entropy", entropy: str = "batch",
                  weights: dict | None = None, boost_rate: float = 1.0, hidden: int = 0) -> None:
