@@ -271,10 +271,14 @@ def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str,
     items = [(k, v, where, 0) for k, v in _flatten(data, "", cfg).items()]
     items += [(k, v, f" (given by {sources[k]})" if sources and k in sources else "", 1)
               for k, v in (overrides or {}).items() if v is not None]
+    origins: dict[str, str] = {}  # balance.args.alpha -> where its value came from (for the plug-ins' errors)
     for key, value, given, level in items:
+        origins.update({f"{key}.{k}": given for k in value} if key in PLUGIN_ARGS and isinstance(value, dict)
+                       else {key: given})
         family, _, rest = key.partition(".")
         if key in LEGACY_KEYS:
             moved[key] = (value, given)
+            origins[f"augment.args.{rest}"] = given
             for owner in LEGACY_OWNERS[rest]:
                 sections.setdefault(("augment", owner), {})[rest] = (value, given, level)
             continue
@@ -282,20 +286,21 @@ def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str,
                 and ("." in rest or isinstance(value, dict)):
             name, _, sub = rest.partition(".")
             for k, v in ({sub: value} if sub else value).items():
-                sections.setdefault((family, name), {})[str(k)] = (v, given, level)
+                sections.setdefault((family, name), {})[str(k)] = (v, given, level)  # checked with ``given``
             continue
         _set_from(cfg, key, value, given)
     check_dataclass(cfg, "config ")
     check_aux_loss(cfg)
     said = _legacy_note(cfg, moved, sections, saved)
     _apply_sections(cfg, sections)
-    check_plugin_args(cfg, where)
+    check_plugin_args(cfg, lambda key: origins.get(key, where))
     if said:
         _note(f"config {said}", notes)
     return cfg
 
 
 PLUGIN_SECTIONS = ("augment", "balance")  # config sections whose plug-ins may be given settings by name
+PLUGIN_ARGS = ("model.fusion_args", "model.calibration_args", "augment.args", "balance.args")
 # Keys of the layout before each plug-in declared its own settings (now augment.<owner>.<key>, LEGACY_OWNERS).
 # A recipe, a --set, a saved config.yaml or a checkpoint that names them keeps loading (with a note).
 LEGACY_OWNERS = {"alpha": ("mixup", "mm"), **{k: ("bmm",) for k in ("warmup", "beta", "rho_stat", "lambda_map", "rho_split",
@@ -368,7 +373,7 @@ def _apply_sections(cfg: TrainConfig, sections: dict[tuple[str, str], dict[str, 
             section.args = {**low, **args, **high}
 
 
-def check_plugin_args(cfg: TrainConfig, where: str = "") -> None:
+def check_plugin_args(cfg: TrainConfig, where: Any = "") -> None:
     """Every plug-in's settings of ``cfg``, checked (:func:`mmvid.registry.check_plugin_settings`) and
     written back in full: each mapping then holds every setting of its plug-in with the value the run uses.
     Imports the plug-in modules (torch): it runs after the core checks above, which a bad option fails first."""
@@ -379,7 +384,9 @@ def check_plugin_args(cfg: TrainConfig, where: str = "") -> None:
                                      (CALIBRATIONS, cfg.model, CALIBRATION, "calibration_args"),
                                      (AUGMENTS, cfg.augment, cfg.augment.name, "args"),
                                      (BALANCERS, cfg.balance, cfg.balance.name, "args")):
-        settings = check_plugin_settings(reg, name, getattr(section, attr), where)
+        at = where if callable(where) else (lambda key, where=where: where)
+        settings = check_plugin_settings(reg, name, getattr(section, attr),
+                                         lambda key, reg=reg: at(f"{reg.args_key}.{key}" if key else reg.args_key))
         setattr(section, attr, asdict(settings))
 
 

@@ -126,7 +126,7 @@ class Plugin:
         pass
 
 
-def check_plugin_settings(registry: Registry, name: str, args: Any, where: str = "") -> Any:
+def check_plugin_settings(registry: Registry, name: str, args: Any, where: Any = "") -> Any:
     """``registry``'s entry ``name`` settings from the mapping ``args``: unknown keys, wrong types and values
     out of range are one line naming the plug-in and the key (:func:`mmvid.schema.check_settings`);
     ``where`` ends that line (`` (in recipe x.yaml)``)."""

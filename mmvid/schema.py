@@ -288,16 +288,18 @@ class SettingValueError(ValueError):
         self.key, self.value, self.want = key, value, want
 
 
-def check_settings(cls: Any, args: Any, owner: str, prefix: str, where: str = "") -> Any:
+def check_settings(cls: Any, args: Any, owner: str, prefix: str, where: Any = "") -> Any:
     """A plug-in's settings (the dataclass ``cls``) from a mapping of its args, every value converted and
     checked like a core config value. ``owner`` names the plug-in (``balancer 'ogm-ge'``), ``prefix`` the
     mapping's config key (``balance.args``). An unknown key is one line naming the plug-in, the key, the
-    closest valid key and every valid one; a bad value is :func:`check_value`'s line, naming the plug-in."""
+    closest valid key and every valid one; a bad value is :func:`check_value`'s line, naming the plug-in.
+    ``where`` ends the line: a string, or a function of the key (where each key's value came from)."""
+    at = where if callable(where) else (lambda key: where)
     if args is None:
         args = {}
     if not isinstance(args, dict):
         raise MmvidError(f"config {prefix}={args!r} is not valid for {owner}; it must be a mapping of its settings, "
-                         f"e.g. {prefix}.KEY=VALUE{where}")
+                         f"e.g. {prefix}.KEY=VALUE{at('')}")
     fields_ = {f.name: f for f in dataclasses.fields(cls)}
     types_ = field_types(cls)
     values = {}
@@ -306,12 +308,12 @@ def check_settings(cls: Any, args: Any, owner: str, prefix: str, where: str = ""
             close = difflib.get_close_matches(str(key), list(fields_), n=1, cutoff=0.5)
             hint = f"; did you mean {prefix}.{close[0]}?" if close else ""
             valid = f"its settings: {', '.join(fields_)}" if fields_ else "it has no settings"
-            raise MmvidError(f"config {prefix}.{key}: {owner} has no setting {str(key)!r}{hint} ({valid}){where}")
+            raise MmvidError(f"config {prefix}.{key}: {owner} has no setting {str(key)!r}{hint} ({valid}){at(key)}")
         try:
             values[key] = check_value(fields_[key], types_[key], value, f"config {prefix}.{key}")
         except MmvidError as e:
-            raise MmvidError(str(e).replace(" is not valid", f" is not valid for {owner}", 1) + where) from None
+            raise MmvidError(str(e).replace(" is not valid", f" is not valid for {owner}", 1) + at(key)) from None
     try:
         return cls(**values)
     except SettingValueError as e:
-        raise MmvidError(f"config {prefix}.{e.key}={e.value!r} is not valid for {owner}; it must be {e.want}{where}") from None
+        raise MmvidError(f"config {prefix}.{e.key}={e.value!r} is not valid for {owner}; it must be {e.want}{at(e.key)}") from None

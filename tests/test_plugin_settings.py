@@ -244,3 +244,14 @@ def test_a_bad_setting_is_one_line_through_set_and_through_a_recipe(tmp_path, re
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(sections))
     one_line(runner.invoke(app, ["train", "-w", str(tmp_path), "--recipe", str(recipe)]), *names, str(recipe))
+
+
+def test_the_line_names_where_the_bad_setting_came_from(tmp_path):
+    """A misspelled --set on top of a recipe names no recipe; one in the recipe names that recipe."""
+    line = one_line(runner.invoke(app, ["train", "-w", str(tmp_path), "--recipe", "demo", "--balance", "ogm-ge",
+                                        "--set", "balance.args.alpah=0.5"]), "balance.args.alpah")
+    assert "recipe" not in line
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("extends: demo\nbalance: {name: ogm-ge, args: {alpah: 0.5}}\n")
+    one_line(runner.invoke(app, ["train", "-w", str(tmp_path), "--recipe", str(recipe), "--set", "balance.args.alpha=0.3"]),
+             "balance.args.alpah", f"(in recipe {recipe})")

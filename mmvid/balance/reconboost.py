@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
-from mmvid.registry import BALANCERS
+from mmvid.registry import BALANCERS, FUSIONS, check_plugin_settings
 from mmvid.schema import spec
 
 ENSEMBLES = ("grown", "full")
@@ -101,7 +101,7 @@ class ReconBoost(Balancer):
 
     def check(self, model_cfg, augment_name: str) -> None:
         super().check(model_cfg, augment_name)
-        if model_cfg.fusion != "shared" or dict(model_cfg.fusion_args).get("combine") != "boost":
+        if model_cfg.fusion != "shared" or check_plugin_settings(FUSIONS, "shared", model_cfg.fusion_args).combine != "boost":
             raise MmvidError(f"balancer 'reconboost' boosts one head shared by every modality: use --fusion shared "
                              f"with model.fusion_args.combine: boost (got fusion {model_cfg.fusion!r}, fusion_args "
                              f"{dict(model_cfg.fusion_args)}; recipes/methods/reconboost.yaml sets them)")
