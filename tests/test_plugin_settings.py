@@ -255,3 +255,14 @@ def test_the_line_names_where_the_bad_setting_came_from(tmp_path):
     recipe.write_text("extends: demo\nbalance: {name: ogm-ge, args: {alpah: 0.5}}\n")
     one_line(runner.invoke(app, ["train", "-w", str(tmp_path), "--recipe", str(recipe), "--set", "balance.args.alpha=0.3"]),
              "balance.args.alpah", f"(in recipe {recipe})")
+
+
+def test_a_sweep_with_a_misspelled_setting_fails_before_its_first_run(tiny_ws, tmp_path):
+    from rich.console import Console
+
+    from mmvid.sweep import sweep_command
+
+    (tmp_path / "typo.yaml").write_text("extends: proving\ndata: {dataset: demo}\nbalance: {name: ogm-ge, args: {alpah: 0.5}}\n")
+    with pytest.raises(MmvidError, match=r"recipe .*typo.yaml: config balance.args.alpah: balancer 'ogm-ge' has no setting"):
+        sweep_command(Console(quiet=True), tiny_ws, [str(tmp_path / "typo.yaml")], seeds=1, epochs=1)
+    assert not list((tiny_ws / "runs").glob("sweep-*typo*"))
