@@ -39,12 +39,12 @@ CONFIGS = {
 }
 # B-MM ablations (the paper's Tables 4 and 5, and METHODS.md's alternatives); run them with --only.
 VARIANTS = {
-    "bmm-beta0.5": {"augment.name": "bmm", "augment.beta": 0.5},
-    "bmm-beta2-inside": {"augment.name": "bmm", "augment.beta": 2.0, "augment.lambda_map": "inside"},
-    "bmm-warmup0": {"augment.name": "bmm", "augment.warmup": 0},
-    "bmm-warmup4": {"augment.name": "bmm", "augment.warmup": 4},
-    "bmm-rho-acc": {"augment.name": "bmm", "augment.rho_stat": "acc"},
-    "bmm-rho-val": {"augment.name": "bmm", "augment.rho_split": "val"},  # an mmvid option, not the paper's
+    "bmm-beta0.5": {"augment.name": "bmm", "augment.args.beta": 0.5},
+    "bmm-beta2-inside": {"augment.name": "bmm", "augment.args.beta": 2.0, "augment.args.lambda_map": "inside"},
+    "bmm-warmup0": {"augment.name": "bmm", "augment.args.warmup": 0},
+    "bmm-warmup4": {"augment.name": "bmm", "augment.args.warmup": 4},
+    "bmm-rho-acc": {"augment.name": "bmm", "augment.args.rho_stat": "acc"},
+    "bmm-rho-val": {"augment.name": "bmm", "augment.args.rho_split": "val"},  # an mmvid option, not the paper's
 }
 
 

@@ -205,8 +205,10 @@ def train(
     run_name: Annotated[Optional[str], typer.Option(help="Run folder name under runs/.")] = None,
     protocol: Annotated[Optional[str], typer.Option(help="clean (hold out a validation split, select on it) | reference (train on every training clip, select on test, as the published code).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue an interrupted run (name or folder).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set augment.beta=0.5.")] = None,
-    list_: Annotated[bool, typer.Option("--list", help="List registered fusions, augmentations and balancers.")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set augment.args.beta=0.5 (see --list NAME).")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List every plug-in (fusions, calibration, augmentations, balancers); "
+                                               "--list NAME: NAME's settings.")] = False,
+    name: Annotated[Optional[str], typer.Argument(help="With --list: the plug-in whose settings to show.", show_default=False)] = None,
 ):
     """Train a model on a prepared cache; writes [dim]runs/<run-name>/[/] (config, metrics.jsonl, checkpoints).
 
@@ -217,12 +219,16 @@ def train(
       mmvid train --fusion concat --aug bmm --gpus 2
       torchrun --nnodes 2 --nproc-per-node 8 -m mmvid.cli train --recipe cremad --amp bf16
       mmvid train --list
+      mmvid train --list ogm-ge
     """
+    from mmvid.errors import MmvidError
     from mmvid.workflows import list_plugins, run_train
 
     if list_:
-        list_plugins(console)
+        list_plugins(console, name)
         return
+    if name is not None:
+        raise MmvidError(f"unexpected argument {name!r}: `mmvid train` takes options only (--list {name} shows a plug-in's settings)")
     flags = {
         "--dataset": ("data.dataset", dataset), "--fusion": ("model.fusion", fusion), "--aug": ("augment.name", aug),
         "--balance": ("balance.name", balance), "--calibrate": ("model.calibrate", calibrate),

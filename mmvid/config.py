@@ -61,8 +61,9 @@ class ModelConfig:
     encoder: str = spec("resnet18", choices=("resnet18", "small"))  # resnet18 (paper) | small (CPU-sized)
     width: int = spec(32, ge=1, le=4096)  # channels of the first stage of the small encoder
     fusion: str = "concat"  # a FUSIONS name, checked by the registry
-    calibrate: bool = False
-    fusion_args: dict[str, Any] = field(default_factory=dict)
+    calibrate: bool = False  # the pre-fusion calibration module (mmvid.models.calibration)
+    fusion_args: dict[str, Any] = field(default_factory=dict)  # the fusion's own settings (`mmvid train --list NAME`)
+    calibration_args: dict[str, Any] = field(default_factory=dict)  # the calibration's (`mmvid train --list prefusion`)
     # Initial weights of a ResNet-18 model (mmvid.models.init): ogm-ge (OGM-GE main.py's weight_init: conv
     # kaiming-normal fan_out, BN 1/0, every fusion/head Linear Xavier-normal with zero bias) | remix (the backbone's
     # own loops only, BN weights N(1, 0.02), Linear layers PyTorch's default: Remix, MMCosine, BalanceBenchmark)
@@ -76,28 +77,15 @@ class ModelConfig:
 @dataclass
 class AugmentConfig:
     name: str = "none"  # an AUGMENTS name, checked by the registry
-    alpha: float = spec(0.2, gt=0.0, le=1000.0)  # Beta(alpha, alpha) for mixup / mm
-    warmup: int = spec(10, ge=0, le=1_000_000)  # B-MM: epochs of plain training before mixing
-    # B-MM: degree of mixup, lambda_weak = beta * tanh(r - 1). 0.2, the CREMA-D recipe's (Table 5, column 2; with its
-    # warm-up of 10, the default above); every recipe uses 0.2-0.4. At beta near 1 lambda_weak can approach 1: the
-    # weak modality's feature and the label would then be almost wholly the partner's (the paper: a large beta
-    # mixes "overly aggressive[ly]"). A run's config.yaml stores the value, so older runs keep theirs.
-    beta: float = spec(0.2, ge=0.0, le=1000.0)
-    rho_stat: str = spec("score", choices=("score", "acc"))  # B-MM
-    lambda_map: str = spec("scaled", choices=("scaled", "inside"))  # B-MM
-    # B-MM: rho over train (the paper) | val (held out; an mmvid option, not in the paper)
-    rho_split: str = spec("train", choices=("train", "val"))
-    # B-MM: mix the weak modality's feature (paper Fig. 3) | input (paper Sec. 3.3 text)
-    stage: str = spec("feature", choices=("feature", "input"))
-    # B-MM: unimodal predictions by masking (paper Eq. 5) | head (each modality's own classifier, decision-like fusions)
-    unimodal: str = spec("mask", choices=("mask", "head"))
+    # The augmentation's own settings (its Settings dataclass: `mmvid train --list NAME`), e.g. B-MM's beta and
+    # warm-up, mixup's alpha; checked by resolve_config, saved in full (every setting with the value it ran with).
     args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class BalanceConfig:
     name: str = "none"  # a BALANCERS name, checked by the registry
-    args: dict[str, Any] = field(default_factory=dict)
+    args: dict[str, Any] = field(default_factory=dict)  # the balancer's own settings (`mmvid train --list NAME`)
 
 
 @dataclass
@@ -274,29 +262,155 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str, Any] | None = None,
-                   sources: dict[str, str] | None = None, notes: list[str] | None = None) -> TrainConfig:
+                   sources: dict[str, str] | None = None, notes: list[str] | None = None,
+                   saved: bool = False) -> TrainConfig:
     """Defaults, then the recipe, then CLI overrides (dotted keys; ``None`` values are skipped), then what
     the protocol implies (:func:`apply_protocol`; its notes are appended to ``notes``).
 
     Every value is checked against its field's rule as it is set; an error names the key, what it
-    accepts and where the value came from (``sources``: key -> the CLI flag that gave it).
+    accepts and where the value came from (``sources``: key -> the CLI flag that gave it). Then the
+    plug-ins' settings (:func:`check_plugin_args`): unknown keys, types and ranges of ``augment.args``,
+    ``balance.args``, ``model.fusion_args`` and ``model.calibration_args``, each filled in with its
+    defaults. ``augment.<name>.<key>`` (``balance.<name>.<key>``) gives a setting of the plug-in ``name``,
+    used when that plug-in runs (a data set's recipe gives B-MM's and MM's values once). A key of the older
+    layout (``augment.beta``, now ``augment.bmm.beta``) is moved there, with a one-line note: appended to
+    ``notes``, or printed once (stderr) when ``notes`` is None. ``saved``: a run's own config
+    (config_from_dict), whose old-layout keys that its augmentation never read are dropped.
     """
     cfg = TrainConfig()
     data = recipe if isinstance(recipe, dict) else (load_recipe(recipe) if recipe else {})
     where = f" (in recipe {recipe})" if recipe is not None and not isinstance(recipe, dict) else ""
-    for key, value in _flatten(data, "", cfg).items():
-        _set_from(cfg, key, value, where)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            _set_from(cfg, key, value, f" (given by {sources[key]})" if sources and key in sources else "")
+    moved: dict[str, tuple[Any, str]] = {}  # old key -> (value, where)
+    # (augment|balance, plug-in name) -> key -> (value, where it came from, 0: the recipe | 1: an override)
+    sections: dict[tuple[str, str], dict[str, tuple[Any, str, int]]] = {}
+    items = [(k, v, where, 0) for k, v in _flatten(data, "", cfg).items()]
+    items += [(k, v, f" (given by {sources[k]})" if sources and k in sources else "", 1)
+              for k, v in (overrides or {}).items() if v is not None]
+    origins: dict[str, str] = {}  # balance.args.alpha -> where its value came from (for the plug-ins' errors)
+    for key, value, given, level in items:
+        origins.update({f"{key}.{k}": given for k in value} if key in PLUGIN_ARGS and isinstance(value, dict)
+                       else {key: given})
+        family, _, rest = key.partition(".")
+        if key in LEGACY_KEYS:
+            moved[key] = (value, given)
+            origins[f"augment.args.{rest}"] = given
+            for owner in LEGACY_OWNERS[rest]:
+                sections.setdefault(("augment", owner), {})[rest] = (value, given, level)
+            continue
+        if family in PLUGIN_SECTIONS and rest and rest.split(".")[0] not in _names(getattr(cfg, family)) \
+                and ("." in rest or isinstance(value, dict)):
+            name, _, sub = rest.partition(".")
+            for k, v in ({sub: value} if sub else value).items():
+                sections.setdefault((family, name), {})[str(k)] = (v, given, level)  # checked with ``given``
+            continue
+        _set_from(cfg, key, value, given)
     check_dataclass(cfg, "config ")
     check_aux_loss(cfg)
     if cfg.data.prepared:  # each key a prepare parameter with a value it accepts, before anything runs
         from mmvid.data.params import prepared_params  # no heavy import: the parameters' declarations only
 
         prepared_params(cfg.data.prepared)
+    said = _legacy_note(cfg, moved, sections, saved)
+    _apply_sections(cfg, sections)
+    check_plugin_args(cfg, lambda key: origins.get(key, where))
+    if said:
+        _note(f"config {said}", notes)
     apply_protocol(cfg, {k for k, v in (overrides or {}).items() if v is not None}, sources, notes)
     return cfg
+
+
+PLUGIN_SECTIONS = ("augment", "balance")  # config sections whose plug-ins may be given settings by name
+PLUGIN_ARGS = ("model.fusion_args", "model.calibration_args", "augment.args", "balance.args")
+# Keys of the layout before each plug-in declared its own settings (now augment.<owner>.<key>, LEGACY_OWNERS).
+# A recipe, a --set, a saved config.yaml or a checkpoint that names them keeps loading (with a note).
+LEGACY_OWNERS = {"alpha": ("mixup", "mm"), **{k: ("bmm",) for k in ("warmup", "beta", "rho_stat", "lambda_map", "rho_split",
+                                                                     "stage", "unimodal")}}
+LEGACY_KEYS = {f"augment.{k}" for k in LEGACY_OWNERS}
+# Their defaults in that layout (B-MM's stage and unimodal away from these under another augmentation were an error)
+LEGACY_DEFAULTS = {"augment.stage": "feature", "augment.unimodal": "mask"}
+_NOTED: set[str] = set()
+
+
+def _names(section: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(section)}
+
+
+def _note(text: str, notes: list[str] | None) -> None:
+    if notes is not None:
+        notes.append(text)
+    elif text not in _NOTED:  # once per process: a sweep or a resumed run resolves the same config again
+        import sys
+
+        _NOTED.add(text)
+        print(f"note: {text}", file=sys.stderr)
+
+
+def _legacy_note(cfg: TrainConfig, moved: dict[str, tuple[Any, str]], sections: dict, saved: bool) -> str:
+    """The note on old-layout keys (``augment.beta`` -> ``augment.bmm.beta``: B-MM's setting, used when B-MM
+    runs, as the old key was; ``augment.alpha`` -> mixup's and mm's), '' when there were none. B-MM's stage and
+    unimodal away from their defaults under another augmentation stay an error (as they were) in a recipe or
+    --set; a saved run drops them with the note."""
+    if not moved:
+        return ""
+    said, dropped = [], []
+    for key, (value, where) in moved.items():
+        short = key.split(".")[-1]
+        owners = LEGACY_OWNERS[short]
+        if key in LEGACY_DEFAULTS and cfg.augment.name not in owners and str(value) != LEGACY_DEFAULTS[key]:
+            if not saved:
+                raise MmvidError(f"config {key}={value} is a B-MM option (now augment.args.{short} with augment.name=bmm); "
+                                 f"augment.name={cfg.augment.name} does not use it: remove it or use augment.name=bmm{where}")
+            dropped.append(f"{key}={value}")
+            sections[("augment", "bmm")].pop(short)
+            continue
+        said.append(f"{key} -> {' and '.join(f'augment.{o}.{short}' for o in owners)}")
+    text = f"{', '.join(said)} (each augmentation's own settings, `mmvid train --list NAME`)" if said else ""
+    if dropped:
+        text += ("; " if text else "") + f"dropped {', '.join(dropped)} (augmentation {cfg.augment.name!r} never read it)"
+    return text
+
+
+def _apply_sections(cfg: TrainConfig, sections: dict[tuple[str, str], dict[str, tuple[Any, str, int]]]) -> None:
+    """``augment.<name>.<key>``: every named plug-in's settings are checked (a misspelled one is an error even
+    when another plug-in runs); the running plug-in takes its own: a recipe's under ``args``, an override's
+    over ``args`` (the command line beats the recipe, whichever form each uses)."""
+    from mmvid.registry import AUGMENTS, BALANCERS, check_plugin_settings, load_plugins
+
+    load_plugins()
+    for (family, name), values in sections.items():
+        reg = AUGMENTS if family == "augment" else BALANCERS
+        if name not in reg:
+            key, (_, given, _) = next(iter(values.items()))
+            raise MmvidError(f"unknown config key {family}.{name}.{key}: {name!r} is no {reg.kind} (a plug-in's "
+                             f"settings by name: {family}.NAME.KEY, NAME one of {', '.join(reg.names())}){given}")
+        for key, (value, given, _) in values.items():
+            check_plugin_settings(reg, name, {key: value}, given)
+        section = getattr(cfg, family)
+        if section.name == name:
+            args = dict(section.args) if isinstance(section.args, dict) else {}
+            low = {k: v for k, (v, _, level) in values.items() if level == 0}
+            high = {k: v for k, (v, _, level) in values.items() if level == 1}
+            section.args = {**low, **args, **high}
+
+
+def check_plugin_args(cfg: TrainConfig, where: Any = "") -> None:
+    """Every plug-in's settings of ``cfg``, checked (:func:`mmvid.registry.check_plugin_settings`) and
+    written back in full: each mapping then holds every setting of its plug-in with the value the run uses.
+    Imports the plug-in modules (torch): it runs after the core checks above, which a bad option fails first."""
+    from mmvid.registry import AUGMENTS, BALANCERS, CALIBRATIONS, FUSIONS, check_plugin_settings, load_plugins
+
+    load_plugins()
+    for reg, section, name, attr in ((FUSIONS, cfg.model, cfg.model.fusion, "fusion_args"),
+                                     (CALIBRATIONS, cfg.model, CALIBRATION, "calibration_args"),
+                                     (AUGMENTS, cfg.augment, cfg.augment.name, "args"),
+                                     (BALANCERS, cfg.balance, cfg.balance.name, "args")):
+        at = where if callable(where) else (lambda key, where=where: where)
+        settings = check_plugin_settings(reg, name, getattr(section, attr),
+                                         lambda key, reg=reg: at(f"{reg.args_key}.{key}" if key else reg.args_key))
+        setattr(section, attr, asdict(settings))
+
+
+CALIBRATION = "prefusion"  # the one CALIBRATIONS entry, model.calibrate's module (mmvid.models.calibration)
 
 
 def check_aux_loss(cfg: TrainConfig) -> None:
@@ -350,7 +464,7 @@ def _set_from(cfg: TrainConfig, key: str, value: Any, where: str) -> None:
         raise MmvidError(f"{e}{where}") from None
 
 
-def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+def config_from_dict(d: dict[str, Any], notes: list[str] | None = None) -> TrainConfig:
     """Rebuild a saved config (checkpoint / run folder) exactly; a key it lacks takes the value runs were
     trained with before the key existed (:data:`ABSENT_MEANS`), else today's default."""
     d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
@@ -358,7 +472,17 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
         section, name = key.split(".")
         if isinstance(d.get(section), dict) and name not in d[section]:
             d[section][name] = value
-    return resolve_config(d)
+    return resolve_config(d, notes=notes, saved=True)
+
+
+def canonical_dict(d: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (any layout mmvid wrote) as today's resolved config dict, every plug-in setting filled
+    in (so that a run saved before a setting moved or was declared compares equal to the same settings
+    now); a config that no longer resolves is returned as it is (the caller names the key that differs)."""
+    try:
+        return config_from_dict(d, notes=[]).to_dict()
+    except MmvidError:
+        return d
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

@@ -1,24 +1,47 @@
-"""One small registry class for every plug-in family (fusions, augmentations, balancers).
+"""One small registry class for every plug-in family (fusions, augmentations, balancers, calibration).
 
 Entries are registered by decorator at import time of an explicitly imported module
-(``mmvid.models.fusions``, ``mmvid.augment``, ``mmvid.balance``); nothing scans folders.
+(``mmvid.models.fusions``, ``mmvid.models.calibration``, ``mmvid.augment``, ``mmvid.balance``); nothing
+scans folders.
+
+Settings: a registered class declares what it accepts once, as a nested dataclass ``Settings`` of typed
+fields with ``spec(...)`` (default, range or choices, one line of meaning, where the reference sets it)::
+
+    @BALANCERS.register("ogm-ge")
+    class OGMGE(Balancer):
+        @dataclass
+        class Settings:
+            alpha: float = spec(0.8, gt=0, le=100, help="modulation strength", ref="OGM-GE main.py --alpha")
+
+A class registered without its own ``Settings`` has none (it does not inherit its parent's: each entry
+says what it reads). :func:`check_plugin_settings` turns a config's mapping (``balance.args``,
+``augment.args``, ``model.fusion_args``, ``model.calibration_args``) into that dataclass, checked; the
+plug-in reads ``self.settings.alpha``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
-from typing import Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 from mmvid.errors import MmvidError
+from mmvid.schema import check_settings, field_default, field_types, rule_of
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class NoSettings:
+    """The settings of a plug-in that reads none."""
 
 
 class Registry(Generic[T]):
     """Maps a name to a builder. Duplicate names are a ``ValueError``; unknown names list the choices."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, args_key: str | None = None) -> None:
         self.kind = kind
+        self.args_key = args_key or f"{kind}.args"  # the config mapping that holds an entry's settings (balance.args)
         self._entries: dict[str, Callable[..., T]] = {}
         self._docs: dict[str, str] = {}
 
@@ -26,6 +49,10 @@ class Registry(Generic[T]):
         def deco(builder: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
+            if isinstance(builder, type):  # its own Settings, or none (never a parent's)
+                builder.Settings = builder.__dict__.get("Settings", NoSettings)
+                if not dataclasses.is_dataclass(builder.Settings):
+                    raise TypeError(f"{self.kind} {name!r}: Settings must be a dataclass")
             self._entries[name] = builder
             text = doc or (builder.__doc__ or "").strip().splitlines()
             self._docs[name] = text if isinstance(text, str) else (text[0] if text else "")
@@ -43,6 +70,10 @@ class Registry(Generic[T]):
 
     def build(self, name: str, *args, **kwargs) -> T:
         return self.get(name)(*args, **kwargs)
+
+    def settings(self, name: str) -> type:
+        """The Settings dataclass of entry ``name`` (an unknown name is the one-line error of :meth:`get`)."""
+        return getattr(self.get(name), "Settings", NoSettings)
 
     def names(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
@@ -69,6 +100,14 @@ class Plugin:
     # which holds no validation split out (mmvid.workflows.reference_refusal).
     needs_val_split: bool = False
 
+    Settings: type = NoSettings  # the registered class's own (Registry.register)
+    family: Registry | None = None  # AUGMENTS or BALANCERS, for the messages of read_settings
+
+    def read_settings(self, cfg) -> Any:
+        """``cfg.args`` (the plug-in's config section) as this class's checked :attr:`Settings`."""
+        family = self.family
+        return check_settings(type(self).Settings, cfg.args, f"{family.kind} {cfg.name!r}", family.args_key)
+
     def __setattr__(self, name: str, value) -> None:
         # A plug-in's own attribute named like a hook (``self.epoch_order = [...]``) would hide the hook from
         # the training loop, which would then fail far from the cause.
@@ -91,13 +130,52 @@ class Plugin:
         pass
 
 
-FUSIONS: Registry = Registry("fusion")
-AUGMENTS: Registry = Registry("augmentation")
-BALANCERS: Registry = Registry("balancer")
+def check_plugin_settings(registry: Registry, name: str, args: Any, where: Any = "") -> Any:
+    """``registry``'s entry ``name`` settings from the mapping ``args``: unknown keys, wrong types and values
+    out of range are one line naming the plug-in and the key (:func:`mmvid.schema.check_settings`);
+    ``where`` ends that line (`` (in recipe x.yaml)``)."""
+    return check_settings(registry.settings(name), args, f"{registry.kind} {name!r}", registry.args_key, where)
+
+
+def settings_table(registry: Registry, name: str) -> list[dict[str, str]]:
+    """One row per setting of entry ``name``: key, type, default, valid values, meaning, reference."""
+    from mmvid.schema import Rule, _what
+
+    cls = registry.settings(name)
+    types_ = field_types(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        rule = rule_of(f) or Rule()
+        tp = types_[f.name]
+        has_rule = any(v is not None for v in (rule.ge, rule.gt, rule.le, rule.lt, rule.choices))
+        rows.append({"key": f.name, "default": _show(field_default(f)),
+                     "valid": rule.describe(tp) if has_rule else _what(tp),
+                     "help": f.metadata.get("help", ""), "ref": f.metadata.get("ref", "")})
+    return rows
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict) and not value:
+        return "{}"
+    return str(value)
+
+
+FUSIONS: Registry = Registry("fusion", "model.fusion_args")
+CALIBRATIONS: Registry = Registry("calibration", "model.calibration_args")
+AUGMENTS: Registry = Registry("augmentation", "augment.args")
+BALANCERS: Registry = Registry("balancer", "balance.args")
+REGISTRIES = (FUSIONS, CALIBRATIONS, AUGMENTS, BALANCERS)
 
 
 def load_plugins() -> None:
     """Import every module that registers entries (explicit imports, no scanning)."""
     import mmvid.augment  # noqa: F401
     import mmvid.balance  # noqa: F401
+    import mmvid.models.calibration  # noqa: F401
     import mmvid.models.fusions  # noqa: F401

@@ -24,6 +24,7 @@ is rejected before the CLI loads any of them.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -60,6 +61,8 @@ class Rule:
     def describe(self, tp: Any) -> str:
         """E.g. 'an integer in [1, 100000]', 'a finite number in (0, 10]', 'one of: off, bf16'."""
         base, optional = _base_type(tp)
+        if not self.name and self.choices is None and all(b is None for b in (self.ge, self.gt, self.le, self.lt)):
+            return _what(tp)  # no rule beyond the type (a plug-in's mapping or switch)
         if self.name:
             what = NAME_RULE + (f", or the path of a {self.or_path} file" if self.or_path else "")
         elif self.choices is not None:
@@ -72,6 +75,8 @@ class Rule:
             what = f"{'an integer' if base is int else 'a finite number'} in {lo}, {hi}"
             if self.bools:
                 what += " (true = 1, false = 0)"
+        if any(typing.get_origin(a) is dict for a in typing.get_args(tp)):
+            what += ", or a mapping modality -> such a value"
         return what + (" or none" if optional else "")
 
     def ok(self, value: Any) -> bool:
@@ -80,6 +85,9 @@ class Rule:
         if self.name:
             return is_plain_name(value) or bool(self.or_path and isinstance(value, str)
                                                 and value.endswith(self.or_path) and len(value) > len(self.or_path))
+        bounded = any(b is not None for b in (self.ge, self.gt, self.le, self.lt))
+        if isinstance(value, dict) and bounded:  # a number per modality (``float | dict[str, float]``): each one's rule
+            return all(isinstance(v, (int, float)) and not isinstance(v, bool) and self.ok(v) for v in value.values())
         if self.choices is not None:
             items = value if isinstance(value, list) else [value]
             return bool(items) and len(set(items)) == len(items) and all(v in self.choices for v in items)
@@ -95,11 +103,13 @@ def _num(x: float) -> str:
 
 def spec(default: Any = MISSING, *, factory: Any = MISSING, ge: float | None = None, gt: float | None = None,
          le: float | None = None, lt: float | None = None, choices: tuple[Any, ...] | None = None,
-         bools: bool = False, name: bool = False, or_path: str | None = None) -> Any:
-    """A dataclass ``field`` carrying its :class:`Rule` in ``metadata["rule"]``."""
+         bools: bool = False, name: bool = False, or_path: str | None = None, help: str = "", ref: str = "") -> Any:
+    """A dataclass ``field`` carrying its :class:`Rule` in ``metadata["rule"]``; a plug-in's setting also
+    carries one line of meaning (``help``) and where its reference code sets it (``ref``), which
+    ``mmvid train --list NAME`` and the settings tables of docs/methods.md show."""
     rule = Rule(ge=ge, gt=gt, le=le, lt=lt, choices=tuple(choices) if choices is not None else None, bools=bools,
                 name=name, or_path=or_path)
-    return dataclasses.field(default=default, default_factory=factory, metadata={"rule": rule})
+    return dataclasses.field(default=default, default_factory=factory, metadata={"rule": rule, "help": help, "ref": ref})
 
 
 def rule_of(f: dataclasses.Field) -> Rule | None:
@@ -137,6 +147,15 @@ def coerce(value: Any, tp: Any) -> Any:
     if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~", ""))):
         return None
     if value is None:
+        raise _Invalid()
+    others = [a for a in typing.get_args(tp) if a is not type(None) and a is not base] \
+        if typing.get_origin(tp) in (typing.Union, types.UnionType) else []
+    if others:  # ``float | dict[str, float]``: the first type that takes the value
+        for alt in (base, *others):
+            try:
+                return coerce(value, alt)
+            except _Invalid:
+                pass
         raise _Invalid()
     if base is bool:
         if isinstance(value, bool):
@@ -253,3 +272,48 @@ def unbounded_fields(cls: Any) -> list[str]:
         if typing.get_origin(base) is list and (rule is None or rule.choices is None):
             out.append(key)
     return out
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """The default of a dataclass field (its factory called), or MISSING."""
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+class SettingValueError(ValueError):
+    """Raised by a Settings dataclass's ``__post_init__`` for a value its field's rule cannot express
+    (``int | 'auto'``); :func:`check_settings` turns it into the one line naming the plug-in."""
+
+    def __init__(self, key: str, value: Any, want: str) -> None:
+        super().__init__(f"{key}={value!r}: it must be {want}")
+        self.key, self.value, self.want = key, value, want
+
+
+def check_settings(cls: Any, args: Any, owner: str, prefix: str, where: Any = "") -> Any:
+    """A plug-in's settings (the dataclass ``cls``) from a mapping of its args, every value converted and
+    checked like a core config value. ``owner`` names the plug-in (``balancer 'ogm-ge'``), ``prefix`` the
+    mapping's config key (``balance.args``). An unknown key is one line naming the plug-in, the key, the
+    closest valid key and every valid one; a bad value is :func:`check_value`'s line, naming the plug-in.
+    ``where`` ends the line: a string, or a function of the key (where each key's value came from)."""
+    at = where if callable(where) else (lambda key: where)
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise MmvidError(f"config {prefix}={args!r} is not valid for {owner}; it must be a mapping of its settings, "
+                         f"e.g. {prefix}.KEY=VALUE{at('')}")
+    fields_ = {f.name: f for f in dataclasses.fields(cls)}
+    types_ = field_types(cls)
+    values = {}
+    for key, value in args.items():
+        if key not in fields_:
+            close = difflib.get_close_matches(str(key), list(fields_), n=1, cutoff=0.5)
+            hint = f"; did you mean {prefix}.{close[0]}?" if close else ""
+            valid = f"its settings: {', '.join(fields_)}" if fields_ else "it has no settings"
+            raise MmvidError(f"config {prefix}.{key}: {owner} has no setting {str(key)!r}{hint} ({valid}){at(key)}")
+        try:
+            values[key] = check_value(fields_[key], types_[key], value, f"config {prefix}.{key}")
+        except MmvidError as e:
+            raise MmvidError(str(e).replace(" is not valid", f" is not valid for {owner}", 1) + at(key)) from None
+    try:
+        return cls(**values)
+    except SettingValueError as e:
+        raise MmvidError(f"config {prefix}.{e.key}={e.value!r} is not valid for {owner}; it must be {e.want}{at(e.key)}") from None

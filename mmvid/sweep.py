@@ -29,7 +29,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from mmvid.config import ABSENT_MEANS, RECIPES, TrainConfig, read_recipe, resolve_config
+from mmvid.config import ABSENT_MEANS, RECIPES, TrainConfig, canonical_dict, read_recipe, resolve_config
 from mmvid.errors import Interrupted, MmvidError
 from mmvid.workspace import write_atomic
 
@@ -186,7 +186,10 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
         for proto in protocols or [None]:
             over_p = {**overrides, **({"protocol": proto} if proto else {})}
             # a bad recipe or --set fails before anything runs
-            cfgs = [resolve_config(recipe.config, {**over_p, "seed": seed}, sources) for seed in range(seeds)]
+            try:  # a bad recipe, --set or plug-in setting fails before anything runs, naming the recipe
+                cfgs = [resolve_config(recipe.config, {**over_p, "seed": seed}, sources) for seed in range(seeds)]
+            except MmvidError as e:
+                raise MmvidError(f"recipe {f}: {e}") from None
             if proto == "reference":
                 from mmvid.workflows import reference_refusal
 
@@ -237,7 +240,12 @@ def config_difference(saved: dict[str, Any], cfg: TrainConfig) -> str | None:
     """The first config key where a run folder's saved config differs from what the sweep would train."""
     import yaml
 
-    want, have, default = _flat(cfg.to_dict()), _flat(saved), {**_flat(TrainConfig().to_dict()), **ABSENT_MEANS}
+    # The saved config as today's layout, every plug-in setting filled in: a run saved before a setting moved
+    # (augment.beta -> B-MM's augment.args.beta) or was declared compares equal to the same settings now
+    # (and so does a config built in code, whose plug-in mappings may name only some settings).
+    saved = canonical_dict(saved)
+    want, have = _flat(canonical_dict(cfg.to_dict())), _flat(saved)
+    default = {**_flat(TrainConfig().to_dict()), **ABSENT_MEANS}
     for key, value in want.items():
         if key in EXECUTION_KEYS or (key == "data.dataset" and value is None):
             continue

@@ -181,17 +181,44 @@ def _prepare_summary(console, cache: Path, report, classes: int, shard: tuple[in
 # ----------------------------------------------------------------------------- train
 
 
-def list_plugins(console) -> None:
+def list_plugins(console, name: str | None = None) -> None:
+    """Every registered plug-in with its settings' names (``mmvid train --list``), or, with ``name``, that
+    plug-in's settings: config key, default, valid values, meaning and where the reference sets it."""
+    import difflib
+
     from rich.markup import escape
     from rich.table import Table
 
-    from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS, load_plugins
+    from mmvid.registry import REGISTRIES, load_plugins, settings_table
 
     load_plugins()
-    for reg in (FUSIONS, AUGMENTS, BALANCERS):
-        table = Table(title=f"{reg.kind}s ({len(reg)})", show_header=False)
-        for n, doc in reg.describe().items():
-            table.add_row(f"[bold]{n}", escape(doc))
+    if name is None:
+        for reg in REGISTRIES:
+            table = Table(title=f"{reg.kind}s ({len(reg)}; settings under {reg.args_key})", show_header=False)
+            for n, doc in reg.describe().items():
+                keys = ", ".join(row["key"] for row in settings_table(reg, n)) or "-"
+                table.add_row(f"[bold]{n}", escape(doc), escape(keys))
+            console.print(table)
+        console.print("`mmvid train --list NAME` shows NAME's settings", highlight=False)
+        return
+    found = [reg for reg in REGISTRIES if name in reg]
+    if not found:
+        every = sorted({n for reg in REGISTRIES for n in reg.names()})
+        close = difflib.get_close_matches(name, every, n=1)
+        raise MmvidError(f"no plug-in named {name!r}{f'; did you mean {close[0]}?' if close else ''} "
+                         f"(plug-ins: {', '.join(every)})")
+    for reg in found:
+        rows = settings_table(reg, name)
+        title = f"{reg.kind} {name}: {reg.describe()[name]}"
+        if not rows:
+            console.print(f"{escape(title)}\n  no settings", highlight=False)
+            continue
+        table = Table(title=escape(title), title_justify="left")
+        for col in ("setting", "default", "valid values", "meaning", "reference"):
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            table.add_row(f"[bold]{reg.args_key}.{row['key']}", escape(row["default"]), escape(row["valid"]),
+                          escape(row["help"]), escape(row["ref"]))
         console.print(table)
 
 

@@ -18,9 +18,9 @@ def test_precedence_defaults_recipe_flags(tmp_path):
 
 
 def test_round_trip_of_saved_config():
-    cfg = resolve_config(None, {"augment.name": "bmm", "augment.beta": "0.5", "data.modalities": "audio,video,flow"})
+    cfg = resolve_config(None, {"augment.name": "bmm", "augment.args.beta": "0.5", "data.modalities": "audio,video,flow"})
     again = config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
-    assert again == cfg and again.augment.beta == 0.5 and again.data.modalities == ["audio", "video", "flow"]
+    assert again == cfg and again.augment.args["beta"] == 0.5 and again.data.modalities == ["audio", "video", "flow"]
 
 
 def test_bmm_beta_without_a_recipe_is_the_data_set_recipes_value():
@@ -28,12 +28,12 @@ def test_bmm_beta_without_a_recipe_is_the_data_set_recipes_value():
     within the range every data set's recipe uses; a saved config keeps the beta it was trained with."""
     from mmvid.config import load_recipe
 
-    default = resolve_config(None, {"augment.name": "bmm"}).augment.beta
-    assert default == load_recipe("cremad")["augment"]["beta"] == 0.2
+    default = resolve_config(None, {"augment.name": "bmm"}).augment.args["beta"]
+    assert default == load_recipe("cremad")["augment"]["bmm"]["beta"] == 0.2
     for name in ("cremad", "kinetics-sounds", "ucf101", "ave", "vggsound", "proving"):
-        assert 0.2 <= load_recipe(name)["augment"]["beta"] <= 0.4, name
-    old = resolve_config(None, {"augment.name": "bmm", "augment.beta": 1.0}).to_dict()
-    assert config_from_dict(old).augment.beta == 1.0
+        assert 0.2 <= load_recipe(name)["augment"]["bmm"]["beta"] <= 0.4, name
+    old = resolve_config(None, {"augment.name": "bmm", "augment.args.beta": 1.0}).to_dict()
+    assert config_from_dict(old).augment.args["beta"] == 1.0
 
 
 @pytest.mark.parametrize("key,value,needle", [

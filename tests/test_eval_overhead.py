@@ -122,7 +122,7 @@ def test_what_each_plugin_needs_of_the_monitor():
     assert plan({"monitor_train": 0}) == (0.0, None)
     frac, note = plan({"monitor_train": 0.3, "augment.name": "bmm"})
     assert frac == 1.0 and "augment.name=bmm" in note and "whole train set" in note and "\n" not in note
-    assert plan({"monitor_train": 0, "augment.name": "bmm", "augment.rho_split": "val"}) == (0.0, None)
+    assert plan({"monitor_train": 0, "augment.name": "bmm", "augment.args.rho_split": "val"}) == (0.0, None)
     assert plan({"monitor_train": 0, "augment.name": "mm", "balance.name": "ogm-ge"}) == (0.0, None)
 
 
@@ -167,7 +167,7 @@ def test_monitor_subsample_and_off(ws, every):
 def test_bmm_keeps_its_full_pass(ws):
     """B-MM steers on rho over the whole train set: monitor_train 0.2 is raised to 1, with a note."""
     console = Console(record=True, width=200)
-    run = train(ws, "ev-bmm", console=console, epochs=2, monitor_train=0.2, augment__name="bmm", augment__warmup=0)
+    run = train(ws, "ev-bmm", console=console, epochs=2, monitor_train=0.2, augment__name="bmm", augment__args__warmup=0)
     ck = load_checkpoint(run / CKPT_LAST)
     assert {s["n"] for s in ck["train_scores"].values()} == {len(ck["splits"]["train"])}
     said = console.export_text()
@@ -177,8 +177,8 @@ def test_bmm_keeps_its_full_pass(ws):
 
 def test_bmm_on_val_steers_every_epoch_whatever_eval_every(ws):
     """augment.rho_split=val reads the val split after every epoch, though eval_every logs it at the last only."""
-    run = train(ws, "ev-bmm-val", epochs=2, eval_every=2, monitor_train=0, augment__name="bmm", augment__warmup=0,
-                augment__rho_split="val")
+    run = train(ws, "ev-bmm-val", epochs=2, eval_every=2, monitor_train=0, augment__name="bmm", augment__args__warmup=0,
+                augment__args__rho_split="val")
     got = lines(run)
     assert "val_acc" not in got[0] and "val_acc" in got[1]
     assert got[0]["bmm_rho"] is None and got[1]["bmm_rho"] is not None  # rho from epoch 1's val pass

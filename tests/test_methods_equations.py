@@ -59,23 +59,24 @@ def test_bmm_lambda_follows_rho_through_tanh(mapping):
 def test_bmm_rho_split_val_reads_the_held_out_scores():
     """augment.rho_split=val: rho and lambda follow the validation split's scores, not the training split's."""
     cfg = make_cfg(AV, augment="bmm")
-    cfg.augment.warmup, cfg.augment.rho_split = 0, "val"
+    cfg.augment.args["warmup"], cfg.augment.args["rho_split"] = 0, "val"
     aug = AUGMENTS.build("bmm", cfg.augment, AV)
     ctx = type("Ctx", (), {"train_scores": {"audio": {"score": 10.0}, "video": {"score": 20.0}},  # video ahead on train
                            "val_scores": {"audio": {"score": 9.0}, "video": {"score": 6.0}},  # audio ahead held out
                            "epoch": 1, "generator": torch.Generator().manual_seed(0)})()
     aug.on_epoch_start(ctx)
-    beta = cfg.augment.beta  # the default, 0.2
+    beta = aug.settings.beta  # the default, 0.2
     assert aug.rho == pytest.approx(1.5)
     assert aug.lambdas == {"audio": 0.0, "video": pytest.approx(beta * math.tanh(0.5))}
-    cfg.augment.rho_split = "train"
+    cfg.augment.args["rho_split"] = "train"
+    aug = AUGMENTS.build("bmm", cfg.augment, AV)  # settings are read (and checked) once, when it is built
     aug.on_epoch_start(ctx)
     assert aug.rho == pytest.approx(0.5) and aug.lambdas == {"audio": pytest.approx(beta * math.tanh(1.0)), "video": 0.0}
 
 
 def test_bmm_leaves_the_strong_modality_untouched_and_mixes_the_weak_one_by_lambda():
     cfg = make_cfg(AV, augment="bmm")
-    cfg.augment.warmup, cfg.augment.beta = 1, 0.8
+    cfg.augment.args["warmup"], cfg.augment.args["beta"] = 1, 0.8
     aug = AUGMENTS.build("bmm", cfg.augment, AV)
     gen = torch.Generator().manual_seed(0)
     ctx = type("Ctx", (), {"train_scores": {"audio": {"score": 30.0}, "video": {"score": 10.0}}, "epoch": 0, "generator": gen})()
@@ -109,7 +110,7 @@ def test_bmm_leaves_the_strong_modality_untouched_and_mixes_the_weak_one_by_lamb
 @pytest.mark.parametrize("name", ["mixup", "mm"])
 def test_mixup_label_rows_sum_to_one_and_loss_is_the_lambda_mix(name):
     cfg = make_cfg(AV, augment=name)
-    cfg.augment.alpha = 0.4
+    cfg.augment.args["alpha"] = 0.4
     aug = AUGMENTS.build(name, cfg.augment, AV)
     ctx = type("Ctx", (), {"generator": torch.Generator().manual_seed(3)})()
     y = torch.tensor([0, 1, 2, 3, 0, 1])

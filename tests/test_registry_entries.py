@@ -93,7 +93,8 @@ def test_calibrate_flag_builds_the_module_without_changing_the_head():
 @pytest.mark.parametrize("name", AUGMENTS.names())
 def test_augment_entry(name):
     cfg = make_cfg(AV, augment=name)
-    cfg.augment.warmup = 0
+    if name == "bmm":
+        cfg.augment.args["warmup"] = 0
     model = make_model(cfg)
     inputs, y = make_batch(AV, 8)
     aug = AUGMENTS.build(name, cfg.augment, AV)
@@ -158,7 +159,8 @@ def test_balancer_entry(name, teachers):
 def test_every_augment_balancer_pair_trains_or_is_refused(augment, balance, teachers):
     mods = AV
     cfg = balancer_setup(balance, mods, teachers, augment)
-    cfg.augment.warmup = 0
+    if augment == "bmm":
+        cfg.augment.args["warmup"] = 0
     bal = BALANCERS.build(balance, cfg.balance, mods)
     bal.check(cfg.model, augment)  # the pairs we register all work; a refusal would raise MmvidError here
     model = make_model(cfg)

@@ -37,7 +37,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     quiet = Console(file=io.StringIO())
     run_prepare(quiet, ws, "demo", clips=40, progress=False)
     common = {"device": "cpu", "data.batch_size": 8, "optim.lr": 0.005, "data.val_fraction": 0}
-    bmm = run_train(quiet, ws, "demo", {**common, "epochs": 3, "augment.name": "bmm", "augment.warmup": 1,
+    bmm = run_train(quiet, ws, "demo", {**common, "epochs": 3, "augment.name": "bmm", "augment.args.warmup": 1,
                                         "run_name": "bmm"}, progress=False)
     concat = run_train(quiet, ws, "demo", {**common, "epochs": 1, "run_name": "concat"}, progress=False)
     said = Console(file=io.StringIO(), width=400)

@@ -45,7 +45,7 @@ def test_every_recipe_resolves_against_the_schema_and_its_plugins():
 
 def test_a_recipe_its_plugins_refuse_fails_before_any_run(tiny_ws, tmp_path):
     (tmp_path / "bad.yaml").write_text("extends: proving\ndata: {dataset: demo}\naugment: {unimodal: head}\n")
-    with pytest.raises(MmvidError, match=r"recipe .*bad.yaml: augment.unimodal=head is a B-MM option"):
+    with pytest.raises(MmvidError, match=r"recipe .*bad.yaml: config augment.unimodal=head is a B-MM option"):
         sweep_command(QUIET, tiny_ws, [str(tmp_path / "bad.yaml")], seeds=1, epochs=1)
     assert not list((tiny_ws / "runs").glob("sweep-*bad*"))
 
@@ -70,7 +70,7 @@ def test_table_recipes_cover_the_paper(table):
             assert "paper" not in cfg.to_dict()
         if table >= 3:  # the ablated value is the only difference between the columns
             key = {3: "alpha", 4: "warmup", 5: "beta"}[table]
-            values = [getattr(resolve_config(read_recipe(f).config).augment, key) for f in files]
+            values = [resolve_config(read_recipe(f).config).augment.args[key] for f in files]
             assert len(set(values)) == 6
             assert all(f.read_text().count("our choice") for f in files)  # the lost grid says so
 
@@ -131,7 +131,7 @@ def test_extends_merges_sections_and_keeps_paper_local(tmp_path):
     r = read_recipe(tmp_path / "row.yaml")
     cfg = resolve_config(r.config)
     assert (cfg.model.encoder, cfg.model.width, cfg.optim.lr, cfg.optim.weight_decay) == ("small", 16, 0.01, 0.0)
-    assert (cfg.augment.name, cfg.augment.alpha) == ("mm", 0.5)
+    assert (cfg.augment.name, cfg.augment.args["alpha"]) == ("mm", 0.5)
     assert r.paper == {"table": 9, "row": "R", "column": "C", "accuracy": 50.5}
     assert read_recipe(tmp_path / "mix.yaml").paper is None
     assert [p.name for p in r.files] == ["base.yaml", "mix.yaml", "row.yaml"]

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mmvid.errors import MmvidError
-from mmvid.registry import Plugin
+from mmvid.registry import AUGMENTS, Plugin
 
 
 @dataclass
@@ -97,24 +96,20 @@ class Augmentation(Plugin):
 
     The engine calls, in order: ``on_epoch_start(ctx)`` once per epoch; per step ``compute(model,
     inputs, y, ctx) -> (ModelOutput, loss)``; ``log()`` for the epoch's metrics line. State that
-    must survive a resume goes through ``state_dict``/``load_state_dict``.
+    must survive a resume goes through ``state_dict``/``load_state_dict``. Its settings (``augment.args``)
+    are its class's ``Settings`` dataclass, read as ``self.settings`` (checked: an unknown key is an error).
     """
 
+    family = AUGMENTS
     stage: str | None = None
-    own_options: tuple[str, ...] = ()  # B-MM's config fields (stage, unimodal) that this augmentation reads
     # True (decided in ``setup``): each training batch carries the clips' intensity targets (ctx.batch_intensity)
     needs_intensity: bool = False
     notes: list[str] | tuple[str, ...] = ()  # one-line notes from ``setup`` (e.g. a fallback), printed once by the engine
 
     def __init__(self, cfg, modalities: list[str]) -> None:
-        self.cfg = cfg
+        self.cfg = cfg  # AugmentConfig (name + args)
+        self.settings = self.read_settings(cfg)
         self.modalities = list(modalities)
-        # A B-MM field set away from its default under another augmentation would be silently ignored.
-        for key, default in (("stage", "feature"), ("unimodal", "mask")):
-            value = getattr(cfg, key, default)
-            if value != default and key not in self.own_options:
-                raise MmvidError(f"augment.{key}={value} is a B-MM option; augment.name={cfg.name} does not use it: "
-                                 f"remove it or use augment.name=bmm")
 
     def sample(self, y: torch.Tensor, ctx) -> Mix | None:
         return None

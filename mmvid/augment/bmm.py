@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ import torch
 from mmvid.augment.base import Augmentation, Mix, random_perm
 from mmvid.errors import MmvidError
 from mmvid.registry import AUGMENTS
+from mmvid.schema import spec
 
 
 def imbalance(scores: dict[str, float], modalities: list[str]) -> tuple[float, dict[str, float]]:
@@ -50,44 +52,64 @@ class BalancedMultimodalMixup(Augmentation):
         loss  = (1 - lambda_y) CE(., y_i) + lambda_y CE(., y_pi(i)),  lambda_y = mean of the mixed lambda_w,
 
     with lambda_w from the imbalance factor rho measured over the whole training set after every epoch
-    (eval mode, no augmentation, unimodal predictions by masking, Eq. 5). Config: ``augment.warmup``,
-    ``augment.beta``, ``augment.rho_stat`` (score | acc), ``augment.lambda_map`` (scaled | inside),
-    ``augment.stage``: ``feature`` (Fig. 3) or ``input`` (the Sec. 3.3 text): mix the weak modality's raw
+    (eval mode, no augmentation, unimodal predictions by masking, Eq. 5). Settings (``augment.args``):
+    ``warmup``, ``beta``, ``rho_stat`` (score | acc), ``lambda_map`` (scaled | inside),
+    ``stage``: ``feature`` (Fig. 3) or ``input`` (the Sec. 3.3 text): mix the weak modality's raw
     input x_w (B, ...) instead of z_w, the strong input passes through unmixed, same lambda, pi and target;
-    ``augment.unimodal``: ``mask`` (Eq. 5) or ``head`` (decision fusion: rho from each modality's own
+    ``unimodal``: ``mask`` (Eq. 5) or ``head`` (decision fusion: rho from each modality's own
     classifier, softmax(W_m z_m + b_m); the model's ``unimodal_logits`` then use the heads everywhere);
-    ``augment.rho_split``: ``train`` as in the paper, or ``val`` (an mmvid option, not the paper's):
+    ``rho_split``: ``train`` as in the paper, or ``val`` (an mmvid option, not the paper's):
     rho over the held-out validation split, which follows what each modality has *generalised* rather
     than what it has memorised (on the demo, video memorises the training clips and drives the
     train-set rho below 1 while the test-set rho stays near 1.7).
     """
 
-    own_options = ("stage", "unimodal")
+    @dataclass
+    class Settings:
+        warmup: int = spec(10, ge=0, le=1_000_000, help="epochs of plain training before mixing",
+                           ref="paper Table 4 (CREMA-D: 10, recipes/cremad.yaml)")
+        # lambda_weak = beta * tanh(r - 1). 0.2 is the CREMA-D recipe's (Table 5, column 2); every recipe uses
+        # 0.2-0.4. At beta near 1 lambda_weak can approach 1: the weak modality's feature and the label would then
+        # be almost wholly the partner's (the paper: a large beta mixes "overly aggressive[ly]").
+        beta: float = spec(0.2, ge=0.0, le=1000.0, help="degree of mixup: lambda_weak = beta tanh(r - 1) (Eq. 7)",
+                           ref="paper Table 5 (CREMA-D: 0.2, recipes/cremad.yaml)")
+        rho_stat: str = spec("score", choices=("score", "acc"),
+                             help="rho from summed true-class probabilities (Eq. 6) or from accuracies", ref="paper Eq. 6")
+        lambda_map: str = spec("scaled", choices=("scaled", "inside"),
+                               help="beta tanh(r - 1) (scaled) or tanh(beta (r - 1)) (inside)", ref="paper Eq. 7")
+        rho_split: str = spec("train", choices=("train", "val"),
+                              help="rho over the train split (the paper) or the held-out val split (mmvid's option)",
+                              ref="paper Sec. 3.3 (train)")
+        stage: str = spec("feature", choices=("feature", "input"),
+                          help="mix the weak modality's feature (Fig. 3) or its input (Sec. 3.3 text)", ref="paper Fig. 3")
+        unimodal: str = spec("mask", choices=("mask", "head"),
+                             help="unimodal predictions by masking (Eq. 5) or each modality's own head", ref="paper Eq. 5")
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
+        s = self.settings
         # rho over the whole train set each epoch (paper Eq. 6), so no subsampled monitor; on val (rho_split=val)
         # it steers on the validation split, which the engine then evaluates every epoch.
-        self.needs_train_scores = "full" if cfg.rho_split == "train" else False
-        self.needs_val_scores = cfg.rho_split == "val"
-        self.stage = cfg.stage
+        self.needs_train_scores = "full" if s.rho_split == "train" else False
+        self.needs_val_scores = s.rho_split == "val"
+        self.stage = s.stage
         self.lambdas = {m: 0.0 for m in modalities}
         self.rho: float | None = None
 
     def setup(self, model, ctx) -> None:
-        if self.cfg.rho_split == "val" and not len(ctx.splits.val):
-            raise MmvidError("augment.rho_split=val needs a validation split: set data.val_fraction > 0")
+        if self.settings.rho_split == "val" and not len(ctx.splits.val):
+            raise MmvidError("augment.args.rho_split=val needs a validation split: set data.val_fraction > 0")
 
     def on_epoch_start(self, ctx) -> None:
         # From the end of the previous epoch; None before the first.
-        scores = ctx.val_scores if self.cfg.rho_split == "val" else ctx.train_scores
+        scores = ctx.val_scores if self.settings.rho_split == "val" else ctx.train_scores
         self.lambdas = {m: 0.0 for m in self.modalities}
         if scores is None:
             return
-        stat = {m: scores[m]["score" if self.cfg.rho_stat == "score" else "correct"] for m in self.modalities}
+        stat = {m: scores[m]["score" if self.settings.rho_stat == "score" else "correct"] for m in self.modalities}
         self.rho, _ = imbalance(stat, self.modalities)
-        if ctx.epoch >= self.cfg.warmup:
-            self.lambdas = weak_lambdas(stat, self.modalities, self.cfg.beta, self.cfg.lambda_map)
+        if ctx.epoch >= self.settings.warmup:
+            self.lambdas = weak_lambdas(stat, self.modalities, self.settings.beta, self.settings.lambda_map)
 
     def sample(self, y: torch.Tensor, ctx) -> Mix | None:
         mixed = {m: lam for m, lam in self.lambdas.items() if lam > 0}
@@ -101,7 +123,7 @@ class BalancedMultimodalMixup(Augmentation):
         # Which stated choice the run made, as numbers (metrics.jsonl holds numbers only): 1 = the
         # alternative (input stage; rho from the per-modality heads), 0 = the default.
         return {"bmm_rho": self.rho, **{f"lambda_{m}": lam for m, lam in self.lambdas.items()},
-                "bmm_stage_input": int(self.stage == "input"), "bmm_unimodal_head": int(self.cfg.unimodal == "head")}
+                "bmm_stage_input": int(self.stage == "input"), "bmm_unimodal_head": int(self.settings.unimodal == "head")}
 
     def state_dict(self) -> dict[str, Any]:
         return {"lambdas": dict(self.lambdas), "rho": self.rho}

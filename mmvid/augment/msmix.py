@@ -33,6 +33,7 @@ samples go through the same fusion and head.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,6 +43,7 @@ from torch import nn
 from mmvid.augment.base import Augmentation, EpochMeans, beta_sample
 from mmvid.errors import MmvidError
 from mmvid.registry import AUGMENTS
+from mmvid.schema import spec
 
 EPS = 1e-8  # the reference's epsilon in the ratios, the min-max and the SAL distributions
 
@@ -184,12 +186,6 @@ def alignment_loss(intensity: dict[str, torch.Tensor], target_prob: torch.Tensor
     return torch.stack(kls).mean()
 
 
-CHOICES = {"pairing": ("reference", "anchor"), "sal": ("reference", "mean_kl"), "intensity_input": ("feature", "tokens"),
-           "sal_target": ("labels", "confidence")}  # the first of each is the default
-NUMBERS = {"tau": 0.4, "mix_weight": 0.7, "sal_weight": 0.5}
-KEYS = (*NUMBERS, "groups", *CHOICES)
-
-
 @AUGMENTS.register("msmix")
 class MSMix(Augmentation):
     """MS-Mix: label-aware pairing (SASS), per-modality intensity ratios (SIG) and the KL alignment loss (SAL).
@@ -197,25 +193,38 @@ class MSMix(Augmentation):
     pairing (reference | anchor), sal (reference | mean_kl), intensity_input (feature | tokens),
     sal_target (labels | confidence)."""
 
+    @dataclass
+    class Settings:
+        tau: float = spec(0.4, ge=0.0, le=1.0, help="SASS: pairs with normalised similarity above tau are candidates",
+                          ref="MS-Mix models/MS_MIX.py MS_Mix")
+        mix_weight: float = spec(0.7, ge=0.0, le=1000.0, help="weight of the mixed samples' cross-entropy",
+                                 ref="MS-Mix trains/ALMT.py loss")
+        sal_weight: float = spec(0.5, ge=0.0, le=1000.0, help="weight of the SAL alignment loss",
+                                 ref="MS-Mix trains/ALMT.py loss")
+        groups: dict[str, list[str]] | None = spec(None, help="label groups {group: [class names]}: mix only within a group "
+                                                   "(mmvid's addition for classification)")
+        pairing: str = spec("reference", choices=("reference", "anchor"),
+                            help="SASS draws B pairs above tau (reference) or a partner per sample (anchor)",
+                            ref="MS-Mix models/MS_MIX.py MS_Mix (reference)")
+        sal: str = spec("reference", choices=("reference", "mean_kl"),
+                        help="SAL as the reference (1000 sum of batch KLs) or mmvid's earlier mean KL",
+                        ref="MS-Mix compute_kl_loss (reference)")
+        intensity_input: str = spec("feature", choices=("feature", "tokens"),
+                                    help="intensity heads on the pooled feature (reference) or the token sequence",
+                                    ref="MS-Mix IntensityPredictor input (feature)")
+        sal_target: str = spec("labels", choices=("labels", "confidence"),
+                               help="SAL aligns with the cache's intensity levels or the true-class confidence",
+                               ref="MS-Mix trains/ALMT.py ground-truth intensity (labels)")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        a = dict(cfg.args)
-        unknown = sorted(k for k in a if k not in KEYS)
-        if unknown:
-            raise MmvidError(f"augment.args.{unknown[0]} is not valid for msmix (no such setting); msmix reads "
-                             f"{', '.join(KEYS)}")
-        self.tau = float(a.get("tau", NUMBERS["tau"]))
-        self.mix_weight = float(a.get("mix_weight", NUMBERS["mix_weight"]))
-        self.sal_weight = float(a.get("sal_weight", NUMBERS["sal_weight"]))
-        self.groups = a.get("groups")
+        s = self.settings
+        self.tau, self.mix_weight, self.sal_weight = s.tau, s.mix_weight, s.sal_weight
+        self.groups = s.groups
         check_groups(self.groups)
-        self.choice = {k: str(a.get(k, allowed[0])) for k, allowed in CHOICES.items()}
-        for k, allowed in CHOICES.items():
-            if self.choice[k] not in allowed:
-                raise MmvidError(f"augment.args.{k}={self.choice[k]!r} is not valid for msmix; choose one of: {', '.join(allowed)}")
         self.heads: nn.ModuleDict | None = None
         self.compat: torch.Tensor | None = None
-        self.sal_from = self.choice["sal_target"]  # what SAL aligns with in this run (after setup's fallback)
+        self.sal_from = self.settings.sal_target  # what SAL aligns with in this run (after setup's fallback)
         self.notes: list[str] = []
         self.stats = EpochMeans()
 
@@ -223,7 +232,7 @@ class MSMix(Augmentation):
         net = getattr(model, "module", model)  # DDP wrapper or the classifier
         self.heads = nn.ModuleDict({m: IntensityHead(net.encoders[m].output_dim) for m in self.modalities})
         self.compat = label_groups(self.groups, list(ctx.info.class_names))
-        self.sal_from, self.notes = self.choice["sal_target"], []
+        self.sal_from, self.notes = self.settings.sal_target, []
         if self.sal_from == "labels" and getattr(ctx.info, "intensity", None) is None:
             path = getattr(ctx.info, "path", None)
             self.notes = [f"the cache{' ' + path.name if path is not None else ''} has no intensity levels (CREMA-D caches "
@@ -238,7 +247,7 @@ class MSMix(Augmentation):
 
     def pairs(self, feats: dict[str, torch.Tensor], y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         sim = similarity(feats)
-        if self.choice["pairing"] == "reference":
+        if self.settings.pairing == "reference":
             return select_pairs(sim, y, self.compat, self.tau, gen)
         perm, valid = select_partners(sim, y, self.compat, self.tau, gen)
         return torch.arange(len(y), device=y.device)[valid], perm[valid]
@@ -256,12 +265,12 @@ class MSMix(Augmentation):
     def compute(self, model, inputs, y, ctx):
         if self.heads is None:
             raise MmvidError("augment msmix was used before setup(model, ctx); the engine calls it after building the model")
-        tokens = self.choice["intensity_input"] == "tokens"
+        tokens = self.settings.intensity_input == "tokens"
         out = model(inputs, tokens=tokens)
         loss = F.cross_entropy(out.logits.float(), y)
         src = out.tokens if tokens else {m: z[:, None] for m, z in out.features.items()}  # (B, 1, d): one token
         intensity = {m: self.heads[m](src[m]) for m in self.modalities}
-        sal = alignment_loss(intensity, self.sal_target(out, y, ctx), self.choice["sal"])
+        sal = alignment_loss(intensity, self.sal_target(out, y, ctx), self.settings.sal)
         idx1, idx2 = self.pairs(out.features, y, ctx.generator)
         stats = {"msmix_sal": float(sal.detach()), "msmix_paired": len(idx1) / len(y),
                  "msmix_sal_labels": float(self.sal_from == "labels")}

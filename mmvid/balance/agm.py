@@ -8,6 +8,8 @@ Reference: lihong2303/AGM_ICCV2023 (HEAD 5a65542), ``run/CREMAD_main.py`` (``tra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import itertools
 import math
 from typing import Any
@@ -18,6 +20,7 @@ from mmvid.augment.base import EpochMeans, modality_mix, target_probability
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 NLL_FLOOR = 1e-8  # the reference scores a true-class probability below 1e-8 as -log(1e-8)
 
@@ -95,15 +98,30 @@ class AdaptiveGradientModulation(Balancer):
     start (0), end (19), hold (true), clip (1.0; BalanceBenchmark 5.0), pad (input | feature).
     """
 
+    @dataclass
+    class Settings:
+        alpha: float = spec(1.0, ge=0.0, le=1000.0, help="strength of the gradient-magnitude modulation",
+                            ref="AGM run/CREMAD_main.py")
+        cap: float = spec(10.0, gt=0.0, le=1e6, help="upper bound of each modality's coefficient",
+                          ref="AGM run/CREMAD_main.py (BalanceBenchmark: 7)")
+        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based) of modulation", ref="AGM run/CREMAD_main.py")
+        end: int | None = spec(19, ge=0, le=1_000_000, help="last epoch (0-based, inclusive) of modulation; none: to the end",
+                               ref="AGM run/CREMAD_main.py (BalanceBenchmark: none)")
+        hold: bool = spec(True, help="keep the last coefficients outside the window (true) or reset them to 1",
+                          ref="AGM run/CREMAD_main.py")
+        clip: float = spec(1.0, gt=0.0, le=1e9, help="gradient-norm clip of the reference's step", ref="AGM run/CREMAD_main.py (BalanceBenchmark: 5)")
+        pad: str = spec("input", choices=("input", "feature"), help="absent modalities zeroed at the input (reference) or the feature",
+                        ref="AGM model/CREMAD_net.py (input)")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.alpha = float(self.args.get("alpha", 1.0))
-        self.cap = float(self.args.get("cap", 10.0))
-        self.start = int(self.args.get("start", 0))
-        self.end = self.args.get("end", 19)
-        self.hold = bool(self.args.get("hold", True))
-        self.clip = float(self.args.get("clip", 1.0))
-        self.pad = self.choice("pad", ("input", "feature"), "input", "input is the reference (zeroed inputs)")
+        self.alpha = self.settings.alpha
+        self.cap = self.settings.cap
+        self.start = self.settings.start
+        self.end = self.settings.end
+        self.hold = self.settings.hold
+        self.clip = self.settings.clip
+        self.pad = self.settings.pad
         if self.clip < 0:
             raise MmvidError(f"balance.args.clip={self.clip} must be >= 0 (0 turns the reference's clipping off)")
         self.running = dict.fromkeys(self.modalities, 0.0)  # s^_m, the running mean of the mono-modal losses

@@ -3,6 +3,8 @@ Co-Optimization for Modal Dependence in Multimodal Learning"), as BalanceBenchma
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 from typing import Any
 
@@ -12,6 +14,7 @@ from mmvid.augment.base import EpochMeans, Mix, mixed_cross_entropy, modality_mi
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 TARGETS = ("logits", "features")  # logits: BalanceBenchmark HEAD; features: its first AMCo version
 LOGIT_FUSIONS = ("concat", "sum")  # heads whose split-head logits sum to the fused logits
@@ -76,14 +79,23 @@ class AMCo(Balancer):
     Under a mixing augmentation the CE terms take the mixed targets. Shapes: z_m (B, d_m), u_m (B, C).
     """
 
+    @dataclass
+    class Settings:
+        sigma: float = spec(0.5, ge=0.0, le=1.0, help="masking probability of a dependent modality", ref="BalanceBenchmark AMCo_trainer.py")
+        eps: float = spec(0.3, ge=0.0, le=1000.0, help="dependence threshold", ref="BalanceBenchmark AMCo_trainer.py (0.3)")
+        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based) of masking", ref="BalanceBenchmark AMCo_trainer.py")
+        end: int | None = spec(80, ge=0, le=1_000_000, help="last epoch (0-based, inclusive); none: to the end",
+                               ref="BalanceBenchmark AMCo_trainer.py")
+        target: str = spec("logits", choices=TARGETS, help="mask the head's logits (BalanceBenchmark HEAD) or the features (its first version)",
+                           ref="BalanceBenchmark AMCo_trainer.py (logits)")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.sigma = float(self.args.get("sigma", 0.5))
-        self.eps = float(self.args.get("eps", 0.3))
-        self.start = int(self.args.get("start", 0))
-        self.end = self.args.get("end", 80)
-        self.target = self.choice("target", TARGETS, "logits",
-                                  "logits is BalanceBenchmark's AMCo, features its first version (feature units)")
+        self.sigma = self.settings.sigma
+        self.eps = self.settings.eps
+        self.start = self.settings.start
+        self.end = self.settings.end
+        self.target = self.settings.target
         if not self.eps > 0:
             raise MmvidError(f"balance.args.eps={self.eps} must be positive (the mask ratio's ramp length); the reference uses 0.3")
         self.dependent = {m: False for m in self.modalities}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Any
 
 import torch
@@ -9,6 +11,7 @@ import torch
 from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, encoder_parameters, unimodal_logits
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 
 def atf_lr_ratios(losses: dict[str, float], gamma: float) -> dict[str, float]:
@@ -23,10 +26,15 @@ class AdaptiveTrackingFactor(Balancer):
     summed over ranks) set encoder m's learning rate to base_lr * (l_m / mean_k l_k)^gamma (``gamma`` 1.0),
     base_lr being the scheduled rate of the rest of the model. Each encoder gets its own param group."""
 
+    @dataclass
+    class Settings:
+        gamma: float = spec(1.0, ge=0.0, le=1000.0, help="strength of the learning-rate rebalancing", ref="no public code (METHODS.md reconstruction)")
+        momentum: float = spec(0.9, ge=0.0, le=1.0, help="momentum of the running per-modality statistics", ref="no public code (METHODS.md reconstruction)")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.gamma = float(self.args.get("gamma", 1.0))
-        self.momentum = float(self.args.get("momentum", 0.9))
+        self.gamma = self.settings.gamma
+        self.momentum = self.settings.momentum
         self.ema: dict[str, float] | None = None
         self.groups: dict[str, int] = {}
         self.stats = EpochMeans()

@@ -29,7 +29,7 @@ from torch import nn
 
 from mmvid.augment.base import modality_mix, target_probability
 from mmvid.errors import MmvidError
-from mmvid.registry import Plugin
+from mmvid.registry import BALANCERS, Plugin
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -87,11 +87,15 @@ def relative_to_others(scores: dict[str, float]) -> dict[str, float]:
 
 
 class Balancer(Plugin):
+    """Its settings (``balance.args``) are its class's ``Settings`` dataclass (``mmvid train --list NAME``),
+    read as ``self.settings``; an unknown key, a wrong type or a value out of range is a one-line error."""
+
+    family = BALANCERS
     min_modalities = 2  # most balancers compare modalities; a lone modality has nothing to balance
 
     def __init__(self, cfg, modalities: list[str]) -> None:
         self.cfg = cfg  # BalanceConfig (name + args)
-        self.args = dict(cfg.args)
+        self.settings = self.read_settings(cfg)
         self.modalities = list(modalities)
 
     start: int = 0  # first epoch (0-based) of a method that acts in a window of epochs
@@ -100,13 +104,6 @@ class Balancer(Plugin):
     def active(self, epoch: int) -> bool:
         """Whether ``epoch`` lies in the method's window [start, end]."""
         return epoch >= self.start and (self.end is None or epoch <= int(self.end))
-
-    def choice(self, key: str, choices, default: str, hint: str) -> str:
-        """``balance.args.<key>``, one of ``choices`` (else one line naming the key, the choices and ``hint``)."""
-        value = str(self.args.get(key, default))
-        if value not in choices:
-            raise MmvidError(f"balance.args.{key}={value!r} is not one of {list(choices)}; {hint}")
-        return value
 
     def check(self, model_cfg, augment_name: str) -> None:
         """Raise MmvidError when this balancer cannot work with the fusion / augmentation / modalities."""

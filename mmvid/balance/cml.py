@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Any
 
 import torch
@@ -11,6 +13,7 @@ from mmvid.augment.base import EpochMeans, mixed_cross_entropy
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 PENALTIES = ("sample", "batch")
 ORDERS = ("sample", "epoch")
@@ -79,14 +82,25 @@ class CML(Balancer):
     outside [start, end] the loss is the augmentation's. BalanceBenchmark is ``penalty: batch, order: epoch``.
     """
 
+    @dataclass
+    class Settings:
+        lam: float = spec(0.1, ge=0.0, le=1000.0, help="weight of the calibration term", ref="CML miwae/train.py")
+        eps: float = spec(0.0, ge=0.0, le=1000.0, help="margin of the confidence penalty", ref="CML miwae/train.py")
+        penalty: str = spec("sample", choices=PENALTIES, help="penalty per sample (the authors' code) or per batch (BalanceBenchmark)",
+                            ref="CML miwae/train.py (sample); BalanceBenchmark batch")
+        order: str = spec("sample", choices=ORDERS, help="modality-removal order per sample (authors) or per epoch (BalanceBenchmark)",
+                          ref="CML miwae/train.py (sample); BalanceBenchmark epoch")
+        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based) of the term", ref="CML miwae/train.py")
+        end: int | None = spec(None, ge=0, le=1_000_000, help="last epoch (0-based, inclusive); none: to the end", ref="CML miwae/train.py; BalanceBenchmark 80")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.lam = float(self.args.get("lam", 0.1))
-        self.eps = float(self.args.get("eps", 0.0))
-        self.penalty = self.choice("penalty", PENALTIES, "sample", "sample is the authors' code, batch BalanceBenchmark's")
-        self.order = self.choice("order", ORDERS, "sample", "sample is the authors' code, epoch BalanceBenchmark's")
-        self.start = int(self.args.get("start", 0))
-        self.end = self.args.get("end")
+        self.lam = self.settings.lam
+        self.eps = self.settings.eps
+        self.penalty = self.settings.penalty
+        self.order = self.settings.order
+        self.start = self.settings.start
+        self.end = self.settings.end
         if self.lam < 0 or self.eps < 0:
             raise MmvidError(f"balance.args.lam={self.lam} and eps={self.eps} must be >= 0 (the reference: 0.1 and 0)")
         self.gen: torch.Generator | None = None

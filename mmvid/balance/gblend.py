@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Any
 
 import torch
@@ -12,6 +14,7 @@ from mmvid.augment.base import mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, check_split_heads, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 FUSED = "fused"
 HEADS = ("linear", "split")  # linear: an extra Linear per modality (paper); split: the fusion head's part (BalanceBenchmark)
@@ -48,12 +51,20 @@ class GradientBlending(Balancer):
     min_modalities = 1
     needs_val_split = True  # its weights are estimated on held-out clips
 
+    @dataclass
+    class Settings:
+        super_epoch: int = spec(2, ge=1, le=1_000_000, help="epochs between re-estimations of the blending weights",
+                                ref="Wang et al. 2020 (no code from the authors)")
+        heads: str = spec("linear", choices=HEADS, help="an extra linear head per modality (paper) or the fusion head's part (BalanceBenchmark)",
+                          ref="BalanceBenchmark GBlending_trainer.py (split)")
+        losses: str = spec("mean", choices=LOSSES, help="per-epoch mean loss (paper) or sum of batch-mean losses (BalanceBenchmark)",
+                           ref="BalanceBenchmark GBlending_trainer.py (batch_sum)")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.super_epoch = int(self.args.get("super_epoch", 2))
-        self.head_kind = self.choice("heads", HEADS, "linear",
-                                     "use linear (extra heads, paper) or split (BalanceBenchmark's split fusion head)")
-        self.loss_stat = self.choice("losses", LOSSES, "mean", "use mean (paper) or batch_sum (BalanceBenchmark)")
+        self.super_epoch = self.settings.super_epoch
+        self.head_kind = self.settings.heads
+        self.loss_stat = self.settings.losses
         keys = [FUSED, *modalities]
         self.weights = {k: 1.0 / len(keys) for k in keys}
         self.heads: nn.ModuleDict | None = None

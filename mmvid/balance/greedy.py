@@ -7,6 +7,8 @@ Reference: nyukat/greedy_multimodal_learning, ``src/callbacks.py`` (``Bias_Mitig
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 from typing import Any
 
@@ -17,6 +19,7 @@ from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 
 def speed_groups(model: nn.Module, modalities: list[str]) -> tuple[dict[str, list], dict[str, list]]:
@@ -57,13 +60,24 @@ class GreedyRebalance(Balancer):
     Needs ``--fusion mmtm`` and exactly two modalities.
     """
 
+    @dataclass
+    class Settings:
+        epsilon: float = spec(0.01, ge=0.0, le=1000.0, help="imbalance threshold of the conditional learning speeds",
+                              ref="greedy_multimodal_learning callbacks.py")
+        window: int = spec(5, ge=1, le=1_000_000, help="steps per re-balancing window", ref="greedy_multimodal_learning callbacks.py")
+        start_epoch: int = spec(1, ge=0, le=1_000_000, help="first epoch of re-balancing", ref="greedy_multimodal_learning callbacks.py")
+        loss: str = spec("branches", choices=("branches", "fused"), help="per-head loss (the reference) or the fused loss",
+                         ref="greedy_multimodal_learning (branches)")
+        average: str = spec("own", choices=("own", "first"), help="each modality's own running average, or the first's (the reference's shared one)",
+                            ref="greedy_multimodal_learning balanced_mmtm.py (first)")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.epsilon = float(self.args.get("epsilon", 0.01))
-        self.window = int(self.args.get("window", 5))
-        self.start_epoch = int(self.args.get("start_epoch", 1))
-        self.loss_mode = self.choice("loss", ("branches", "fused"), "branches", "branches is the reference's per-head loss")
-        self.average = self.choice("average", ("own", "first"), "own", "first reproduces the reference's shared average")
+        self.epsilon = self.settings.epsilon
+        self.window = self.settings.window
+        self.start_epoch = self.settings.start_epoch
+        self.loss_mode = self.settings.loss
+        self.average = self.settings.average
         self.sums = {"bypass": [0.0, 0.0], "main": [0.0, 0.0]}
         self.unlocked = False
         self.curating = False

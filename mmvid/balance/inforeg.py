@@ -9,6 +9,8 @@ copy of the text; the equations below are those the reference computes, in the p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 from typing import Any
 
@@ -19,6 +21,7 @@ from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, encoder_parameters, modality_scores, scored_logits, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 SCORES = ("split-head", "mask")
 ALPHA = {"audio": 0.95, "video": 0.1}  # main.py: beta = 0.95 exp(gap) for audio, beta2 = 0.1 exp(gap) for visual
@@ -84,14 +87,27 @@ class InfoReg(Balancer):
     are already averaged when the trace and the pull use them, so every rank keeps the same state.
     """
 
+    @dataclass
+    class Settings:
+        score: str = spec("split-head", choices=SCORES, help="unimodal scores from the head's slices (reference) or masking (Eq. 5)",
+                          ref="InfoReg main.py (split-head)")
+        uni_loss: bool = spec(True, help="add the unimodal losses", ref="InfoReg main.py")
+        window: int = spec(10, ge=1, le=1_000_000, help="epochs of the Fisher-trace window", ref="InfoReg main.py")
+        threshold: float = spec(0.05, ge=0.0, le=1000.0, help="relative Fisher-trace change that opens the window",
+                                ref="InfoReg main.py")
+        trace: str = spec("audio", help="the modality whose Fisher trace opens the window, or own", ref="InfoReg main.py (audio)")
+        alpha: float | dict[str, float] = spec(factory=lambda: dict(ALPHA), ge=0.0, le=1000.0,
+                                               help="regularisation coefficient, one number or one per modality",
+                                               ref="InfoReg main.py beta 0.95 (audio), beta2 0.1 (visual)")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.score = self.choice("score", SCORES, "split-head", "split-head is the reference, mask paper Eq. 5")
-        self.uni_loss = bool(self.args.get("uni_loss", True))
-        self.window = int(self.args.get("window", 10))
-        self.threshold = float(self.args.get("threshold", 0.05))
-        self.trace = str(self.args.get("trace", "audio"))
-        self.alpha = self._alpha(self.args.get("alpha", ALPHA))
+        self.score = self.settings.score
+        self.uni_loss = self.settings.uni_loss
+        self.window = self.settings.window
+        self.threshold = self.settings.threshold
+        self.trace = self.settings.trace
+        self.alpha = self._alpha(self.settings.alpha)
         if self.window < 1:
             raise MmvidError(f"balance.args.window={self.window} must be a positive number of epochs (reference: 10)")
         self.traces: dict[str, list[float]] = {m: [] for m in self.modalities}

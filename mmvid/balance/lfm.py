@@ -4,6 +4,8 @@ weight learnt once per epoch by a hypergradient step on held-out samples."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from itertools import combinations
 from typing import Any
 
@@ -14,6 +16,7 @@ from mmvid.augment.base import EpochMeans
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 SCHEDULES = ("learnable", "fitted")  # learnable: Crema_epoch_learnable.py and BalanceBenchmark; fitted: Crema_epoch.py
 MODES = ("eval", "train")
@@ -104,17 +107,30 @@ class LFM(Balancer):
     Under DDP every rank computes g on the same clips; the ranks' values are averaged.
     """
 
+    @dataclass
+    class Settings:
+        schedule: str = spec("learnable", choices=SCHEDULES, help="learnable alignment weight or the fitted polynomial",
+                             ref="LFM Crema_epoch_learnable.py (learnable), Crema_epoch.py (fitted)")
+        hyper_mode: str = spec("eval", choices=MODES, help="hypergradient in eval mode (authors) or train mode (BalanceBenchmark)",
+                               ref="LFM authors' code (eval); BalanceBenchmark train")
+        score: str = spec("split-head", choices=SCORES, help="unimodal logits from the head's slices (reference) or masking (Eq. 5)",
+                          ref="LFM authors' code (split-head)")
+        align_init: float = spec(0.95, ge=ALIGN_RANGE[0], le=ALIGN_RANGE[1], help="initial alignment weight",
+                                 ref="LFM authors 0.95; BalanceBenchmark 0.05")
+        lr_alpha: float = spec(1e-4, gt=0.0, le=1e6, help="learning rate of the alignment weight", ref="LFM Crema_epoch_learnable.py")
+        halve_every: int = spec(20, ge=1, le=1_000_000, help="epochs between halvings of lr_alpha", ref="LFM Crema_epoch_learnable.py")
+        hyper_samples: int = spec(8, ge=1, le=1_000_000, help="validation clips of the hypergradient", ref="LFM Crema_epoch_learnable.py")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.schedule = self.choice("schedule", SCHEDULES, "learnable",
-                                    "learnable is Crema_epoch_learnable.py and BalanceBenchmark, fitted Crema_epoch.py")
+        self.schedule = self.settings.schedule
         self.needs_val_split = self.schedule == "learnable"  # its hypergradient is taken on validation clips
-        self.hyper_mode = self.choice("hyper_mode", MODES, "eval", "eval is the authors' code, train BalanceBenchmark's")
-        self.score = self.choice("score", SCORES, "split-head", "split-head is the reference, mask paper Eq. 5")
-        self.align = float(self.args.get("align_init", 0.95))
-        self.lr_alpha = float(self.args.get("lr_alpha", 1e-4))
-        self.halve_every = int(self.args.get("halve_every", 20))
-        self.hyper_samples = int(self.args.get("hyper_samples", 8))
+        self.hyper_mode = self.settings.hyper_mode
+        self.score = self.settings.score
+        self.align = self.settings.align_init
+        self.lr_alpha = self.settings.lr_alpha
+        self.halve_every = self.settings.halve_every
+        self.hyper_samples = self.settings.hyper_samples
         lo, hi = ALIGN_RANGE
         if not lo <= self.align <= hi:
             raise MmvidError(f"balance.args.align_init={self.align} must lie in [{lo}, {hi}] (the authors: 0.95, "

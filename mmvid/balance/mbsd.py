@@ -3,6 +3,8 @@ more confident modality to the less confident one."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from itertools import combinations
 from typing import Any
 
@@ -12,6 +14,7 @@ from mmvid.augment.base import EpochMeans, Mix, mixed_cross_entropy, modality_mi
 from mmvid.balance.base import Balancer, check_split_heads, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 HEADS = ("split", "mask")  # split: BalanceBenchmark's unimodal_result; mask: paper Eq. 5 (any fusion)
 RS_SPACES = ("logits", "probabilities")  # what the RS term compares (the reference: logits for 2, else probabilities)
@@ -62,13 +65,23 @@ class MBSD(Balancer):
     reference stops at three).
     """
 
+    @dataclass
+    class Settings:
+        heads: str = spec("split", choices=HEADS, help="unimodal logits from the split fusion head (BalanceBenchmark) or masking (Eq. 5)",
+                          ref="BalanceBenchmark MBSD_trainer.py (split)")
+        rs: str | None = spec(None, choices=RS_SPACES, help="RS compares logits or probabilities; none: logits for two modalities, "
+                              "probabilities for more (the reference)", ref="BalanceBenchmark MBSD_trainer.py")
+        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based)", ref="BalanceBenchmark MBSD_trainer.py")
+        end: int | None = spec(80, ge=0, le=1_000_000, help="last epoch (0-based, inclusive); none: to the end",
+                               ref="BalanceBenchmark MBSD_trainer.py")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.heads = self.choice("heads", HEADS, "split", "use split (BalanceBenchmark's split fusion head) or mask (paper Eq. 5)")
-        self.rs = self.choice("rs", RS_SPACES, "logits" if len(self.modalities) == 2 else "probabilities",
-                              "use logits (the reference with two modalities) or probabilities (with three)")
-        self.start = int(self.args.get("start", 0))
-        self.end = self.args.get("end", 80)
+        self.heads = self.settings.heads
+        # the reference's: logits for two modalities, probabilities for three or more
+        self.rs = self.settings.rs or ("logits" if len(self.modalities) == 2 else "probabilities")
+        self.start = self.settings.start
+        self.end = self.settings.end
         if self.end is not None and int(self.end) < self.start:
             raise MmvidError(f"balance.args.end={self.end} is before start={self.start}; set end >= start (the reference: 0 to 80)")
         self.stats = EpochMeans()

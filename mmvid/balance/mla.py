@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 from typing import Any
 
@@ -12,6 +14,7 @@ from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 PROJECTIONS = ("replace", "add", "off")
 IDLE = ("step", "skip")
@@ -69,11 +72,17 @@ class AlternatingUnimodal(Balancer):
     One process only: the passes run several backward passes on one forward, which DDP's reducer refuses.
     """
 
+    @dataclass
+    class Settings:
+        projection: str = spec("replace", choices=PROJECTIONS, help="gradient projection of the shared head: replace, add or off",
+                               ref="MLA main.py GSPlugin before 11ae1ee (replace); BalanceBenchmark add")
+        idle: str = spec("step", choices=IDLE, help="an idle modality's optimizer still steps (reference, torch 1.8) or skips (torch >= 2.0)",
+                         ref="MLA main.py under torch 1.8 (step)")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.projection = self.choice("projection", PROJECTIONS, "replace",
-                                      "replace is the authors' GSPlugin, add BalanceBenchmark, off their last commit")
-        self.idle = self.choice("idle", IDLE, "step", "step is the reference under its torch 1.8, skip torch >= 2.0")
+        self.projection = self.settings.projection
+        self.idle = self.settings.idle
         self.P: torch.Tensor | None = None
         self.touched: set[int] = set()  # parameters with a gradient in an earlier pass of this batch
         self.count = 0  # passes since training began (the reference's exp_count)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Any
 
 import torch
@@ -11,6 +13,7 @@ from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, check_split_heads, encoder_parameters, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 HEADS = ("linear", "split")  # linear: head_audio / head_video of the reference; split: BalanceBenchmark's Uni_res
 GRADS = ("separate", "accumulated")  # separate: the reference; accumulated: BalanceBenchmark's trainer
@@ -70,13 +73,19 @@ class MMPareto(Balancer):
     Shapes: z_m (B, d_m), logits (B, C), g_* flattened (P_m,) over theta_m.
     """
 
+    @dataclass
+    class Settings:
+        gamma: float = spec(1.5, ge=0.0, le=1000.0, help="magnitude rescaling of the Pareto direction", ref="MMPareto code/MMPareto.py (1.5)")
+        heads: str = spec("linear", choices=HEADS, help="unimodal heads head_audio/head_video (reference) or the split fusion head",
+                          ref="MMPareto code/MMPareto.py (linear); BalanceBenchmark split")
+        grads: str = spec("separate", choices=GRADS, help="gradients computed separately (reference) or accumulated (BalanceBenchmark)",
+                          ref="MMPareto code/MMPareto.py (separate); BalanceBenchmark accumulated")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.gamma = float(self.args.get("gamma", 1.5))
-        self.head_kind = self.choice("heads", HEADS, "linear",
-                                     "use linear (the reference's unimodal heads) or split (BalanceBenchmark's split fusion head)")
-        self.grad_kind = self.choice("grads", GRADS, "separate",
-                                     "use separate (the reference) or accumulated (BalanceBenchmark's trainer)")
+        self.gamma = self.settings.gamma
+        self.head_kind = self.settings.heads
+        self.grad_kind = self.settings.grads
         if not self.gamma > 0:
             raise MmvidError(f"balance.args.gamma={self.gamma} must be > 0 (the reference uses 1.5)")
         self.heads: nn.ModuleDict | None = None

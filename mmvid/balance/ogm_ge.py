@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 from typing import Any
 
@@ -11,6 +13,7 @@ from mmvid.augment.base import EpochMeans
 from mmvid.balance.base import (Balancer, encoder_parameters, modality_scores, relative_to_others,
                                 scored_logits)
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 
 def ogm_coefficients(scores: dict[str, float], alpha: float) -> dict[str, float]:
@@ -42,14 +45,28 @@ class OGMGE(Balancer):
     the reference's slices of the head, :meth:`MultimodalClassifier.split_head_logits`).
     """
 
+    @dataclass
+    class Settings:
+        alpha: float = spec(0.8, ge=0.0, le=1000.0, help="modulation strength: k_u = 1 - tanh(alpha rho_u)",
+                            ref="OGM-GE main.py train_epoch")
+        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based) of modulation", ref="OGM-GE main.py train_epoch")
+        end: int | None = spec(50, ge=0, le=1_000_000, help="last epoch (0-based, inclusive); none: to the end",
+                               ref="OGM-GE main.py (its default 50)")
+        ge: bool = spec(True, help="add the generalisation-enhancement noise (OGM_GE) or not (OGM)",
+                        ref="OGM-GE main.py (OGM_GE)")
+        params: str = spec("conv", choices=tuple(PARAMS), help="modulated parameters: 4-D conv kernels (reference), every n-D one "
+                           "(BalanceBenchmark) or all", ref="OGM-GE main.py (4-D grads: conv); BalanceBenchmark nd")
+        score: str = spec("mask", choices=SCORES, help="unimodal scores by masking (paper Eq. 5) or the head's slices (reference code)",
+                          ref="OGM-GE main.py (split head); paper Eq. 5 (mask)")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.alpha = float(self.args.get("alpha", 0.8))
-        self.start = int(self.args.get("start", 0))
-        self.end = self.args.get("end", 50)
-        self.ge = bool(self.args.get("ge", True))
-        self.params = self.choice("params", PARAMS, "conv", "conv is the reference (4-D conv kernels only)")
-        self.score = self.choice("score", SCORES, "mask", "mask is paper Eq. 5, split-head the reference code")
+        self.alpha = self.settings.alpha
+        self.start = self.settings.start
+        self.end = self.settings.end
+        self.ge = self.settings.ge
+        self.params = self.settings.params
+        self.score = self.settings.score
         self.gens: dict[str, torch.Generator] = {}
         self.seed = 0
         self.stats = EpochMeans()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 from typing import Any
 
@@ -13,6 +15,7 @@ from mmvid.balance.base import Balancer, modality_scores, relative_to_others, sc
 from mmvid.balance.ogm_ge import SCORES
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 
 def opm_drop_probabilities(scores: dict[str, float], q_base: float, lam: float) -> dict[str, float]:
@@ -66,14 +69,24 @@ class OPM(Balancer):
     the concat head with b / 2; ``mask``: paper Eq. 5 of mmvid's paper, as OGM-GE's default).
     """
 
+    @dataclass
+    class Settings:
+        q_base: float = spec(0.5, ge=0.0, le=1.0, help="base drop probability", ref="BML_TPAMI2024 code/main.py; BalanceBenchmark 0.4")
+        lam: float = spec(0.5, ge=0.0, le=1000.0, help="sensitivity of the drop probability to the imbalance", ref="BML_TPAMI2024 code/main.py")
+        p_exe: float = spec(0.7, ge=0.0, le=1.0, help="probability that a step drops at all", ref="BML_TPAMI2024 code/main.py")
+        start: int = spec(6, ge=0, le=1_000_000, help="first epoch (0-based) of dropping", ref="BML_TPAMI2024 code/main.py; BalanceBenchmark 0")
+        end: int | None = spec(None, ge=0, le=1_000_000, help="last epoch (0-based, inclusive); none: to the end", ref="BML_TPAMI2024 code/main.py; BalanceBenchmark 80")
+        score: str = spec("split-head", choices=SCORES, help="unimodal scores from the head's slices (reference) or masking (Eq. 5)",
+                          ref="BML_TPAMI2024 code/models/Classifier.py (split-head)")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.q_base = float(self.args.get("q_base", 0.5))
-        self.lam = float(self.args.get("lam", 0.5))
-        self.p_exe = float(self.args.get("p_exe", 0.7))
-        self.start = int(self.args.get("start", 6))
-        self.end = self.args.get("end")
-        self.score = self.choice("score", SCORES, "split-head", "split-head is the reference, mask paper Eq. 5")
+        self.q_base = self.settings.q_base
+        self.lam = self.settings.lam
+        self.p_exe = self.settings.p_exe
+        self.start = self.settings.start
+        self.end = self.settings.end
+        self.score = self.settings.score
         for key, value in (("q_base", self.q_base), ("p_exe", self.p_exe)):
             if not 0.0 <= value <= 1.0:
                 raise MmvidError(f"balance.args.{key}={value} must be a probability in [0, 1]; the reference uses "

@@ -3,6 +3,8 @@ Multimodal Learning")."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 from typing import Any
 
@@ -13,6 +15,7 @@ from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, modality_scores, relative_to_others, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 
 def class_prototypes(feats: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,15 +68,27 @@ class PrototypicalRebalance(Balancer):
       reference divides by a zero count and gets NaN.
     """
 
+    @dataclass
+    class Settings:
+        alpha: float = spec(1.0, ge=0.0, le=1000.0, help="weight of the prototype losses", ref="Modal-Imbalance-PMR main_Prototype_grad.py")
+        scale: str = spec("constant", choices=("constant", "ratio"), help="constant coefficient (reference code) or the imbalance ratio (paper)",
+                          ref="PMR code (constant); paper alpha (rho - 1) (ratio)")
+        fraction: float = spec(0.1, gt=0.0, le=1.0, help="fraction of the train set that estimates the prototypes",
+                               ref="Modal-Imbalance-PMR main_Prototype_grad.py")
+        momentum: float = spec(0.2, ge=0.0, le=1.0, help="momentum of the prototype update", ref="Modal-Imbalance-PMR main_Prototype_grad.py")
+        start: int = spec(0, ge=0, le=1_000_000, help="first epoch (0-based)", ref="Modal-Imbalance-PMR main_Prototype_grad.py")
+        end: int = spec(100, ge=0, le=1_000_000, help="last epoch (0-based, inclusive)", ref="Modal-Imbalance-PMR main_Prototype_grad.py")
+        proto_augment: bool = spec(True, help="prototype-based entropy regularisation", ref="Modal-Imbalance-PMR main_Prototype_grad.py")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.alpha = float(self.args.get("alpha", 1.0))
-        self.scale = self.choice("scale", ("constant", "ratio"), "constant", "constant is the reference code, ratio the paper")
-        self.fraction = float(self.args.get("fraction", 0.1))
-        self.momentum = float(self.args.get("momentum", 0.2))
-        self.start = int(self.args.get("start", 0))
-        self.end = int(self.args.get("end", 100))
-        self.proto_augment = bool(self.args.get("proto_augment", True))
+        self.alpha = self.settings.alpha
+        self.scale = self.settings.scale
+        self.fraction = self.settings.fraction
+        self.momentum = self.settings.momentum
+        self.start = self.settings.start
+        self.end = self.settings.end
+        self.proto_augment = self.settings.proto_augment
         if not 0 < self.fraction <= 1:
             raise MmvidError(f"balance.args.fraction={self.fraction} must be in (0, 1]")
         self.protos: dict[str, torch.Tensor] | None = None

@@ -4,6 +4,8 @@ ensemble."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Any
 
 import torch
@@ -12,7 +14,8 @@ import torch.nn.functional as F
 from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
-from mmvid.registry import BALANCERS
+from mmvid.registry import BALANCERS, FUSIONS, check_plugin_settings
+from mmvid.schema import spec
 
 ENSEMBLES = ("grown", "full")
 OPTIMIZER_STATES = ("fresh", "kept")
@@ -68,26 +71,37 @@ class ReconBoost(Balancer):
     reducer refuses.
     """
 
+    @dataclass
+    class Settings:
+        weight1: float = spec(5.0, ge=0.0, le=1000.0, help="weight of the boosting loss", ref="ReconBoost train.py")
+        weight2: float = spec(1.0, ge=0.0, le=1000.0, help="weight of the reconcilement term", ref="ReconBoost train.py")
+        alpha: float = spec(0.5, ge=0.0, le=1000.0, help="weight of the gradient-ascent correction", ref="ReconBoost train.py")
+        epochs_per_stage: int = spec(4, ge=1, le=1_000_000, help="epochs of each modality's stage", ref="ReconBoost train.py")
+        correct_epochs: int = spec(4, ge=0, le=1_000_000, help="epochs of the global correction", ref="ReconBoost train.py")
+        ga_from: int = spec(1, ge=0, le=1_000_000, help="first stage with the gradient-ascent term", ref="ReconBoost train.py; BalanceBenchmark M")
+        ensemble: str = spec("grown", choices=ENSEMBLES, help="the grown ensemble (authors' DynamicNet) or every modality (BalanceBenchmark)",
+                             ref="ReconBoost dynamic_net.py (grown); BalanceBenchmark full")
+        optimizer: str = spec("fresh", choices=OPTIMIZER_STATES, help="a new SGD per phase (authors) or one kept (BalanceBenchmark)",
+                              ref="ReconBoost train.py (fresh); BalanceBenchmark kept")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.weight1 = float(self.args.get("weight1", 5.0))
-        self.weight2 = float(self.args.get("weight2", 1.0))
-        self.alpha = float(self.args.get("alpha", 0.5))
-        self.e1 = int(self.args.get("epochs_per_stage", 4))
-        self.e2 = int(self.args.get("correct_epochs", 4))
-        self.ga_from = int(self.args.get("ga_from", 1))
+        self.weight1 = self.settings.weight1
+        self.weight2 = self.settings.weight2
+        self.alpha = self.settings.alpha
+        self.e1 = self.settings.epochs_per_stage
+        self.e2 = self.settings.correct_epochs
+        self.ga_from = self.settings.ga_from
         if self.e1 < 1 or self.e2 < 0:
             raise MmvidError(f"balance.args.epochs_per_stage={self.e1} and correct_epochs={self.e2}: give "
                              f"epochs_per_stage >= 1 and correct_epochs >= 0 (the authors' 4 and 4)")
-        self.ensemble = self.choice("ensemble", ENSEMBLES, "grown",
-                                    "grown is the authors' DynamicNet, full BalanceBenchmark's model")
-        self.optimizer = self.choice("optimizer", OPTIMIZER_STATES, "fresh",
-                                     "fresh is the authors' new SGD per phase, kept BalanceBenchmark's")
+        self.ensemble = self.settings.ensemble
+        self.optimizer = self.settings.optimizer
         self.stats = EpochMeans()
 
     def check(self, model_cfg, augment_name: str) -> None:
         super().check(model_cfg, augment_name)
-        if model_cfg.fusion != "shared" or dict(model_cfg.fusion_args).get("combine") != "boost":
+        if model_cfg.fusion != "shared" or check_plugin_settings(FUSIONS, "shared", model_cfg.fusion_args).combine != "boost":
             raise MmvidError(f"balancer 'reconboost' boosts one head shared by every modality: use --fusion shared "
                              f"with model.fusion_args.combine: boost (got fusion {model_cfg.fusion!r}, fusion_args "
                              f"{dict(model_cfg.fusion_args)}; recipes/methods/reconboost.yaml sets them)")

@@ -13,6 +13,8 @@ those the reference computes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 from typing import Any
 
@@ -22,6 +24,7 @@ import torch
 from mmvid.balance.base import Balancer, encoder_parameters, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import SettingValueError, spec
 
 
 def purity(labels: np.ndarray, clusters: np.ndarray) -> float:
@@ -82,16 +85,26 @@ class DiagnoseRelearn(Balancer):
 
     needs_val_split = True  # the diagnosis compares train and validation purity
 
+    @dataclass
+    class Settings:
+        move_lambda: float = spec(3.0, ge=0.0, le=1000.0, help="strength of the re-initialisation", ref="")
+        reinit_epoch: int = spec(20, ge=1, le=1_000_000, help="epochs between re-initialisations", ref="")
+        reinit_num: int = spec(3, ge=0, le=1_000_000, help="how many re-initialisations", ref="")
+        kmeans_seed: int = spec(0, ge=0, le=2**32 - 1, help="seed of the k-means purity", ref="")
+        kmeans_n_init: int | str = spec(10, help="k-means restarts: a whole number >= 1 or 'auto'", ref="")
+
+        def __post_init__(self) -> None:
+            n = self.kmeans_n_init
+            if not (n == "auto" or (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 1000)):
+                raise SettingValueError("kmeans_n_init", n, "a whole number in [1, 1000] or 'auto'")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.move_lambda = float(self.args.get("move_lambda", 3.0))
-        self.reinit_epoch = int(self.args.get("reinit_epoch", 20))
-        self.reinit_num = int(self.args.get("reinit_num", 3))
-        self.seed = int(self.args.get("kmeans_seed", 0))
-        n_init = self.args.get("kmeans_n_init", 10)
-        if not (n_init == "auto" or (isinstance(n_init, int) and not isinstance(n_init, bool) and n_init >= 1)):
-            raise MmvidError(f"balance.args.kmeans_n_init={n_init!r} must be a whole number >= 1 or 'auto'")
-        self.n_init = n_init
+        self.move_lambda = self.settings.move_lambda
+        self.reinit_epoch = self.settings.reinit_epoch
+        self.reinit_num = self.settings.reinit_num
+        self.seed = self.settings.kmeans_seed
+        self.n_init = self.settings.kmeans_n_init
         if self.reinit_epoch < 1 or self.reinit_num < 0:
             raise MmvidError(f"balance.args.reinit_epoch={self.reinit_epoch} must be >= 1 and reinit_num="
                              f"{self.reinit_num} >= 0 (epochs between re-initialisations, how many)")

@@ -9,6 +9,8 @@ the other modality's feature in place). BalanceBenchmark has no Remix.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ from mmvid.balance.base import Balancer, unwrap
 from mmvid.distributed import shard_order
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 REASSEMBLE = ("batch", "sample")
 
@@ -81,13 +84,22 @@ class DataRemixing(Balancer):
 
     min_modalities = 2
 
+    @dataclass
+    class Settings:
+        warmup: int = spec(10, ge=0, le=1_000_000, help="epochs of plain training before reassembling", ref="Remix_ICML2025 train.py")
+        alpha: float | dict[str, float] = spec(0.5, ge=0.0, le=1000.0, help="per-modality alpha, one number or one per modality",
+                                               ref="Remix_ICML2025 train.py")
+        gamma: float | dict[str, float] = spec(1.0, ge=0.0, le=1000.0, help="per-modality gamma, one number or one per modality",
+                                               ref="Remix_ICML2025 train.py")
+        reassemble: str = spec("batch", choices=REASSEMBLE, help="unimodal batches (reference) or mixed batches per sample",
+                               ref="Remix_ICML2025 train.py (batch)")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.warmup = int(self.args.get("warmup", 10))
+        self.warmup = self.settings.warmup
         self.alpha = self._per_modality("alpha", 0.5)
         self.gamma = self._per_modality("gamma", 1.0)
-        self.reassemble = self.choice("reassemble", REASSEMBLE, "batch",
-                                      "batch is the reference (unimodal batches), sample keeps mixed batches")
+        self.reassemble = self.settings.reassemble
         if self.warmup < 0:
             raise MmvidError(f"balance.args.warmup={self.warmup} must be >= 0 (epochs of plain training)")
         self.heads: nn.ModuleDict | None = None
@@ -96,7 +108,7 @@ class DataRemixing(Balancer):
         self.first_step = 0  # ctx.step at the epoch's start: batch k of the epoch is step first_step + k
 
     def _per_modality(self, key: str, default: float) -> dict[str, float]:
-        value = self.args.get(key, default)
+        value = getattr(self.settings, key)
         if isinstance(value, dict):
             unknown = sorted(set(value) - set(self.modalities))
             if unknown:

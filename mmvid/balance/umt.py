@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import copy
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from mmvid.augment.base import EpochMeans
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 
 def teacher_config(cfg, modality: str, epochs: int):
@@ -40,13 +43,22 @@ class UniModalTeacher(Balancer):
     teachers with their stored BatchNorm statistics) or ``train`` (BatchNorm normalises with the batch's
     statistics, as BalanceBenchmark's UMT trainer, which never calls ``eval()`` on its teachers)."""
 
+    @dataclass
+    class Settings:
+        beta: float = spec(10.0, ge=0.0, le=1e6, help="weight of the distillation loss", ref="BalanceBenchmark UMT_trainer.py (its config: 1)")
+        teachers: dict[str, str] | None = spec(None, help="modality -> unimodal teacher checkpoint (none: trained first)",
+                                               ref="")
+        teacher_epochs: int | None = spec(None, ge=1, le=1_000_000, help="epochs of each teacher trained first; none: the run's",
+                                          ref="")
+        teacher_mode: str = spec("eval", choices=TEACHER_MODES, help="teachers with frozen BatchNorm statistics (eval) or batch ones (train)",
+                                 ref="BalanceBenchmark UMT_trainer.py (train)")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.beta = float(self.args.get("beta", 10.0))
-        self.paths: dict[str, str] = {m: str(p) for m, p in (self.args.get("teachers") or {}).items()}
-        self.teacher_epochs = self.args.get("teacher_epochs")
-        self.teacher_mode = self.choice("teacher_mode", TEACHER_MODES, "eval",
-                                        "use eval (frozen statistics) or train (batch statistics, BalanceBenchmark)")
+        self.beta = self.settings.beta
+        self.paths: dict[str, str] = {m: str(p) for m, p in (self.settings.teachers or {}).items()}
+        self.teacher_epochs = self.settings.teacher_epochs
+        self.teacher_mode = self.settings.teacher_mode
         self.teachers: nn.ModuleDict | None = None
         self.stats = EpochMeans()
 

@@ -13,6 +13,8 @@ is ``valuation: balancebenchmark``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import itertools
 import math
 from typing import Any
@@ -26,6 +28,7 @@ from mmvid.balance.remix import summed_cross_entropy
 from mmvid.distributed import shard_order
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
+from mmvid.schema import spec
 
 LEVELS = ("sample", "modality")
 VALUATIONS = ("original", "balancebenchmark")
@@ -140,17 +143,29 @@ class SampleValuation(Balancer):
 
     min_modalities = 2
 
+    @dataclass
+    class Settings:
+        warmup: int = spec(5, ge=0, le=1_000_000, help="epochs before the first valuation", ref="Valuate-and-Enhance sample_level.py")
+        level: str = spec("sample", choices=LEVELS, help="sample-level (sample_level.py) or modality-level (modality_level.py)",
+                          ref="Valuate-and-Enhance sample_level.py / modality_level.py")
+        valuation: str = spec("original", choices=VALUATIONS, help="the authors' valuation bins or BalanceBenchmark's",
+                              ref="Valuate-and-Enhance sample_level.py (original)")
+        func: str = spec("linear", choices=FUNCS, help="resampling function of the modality level",
+                         ref="AV_KS_Dataset_modality_level func")
+        valuation_crops: str = spec("train", choices=CROPS, help="valuation inputs with train-time crops (reference) or eval crops",
+                                    ref="Valuate-and-Enhance (train)")
+        part_ratio: float = spec(0.2, ge=0.0, le=1.0, help="fraction of the samples re-valued", ref="Valuate-and-Enhance")
+        alpha: float = spec(1.0, ge=0.0, le=1000.0, help="strength of the resampling", ref="Valuate-and-Enhance")
+
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
-        self.warmup = int(self.args.get("warmup", 5))
-        self.level = self.choice("level", LEVELS, "sample", "sample is sample_level.py, modality is modality_level.py")
-        self.valuation = self.choice("valuation", VALUATIONS, "original",
-                                     "original is the authors' code, balancebenchmark is BalanceBenchmark's")
-        self.func = self.choice("func", FUNCS, "linear", "the reference's AV_KS_Dataset_modality_level func")
-        self.crops = self.choice("valuation_crops", CROPS, "train",
-                                 "train scores the training split with its crops/flips, as the reference")
-        self.part_ratio = float(self.args.get("part_ratio", 0.2))
-        self.alpha = float(self.args.get("alpha", 1.0))
+        self.warmup = self.settings.warmup
+        self.level = self.settings.level
+        self.valuation = self.settings.valuation
+        self.func = self.settings.func
+        self.crops = self.settings.valuation_crops
+        self.part_ratio = self.settings.part_ratio
+        self.alpha = self.settings.alpha
         if self.warmup < 0:
             raise MmvidError(f"balance.args.warmup={self.warmup} must be >= 0 (epochs of plain training)")
         if not 0 < self.part_ratio <= 1:

@@ -22,12 +22,23 @@ absent one's input (:meth:`mmvid.models.classifier.MultimodalClassifier.masked_f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from mmvid.registry import CALIBRATIONS
+from mmvid.schema import spec
 
+
+@CALIBRATIONS.register("prefusion", doc="Pre-fusion calibration (model.calibrate): z'_m = z_m (1 + g_m tanh(u_m)).")
 class PreFusionCalibration(nn.Module):
     """``forward(feats) -> (calibrated feats, extras)``; extras hold ``gate_<m>`` (B, 1) per modality."""
+
+    @dataclass
+    class Settings:
+        hidden: int = spec(64, ge=1, le=65536, help="h, the width of the projections P_m and of both MLPs",
+                           ref="mmvid's reconstruction (seed paper 003 gives no width)")
 
     def __init__(self, dims: dict[str, int], hidden: int = 64) -> None:
         super().__init__()

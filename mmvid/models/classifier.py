@@ -14,7 +14,7 @@ absent modality is thus absent for the whole model, calibration included.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -24,7 +24,7 @@ from mmvid.errors import MmvidError
 from mmvid.models.encoders import ModalityEncoder
 from mmvid.models.fusions import ConcatFusion, DecisionFusion, SumFusion
 from mmvid.models.init import initialise
-from mmvid.registry import FUSIONS
+from mmvid.registry import CALIBRATIONS, FUSIONS, check_plugin_settings
 
 
 @dataclass
@@ -53,7 +53,8 @@ def check_calibration(fusion: str, calibrate: bool) -> None:
 class MultimodalClassifier(nn.Module):
     def __init__(self, modalities: list[str], num_classes: int, encoder: str = "resnet18", width: int = 32,
                  fusion: str = "concat", calibrate: bool = False, fusion_args: dict | None = None,
-                 unimodal: str = "mask", init: str = "ogm-ge", aux_loss: dict[str, float] | None = None) -> None:
+                 unimodal: str = "mask", init: str = "ogm-ge", aux_loss: dict[str, float] | None = None,
+                 calibration_args: dict | None = None) -> None:
         super().__init__()
         check_calibration(fusion, calibrate)
         self.modalities = list(modalities)
@@ -64,12 +65,14 @@ class MultimodalClassifier(nn.Module):
         if calibrate:
             from mmvid.models.calibration import PreFusionCalibration
 
-            self.calibration = PreFusionCalibration(dims)
-        self.fusion = FUSIONS.build(fusion, dims, **(fusion_args or {}))
+            cal = check_plugin_settings(CALIBRATIONS, "prefusion", calibration_args or {})
+            self.calibration = PreFusionCalibration(dims, **asdict(cal))
+        # The fusion's settings, checked (an unknown key is an error) and given to its constructor as keywords.
+        self.fusion = FUSIONS.build(fusion, dims, **asdict(check_plugin_settings(FUSIONS, fusion, fusion_args or {})))
         self.head = self.fusion.make_head(num_classes)
         if unimodal == "head" and not hasattr(self.head, "modality_logits"):
-            raise MmvidError(f"augment.unimodal=head needs a fusion with one classifier per modality (decision, mmtm, or sum with form=logits); "
-                             f"model.fusion={fusion} has one joint head: use augment.unimodal=mask")
+            raise MmvidError(f"augment.args.unimodal=head needs a fusion with one classifier per modality (decision, mmtm, or sum with form=logits); "
+                             f"model.fusion={fusion} has one joint head: use augment.args.unimodal=mask")
         self.unimodal = unimodal  # how unimodal_logits predicts from one modality (not a parameter, not in state_dict)
         # Remix's baseline heads h_m: (B, d_m) -> (B, C), one per modality named in model.aux_loss; trained by the
         # loop's auxiliary loss (mmvid.engine.AuxiliaryLoss) on ModelOutput.features, never used for prediction.
@@ -204,6 +207,15 @@ class MultimodalClassifier(nn.Module):
 
 
 def build_model(cfg, num_classes: int) -> MultimodalClassifier:
+    # How unimodal predictions are made is B-MM's setting ``unimodal``; every other augmentation predicts a
+    # modality alone by masking (Eq. 5). Its settings are read through its declaration (a run's config holds them
+    # all; a config built in code may name only some).
+    unimodal = "mask"
+    if cfg.augment.name == "bmm":
+        from mmvid.registry import AUGMENTS, load_plugins
+
+        load_plugins()
+        unimodal = check_plugin_settings(AUGMENTS, "bmm", cfg.augment.args).unimodal
     return MultimodalClassifier(cfg.data.modalities, num_classes, cfg.model.encoder, cfg.model.width,
-                                cfg.model.fusion, cfg.model.calibrate, cfg.model.fusion_args, cfg.augment.unimodal,
-                                cfg.model.init, cfg.model.aux_loss)
+                                cfg.model.fusion, cfg.model.calibrate, cfg.model.fusion_args, unimodal,
+                                cfg.model.init, cfg.model.aux_loss, cfg.model.calibration_args)

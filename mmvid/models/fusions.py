@@ -6,6 +6,7 @@ classifier on h (a Linear, except decision fusion whose head is one Linear per m
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from torch import nn
 from mmvid.errors import MmvidError
 from mmvid.models.encoders import NUM_STAGES, stage_channels
 from mmvid.registry import FUSIONS
+from mmvid.schema import spec
 
 
 class Fusion(nn.Module):
@@ -43,12 +45,17 @@ class StarHead(nn.Linear):
         return self.star(super().forward(h))
 
 
-@FUSIONS.register("concat")
+@FUSIONS.register("concat", doc="Concat: h = [z_a; z_v; ...], logits = W h + b (Table 1, Concat); star: one more (C, C) layer.")
 class ConcatFusion(Fusion):
     """h = [z_a; z_v; ...] (B, sum d_m); logits = W h + b (paper Table 1, Concat). ``fusion_args.star``
     (false): one more (C, C) linear layer on the logits (:class:`StarHead`, AMCo's BalanceBenchmark model)."""
 
-    def __init__(self, dims: dict[str, int], star: bool = False, **_) -> None:
+    @dataclass
+    class Settings:
+        star: bool = spec(False, help="one more (C, C) linear layer on the logits (AMCo's model)",
+                          ref="BalanceBenchmark BaseClassifierAMCoModel.linear_star")
+
+    def __init__(self, dims: dict[str, int], star: bool = False) -> None:
         super().__init__(dims)
         self.output_dim = sum(dims.values())
         self.star = bool(star)
@@ -88,7 +95,13 @@ class SumFusion(Fusion):
 
     FORMS = ("logits", "feature")
 
-    def __init__(self, dims: dict[str, int], form: str = "logits", **_) -> None:
+    @dataclass
+    class Settings:
+        form: str = spec("logits", choices=("logits", "feature"),
+                         help="sum of per-modality logits fc_m(z_m) (logits) or one head on sum_m z_m (feature)",
+                         ref="OGM-GE models/fusion_modules.py SumFusion (logits)")
+
+    def __init__(self, dims: dict[str, int], form: str = "logits") -> None:
         super().__init__(dims)
         _check_equal_dims("sum", dims)
         if form not in self.FORMS:
@@ -146,6 +159,9 @@ class DecisionFusion(ConcatFusion):
     one linear classifier per modality, logits = (1/M) sum_m (W_m z_m + b_m). MM mixes h, i.e. every
     z_m with the same lambda and pi."""
 
+    def __init__(self, dims: dict[str, int]) -> None:
+        super().__init__(dims)  # no settings (concat's ``star`` is concat's own)
+
     def make_head(self, num_classes: int) -> nn.Module:
         return MeanOfModalityHeads(self.dims, num_classes)
 
@@ -181,7 +197,12 @@ class MMCosineFusion(ConcatFusion):
     ``fusion_args.scale`` s: 10 (the reference's ``--scaling`` default and README; BalanceBenchmark 15).
     A fusion, not a balancer: the head is part of the model, so evaluation and checkpoints use it too."""
 
-    def __init__(self, dims: dict[str, int], scale: float = 10.0, **_) -> None:
+    @dataclass
+    class Settings:
+        scale: float = spec(10.0, gt=0.0, le=10000.0, help="s, the scale of the summed cosine logits",
+                            ref="MMCosine main_CD.py --scaling (10); BalanceBenchmark 15")
+
+    def __init__(self, dims: dict[str, int], scale: float = 10.0) -> None:
         super().__init__(dims)
         self.scale = float(scale)
         if not math.isfinite(self.scale) or self.scale <= 0:
@@ -198,7 +219,13 @@ class FiLMFusion(Fusion):
     h = gamma * [z_k]_{k != c} + beta (B, sum_{k != c} d_k). With N > 2 the other modalities are
     concatenated and modulated together."""
 
-    def __init__(self, dims: dict[str, int], condition: str | None = None, **_) -> None:
+    @dataclass
+    class Settings:
+        condition: str | None = spec(None, choices=("audio", "video", "flow"),
+                                     help="the conditioning modality (none: audio if present, else the first)",
+                                     ref="OGM-GE models/fusion_modules.py FiLM (audio conditions)")
+
+    def __init__(self, dims: dict[str, int], condition: str | None = None) -> None:
         super().__init__(dims)
         _check_two_plus("film", dims)
         self.condition = condition or ("audio" if "audio" in dims else self.modalities[0])
@@ -218,7 +245,7 @@ class BiGatedFusion(Fusion):
     """Bidirectional gating (Kiela et al. 2018): h = [sigma(W_a z_v) * z_a ; sigma(W_v z_a) * z_v]
     (B, sum d_m); with N > 2 modality m is gated by the concatenation of the others."""
 
-    def __init__(self, dims: dict[str, int], **_) -> None:
+    def __init__(self, dims: dict[str, int]) -> None:
         super().__init__(dims)
         _check_two_plus("bigated", dims)
         self.output_dim = sum(dims.values())
@@ -305,8 +332,15 @@ class MMTMFusion(DecisionFusion):
     averages in every block; it has no effect in eval mode.
     """
 
-    def __init__(self, dims: dict[str, int], positions: list[int] | tuple[int, ...] = (2, 3, 4), ratio: float = 4,
-                 **_) -> None:
+    @dataclass
+    class Settings:
+        positions: list[int] = spec(factory=lambda: [2, 3, 4], choices=tuple(range(1, NUM_STAGES + 1)),
+                                    help="encoder stages (1-based) followed by an MMTM block",
+                                    ref="greedy_multimodal_learning src/model.py MMTM_MVCNN (after layers 2-4)")
+        ratio: float = spec(4.0, gt=0.0, le=1024.0, help="squeeze width int(2 sum C_m / ratio)",
+                            ref="greedy_multimodal_learning src/balanced_mmtm.py (MMTM_mitigate)")
+
+    def __init__(self, dims: dict[str, int], positions: list[int] | tuple[int, ...] = (2, 3, 4), ratio: float = 4) -> None:
         super().__init__(dims)
         _check_two_plus("mmtm", dims)
         self.positions = sorted(int(p) for p in positions)
@@ -411,14 +445,33 @@ class SharedFusion(Fusion):
     ``boost_rate`` (beta's start for ``combine: boost``) and ``hidden`` (> 0: a two-layer head, only
     with ``combine: boost``, whose balancer reads the head through ``classifier``)."""
 
+    @dataclass
+    class Settings:
+        combine: str = spec("entropy", choices=COMBINES,
+                            help="unimodal predictions combined by entropy weights, fixed weights or ReconBoost's boost",
+                            ref="MLA main.py --gs_flag (entropy); ReconBoost dynamic_net.py DynamicNet (boost)")
+        entropy: str = spec("batch", choices=ENTROPIES,
+                            help="entropy over the batch (the authors' code) or per sample (the paper)",
+                            ref="MLA calculate_entropy (batch); BalanceBenchmark and the paper (sample)")
+        weights: dict[str, float] | None = spec(None, help="modality -> weight for combine: fixed (none: 1/M each)",
+                                                ref="MLA av_alpha 0.5 without --dynamic")
+        boost_rate: float = spec(1.0, ge=-1000.0, le=1000.0, help="beta's start for combine: boost",
+                                 ref="ReconBoost dynamic_net.py DynamicNet.forward_grad")
+        hidden: int = spec(0, ge=0, le=65536, help="> 0: a two-layer head of this width (combine: boost only)",
+                           ref="ReconBoost authors' Head")
+
     def __init__(self, dims: dict[str, int], combine: str = "entropy", entropy: str = "batch",
-                 weights: dict | None = None, boost_rate: float = 1.0, hidden: int = 0, **_) -> None:
+                 weights: dict | None = None, boost_rate: float = 1.0, hidden: int = 0) -> None:
         super().__init__(dims)
         _check_equal_dims("shared", dims)
         for key, value, allowed in (("combine", combine, COMBINES), ("entropy", entropy, ENTROPIES)):
             if value not in allowed:
                 raise MmvidError(f"model.fusion_args.{key}={value!r} is not one of {list(allowed)}")
-        weights = {m: float(w) for m, w in (weights or {m: 1 / len(dims) for m in dims}).items()}
+        try:
+            weights = {m: float(w) for m, w in (weights or {m: 1 / len(dims) for m in dims}).items()}
+        except (TypeError, ValueError):
+            raise MmvidError(f"model.fusion_args.weights={weights!r} must map each modality to a number, "
+                             f"e.g. {{audio: 0.5, video: 0.5}}") from None
         if set(weights) != set(dims):
             raise MmvidError(f"model.fusion_args.weights names {sorted(weights)}; give one weight per modality {list(dims)}")
         if int(hidden) < 0 or (int(hidden) and combine != "boost"):

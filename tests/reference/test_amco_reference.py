@@ -216,7 +216,8 @@ def test_under_mixing_the_recomputed_logits_are_the_models(augment_name):
     """The masked fused logits are recomputed from the features as the head saw them: with nothing masked they
     equal the model's logits under fused-stage (MM) and feature-stage (B-MM) mixing alike."""
     cfg = make_cfg(AV, augment=augment_name, balance="amco")
-    cfg.augment.warmup = 0
+    if augment_name == "bmm":
+        cfg.augment.args["warmup"] = 0
     model = make_model(cfg)
     augment = AUGMENTS.build(augment_name, cfg.augment, AV)
     ctx = attach(cfg, model, augment, BALANCERS.build("amco", cfg.balance, AV), [])

@@ -90,7 +90,7 @@ def test_bmm_rho_and_lambda_schedule_follow_the_methods_reconstruction(unimodal,
     Eqs. 5-7 epoch by epoch, to 1e-6."""
     cfg = make_cfg(AV, fusion=fusion, augment="bmm")
     cfg.model.encoder, cfg.model.width = "small", 4
-    cfg.augment.unimodal, cfg.augment.warmup, cfg.augment.beta = unimodal, 2, 0.7
+    cfg.augment.args["unimodal"], cfg.augment.args["warmup"], cfg.augment.args["beta"] = unimodal, 2, 0.7
     torch.manual_seed(0)
     model = build_model(cfg, CLASSES)
     data = batches()
@@ -117,7 +117,7 @@ def test_unimodal_head_gives_rho_from_each_heads_softmax_not_from_masking():
         for lin in masked.head.heads.values():
             lin.weight.mul_(20)
             lin.bias.normal_(0, 2)
-    cfg.augment.unimodal = "head"
+    cfg.augment.args["unimodal"] = "head"
     heads = build_model(cfg, CLASSES)
     heads.load_state_dict(masked.state_dict())  # same weights: the option is not a parameter
     data = batches()
@@ -134,19 +134,21 @@ def test_unimodal_head_is_refused_where_there_are_no_per_modality_heads():
     # sum (form=logits, OGM-GE's fc_a + fc_v) and mmtm (Greedy's per-modality heads) have one head per modality
     for fusion, args in (("concat", {}), ("sum", {"form": "feature"}), ("film", {}), ("bigated", {})):
         cfg = resolve_config("demo", {"model.fusion": fusion, "model.fusion_args": args, "augment.name": "bmm",
-                                      "augment.unimodal": "head"})
-        with pytest.raises(MmvidError, match="augment.unimodal=head needs a fusion with one classifier per modality"):
+                                      "augment.args.unimodal": "head"})
+        with pytest.raises(MmvidError, match="augment.args.unimodal=head needs a fusion with one classifier per modality"):
             build_model(cfg, CLASSES)
     for fusion in ("sum", "mmtm", "decision"):
-        cfg = resolve_config("demo", {"model.fusion": fusion, "augment.name": "bmm", "augment.unimodal": "head"})
+        cfg = resolve_config("demo", {"model.fusion": fusion, "augment.name": "bmm", "augment.args.unimodal": "head"})
         assert hasattr(build_model(cfg, CLASSES).head, "modality_logits")
     for key, value in (("stage", "input"), ("unimodal", "head")):
-        cfg = make_cfg(AV, augment="mm")
-        setattr(cfg.augment, key, value)
-        with pytest.raises(MmvidError, match=f"augment.{key}={value} is a B-MM option"):
+        # B-MM's settings are B-MM's own: under another augmentation they are unknown keys, never silently ignored
+        cfg = make_cfg(AV, augment="mm", augment_args={key: value})
+        with pytest.raises(MmvidError, match=f"augmentation 'mm' has no setting '{key}'"):
             AUGMENTS.build("mm", cfg.augment, AV)
-    with pytest.raises(MmvidError, match="augment.stage"):
-        resolve_config("demo", {"augment.stage": "fused"})
+        with pytest.raises(MmvidError, match=f"augment.{key}={value} is a B-MM option"):
+            resolve_config("demo", {"augment.name": "mm", f"augment.{key}": value})
+    with pytest.raises(MmvidError, match="augment.args.stage"):
+        resolve_config("demo", {"augment.args.stage": "fused"})
 
 
 # ----------------------------------------------------------------------------- B-MM at the input stage
@@ -166,7 +168,7 @@ def test_bmm_input_stage_mixes_only_the_weak_input(scores, weak):
     modality's raw input; the strong input reaches its encoder bit-identical."""
     strong = next(m for m in AV if m != weak)
     cfg = make_cfg(AV, augment="bmm")
-    cfg.augment.stage, cfg.augment.warmup, cfg.augment.beta = "input", 0, 0.8
+    cfg.augment.args["stage"], cfg.augment.args["warmup"], cfg.augment.args["beta"] = "input", 0, 0.8
     aug = AUGMENTS.build("bmm", cfg.augment, AV)
     model = make_model(cfg).eval()
     seen = encoder_inputs(model)
@@ -200,14 +202,15 @@ def test_bmm_input_stage_mixes_only_the_weak_input(scores, weak):
 
 def test_bmm_feature_stage_is_the_default_and_differs_from_the_input_stage():
     cfg = make_cfg(AV, augment="bmm")
-    assert cfg.augment.stage == "feature" and cfg.augment.unimodal == "mask"
-    cfg.augment.warmup = 0
+    default = AUGMENTS.build("bmm", cfg.augment, AV).settings
+    assert default.stage == "feature" and default.unimodal == "mask"
+    cfg.augment.args["warmup"] = 0
     model = make_model(cfg).eval()
     inputs, y = make_batch(AV, 8, seed=4)
     sc = {"audio": {"score": 30.0}, "video": {"score": 10.0}}
     outs = {}
     for stage in ("feature", "input"):
-        cfg.augment.stage = stage
+        cfg.augment.args["stage"] = stage
         aug = AUGMENTS.build("bmm", cfg.augment, AV)
         ctx = ctx_for(cfg, seed=2, scores=sc, epoch=1)
         aug.on_epoch_start(ctx)
@@ -224,7 +227,7 @@ def test_mm_mixes_the_fused_feature_on_every_fusion(fusion):
     """METHODS.md's MM (Sec. 3.2, Fig. 2: mixup of the fused feature): h~ = lambda h_i + (1 - lambda) h_pi(i) before
     the head; loss = lambda CE(., y_i) + (1 - lambda) CE(., y_pi(i))."""
     cfg = make_cfg(AV, fusion=fusion, augment="mm")
-    cfg.augment.alpha = 0.4
+    cfg.augment.args["alpha"] = 0.4
     aug = AUGMENTS.build("mm", cfg.augment, AV)
     model = make_model(cfg).eval()
     inputs, y = make_batch(AV, 8, seed=6)
@@ -243,7 +246,7 @@ def test_mm_mixes_the_fused_feature_on_every_fusion(fusion):
 def test_mm_lambda_is_beta_distributed():
     """lambda ~ Beta(alpha, alpha): mean 1/2, variance 1 / (4 (2 alpha + 1)); 4000 draws, 5-sigma tolerances."""
     cfg = make_cfg(AV, augment="mm")
-    cfg.augment.alpha = 0.4
+    cfg.augment.args["alpha"] = 0.4
     aug = AUGMENTS.build("mm", cfg.augment, AV)
     ctx = ctx_for(cfg, seed=11)
     lams = torch.tensor([1 - aug.sample(torch.arange(2), ctx).target_weight for _ in range(4000)], dtype=torch.float64)

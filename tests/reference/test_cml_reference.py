@@ -215,7 +215,7 @@ def test_state_round_trip_resumes_the_same_draws():
 
 @pytest.mark.parametrize("args,match", [({"penalty": "mean"}, "balance.args.penalty"),
                                         ({"order": "batch"}, "balance.args.order"),
-                                        ({"lam": -1}, "must be >= 0")])
+                                        ({"lam": -1}, r"balance.args.lam=-1 is not valid for balancer 'cml'; it must be a finite number in \[0, ")])
 def test_bad_options_are_one_line(args, match):
     with pytest.raises(MmvidError, match=match):
         BALANCERS.build("cml", make_cfg(AV, balance="cml", balance_args=args).balance, AV)

@@ -291,15 +291,16 @@ def test_mixed_loss_trains_the_intensity_heads_through_the_ratios():
 
 def test_msmix_defaults_are_the_references_path():
     aug = AUGMENTS.build("msmix", make_cfg(AV, augment="msmix").augment, AV)
-    assert aug.choice == {"pairing": "reference", "sal": "reference", "intensity_input": "feature", "sal_target": "labels"}
+    s = aug.settings
+    assert (s.pairing, s.sal, s.intensity_input, s.sal_target) == ("reference", "reference", "feature", "labels")
 
 
 def test_msmix_options_are_checked():
     for key in ("pairing", "sal", "intensity_input", "sal_target"):
         cfg = make_cfg(AV, augment="msmix", augment_args={key: "bogus"})
-        with pytest.raises(MmvidError, match=f"augment.args.{key}='bogus' is not valid for msmix"):
+        with pytest.raises(MmvidError, match=f"augment.args.{key}='bogus' is not valid for augmentation 'msmix'"):
             AUGMENTS.build("msmix", cfg.augment, AV)
-    with pytest.raises(MmvidError, match="augment.args.sal_targets is not valid for msmix"):
+    with pytest.raises(MmvidError, match=r"augment.args.sal_targets: augmentation 'msmix' has no setting 'sal_targets'; did you mean augment.args.sal_target\?"):
         AUGMENTS.build("msmix", make_cfg(AV, augment="msmix", augment_args={"sal_targets": "labels"}).augment, AV)
-    with pytest.raises(MmvidError, match="augment.args.groups=.* is not valid for msmix"):
+    with pytest.raises(MmvidError, match="augment.args.groups=.* is not valid for augmentation 'msmix'"):
         AUGMENTS.build("msmix", make_cfg(AV, augment="msmix", augment_args={"groups": ["HAP"]}).augment, AV)
