@@ -213,11 +213,14 @@ def list_plugins(console, name: str | None = None) -> None:
         if not rows:
             console.print(f"{escape(title)}\n  no settings", highlight=False)
             continue
-        table = Table(title=escape(title), title_justify="left")
-        for col in ("setting", "default", "valid values", "meaning", "reference"):
+        # The key column never wraps (a key is typed as shown); the section it lives under is in the title.
+        table = Table(title=escape(f"{title}\nsettings under {reg.args_key} (--set {reg.args_key}.KEY=VALUE)"),
+                      title_justify="left")
+        table.add_column(f"{reg.args_key}.", no_wrap=True)
+        for col in ("default", "valid values", "meaning", "reference"):
             table.add_column(col, overflow="fold")
         for row in rows:
-            table.add_row(f"[bold]{reg.args_key}.{row['key']}", escape(row["default"]), escape(row["valid"]),
+            table.add_row(f"[bold]{row['key']}", escape(row["default"]), escape(row["valid"]),
                           escape(row["help"]), escape(row["ref"]))
         console.print(table)
 

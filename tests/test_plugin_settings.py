@@ -5,6 +5,7 @@ and exit 2, never a silent default."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -147,7 +148,8 @@ def test_list_shows_every_plug_in_and_list_name_its_settings():
     assert "prefusion" in res.output and "calibrations" in res.output
     res = runner.invoke(app, ["train", "--list", "ogm-ge"], env={"COLUMNS": "250"})
     assert res.exit_code == 0, res.output
-    for needle in ("balance.args.alpha", "0.8", "a finite number in [0, 1000]", "modulation strength", "OGM-GE main.py",
+    assert re.search(r"^. alpha +. 0\.8 ", res.output, re.M), res.output  # the key, unwrapped, beside its default
+    for needle in ("settings under balance.args (--set balance.args.KEY=VALUE)", "0.8", "a finite number in [0, 1000]", "modulation strength", "OGM-GE main.py",
                    "one of: conv, nd, all"):
         assert needle in res.output, needle
     one_line(runner.invoke(app, ["train", "--list", "ogmge"]), "no plug-in named 'ogmge'", "did you mean ogm-ge?")
