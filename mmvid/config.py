@@ -123,6 +123,10 @@ class TrainConfig:
     # held out of train and the best epoch is chosen on it. reference: as OGM-GE and Data Remixing do, every
     # training clip trains, test is evaluated every epoch and the best epoch is chosen on test (labelled so).
     protocol: str = spec("clean", choices=PROTOCOLS)
+    # Plug-ins from outside mmvid (mmvid.plugins): Python files (absolute paths once resolved) or module names,
+    # imported before the plug-in settings are checked; with --plugin, every one this run used is recorded here.
+    plugins: list[str] = field(default_factory=list)
+    plugin_sha256: dict[str, str] = field(default_factory=dict)  # each plug-in file's SHA-256, recorded by the run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -311,12 +315,30 @@ def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str,
 
         prepared_params(cfg.data.prepared)
     said = _legacy_note(cfg, moved, sections, saved)
+    _import_plugins(cfg, recipe, saved, notes)
     _apply_sections(cfg, sections)
     check_plugin_args(cfg, lambda key: origins.get(key, where))
     if said:
         _note(f"config {said}", notes)
     apply_protocol(cfg, {k for k, v in (overrides or {}).items() if v is not None}, sources, notes)
     return cfg
+
+
+def _import_plugins(cfg: TrainConfig, recipe: Any, saved: bool, notes: list[str] | None) -> None:
+    """The plug-ins from outside mmvid, before their settings are checked. A recipe's or the command line's
+    (``--plugin``) are imported at the user's request and recorded with their hashes; a saved run's are only
+    checked against what the user gave (:func:`mmvid.plugins.check_recorded`: loading a run runs no code)."""
+    from mmvid import plugins
+
+    if saved:
+        plugins.check_recorded(cfg.plugins, cfg.plugin_sha256, notes)
+        return
+    base = Path(recipe).parent if isinstance(recipe, (str, Path)) and Path(recipe).is_file() else None
+    given = plugins.use(cfg.plugins, base)
+    plugins.load_inherited()
+    loaded = plugins.loaded()
+    cfg.plugins = list(dict.fromkeys(given + list(loaded)))
+    cfg.plugin_sha256 = {s: loaded[s] for s in cfg.plugins if loaded.get(s)}
 
 
 PLUGIN_SECTIONS = ("augment", "balance")  # config sections whose plug-ins may be given settings by name

@@ -1,0 +1,158 @@
+"""Plug-ins from outside mmvid (``--plugin FILE``, a recipe's ``plugins:``): a balancer written in a user's
+own file trains through the CLI, its settings are checked like mmvid's own, the run records the file and
+its SHA-256, and every command that loads the run needs it given again (missing, changed or not given:
+one line, never a traceback). Every command runs in its own process, as a user runs it, so that nothing
+imported here leaks into the other tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+PLUGIN = '''\
+from dataclasses import dataclass
+
+from mmvid.balance.base import Balancer
+from mmvid.registry import BALANCERS
+from mmvid.schema import spec
+
+
+@BALANCERS.register("loss-scale", doc="Scales the training loss by a constant.")
+class LossScale(Balancer):
+    @dataclass
+    class Settings:
+        factor: float = spec(1.0, gt=0, le=10, help="loss multiplier")
+
+    def loss(self, loss, out, inputs, y, ctx):
+        return loss * self.settings.factor
+'''
+TRAIN = ["--recipe", "demo", "--epochs", "1", "--device", "cpu", "--encoder", "small", "--batch-size", "16"]
+
+
+def mmvid(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MMVID_PLUGINS"}
+    return subprocess.run([sys.executable, "-m", "mmvid.cli", *args], env={**env, "PYTHONPATH": str(REPO), "COLUMNS": "400"},
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def one_line_error(done: subprocess.CompletedProcess) -> str:
+    """The message of a command that failed as a user error: exit 2, one line, no traceback."""
+    assert done.returncode == 2, (done.returncode, done.stdout[-1500:], done.stderr[-1500:])
+    assert "Traceback" not in done.stderr + done.stdout
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("mine") / "loss_scale.py"
+    path.write_text(PLUGIN)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tiny_ws, plugin) -> Path:
+    """One epoch of the user's balancer, trained through the CLI with --plugin FILE."""
+    done = mmvid("train", "-w", str(tiny_ws), *TRAIN, "--plugin", str(plugin), "--balance", "loss-scale",
+                 "--set", "balance.args.factor=0.5", "--run-name", "ext-plugin")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return tiny_ws / "runs" / "ext-plugin"
+
+
+def test_a_run_trained_with_a_plugin_file_records_its_path_and_hash(run, plugin):
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["balance"] == {"name": "loss-scale", "args": {"factor": 0.5}}
+    assert cfg["plugins"] == [str(plugin.resolve())]
+    assert cfg["plugin_sha256"] == {str(plugin.resolve()): hashlib.sha256(plugin.read_bytes()).hexdigest()}
+
+
+def test_evaluate_without_the_plugin_is_one_line_and_with_it_works(run, plugin):
+    line = one_line_error(mmvid("evaluate", str(run)))
+    assert str(plugin.resolve()) in line and f"--plugin {plugin.resolve()}" in line
+    assert not (run / "eval_test.json").exists()  # nothing ran
+    done = mmvid("evaluate", str(run), "--plugin", str(plugin))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (run / "eval_test.json").exists()
+
+
+def test_robustness_and_visualize_of_the_run_need_the_plugin_too(run, plugin):
+    for command in (["robustness", str(run), "--drop", "audio"], ["visualize", "confusion", str(run)]):
+        assert str(plugin.resolve()) in one_line_error(mmvid(*command))
+
+
+def test_a_changed_plugin_file_is_one_line_and_accepted_when_given_again(run, plugin):
+    original = plugin.read_text()
+    plugin.write_text(original + "\n# edited after training\n")
+    try:
+        line = one_line_error(mmvid("evaluate", str(run)))
+        assert "changed since the run was trained" in line and str(plugin.resolve()) in line
+        done = mmvid("evaluate", str(run), "--plugin", str(plugin))  # the user accepts the new file
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        plugin.write_text(original)
+
+
+def test_a_missing_plugin_file_is_one_line(run, plugin, tmp_path):
+    moved = tmp_path / "elsewhere.py"
+    plugin.rename(moved)
+    try:
+        line = one_line_error(mmvid("evaluate", str(run)))
+        assert "missing" in line and str(plugin.resolve()) in line
+        # the same content under another path is the same plug-in (its hash matches)
+        done = mmvid("evaluate", str(run), "--plugin", str(moved))
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        moved.rename(plugin)
+    line = one_line_error(mmvid("train", "-w", str(run.parent.parent), *TRAIN, "--plugin", str(tmp_path / "nope.py")))
+    assert "nope.py" in line and "not found" in line
+
+
+def test_a_plugin_setting_is_checked_like_mmvids_own(tiny_ws, plugin):
+    line = one_line_error(mmvid("train", "-w", str(tiny_ws), *TRAIN, "--plugin", str(plugin), "--balance", "loss-scale",
+                                "--set", "balance.args.factr=0.5"))
+    assert "factr" in line and "factor" in line
+    line = one_line_error(mmvid("train", "-w", str(tiny_ws), *TRAIN, "--plugin", str(plugin), "--balance", "loss-scale",
+                                "--set", "balance.args.factor=50"))
+    assert "factor" in line and "10" in line
+
+
+def test_a_recipe_names_its_plugins(tiny_ws, plugin, tmp_path):
+    (tmp_path / "loss_scale.py").write_text(PLUGIN)  # beside the recipe: a relative name is found there
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(yaml.safe_dump({"extends": "demo", "plugins": ["loss_scale.py"],
+                                      "balance": {"name": "loss-scale", "args": {"factor": 2.0}}}))
+    done = mmvid("train", "-w", str(tiny_ws), *TRAIN[2:], "--recipe", str(recipe), "--run-name", "ext-recipe")
+    assert done.returncode == 0, done.stderr[-2000:]
+    cfg = yaml.safe_load((tiny_ws / "runs" / "ext-recipe" / "config.yaml").read_text())
+    assert cfg["plugins"] == [str((tmp_path / "loss_scale.py").resolve())]
+    assert cfg["balance"]["args"] == {"factor": 2.0}
+
+
+def test_two_gloo_ranks_import_the_plugin(tiny_ws, plugin):
+    done = mmvid("train", "-w", str(tiny_ws), *TRAIN, "--batch-size", "8", "--gpus", "2", "--plugin", str(plugin),
+                 "--balance", "loss-scale", "--run-name", "ext-ddp")
+    assert done.returncode == 0, done.stderr[-2000:]
+    cfg = yaml.safe_load((tiny_ws / "runs" / "ext-ddp" / "config.yaml").read_text())
+    assert cfg["gpus"] == 2 and cfg["plugins"] == [str(plugin.resolve())]
+
+
+def test_sweep_runs_are_given_the_plugin(tiny_ws, plugin):
+    """The train command a sweep builds for each run carries every plug-in of the sweep's process."""
+    done = subprocess.run([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from mmvid.plugins import use; from mmvid.sweep import train_command\n"
+        "use([sys.argv[1]])\n"
+        "class S: name='r'; recipe=Path('demo.yaml'); overrides={'seed': 0}\n"
+        "print(' '.join(train_command(Path('ws'), S, 'new')))"), str(plugin)],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"--plugin {plugin.resolve()}" in done.stdout
