@@ -116,6 +116,7 @@ def load_inherited() -> None:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
                 ep.load()
+                _LOADED.setdefault(ep.module, "")  # recorded by the runs as a module: installed where they load
             except Exception as e:
                 raise MmvidError(f"installed plug-in {ep.name!r} ({ep.value}, entry point group {ENTRY_POINT_GROUP}) "
                                  f"failed to import: {type(e).__name__}: {e}; fix or uninstall it") from None

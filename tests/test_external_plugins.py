@@ -156,3 +156,22 @@ def test_sweep_runs_are_given_the_plugin(tiny_ws, plugin):
         env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert f"--plugin {plugin.resolve()}" in done.stdout
+
+
+def test_an_installed_package_registers_through_the_entry_point_group(tiny_ws, tmp_path):
+    """A distribution on the path that declares ``[mmvid.plugins]`` is imported without --plugin, and its runs
+    record the module (loading them elsewhere needs the package installed)."""
+    (tmp_path / "mine_pkg.py").write_text(PLUGIN)
+    info = tmp_path / "mine_pkg-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mine-pkg\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[mmvid.plugins]\nloss-scale = mine_pkg\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
+    env.pop("MMVID_PLUGINS", None)
+    done = subprocess.run([sys.executable, "-m", "mmvid.cli", "train", "-w", str(tiny_ws), *TRAIN, "--balance",
+                           "loss-scale", "--run-name", "ext-entry-point"], env=env, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = tiny_ws / "runs" / "ext-entry-point"
+    assert yaml.safe_load((run / "config.yaml").read_text())["plugins"] == ["mine_pkg"]
+    line = one_line_error(mmvid("evaluate", str(run)))  # without the package on the path
+    assert "'mine_pkg'" in line and "not installed" in line
