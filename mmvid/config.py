@@ -246,6 +246,11 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> Recipe:
         chain = " -> ".join(str(p) for p in (*_seen, key))
         raise MmvidError(f"recipe {path} extends itself ({chain}); remove one of the extends")
     data = _read_yaml(path)
+    if isinstance(data.get("plugins"), list):  # a plug-in file named relative to its recipe's folder
+        from mmvid.plugins import is_file_spec
+
+        data["plugins"] = [str(path.parent / p) if isinstance(p, str) and is_file_spec(p) and not Path(p).expanduser().is_absolute()
+                           else p for p in data["plugins"]]
     bases = data.pop("extends", None) or []
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
@@ -333,8 +338,7 @@ def _import_plugins(cfg: TrainConfig, recipe: Any, saved: bool, notes: list[str]
     if saved:
         plugins.check_recorded(cfg.plugins, cfg.plugin_sha256, notes)
         return
-    base = Path(recipe).parent if isinstance(recipe, (str, Path)) and Path(recipe).is_file() else None
-    given = plugins.use(cfg.plugins, base)
+    given = plugins.use(cfg.plugins)  # a recipe's relative files are already its folder's (read_recipe)
     plugins.load_inherited()
     loaded = plugins.loaded()
     cfg.plugins = list(dict.fromkeys(given + list(loaded)))

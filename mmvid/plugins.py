@@ -42,17 +42,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def resolve(spec: str, base: Path | None = None) -> str:
-    """A file spec as an absolute path (relative to the working folder, else to ``base``: a recipe's
-    folder); a module name as it is."""
+def resolve(spec: str) -> str:
+    """A file spec as an absolute path (relative to the working folder; a recipe's are relative to its own
+    folder, mmvid.config.read_recipe); a module name as it is."""
     spec = str(spec).strip()
     if not spec:
         raise MmvidError("--plugin: an empty name; give a Python file (my_plugin.py) or a module (mypkg.plugins)")
     if not is_file_spec(spec):
         return spec
     path = Path(spec).expanduser()
-    if not path.is_absolute() and not path.exists() and base is not None and (base / path).exists():
-        path = base / path
     return str(path.resolve())
 
 
@@ -89,12 +87,12 @@ def _import_module(name: str) -> None:
         raise MmvidError(f"plug-in module {name!r} failed to import: {type(e).__name__}: {e}") from None
 
 
-def use(specs, base: Path | None = None) -> list[str]:
+def use(specs) -> list[str]:
     """Import the plug-ins ``specs`` (files or modules), at the user's request, in this process and (through
     :data:`ENV`) in every process started from it. Returns their resolved specs."""
     out = []
     for spec in specs or []:
-        spec = resolve(spec, base)
+        spec = resolve(spec)
         if spec not in _LOADED:
             _LOADED[spec] = _import_file(spec) if is_file_spec(spec) else (_import_module(spec) or "")
         out.append(spec)

@@ -146,16 +146,23 @@ def test_two_gloo_ranks_import_the_plugin(tiny_ws, plugin):
     assert cfg["gpus"] == 2 and cfg["plugins"] == [str(plugin.resolve())]
 
 
-def test_sweep_runs_are_given_the_plugin(tiny_ws, plugin):
-    """The train command a sweep builds for each run carries every plug-in of the sweep's process."""
-    done = subprocess.run([sys.executable, "-c", (
-        "import sys; from pathlib import Path; from mmvid.plugins import use; from mmvid.sweep import train_command\n"
-        "use([sys.argv[1]])\n"
-        "class S: name='r'; recipe=Path('demo.yaml'); overrides={'seed': 0}\n"
-        "print(' '.join(train_command(Path('ws'), S, 'new')))"), str(plugin)],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert f"--plugin {plugin.resolve()}" in done.stdout
+def test_a_two_run_sweep_of_a_recipe_with_a_plugin(tiny_ws, tmp_path):
+    """The sweep's train commands carry the recipe's plug-in (--plugin, absolute path): both runs train with it."""
+    (tmp_path / "loss_scale.py").write_text(PLUGIN)
+    (tmp_path / "scaled.yaml").write_text(yaml.safe_dump({"extends": "demo", "plugins": ["loss_scale.py"],
+                                                          "balance": {"name": "loss-scale", "args": {"factor": 0.5}}}))
+    sets = ["--set", "model.encoder=small", "--set", "device=cpu", "--set", "data.batch_size=16"]
+    args = ["sweep", str(tmp_path), "-w", str(tiny_ws), "--seeds", "2", "--epochs", "1", "--dataset", "demo", *sets]
+    plan = mmvid(*args, "--dry-run")
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert plan.stdout.count(f"--plugin {(tmp_path / 'loss_scale.py').resolve()}") == 2
+    done = mmvid(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = [r for r in (tiny_ws / "runs").iterdir() if "scaled" in r.name and r.name.startswith("sweep-")]
+    assert len(runs) == 2
+    for run in runs:
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        assert cfg["plugins"] == [str((tmp_path / "loss_scale.py").resolve())] and cfg["balance"]["args"] == {"factor": 0.5}
 
 
 def test_an_installed_package_registers_through_the_entry_point_group(tiny_ws, tmp_path):
