@@ -182,3 +182,20 @@ def test_an_installed_package_registers_through_the_entry_point_group(tiny_ws, t
     assert yaml.safe_load((run / "config.yaml").read_text())["plugins"] == ["mine_pkg"]
     line = one_line_error(mmvid("evaluate", str(run)))  # without the package on the path
     assert "'mine_pkg'" in line and "not installed" in line
+
+
+def test_torchrun_ranks_import_the_plugin(tiny_ws, plugin):
+    """``torchrun -m mmvid.cli train --plugin FILE``: every rank imports the file given on its command line."""
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "mmvid.cli",
+                           "train", "-w", str(tiny_ws), *TRAIN, "--batch-size", "8", "--plugin", str(plugin),
+                           "--balance", "loss-scale", "--run-name", "ext-torchrun"],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cfg = yaml.safe_load((tiny_ws / "runs" / "ext-torchrun" / "config.yaml").read_text())
+    assert cfg["plugins"] == [str(plugin.resolve())] and cfg["balance"]["name"] == "loss-scale"
+
+
+def test_resume_report_and_diagnose_of_the_run_need_the_plugin(run, plugin):
+    assert str(plugin.resolve()) in one_line_error(mmvid("diagnose", str(run)))
+    assert str(plugin.resolve()) in one_line_error(mmvid("train", "--resume", str(run)))
+    assert str(plugin.resolve()) in one_line_error(mmvid("report", str(run), "--no-umap", "--no-robustness"))
