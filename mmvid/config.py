@@ -320,7 +320,7 @@ def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str,
 
         prepared_params(cfg.data.prepared)
     said = _legacy_note(cfg, moved, sections, saved)
-    _import_plugins(cfg, recipe, saved, notes)
+    _import_plugins(cfg, saved, notes)
     _apply_sections(cfg, sections)
     check_plugin_args(cfg, lambda key: origins.get(key, where))
     if said:
@@ -329,14 +329,15 @@ def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str,
     return cfg
 
 
-def _import_plugins(cfg: TrainConfig, recipe: Any, saved: bool, notes: list[str] | None) -> None:
+def _import_plugins(cfg: TrainConfig, saved: bool, notes: list[str] | None) -> None:
     """The plug-ins from outside mmvid, before their settings are checked. A recipe's or the command line's
     (``--plugin``) are imported at the user's request and recorded with their hashes; a saved run's are only
     checked against what the user gave (:func:`mmvid.plugins.check_recorded`: loading a run runs no code)."""
     from mmvid import plugins
 
     if saved:
-        plugins.check_recorded(cfg.plugins, cfg.plugin_sha256, notes)
+        for text in plugins.check_recorded(cfg.plugins, cfg.plugin_sha256):
+            _note(text, notes)
         return
     given = plugins.use(cfg.plugins)  # a recipe's relative files are already its folder's (read_recipe)
     plugins.load_inherited()

@@ -125,25 +125,26 @@ def loaded() -> dict[str, str]:
     return dict(_LOADED)
 
 
-def check_recorded(plugins: list[str], hashes: dict[str, str], notes: list[str] | None = None) -> None:
+def check_recorded(plugins: list[str], hashes: dict[str, str]) -> list[str]:
     """A run's recorded plug-ins, each made available without importing code the user did not ask for:
     a file must have been given (``--plugin``: the same path, or a file with the same SHA-256); a module
     must be importable here. Anything else is one :class:`MmvidError` line naming the plug-in and what to do.
-    A recorded file given again with other content is used (the user asked for it), with a note."""
+    A recorded file given again with other content is used (the user asked for it): returns a note for each."""
     load_inherited()
     by_hash = {h: s for s, h in _LOADED.items() if h}
+    notes = []
     for spec in plugins:
         if spec in _LOADED and not is_file_spec(spec):
             continue
         if not is_file_spec(spec):
             if importlib.util.find_spec(spec.split(".")[0]) is None:
                 raise PluginError(f"this run was trained with plug-in module {spec!r}, which is not installed here; "
-                                 f"install it, or give its file with --plugin FILE")
+                                  f"install it, or give its file with --plugin FILE")
             use([spec])  # installed: importable as the recorded module
             continue
         want = hashes.get(spec, "")
         if spec in _LOADED:
-            if want and _LOADED[spec] != want and notes is not None:
+            if want and _LOADED[spec] != want:
                 notes.append(f"plug-in {spec} changed since the run was trained; using the file given with --plugin")
             continue
         if want and want in by_hash:
@@ -151,9 +152,10 @@ def check_recorded(plugins: list[str], hashes: dict[str, str], notes: list[str] 
         path = Path(spec)
         if not path.is_file():
             raise PluginError(f"plug-in file {spec} (recorded by this run) is missing; pass --plugin FILE with the "
-                             f"plug-in's file (the same content: sha256 {want[:12]})")
+                              f"plug-in's file (the same content: sha256 {want[:12]})")
         if want and sha256(path) != want:
             raise PluginError(f"plug-in file {spec} changed since the run was trained; restore it, or pass "
-                             f"--plugin {spec} to use the changed file")
+                              f"--plugin {spec} to use the changed file")
         raise PluginError(f"this run was trained with plug-in file {spec}; loading a run imports no code by itself: "
-                         f"pass --plugin {spec} to import it")
+                          f"pass --plugin {spec} to import it")
+    return notes
