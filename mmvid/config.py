@@ -330,8 +330,8 @@ def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str,
 
 
 def _import_plugins(cfg: TrainConfig, saved: bool, notes: list[str] | None) -> None:
-    """The plug-ins from outside mmvid, before their settings are checked. A recipe's or the command line's
-    (``--plugin``) are imported at the user's request and recorded with their hashes; a saved run's are only
+    """The plug-ins from outside mmvid, before their settings are checked. Those given with ``--plugin`` are
+    imported at the user's request and recorded with their hashes; a recipe's must be among them (or installed); a saved run's are only
     checked against what the user gave (:func:`mmvid.plugins.check_recorded`: loading a run runs no code)."""
     from mmvid import plugins
 
@@ -339,8 +339,11 @@ def _import_plugins(cfg: TrainConfig, saved: bool, notes: list[str] | None) -> N
         for text in plugins.check_recorded(cfg.plugins, cfg.plugin_sha256):
             _note(text, notes)
         return
-    given = plugins.use(cfg.plugins)  # a recipe's relative files are already its folder's (read_recipe)
-    plugins.load_inherited()
+    # A recipe's (or --set's) plug-ins must have been given with --plugin (or be installed): a recipe runs no code.
+    # Its relative files are already its folder's (read_recipe).
+    for text in plugins.check_recorded(cfg.plugins, {}, plugins.RECIPE):
+        _note(text, notes)
+    given = [plugins.resolve(s) for s in cfg.plugins]
     loaded = plugins.loaded()
     cfg.plugins = list(dict.fromkeys(given + list(loaded)))
     cfg.plugin_sha256 = {s: loaded[s] for s in cfg.plugins if loaded.get(s)}

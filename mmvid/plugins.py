@@ -4,8 +4,10 @@ packages (the entry-point group ``mmvid.plugins``).
 A plug-in is a Python file or module that registers entries (``@BALANCERS.register("mine")`` ...) when
 imported; its ``Settings`` are checked like mmvid's own (:func:`mmvid.registry.check_plugin_settings`).
 
-Trust: importing a file runs its code, so a file is imported only at the user's own request: ``--plugin`` or
-a recipe's ``plugins:`` list (:func:`use`). Each one imported so is remembered in this process and in the
+Trust: importing a file runs its code, so a file is imported only at the user's own request: ``--plugin``
+(:func:`use`). A recipe's ``plugins:`` list says what its runs need; a recipe (perhaps someone else's) imports no
+code by itself, so each file it names must be given with ``--plugin`` too (same path or same content), or a
+module it names be installed (:func:`check_recorded`). Each one imported so is remembered in this process and in the
 environment variable :data:`ENV` (``os.pathsep``-separated), which every process started from here inherits:
 DDP's spawned ranks, torchrun ranks, the runs of ``mmvid sweep`` and of ``diagnose --try``.
 
@@ -125,7 +127,11 @@ def loaded() -> dict[str, str]:
     return dict(_LOADED)
 
 
-def check_recorded(plugins: list[str], hashes: dict[str, str]) -> list[str]:
+RUN = ("this run was trained with", "loading a run")
+RECIPE = ("the recipe names", "a recipe")
+
+
+def check_recorded(plugins: list[str], hashes: dict[str, str], source: tuple[str, str] = RUN) -> list[str]:
     """A run's recorded plug-ins, each made available without importing code the user did not ask for:
     a file must have been given (``--plugin``: the same path, or a file with the same SHA-256); a module
     must be importable here. Anything else is one :class:`MmvidError` line naming the plug-in and what to do.
@@ -138,7 +144,7 @@ def check_recorded(plugins: list[str], hashes: dict[str, str]) -> list[str]:
             continue
         if not is_file_spec(spec):
             if importlib.util.find_spec(spec.split(".")[0]) is None:
-                raise PluginError(f"this run was trained with plug-in module {spec!r}, which is not installed here; "
+                raise PluginError(f"{source[0]} plug-in module {spec!r}, which is not installed here; "
                                   f"install it, or give its file with --plugin FILE")
             use([spec])  # installed: importable as the recorded module
             continue
@@ -156,6 +162,6 @@ def check_recorded(plugins: list[str], hashes: dict[str, str]) -> list[str]:
         if want and sha256(path) != want:
             raise PluginError(f"plug-in file {spec} changed since the run was trained; restore it, or pass "
                               f"--plugin {spec} to use the changed file")
-        raise PluginError(f"this run was trained with plug-in file {spec}; loading a run imports no code by itself: "
+        raise PluginError(f"{source[0]} plug-in file {spec}; {source[1]} imports no code by itself: "
                           f"pass --plugin {spec} to import it")
     return notes

@@ -131,7 +131,12 @@ def test_a_recipe_names_its_plugins(tiny_ws, plugin, tmp_path):
     recipe = tmp_path / "mine.yaml"
     recipe.write_text(yaml.safe_dump({"extends": "demo", "plugins": ["loss_scale.py"],
                                       "balance": {"name": "loss-scale", "args": {"factor": 2.0}}}))
-    done = mmvid("train", "-w", str(tiny_ws), *TRAIN[2:], "--recipe", str(recipe), "--run-name", "ext-recipe")
+    base = ("train", "-w", str(tiny_ws), *TRAIN[2:], "--recipe", str(recipe), "--run-name", "ext-recipe")
+    # A recipe (perhaps someone else's) runs no code by itself: its plug-in must be given with --plugin too.
+    line = one_line_error(mmvid(*base))
+    assert "the recipe names plug-in file" in line and f"--plugin {(tmp_path / 'loss_scale.py').resolve()}" in line
+    assert not (tiny_ws / "runs" / "ext-recipe").exists()
+    done = mmvid(*base, "--plugin", str(tmp_path / "loss_scale.py"))
     assert done.returncode == 0, done.stderr[-2000:]
     cfg = yaml.safe_load((tiny_ws / "runs" / "ext-recipe" / "config.yaml").read_text())
     assert cfg["plugins"] == [str((tmp_path / "loss_scale.py").resolve())]
@@ -152,7 +157,8 @@ def test_a_two_run_sweep_of_a_recipe_with_a_plugin(tiny_ws, tmp_path):
     (tmp_path / "scaled.yaml").write_text(yaml.safe_dump({"extends": "demo", "plugins": ["loss_scale.py"],
                                                           "balance": {"name": "loss-scale", "args": {"factor": 0.5}}}))
     sets = ["--set", "model.encoder=small", "--set", "device=cpu", "--set", "data.batch_size=16"]
-    args = ["sweep", str(tmp_path), "-w", str(tiny_ws), "--seeds", "2", "--epochs", "1", "--dataset", "demo", *sets]
+    args = ["sweep", str(tmp_path), "-w", str(tiny_ws), "--seeds", "2", "--epochs", "1", "--dataset", "demo", *sets,
+            "--plugin", str(tmp_path / "loss_scale.py")]
     plan = mmvid(*args, "--dry-run")
     assert plan.returncode == 0, plan.stderr[-2000:]
     assert plan.stdout.count(f"--plugin {(tmp_path / 'loss_scale.py').resolve()}") == 2
