@@ -6,6 +6,7 @@ Heavy imports (torch, h5py, librosa) happen inside the commands so that ``--help
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -52,6 +53,31 @@ def cli_errors(fn):
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
 
+    return wrapper
+
+
+PLUGIN_HELP = ("A plug-in of your own: a Python file or module that registers a fusion, augmentation or balancer "
+               "(repeatable). A run records it; loading that run needs it given again.")
+
+
+def plugin_option(fn):
+    """Adds ``--plugin FILE_OR_MODULE`` (repeatable) to a command: the plug-ins are imported (at the user's
+    request, mmvid.plugins.use) before the command runs, and in every process it starts."""
+    sig = inspect.signature(fn, eval_str=True)  # typer reads __signature__ as it is: no string annotations
+    param = inspect.Parameter("plugin", inspect.Parameter.KEYWORD_ONLY, default=None,
+                              annotation=Annotated[Optional[list[str]], typer.Option("--plugin", help=PLUGIN_HELP)])
+    params = list(sig.parameters.values())
+    at = next((i for i, p in enumerate(params) if p.name == "workspace"), len(params) - 1) + 1
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind != p.VAR_KEYWORD else p for p in params]
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from mmvid.plugins import use
+
+        use(kwargs.pop("plugin", None) or [])
+        return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params[:at] + [param] + params[at:])
     return wrapper
 
 
@@ -183,6 +209,7 @@ def prepare(
 @app.command()
 @torchrun_rank_exit
 @cli_errors
+@plugin_option
 def train(
     workspace: Workspace = None,
     recipe: Annotated[Optional[str], typer.Option(help="YAML recipe: a path or a name in recipes/ (e.g. demo, cremad).")] = None,
@@ -250,6 +277,7 @@ def train(
 
 @app.command()
 @cli_errors
+@plugin_option
 def sweep(
     targets: Annotated[list[str], typer.Argument(help="Recipe folders or files, e.g. recipes/table1/cremad (or table1/cremad).")],
     workspace: Workspace = None,
@@ -298,6 +326,7 @@ Cache = Annotated[Optional[Path], typer.Option(help="Read the clips from this ca
 
 @app.command()
 @cli_errors
+@plugin_option
 def evaluate(
     runs: Annotated[Optional[list[str]], typer.Argument(help="Run names, run folders or checkpoints (default: latest run).")] = None,
     workspace: Workspace = None,
@@ -345,6 +374,7 @@ def evaluate(
 
 @app.command()
 @cli_errors
+@plugin_option
 def robustness(
     runs: Annotated[Optional[list[str]], typer.Argument(help="Runs to compare (default: latest run).")] = None,
     workspace: Workspace = None,
@@ -392,6 +422,7 @@ def robustness(
 
 @app.command()
 @cli_errors
+@plugin_option
 def visualize(
     kind: Annotated[str, typer.Argument(help="curves | umap | confusion.")],
     run: Annotated[Optional[str], typer.Argument(help="Run name or folder (default: latest run).")] = None,
@@ -448,6 +479,7 @@ def visualize(
 
 @app.command()
 @cli_errors
+@plugin_option
 def report(
     run: Annotated[Optional[str], typer.Argument(help="Run name or folder (default: latest run).")] = None,
     workspace: Workspace = None,
@@ -478,6 +510,7 @@ def report(
 
 @app.command()
 @cli_errors
+@plugin_option
 def diagnose(
     run: Annotated[Optional[str], typer.Argument(help="A trained run (name or folder) to diagnose.")] = None,
     workspace: Workspace = None,

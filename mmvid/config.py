@@ -123,6 +123,10 @@ class TrainConfig:
     # held out of train and the best epoch is chosen on it. reference: as OGM-GE and Data Remixing do, every
     # training clip trains, test is evaluated every epoch and the best epoch is chosen on test (labelled so).
     protocol: str = spec("clean", choices=PROTOCOLS)
+    # Plug-ins from outside mmvid (mmvid.plugins): Python files (absolute paths once resolved) or module names,
+    # imported before the plug-in settings are checked; with --plugin, every one this run used is recorded here.
+    plugins: list[str] = field(default_factory=list)
+    plugin_sha256: dict[str, str] = field(default_factory=dict)  # each plug-in file's SHA-256, recorded by the run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -242,6 +246,11 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> Recipe:
         chain = " -> ".join(str(p) for p in (*_seen, key))
         raise MmvidError(f"recipe {path} extends itself ({chain}); remove one of the extends")
     data = _read_yaml(path)
+    if isinstance(data.get("plugins"), list):  # a plug-in file named relative to its recipe's folder
+        from mmvid.plugins import is_file_spec
+
+        data["plugins"] = [str(path.parent / p) if isinstance(p, str) and is_file_spec(p) and not Path(p).expanduser().is_absolute()
+                           else p for p in data["plugins"]]
     bases = data.pop("extends", None) or []
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
@@ -311,12 +320,33 @@ def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str,
 
         prepared_params(cfg.data.prepared)
     said = _legacy_note(cfg, moved, sections, saved)
+    _import_plugins(cfg, saved, notes)
     _apply_sections(cfg, sections)
     check_plugin_args(cfg, lambda key: origins.get(key, where))
     if said:
         _note(f"config {said}", notes)
     apply_protocol(cfg, {k for k, v in (overrides or {}).items() if v is not None}, sources, notes)
     return cfg
+
+
+def _import_plugins(cfg: TrainConfig, saved: bool, notes: list[str] | None) -> None:
+    """The plug-ins from outside mmvid, before their settings are checked. Those given with ``--plugin`` are
+    imported at the user's request and recorded with their hashes; a recipe's must be among them (or installed); a saved run's are only
+    checked against what the user gave (:func:`mmvid.plugins.check_recorded`: loading a run runs no code)."""
+    from mmvid import plugins
+
+    if saved:
+        for text in plugins.check_recorded(cfg.plugins, cfg.plugin_sha256):
+            _note(text, notes)
+        return
+    # A recipe's (or --set's) plug-ins must have been given with --plugin (or be installed): a recipe runs no code.
+    # Its relative files are already its folder's (read_recipe).
+    for text in plugins.check_recorded(cfg.plugins, {}, plugins.RECIPE):
+        _note(text, notes)
+    given = [plugins.resolve(s) for s in cfg.plugins]
+    loaded = plugins.loaded()
+    cfg.plugins = list(dict.fromkeys(given + list(loaded)))
+    cfg.plugin_sha256 = {s: loaded[s] for s in cfg.plugins if loaded.get(s)}
 
 
 PLUGIN_SECTIONS = ("augment", "balance")  # config sections whose plug-ins may be given settings by name

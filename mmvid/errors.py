@@ -7,3 +7,8 @@ class MmvidError(Exception):
 
 class Interrupted(MmvidError):
     """Training stopped on request (Ctrl-C) after saving a checkpoint it can resume from."""
+
+
+class PluginError(MmvidError):
+    """A plug-in from outside mmvid that a run needs is missing, changed or not given (mmvid.plugins): the
+    message names it and what to do; whoever reads the run passes it on as it is."""

@@ -179,3 +179,6 @@ def load_plugins() -> None:
     import mmvid.balance  # noqa: F401
     import mmvid.models.calibration  # noqa: F401
     import mmvid.models.fusions  # noqa: F401
+    from mmvid.plugins import load_inherited
+
+    load_inherited()  # the user's plug-ins given to a parent process (--plugin), and installed ones (entry points)

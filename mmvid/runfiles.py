@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmvid.errors import MmvidError
+from mmvid.errors import MmvidError, PluginError
 from mmvid.workspace import CKPT_BEST, CKPT_LAST  # noqa: F401 (mmvid.workspace recognises a run folder by them)
 
 if TYPE_CHECKING:
@@ -184,6 +184,8 @@ def read_config(run: str | Path) -> TrainConfig:
     data = read_config_mapping(run)
     try:
         return config_from_dict(data)
+    except PluginError:  # the config is fine: a plug-in it names is not available here
+        raise
     except MmvidError as e:
         raise damaged(Path(run) / CONFIG, str(e)) from None
 

@@ -288,7 +288,11 @@ def folder_state(run: Path, cfg: TrainConfig, hint: str = "") -> str:
 
 def train_command(ws: Path, spec: RunSpec, state: str, program: list[str] | None = None) -> list[str]:
     """The ``mmvid train`` command of a run: a fresh start with the recipe and overrides, or ``--resume``."""
+    from mmvid.plugins import loaded
+
     cmd = (program or ["mmvid"]) + ["train", "--workspace", str(ws)]
+    for plugin in loaded():  # the user's plug-ins (--plugin, a recipe's plugins:), given again to every run
+        cmd += ["--plugin", plugin]
     if state == "partial":
         return cmd + ["--resume", spec.name]
     cmd += ["--recipe", str(spec.recipe), "--run-name", spec.name]
