@@ -125,7 +125,7 @@ class TrainConfig:
     protocol: str = spec("clean", choices=PROTOCOLS)
     # Plug-ins from outside mmvid (mmvid.plugins): Python files (absolute paths once resolved) or module names,
     # imported before the plug-in settings are checked; with --plugin, every one this run used is recorded here.
-    plugins: list[str] = field(default_factory=list)
+    plugins: list[str] = spec(factory=list, items="plug-in files (.py) or module names")
     plugin_sha256: dict[str, str] = field(default_factory=dict)  # each plug-in file's SHA-256, recorded by the run
 
     def to_dict(self) -> dict[str, Any]:

@@ -57,13 +57,18 @@ class Rule:
     bools: bool = False  # a number field that also reads true / false as 1 / 0 (it was a switch before)
     name: bool = False  # a string that becomes a file or folder name: a plain name (is_plain_name)
     or_path: str | None = None  # with ``name``: a path ending in this suffix is accepted too (".h5")
+    # A list of free strings whose items a module of their own checks when it uses them (plug-in files or
+    # modules: mmvid.plugins): what each item is, in words; each must be a non-empty line.
+    items: str | None = None
 
     def describe(self, tp: Any) -> str:
         """E.g. 'an integer in [1, 100000]', 'a finite number in (0, 10]', 'one of: off, bf16'."""
         base, optional = _base_type(tp)
-        if not self.name and self.choices is None and all(b is None for b in (self.ge, self.gt, self.le, self.lt)):
+        if not self.name and not self.items and self.choices is None and all(b is None for b in (self.ge, self.gt, self.le, self.lt)):
             return _what(tp)  # no rule beyond the type (a plug-in's mapping or switch)
-        if self.name:
+        if self.items:
+            what = f"a list of {self.items}"
+        elif self.name:
             what = NAME_RULE + (f", or the path of a {self.or_path} file" if self.or_path else "")
         elif self.choices is not None:
             what = f"one of: {', '.join(map(str, self.choices))}"
@@ -82,6 +87,9 @@ class Rule:
     def ok(self, value: Any) -> bool:
         if value is None:
             return True  # None passed the type check: the field is Optional
+        if self.items:
+            return isinstance(value, list) and all(isinstance(v, str) and v.strip() and "\n" not in v and "\0" not in v
+                                                   for v in value)
         if self.name:
             return is_plain_name(value) or bool(self.or_path and isinstance(value, str)
                                                 and value.endswith(self.or_path) and len(value) > len(self.or_path))
@@ -103,12 +111,13 @@ def _num(x: float) -> str:
 
 def spec(default: Any = MISSING, *, factory: Any = MISSING, ge: float | None = None, gt: float | None = None,
          le: float | None = None, lt: float | None = None, choices: tuple[Any, ...] | None = None,
-         bools: bool = False, name: bool = False, or_path: str | None = None, help: str = "", ref: str = "") -> Any:
+         bools: bool = False, name: bool = False, or_path: str | None = None, items: str | None = None,
+         help: str = "", ref: str = "") -> Any:
     """A dataclass ``field`` carrying its :class:`Rule` in ``metadata["rule"]``; a plug-in's setting also
     carries one line of meaning (``help``) and where its reference code sets it (``ref``), which
     ``mmvid train --list NAME`` and the settings tables of docs/methods.md show."""
     rule = Rule(ge=ge, gt=gt, le=le, lt=lt, choices=tuple(choices) if choices is not None else None, bools=bools,
-                name=name, or_path=or_path)
+                name=name, or_path=or_path, items=items)
     return dataclasses.field(default=default, default_factory=factory, metadata={"rule": rule, "help": help, "ref": ref})
 
 
@@ -262,14 +271,14 @@ def walk_fields(cls: Any, prefix: str = ""):
 
 
 def unbounded_fields(cls: Any) -> list[str]:
-    """Schema gaps: numbers without a lower and an upper bound, lists without choices."""
+    """Schema gaps: numbers without a lower and an upper bound, lists without choices (or ``items`` words)."""
     out = []
     for key, f, tp in walk_fields(cls):
         base, rule = _base_type(tp)[0], rule_of(f)
         if base in (int, float) and (rule is None or (rule.ge is None and rule.gt is None)
                                      or (rule.le is None and rule.lt is None)):
             out.append(key)
-        if typing.get_origin(base) is list and (rule is None or rule.choices is None):
+        if typing.get_origin(base) is list and (rule is None or (rule.choices is None and not rule.items)):
             out.append(key)
     return out
 

@@ -38,6 +38,8 @@ def bad_values(f, tp) -> list[str]:
         return ["{bad yaml", "5", "[1, 2]"]
     if rule is None:
         return []  # a free string (names checked by registries)
+    if rule.items:  # free strings (plug-in files or modules): a line each, so an item with a line break is wrong
+        return ["x.py\ny.py"]
     if rule.name:  # a name that becomes a path (run_name, data.dataset): every way out of its folder
         return list(BAD_NAMES)
     if rule.choices is not None:
