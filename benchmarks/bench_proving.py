@@ -7,7 +7,7 @@
    every seed (finished runs are reused, so an interrupted benchmark continues), the table with mean ± std,
    95 % intervals and each row's paired difference to concat; ``--zoo`` adds recipes/zoo/proving, every
    balancing method of mmvid (its rows of the same config as a Table 2 row share that row's runs);
-3. the regime check of every run (:func:`mmvid.evaluate.regime`): per row, the mean over seeds of audio's and
+3. the regime check of every run (:func:`mmvid.results.evaluation.regime`): per row, the mean over seeds of audio's and
    video's masked train and test accuracy at the last epoch, the fused test accuracy, the lowest train-set
    rho, and in how many runs the regime holds. Written to ``<workspace>/sweeps/<sweep>/regime.md`` too.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 def regime_table(ws: Path, out: Path) -> list[str]:
     """Markdown lines: the regime figures of every cell of a finished sweep, mean over its seeds."""
     from mmvid.errors import MmvidError
-    from mmvid.evaluate import regime
+    from mmvid.results.evaluation import regime
 
     plan = json.loads((out / "sweep.json").read_text())
     rows: dict[tuple[str, str], list] = {}
@@ -55,7 +55,7 @@ def regime_table(ws: Path, out: Path) -> list[str]:
 def main() -> None:
     from rich.console import Console
 
-    from mmvid.sweep import plan_sweep, sweep_command
+    from mmvid.sweeps import plan_sweep, sweep_command
     from mmvid.workflows import run_prepare
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -2,7 +2,7 @@
 
     python -m benchmarks.proving_regime RUN [RUN ...] [--strong audio --weak video]
 
-Reads each run folder's metrics.jsonl (:func:`mmvid.evaluate.regime`) and prints, per run and as the
+Reads each run folder's metrics.jsonl (:func:`mmvid.results.evaluation.regime`) and prints, per run and as the
 mean over the runs: the strong and weak modality's masked (Eq. 5) train and test accuracy at the last
 epoch and their gaps, the fused test accuracy, the lowest train-set rho (Eq. 6) over the epochs, and
 whether the regime holds (strong gap >= 30 points, weak gap <= 10, rho > 1 at every epoch, fused test
@@ -16,7 +16,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from mmvid.evaluate import regime
+from mmvid.results.evaluation import regime
 
 
 def main(argv: list[str] | None = None) -> None:

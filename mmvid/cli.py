@@ -178,29 +178,28 @@ def prepare(
       mmvid prepare kinetics-sounds --root /data/KS --shard 3/16   (then, once all 16 are done: --merge)
       mmvid prepare cremad --root /data/CREMA-D --preset remix --name cremad-remix
     """
-    from mmvid.workflows import run_prepare
+    from mmvid import api
 
-    flags = {"--frames": ("num_frames", frames), "--fps": ("fps", fps), "--image-size": ("image_size", image_size),
-             "--sample-rate": ("sample_rate", sample_rate), "--clip-seconds": ("clip_seconds", clip_seconds),
-             "--flow": ("flow", flow), "--missing-audio": ("missing_audio", missing_audio),
-             "--frame-size": ("frame_size", frame_size), "--frame-select": ("frame_select", frame_select),
-             "--audio-feature": ("audio_feature", audio_feature)}
-    params, labels = _from_flags(flags)
+    params = dict(frames=frames, fps=fps, image_size=image_size, sample_rate=sample_rate, clip_seconds=clip_seconds,
+                  flow=flow, missing_audio=missing_audio, frame_size=frame_size, frame_select=frame_select,
+                  audio_feature=audio_feature)
     from dataclasses import fields
 
     from mmvid.data.params import PrepareParams
     from mmvid.errors import MmvidError
 
     known = [f.name for f in fields(PrepareParams)]
+    flag_of = {v: k for k, v in api.PREPARE_OPTIONS.items()}
+    extra = {}  # --param KEY=VALUE
     for key, value in _parse_sets(param, "--param", "stft_pad=reflect").items():
         if key not in known:
             raise MmvidError(f"--param {key}={value}: unknown prepare parameter {key!r}; valid: {', '.join(known)}")
-        if params.get(key) is not None:
+        if params.get(flag_of.get(key, key)) is not None:
             raise MmvidError(f"--param {key}={value} repeats a prepare option given by its own flag; give it once")
-        params[key], labels[key] = value, f"--param {key}"
-    run_prepare(console, _ws(workspace), dataset, root=root, name=name, workers=workers, force=force, info=info,
-                split=split, train_list=train_list, test_list=test_list, seed=seed, clips=clips,
-                params=params, labels=labels, shard=shard, merge=merge, preset=preset)
+        extra[key] = value
+    api.prepare(dataset, workspace=_ws(workspace), root=root, name=name, workers=workers, force=force, info=info,
+                split=split, train_list=train_list, test_list=test_list, seed=seed, clips=clips, shard=shard,
+                merge=merge, preset=preset, console=console, _params=extra, _cli=True, **params)
 
 
 # ----------------------------------------------------------------------------- train
@@ -248,28 +247,21 @@ def train(
       mmvid train --list
       mmvid train --list ogm-ge
     """
+    from mmvid import api
     from mmvid.errors import MmvidError
-    from mmvid.workflows import list_plugins, run_train
+    from mmvid.workflows import list_plugins
 
     if list_:
         list_plugins(console, name)
         return
     if name is not None:
         raise MmvidError(f"unexpected argument {name!r}: `mmvid train` takes options only (--list {name} shows a plug-in's settings)")
-    flags = {
-        "--dataset": ("data.dataset", dataset), "--fusion": ("model.fusion", fusion), "--aug": ("augment.name", aug),
-        "--balance": ("balance.name", balance), "--calibrate": ("model.calibrate", calibrate),
-        "--encoder": ("model.encoder", encoder), "--epochs": ("epochs", epochs), "--batch-size": ("data.batch_size", batch_size),
-        "--lr": ("optim.lr", lr), "--seed": ("seed", seed), "--device": ("device", device), "--amp": ("amp", amp),
-        "--gpus": ("gpus", gpus), "--workers": ("data.workers", workers), "--run-name": ("run_name", run_name),
-        "--cache-in-memory": ("data.cache_in_memory", cache_in_memory), "--cache-on-gpu": ("data.cache_on_gpu", cache_on_gpu),
-        "--protocol": ("protocol", protocol),
-    }
-    overrides, sources = _from_flags(flags)
-    sets = _parse_sets(set_)
-    overrides.update(sets)
-    sources.update({key: f"--set {key}" for key in sets})
-    run_train(console, _ws(workspace), recipe, overrides, resume, sources=sources)
+    options = dict(dataset=dataset, fusion=fusion, aug=aug, balance=balance, calibrate=calibrate, encoder=encoder,
+                   epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, amp=amp, gpus=gpus,
+                   workers=workers, run_name=run_name, cache_in_memory=cache_in_memory, cache_on_gpu=cache_on_gpu,
+                   protocol=protocol)
+    api.train(recipe, workspace=_ws(workspace), resume=resume, console=console, _sets=_parse_sets(set_), _cli=True,
+              **options)
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -310,11 +302,11 @@ def sweep(
       mmvid sweep recipes/table1/cremad --quick --dataset demo --set model.encoder=small
       mmvid sweep recipes/table1/cremad --protocol both   (clean and reference columns beside the paper's)
     """
-    from mmvid.sweep import sweep_command
+    from mmvid import api
 
-    sweep_command(console, _ws(workspace), targets, seeds=seeds, quick=quick, epochs=epochs, dataset=dataset,
-                  sets=_parse_sets(set_), only=only, jobs=jobs, gpus=gpus, dry_run=dry_run, emit=emit, task=task,
-                  collect=collect, keep=keep, baseline=baseline, protocol=protocol)
+    api.sweep(targets, workspace=_ws(workspace), seeds=seeds, quick=quick, epochs=epochs, dataset=dataset, only=only,
+              jobs=jobs, gpus=gpus, dry_run=dry_run, emit=emit, task=task, collect=collect, keep=keep,
+              baseline=baseline, protocol=protocol, console=console, **_parse_sets(set_))
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -349,18 +341,18 @@ def evaluate(
     """
     import json
 
+    from mmvid import api
     from mmvid.engine import check_checkpoint_choice
-    from mmvid.evaluate import eval_path, evaluate_run, render, resolve_target
-
-    check_checkpoint_choice(checkpoint)  # a bad value fails here, before any run is loaded
+    from mmvid.results.evaluation import eval_path, render, resolve_target
     from mmvid.runfiles import check_run
 
+    check_checkpoint_choice(checkpoint)  # a bad value fails here, before any run is loaded
     ws = _ws(workspace)
     targets = [resolve_target(ws, r) for r in (runs or [None])]
     for t in targets:  # every run's files before any model is loaded
         check_run(t.parent if t.is_file() else t)
-    results = [evaluate_run(t, split, device, cache, checkpoint=checkpoint, console=None if json_ else console)
-               for t in targets]
+    results = [api.evaluate(t, workspace=ws, split=split, checkpoint=checkpoint, device=device, cache=cache,
+                            console=None if json_ else console, quiet=json_) for t in targets]
     if json_:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))
         return
@@ -401,20 +393,11 @@ def robustness(
       mmvid robustness run_concat run_bmm --noise gaussian --modality audio --levels 20,10,0,-10
       mmvid robustness run_concat run_bmm --corruptions all
     """
-    from mmvid.evaluate import resolve_target
-    from mmvid.robustness import compare_robustness, default_out_dir, parse_levels
-    from mmvid.workspace import check_out_folder
+    from mmvid import api
 
-    ws = _ws(workspace)
-    if out is not None:  # a folder the user named: new, empty or an earlier robustness output, never other files
-        check_out_folder(out, "robustness.json", ("conditions", "runs"))
-    split_list = lambda s: [v.strip() for v in s.split(",") if v.strip()] if s else None  # noqa: E731
-    targets = [resolve_target(ws, r) for r in (runs or [None])]
-    compare_robustness(targets, drop=drop, fill=fill, noise=noise,
-                       modality=modality, levels=parse_levels(levels, modality), corruptions=split_list(corruptions),
-                       severities=split_list(severities), split=split, device=device, console=console, seed=seed,
-                       out_dir=out or (default_out_dir(targets, ws) if len(targets) > 1 else None),
-                       cache=cache)
+    api.robustness(runs or None, workspace=_ws(workspace), drop=drop, fill=fill, noise=noise, modality=modality,
+                   levels=levels, corruptions=corruptions, severities=severities, split=split, out=out, seed=seed,
+                   device=device, cache=cache, console=console)
 
 
 # ----------------------------------------------------------------------------- visualize
@@ -445,32 +428,10 @@ def visualize(
       mmvid visualize umap my-run --max-points 300
       mmvid visualize confusion my-run --split test
     """
-    from mmvid import visualize as V
-    from mmvid.errors import MmvidError
-    from mmvid.evaluate import resolve_target
+    from mmvid import api
 
-    kinds = {
-        "curves": lambda r: V.plot_curves(r, out),
-        "umap": lambda r: V.plot_umap(r, max_points=max_points, seed=seed, device=device, cache=cache, out=out,
-                                      console=console),
-        "confusion": lambda r: V.plot_confusion(r, split, device, cache, out, console=console),
-    }
-    if kind not in kinds:
-        raise MmvidError(f"unknown figure {kind!r}; choose one of: {', '.join(kinds)}")
-    if out is not None:  # files the user named: new, or figures mmvid wrote there before
-        from mmvid.workspace import check_out_file
-
-        for suffix in (".png", ".svg"):
-            check_out_file(out.with_suffix(suffix))
-    target = resolve_target(_ws(workspace), run)
-    if kind == "curves" and out is None:  # the one figure drawn without loading a checkpoint: from any folder's
-        from mmvid.workspace import check_out_file, is_mmvid_run  # metrics.jsonl, into its figures/
-
-        folder = target.parent if target.is_file() else target
-        if not is_mmvid_run(folder):
-            for suffix in (".png", ".svg"):
-                check_out_file(folder / "figures" / f"curves{suffix}", "the figure")
-    for path in kinds[kind](target.parent if target.is_file() and kind == "curves" else target):
+    for path in api.visualize(kind, run, workspace=_ws(workspace), split=split, max_points=max_points, seed=seed,
+                              out=out, device=device, cache=cache, console=console):
         console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
 
@@ -495,13 +456,10 @@ def report(
       mmvid report
       mmvid report my-run --no-umap
     """
-    from mmvid.report import write_report
-    from mmvid.workspace import check_out_file, resolve_run
+    from mmvid import api
 
-    if out is not None:  # a file the user named: new, or a report mmvid wrote there before
-        check_out_file(out)
-    path = write_report(resolve_run(_ws(workspace), run), out=out, umap=umap, robustness=robustness, device=device,
-                        console=console, cache=cache)
+    path = api.report(run, workspace=_ws(workspace), umap=umap, robustness=robustness, out=out, device=device,
+                      cache=cache, console=console)
     console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 
 
@@ -536,11 +494,11 @@ def diagnose(
       mmvid diagnose --dataset demo --minutes 5
       mmvid diagnose --dataset folder --recipe cremad --epochs 10 --try bmm,ogm-ge,mmpareto --seeds 3
     """
-    from mmvid.diagnose import run_diagnose
+    from mmvid import api
 
-    run_diagnose(console, _ws(workspace), run=run, dataset=dataset, recipe=recipe, sets=_parse_sets(set_), epochs=epochs,
-                 minutes=minutes, alone=alone, try_methods=try_, seeds=seeds, checkpoint=checkpoint, device=device, out=out,
-                 cache=cache)
+    api.diagnose(run, workspace=_ws(workspace), dataset=dataset, recipe=recipe, epochs=epochs, minutes=minutes,
+                 alone=alone, try_methods=try_, seeds=seeds, checkpoint=checkpoint, device=device, out=out, cache=cache,
+                 console=console, **_parse_sets(set_))
 
 
 # ----------------------------------------------------------------------------- demo

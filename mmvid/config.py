@@ -249,7 +249,8 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> Recipe:
     if isinstance(data.get("plugins"), list):  # a plug-in file named relative to its recipe's folder
         from mmvid.plugins import is_file_spec
 
-        data["plugins"] = [str(path.parent / p) if isinstance(p, str) and is_file_spec(p) and not Path(p).expanduser().is_absolute()
+        # as an absolute path: what --plugin records (mmvid.plugins.resolve), whichever folder the recipe was named from
+        data["plugins"] = [str((path.parent / p).resolve()) if isinstance(p, str) and is_file_spec(p) and not Path(p).expanduser().is_absolute()
                            else p for p in data["plugins"]]
     bases = data.pop("extends", None) or []
     bases = [bases] if isinstance(bases, str) else bases

@@ -32,6 +32,9 @@ from mmvid.errors import MmvidError, PluginError
 ENV = "MMVID_PLUGINS"
 ENTRY_POINT_GROUP = "mmvid.plugins"
 _LOADED: dict[str, str] = {}  # spec (absolute path or module name) -> sha256 of the file ("" for a module)
+# Every module that came into being while a plug-in was imported (the plug-in's own and whatever it imported):
+# a process started from here imports the same plug-ins, so whatever these modules register is there too.
+_IMPORTED: set[str] = set()
 _ENTRY_POINTS_DONE = False
 
 
@@ -96,7 +99,9 @@ def use(specs) -> list[str]:
     for spec in specs or []:
         spec = resolve(spec)
         if spec not in _LOADED:
+            before = set(sys.modules)
             _LOADED[spec] = _import_file(spec) if is_file_spec(spec) else (_import_module(spec) or "")
+            _IMPORTED.update(set(sys.modules) - before)
         out.append(spec)
     env = [s for s in os.environ.get(ENV, "").split(os.pathsep) if s]
     os.environ[ENV] = os.pathsep.join(env + [s for s in out if s not in env])
@@ -115,7 +120,9 @@ def load_inherited() -> None:
 
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
+                before = set(sys.modules)
                 ep.load()
+                _IMPORTED.update(set(sys.modules) - before)
                 _LOADED.setdefault(ep.module, "")  # recorded by the runs as a module: installed where they load
             except Exception as e:
                 raise MmvidError(f"installed plug-in {ep.name!r} ({ep.value}, entry point group {ENTRY_POINT_GROUP}) "
@@ -165,3 +172,31 @@ def check_recorded(plugins: list[str], hashes: dict[str, str], source: tuple[str
         raise PluginError(f"{source[0]} plug-in file {spec}; {source[1]} imports no code by itself: "
                           f"pass --plugin {spec} to import it")
     return notes
+
+
+def unreachable(builder) -> str | None:
+    """Where a registered class or function came from, when a process started from here (a DDP rank, a sweep
+    run) would not have it: registered by a module that none of the plug-ins imported (:func:`use`) or
+    installed (entry points) brings in, e.g. a notebook cell or a module imported by hand. None when it is
+    mmvid's own or comes with a plug-in."""
+    module = getattr(builder, "__module__", None) or "__main__"
+    if module == "mmvid" or module.startswith("mmvid.") or module in _IMPORTED:
+        return None
+    main = sys.modules.get("__main__")
+    if module in ("__main__", "__mp_main__"):
+        return "a notebook cell" if not getattr(main, "__file__", None) else f"the script {Path(main.__file__).name}"
+    return f"the module {module}, imported by hand"
+
+
+def check_reachable(entries, processes: str) -> None:
+    """``entries``: (kind, name, builder) of what a config uses. Each must reach ``processes`` (the words for
+    the processes that will need it, e.g. "the 2 processes of gpus=2"): one line otherwise, saying how to put
+    the plug-in in a file those processes import."""
+    for kind, name, builder in entries:
+        where = unreachable(builder)
+        if where is None:
+            continue
+        stem = "".join(c if c.isalnum() else "_" for c in name)
+        raise PluginError(f"{kind} {name!r} is defined in {where}, which {processes} cannot import; put it in a file "
+                          f"(in a notebook: %%writefile {stem}.py) and pass plugins=[\"{stem}.py\"] "
+                          f"(--plugin {stem}.py), or run it in this process (gpus=1)")

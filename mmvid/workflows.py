@@ -282,6 +282,10 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
             raise MmvidError(f"run {run_dir.name} already exists; continue it with --resume {run_dir.name} or pick another --run-name")
     from mmvid.distributed import launch, under_torchrun
 
+    if cfg.gpus > 1 and not under_torchrun():  # spawned ranks import mmvid's plug-ins and the --plugin ones only
+        from mmvid.plugins import check_reachable
+
+        check_reachable(plugin_entries(cfg), f"the {cfg.gpus} processes of gpus={cfg.gpus}")
     if cfg.gpus > 1 or under_torchrun():
         summary = launch(cfg, cache, run_dir, resume=bool(resume), progress=progress)
         if summary is None:  # a torchrun rank other than 0: rank 0 reports
@@ -310,6 +314,17 @@ def checkpoints_line(summary: dict[str, Any]) -> str:
     if best["epoch"] == last.get("epoch"):
         return f"{head}, which is also the {what} ({sel})"
     return f"{head}; {pct(best.get('test_acc'))} at the {what} ({best['epoch'] + 1}, {sel})"
+
+
+def plugin_entries(cfg) -> list[tuple[str, str, Any]]:
+    """(kind, name, registered class) of every plug-in ``cfg`` uses: fusion, calibration, augmentation, balancer."""
+    from mmvid.config import CALIBRATION
+    from mmvid.registry import AUGMENTS, BALANCERS, CALIBRATIONS, FUSIONS, load_plugins
+
+    load_plugins()
+    used = [(FUSIONS, cfg.model.fusion), (AUGMENTS, cfg.augment.name), (BALANCERS, cfg.balance.name)]
+    used += [(CALIBRATIONS, CALIBRATION)] if cfg.model.calibrate else []
+    return [(reg.kind, name, reg.get(name)) for reg, name in used]
 
 
 def check_plugins(cfg, console=None) -> None:
@@ -448,9 +463,9 @@ def run_demo(console, ws: Path, epochs: int | None = None, clips: int | None = N
     from rich.panel import Panel
     from rich.text import Text
 
-    from mmvid import visualize
-    from mmvid.evaluate import checkpoint_note, evaluate_run, render
-    from mmvid.robustness import compare_robustness
+    from mmvid.results import figures as visualize
+    from mmvid.results.evaluation import checkpoint_note, evaluate_run, render
+    from mmvid.results.robustness import compare_robustness
 
     t0 = time.time()
     console.rule("[bold]mmvid demo: prepare")

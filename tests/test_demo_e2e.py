@@ -77,7 +77,7 @@ def test_the_demo_decodes_to_the_same_frames_every_time_it_is_generated(tmp_path
 
 
 def test_train_and_evaluate_write_their_outputs(tiny_run):
-    from mmvid.evaluate import evaluate_run
+    from mmvid.results.evaluation import evaluate_run
 
     for name in ("config.yaml", "metrics.jsonl", "checkpoint_last.pt", "checkpoint_best.pt", "summary.json"):
         assert (tiny_run / name).exists(), name

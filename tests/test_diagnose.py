@@ -13,7 +13,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from mmvid import diagnose as D
+from mmvid.results import diagnosis as D
 from mmvid.errors import MmvidError
 
 QUIET = Console(quiet=True)
@@ -206,7 +206,7 @@ def test_cli_errors_are_one_line(demo_ws, capsys, args, msg):
 def test_try_ranks_methods_through_the_sweep(diagnosed, demo_ws):
     """--try bmm: the plain fused model and B-MM on the diagnosed run's data and settings, one seed each,
     through `mmvid sweep` (its table beside the diagnosis)."""
-    from mmvid.evaluate import load_run
+    from mmvid.results.evaluation import load_run
 
     cfg = load_run(diagnosed.run, "test", "cpu", checkpoint="last").cfg
     assert cfg.epochs == 3

@@ -205,3 +205,20 @@ def test_resume_report_and_diagnose_of_the_run_need_the_plugin(run, plugin):
     assert str(plugin.resolve()) in one_line_error(mmvid("diagnose", str(run)))
     assert str(plugin.resolve()) in one_line_error(mmvid("train", "--resume", str(run)))
     assert str(plugin.resolve()) in one_line_error(mmvid("report", str(run), "--no-umap", "--no-robustness"))
+
+
+def test_a_recipe_given_by_a_relative_path_finds_its_plugin_file(tiny_ws, plugin, tmp_path):
+    """A recipe's plug-in file is named relative to the recipe's folder, and the recipe itself may be named
+    relative to the working folder: both resolve to the file --plugin gives."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "loss_scale.py").write_text(PLUGIN)
+    recipe = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text())
+    (folder / "scaled.yaml").write_text(yaml.safe_dump({**recipe, "plugins": ["loss_scale.py"],
+                                                        "balance": {"name": "loss-scale"}}))
+    done = mmvid("train", "-w", str(tiny_ws), "--recipe", "mine/scaled.yaml", "--plugin", "mine/loss_scale.py",
+                 "--epochs", "1", "--device", "cpu", "--encoder", "small", "--batch-size", "16",
+                 "--run-name", "relative-recipe", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cfg = yaml.safe_load((tiny_ws / "runs" / "relative-recipe" / "config.yaml").read_text())
+    assert cfg["plugins"] == [str((folder / "loss_scale.py").resolve())]

@@ -16,8 +16,8 @@ from mmvid.cli import app
 from mmvid.config import TrainConfig, config_from_dict, resolve_config
 from mmvid.engine import load_checkpoint, model_from_checkpoint
 from mmvid.errors import MmvidError
-from mmvid.evaluate import method_label
-from mmvid.sweep import config_difference
+from mmvid.results.evaluation import method_label
+from mmvid.sweeps import config_difference
 
 AUX = {"audio": 0.5, "video": 0.5}
 

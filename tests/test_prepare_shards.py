@@ -109,7 +109,7 @@ def test_a_shard_resumes_on_its_own(sharded):
 
 
 def test_merged_cache_verifies_trains_and_evaluates(sharded):
-    from mmvid.evaluate import evaluate_run
+    from mmvid.results.evaluation import evaluate_run
     from mmvid.workflows import run_train
 
     ws = sharded["ws"]

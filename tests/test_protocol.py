@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from mmvid.cli import app
 from mmvid.config import RECIPES, read_recipe, resolve_config
 from mmvid.errors import MmvidError
-from mmvid.sweep import plan_sweep, sweep_command
+from mmvid.sweeps import plan_sweep, sweep_command
 
 QUIET = Console(quiet=True)
 TINY = {"model.encoder": "small", "model.width": 8, "data.batch_size": 16}
@@ -77,8 +77,8 @@ def test_reference_trains_on_every_train_clip_and_evaluates_test_every_epoch(tin
 
 def test_reference_best_is_the_argmax_of_test_accuracy_and_labelled_selected_on_test(reference_run):
     from mmvid.engine import CKPT_BEST, load_checkpoint
-    from mmvid.evaluate import checkpoint_note, evaluate_run
-    from mmvid.report import best_epoch_words
+    from mmvid.results.evaluation import checkpoint_note, evaluate_run
+    from mmvid.results.report import best_epoch_words
 
     run, said = reference_run
     recs = metrics(run)
@@ -124,7 +124,7 @@ def test_best_epoch_is_the_first_of_the_highest_test_accuracy_whatever_the_figur
 def test_clean_protocol_holds_validation_out_and_selects_on_it(tiny_ws, tiny_run):
     from mmvid.data.cache import read_info
     from mmvid.engine import CKPT_BEST, load_checkpoint
-    from mmvid.evaluate import checkpoint_note, evaluate_run
+    from mmvid.results.evaluation import checkpoint_note, evaluate_run
 
     info = read_info(tiny_ws / "caches" / "demo.h5")
     ck = load_checkpoint(tiny_run / CKPT_BEST)

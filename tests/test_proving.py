@@ -1,4 +1,4 @@
-"""The proving-ground source (mmvid.data.proving) and the regime figures (mmvid.evaluate.regime)."""
+"""The proving-ground source (mmvid.data.proving) and the regime figures (mmvid.results.evaluation.regime)."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def _rec(epoch, a_tr, a_te, v_tr, v_te, fused, s_a, s_v):
 
 
 def test_regime_figures_from_a_hand_written_metrics_file(tmp_path):
-    from mmvid.evaluate import regime
+    from mmvid.results.evaluation import regime
 
     run = _write_metrics(tmp_path / "r", [_rec(0, 0.5, 0.5, 0.12, 0.10, 0.52, 300, 100),
                                           _rec(1, 0.9, 0.48, 0.20, 0.15, 0.66, 800, 200)])
@@ -168,7 +168,7 @@ def test_prepare_and_train_show_the_regime_direction(tmp_path):
     already learns its training clips faster than its test clips, video does not, and rho > 1."""
     from rich.console import Console
 
-    from mmvid.evaluate import regime
+    from mmvid.results.evaluation import regime
     from mmvid.workflows import run_prepare, run_train
 
     con = Console(quiet=True)
@@ -178,7 +178,7 @@ def test_prepare_and_train_show_the_regime_direction(tmp_path):
     assert r.rho_min > 1.0
     assert r.strong_gap > r.weak_gap
     # `mmvid diagnose` on that run finds audio memorising and learned first
-    from mmvid.diagnose import diagnose_run
+    from mmvid.results.diagnosis import diagnose_run
 
     data = diagnose_run(run, con, alone=False).data
     gaps = {i["modality"]: i for i in data["measured"] if i["pattern"] == "memorising"}

@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 from mmvid import corruptions as C
 from mmvid.cli import app
 from mmvid.data.dataset import IMAGENET_MEAN, IMAGENET_STD
-from mmvid.evaluate import confusion, macro_f1
-from mmvid.visualize import DPI, PANEL
+from mmvid.results.evaluation import confusion, macro_f1
+from mmvid.results.figures import DPI, PANEL
 
 runner = CliRunner()
 
@@ -178,7 +178,7 @@ def test_robustness_cli_one_row_per_condition_and_plot(tiny, tmp_path):
 
 
 def test_dropping_a_modality_changes_predictions(tiny, tmp_path):
-    from mmvid.robustness import compare_robustness
+    from mmvid.results.robustness import compare_robustness
 
     # on the 30 training clips: the 10 test clips of a 3-epoch model are too few to be sure of a change
     rep = compare_robustness([tiny["bmm"]], drop=["audio", "video"], fill="both", split="train", out_dir=tmp_path,
@@ -189,7 +189,7 @@ def test_dropping_a_modality_changes_predictions(tiny, tmp_path):
 
 
 def test_conditions_are_reproducible_and_shared_by_runs(tiny, tmp_path):
-    from mmvid.robustness import compare_robustness
+    from mmvid.results.robustness import compare_robustness
 
     kw = dict(drop=None, noise="gaussian", modality="all", levels={"audio": [0.0], "video": [0.3]},
               corruptions=["occlusion"], severities=["heavy"], plot=False)
@@ -276,7 +276,7 @@ def test_umap_leaves_the_thread_count_of_torch_as_it_was():
 
     code = ("import numpy as np, torch\n"
             "torch.nn.functional.conv2d(torch.ones(1, 1, 64, 64), torch.ones(1, 1, 3, 3))\n"  # as after training
-            "from mmvid.visualize import embed_2d\n"
+            "from mmvid.results.figures import embed_2d\n"
             "embed_2d(np.random.default_rng(0).random((30, 8), dtype=np.float32), seed=0)\n"
             "import numba\n"
             "print(numba.threading_layer(), torch.get_num_threads())\n")
@@ -329,7 +329,7 @@ def test_bad_input_is_one_clear_line(tiny, tmp_path, args, message):
 def test_evaluation_builds_no_autograd_graph(tiny):
     """Every evaluation pass (test metrics, the per-epoch imbalance monitor) runs without autograd."""
     from mmvid.engine import evaluate_model
-    from mmvid.evaluate import load_run
+    from mmvid.results.evaluation import load_run
 
     lr = load_run(tiny["bmm"])
     grad_on = []

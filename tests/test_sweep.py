@@ -21,7 +21,7 @@ from rich.console import Console
 
 from mmvid.config import RECIPES, read_recipe, resolve_config
 from mmvid.errors import MmvidError
-from mmvid.sweep import plan_sweep, run_state, sweep_command, train_command
+from mmvid.sweeps import plan_sweep, run_state, sweep_command, train_command
 from conftest import shared_data_dir
 
 REPO = Path(__file__).resolve().parent.parent

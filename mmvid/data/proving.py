@@ -27,7 +27,7 @@ encoder memorises 410 clips), so this source builds the regime in, with 2,000 cl
 The clips are real mp4 files (H.264 + AAC, written by :func:`mmvid.data.demo.write_mp4`) under
 ``<workspace>/raw/proving/<class>/<clip>.mp4`` with ``splits/{train,test}.txt``, read back through the
 same decode -> features -> cache path as real data; everything is deterministic in ``seed``.
-:func:`mmvid.evaluate.regime` measures whether a run shows the regime.
+:func:`mmvid.results.evaluation.regime` measures whether a run shows the regime.
 """
 
 from __future__ import annotations

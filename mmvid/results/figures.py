@@ -25,7 +25,7 @@ from mmvid.errors import MmvidError
 from mmvid.runfiles import check_run, read_config, read_metrics
 
 if TYPE_CHECKING:
-    from mmvid.robustness import RobustnessReport
+    from mmvid.results.robustness import RobustnessReport
 
 DPI = 100
 PANEL = (4.2, 3.6)  # inches per panel
@@ -79,7 +79,7 @@ def plot_curves(run: Path, out: Path | None = None) -> list[Path]:
     axis (train monitor and test), and, when the run logged them, the mixing ratios lambda_m."""
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    from mmvid.evaluate import method_label
+    from mmvid.results.evaluation import method_label
 
     check_run(run)  # every small file of the run, before any figure
     recs = read_metrics(run)
@@ -171,7 +171,7 @@ def umap_features(run: Path, splits: tuple[str, ...] = ("train", "test"), max_po
     the fused feature h (features as the head sees them: per-modality z_m and h = fuse(z)). ``console``:
     where to name the cache read (once)."""
     from mmvid.engine import evaluate_model
-    from mmvid.evaluate import load_run
+    from mmvid.results.evaluation import load_run
 
     out: dict[str, Any] = {"splits": {}}
     for split in splits:
@@ -227,7 +227,7 @@ def plot_confusion(run: Path, split: str = "test", device: str = "auto", cache: 
                    out: Path | None = None, result: dict[str, Any] | None = None, console=None) -> list[Path]:
     """Row-normalised confusion matrices (rows true, columns predicted): the fused model and each
     modality alone by masking (Eq. 5), a panel each; cells show the row percentage."""
-    from mmvid.evaluate import checkpoint_note, evaluate_run
+    from mmvid.results.evaluation import checkpoint_note, evaluate_run
 
     plt = _pyplot()
     r = result or evaluate_run(Path(run), split, device, cache, console=console)

@@ -356,7 +356,8 @@ def run_sweep(console, ws: Path, sweep: Sweep, jobs: int = 1, gpus: int = 0, dry
             raise MmvidError(f"--gpus {gpus}: this machine has {have} CUDA device(s); use --gpus {have} "
                              f"(or --jobs N to run N runs at once on CPU)" if have else
                              f"--gpus {gpus}: this machine has no CUDA device; leave --gpus out to train on CPU")
-    from mmvid.workflows import check_plugins
+    from mmvid.plugins import check_reachable
+    from mmvid.workflows import check_plugins, plugin_entries
     from mmvid.workspace import resolve_cache
 
     for name in dict.fromkeys(r.config.data.dataset for r in todo):  # a missing cache fails now, not once per run
@@ -364,6 +365,7 @@ def run_sweep(console, ws: Path, sweep: Sweep, jobs: int = 1, gpus: int = 0, dry
     for r in todo:  # and so does a recipe whose plug-ins refuse it (a B-MM option under another augmentation)
         try:
             check_plugins(r.config)
+            check_reachable(plugin_entries(r.config), "the runs of a sweep (each a process of its own)")
         except MmvidError as e:
             raise MmvidError(f"recipe {r.recipe}: {e}") from None
     out = writable_dir(ws / "sweeps" / sweep.name, "sweep folder")

@@ -31,7 +31,7 @@ from mmvid import corruptions as C
 from mmvid.data.dataset import finish_batch
 from mmvid.engine import evaluate_model
 from mmvid.errors import MmvidError
-from mmvid.evaluate import LoadedRun, checkpoint_note, load_run
+from mmvid.results.evaluation import LoadedRun, checkpoint_note, load_run
 from mmvid.runfiles import check_run
 from mmvid.workspace import write_atomic
 
@@ -266,7 +266,7 @@ def compare_robustness(runs: list[str | Path], drop: list[str] | None = ("audio"
     report.out_dir.mkdir(parents=True, exist_ok=True)
     report.files = [write_csv(report), write_json(report)]
     if plot:
-        from mmvid.visualize import plot_robustness
+        from mmvid.results.figures import plot_robustness
 
         report.files += plot_robustness(report, report.out_dir / "robustness")
     if console is not None:

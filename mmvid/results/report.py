@@ -61,7 +61,7 @@ def metrics_section(ev: dict[str, Any]) -> str:
     per_class = html_table(["class", "accuracy", "clips"],
                            [[c, _pct(ev["per_class_accuracy"][c]), sum(row)] for c, row in zip(names, ev["confusion"])])
     cm = html_table(["true \\ predicted", *names], [[c, *row] for c, row in zip(names, ev["confusion"])])
-    from mmvid.evaluate import checkpoint_note
+    from mmvid.results.evaluation import checkpoint_note
 
     return (f"<p>{ev['split']} split, {ev['n']} clips, {_esc(checkpoint_note(ev))}.</p>"
             + html_table(["metric", "value"], rows) + "<h3>Per class</h3>" + per_class
@@ -110,9 +110,9 @@ def write_report(run: Path, out: Path | None = None, umap: bool = True, robustne
     """Evaluate ``run`` on test, draw its figures (curves, confusion, optionally UMAP), reuse or run a
     missing-modality robustness check, and write everything into one HTML file; returns its path.
     ``cache``: read the clips from this cache instead of the run's own (mmvid.runfiles.resolve_run_cache)."""
-    from mmvid import visualize as V
-    from mmvid.evaluate import evaluate_run
-    from mmvid.robustness import compare_robustness
+    from mmvid.results import figures as V
+    from mmvid.results.evaluation import evaluate_run
+    from mmvid.results.robustness import compare_robustness
     from mmvid.runfiles import ROBUSTNESS, check_run, read_config, read_metrics, read_summary, read_text
 
     run = Path(run)

@@ -288,7 +288,7 @@ def ensure_run(cfg, cache: Path, run_dir: Path, console, what: str) -> Path:
     """Train ``run_dir`` per ``cfg``, reuse it when it finished with this config, resume it when it stopped;
     a folder trained with another config is an error naming the key (never silently overwritten)."""
     from mmvid.engine import CKPT_LAST, train
-    from mmvid.sweep import folder_state
+    from mmvid.sweeps import folder_state
 
     state = folder_state(run_dir, cfg)
     if state == "done":
@@ -370,7 +370,7 @@ def diagnose_run(run: str | Path, console, out: Path | None = None, checkpoint: 
     ``<run>/diagnosis``). ``alone`` trains (or reuses) one run per modality inside ``out``. ``cache``: read
     the clips from this cache instead of the run's own (mmvid.runfiles.resolve_run_cache)."""
     from mmvid.engine import model_from_checkpoint
-    from mmvid.evaluate import load_run, method_label
+    from mmvid.results.evaluation import load_run, method_label
 
     lr = load_run(run, "test", device, cache, checkpoint=checkpoint)
     run, model, cfg, info = lr.run, lr.model, lr.cfg, lr.info
@@ -499,7 +499,7 @@ def plot_diagnosis(data: dict[str, Any], out: Path) -> list[Path]:
     """shapley_per_class, probes, memorisation and rho (PNG + SVG each); returns the PNGs."""
     from matplotlib.ticker import FuncFormatter
 
-    from mmvid.visualize import PANEL, _pyplot, present, save_figure
+    from mmvid.results.figures import PANEL, _pyplot, present, save_figure
 
     plt = _pyplot()
     mods, names = data["modalities"], data["class_names"]
@@ -577,7 +577,7 @@ def plot_diagnosis(data: dict[str, Any], out: Path) -> list[Path]:
 
 def write_html(data: dict[str, Any], figures: list[Path], path: Path) -> Path:
     """One self-contained page: the measurements, the tables and the four figures (embedded PNG)."""
-    from mmvid.report import CSS, _esc, embed_png, html_table
+    from mmvid.results.report import CSS, _esc, embed_png, html_table
 
     mods = data["modalities"]
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
@@ -642,14 +642,14 @@ def run_diagnose(console, ws: Path, run: str | None = None, dataset: str | None 
         if recipe or sets or epochs or minutes:
             raise MmvidError("--recipe, --set, --epochs and --minutes choose the run that --dataset trains; "
                              "a RUN given is diagnosed as it was trained")
-        from mmvid.evaluate import resolve_target
+        from mmvid.results.evaluation import resolve_target
 
         run_dir = resolve_target(ws, run)
         cfg = None
     diag = diagnose_run(run_dir, console, out=out, checkpoint=checkpoint, alone=alone, device=device, budget=budget,
                         cache=cache)
     if methods:
-        from mmvid.evaluate import load_run
+        from mmvid.results.evaluation import load_run
 
         cfg = cfg or load_run(run_dir, "test", device, cache, checkpoint=checkpoint).cfg
         diag.data["try"] = try_comparison(console, ws, cfg, methods, seeds, diag.out / f"try-{config_hash(cfg)}")
@@ -712,7 +712,7 @@ def try_comparison(console, ws: Path, cfg, methods: list[str], seeds: int, folde
     last-epoch held-out accuracy, with 95 % CIs and each method's paired difference to the plain model."""
     import yaml
 
-    from mmvid.sweep import sweep_command
+    from mmvid.sweeps import sweep_command
 
     folder.mkdir(parents=True, exist_ok=True)
     base = cfg.to_dict()
