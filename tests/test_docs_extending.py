@@ -174,13 +174,13 @@ def test_list_shows_every_setting_the_doc_balancer_declares(plugin_dir):
 
 
 def test_the_settings_errors_the_doc_quotes_are_the_lines_mmvid_prints(tiny_ws, plugin_dir):
-    sessions = []
+    quoted = []
     for lang, body in code_blocks(doc()):
         if lang == "console":
             for cmd, output in re.findall(r"^\$ (.*)\n((?:(?!\$ ).*\n)*)", body, re.M):
-                sessions.append((cmd, output.splitlines()))
-    assert len(sessions) >= 2
-    for cmd, expected in sessions:
+                quoted.append((cmd, output.splitlines()))
+    assert len(quoted) >= 2
+    for cmd, expected in quoted:
         args = shlex.split(cmd)
         done = mmvid(*args[1:], cwd=plugin_dir, workspace=tiny_ws)
         assert done.returncode == 2 and "Traceback" not in done.stderr, (cmd, done.stderr[-2000:])
