@@ -187,9 +187,6 @@ def test_the_settings_errors_the_doc_quotes_are_the_lines_mmvid_prints(tiny_ws, 
         assert [line for line in done.stderr.splitlines() if line.strip()] == expected, cmd
 
 
-@pytest.mark.xfail(strict=True, reason="a recipe given by a relative path names its plug-in file by a relative path "
-                   "(mmvid.config.read_recipe), which mmvid.plugins.check_recorded compares unresolved with the "
-                   "absolute path --plugin recorded, so the recipe's own file given with --plugin is refused")
 def test_the_docs_recipe_beside_the_balancer_trains_with_plugin_given(tiny_ws, plugin_dir):
     body = block("# damp.yaml, beside my_balancer.py")
     assert yaml.safe_load(body)["plugins"] == ["my_balancer.py"]
