@@ -9,9 +9,8 @@ The Python API (:mod:`mmvid.api`) is importable from here; torch and the rest lo
     mmvid.evaluate(run)["accuracy"]
 """
 
+from mmvid._version import __version__
 from mmvid.errors import MmvidError
-
-__version__ = "0.1.0"
 
 _API = ("Run", "prepare", "train", "evaluate", "robustness", "visualize", "report", "sweep", "diagnose")
 __all__ = ["MmvidError", "__version__", *_API]

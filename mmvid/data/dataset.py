@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mmvid.config import CACHE_KEY
+from mmvid.config.sections import CACHE_KEY
 from mmvid.data.cache import READ_ERRORS, damaged, nonfinite_rows, read_error
 from mmvid.data.crop import BOX_KEY, crop_clip, draw_clip, flip_flow_u, resized_crop_batch
 

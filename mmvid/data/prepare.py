@@ -20,6 +20,7 @@ from mmvid.data.decode import DecodeError, NoAudioError, decode_audio, decode_fr
 from mmvid.data.features import audio_feature, silent_audio
 from mmvid.data.params import PrepareParams  # noqa: F401  (re-exported: defined without heavy imports)
 from mmvid.data.sources import ClipSpec, Source
+from mmvid._version import __version__
 from mmvid.errors import MmvidError
 from mmvid.workspace import write_atomic
 
@@ -92,8 +93,6 @@ def library_versions() -> dict[str, str]:
             out[mod] = __import__(mod).__version__
         except Exception:
             out[mod] = "missing"
-    from mmvid import __version__
-
     out["mmvid"] = __version__
     return out
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mmvid.config import INITS
+from mmvid.config.sections import INITS
 from mmvid.errors import MmvidError
 
 
