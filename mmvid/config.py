@@ -249,7 +249,9 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> Recipe:
     if isinstance(data.get("plugins"), list):  # a plug-in file named relative to its recipe's folder
         from mmvid.plugins import is_file_spec
 
-        data["plugins"] = [str(path.parent / p) if isinstance(p, str) and is_file_spec(p) and not Path(p).expanduser().is_absolute()
+        # resolved as --plugin resolves its files (mmvid.plugins.resolve), so that `../x.py` or a recipe given by a
+        # relative path names the same file as the --plugin that imports it
+        data["plugins"] = [str((path.parent / Path(p).expanduser()).resolve()) if isinstance(p, str) and is_file_spec(p)
                            else p for p in data["plugins"]]
     bases = data.pop("extends", None) or []
     bases = [bases] if isinstance(bases, str) else bases
