@@ -75,11 +75,12 @@ def csv_cache(ws, tiny_ws, tmp_path_factory):
 
 
 def test_the_examples_compute_what_their_docstrings_state():
-    """Each example's computation against the formulas of its docstring, re-derived here on a tiny model."""
+    """Each example's computation against the formulas of its docstring, re-derived here on a tiny model; the
+    source's bad CSV lines are one line naming the file and line."""
     script = r'''
 import torch, torch.nn.functional as F
 from mmvid.plugins import use
-use([BALANCER, FUSION, AUGMENTATION])
+use([BALANCER, FUSION, AUGMENTATION, SOURCE])
 from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS
 from _methods_util import attach, make_batch, make_cfg, make_model
 
@@ -135,9 +136,26 @@ for n, p in model.named_parameters():
     if n in before:
         m = n.split(".")[1] if n.startswith("encoders.") else None
         assert torch.allclose(p.grad, before[n] * (k[m] if m else 1.0), rtol=1e-5, atol=1e-9), ("balancer", n)
+
+# source: a bad CSV line, or a path leading out of the root, is one MmvidError line naming the file and line
+import tempfile
+from pathlib import Path
+from mmvid.data.sources import get_source
+from mmvid.errors import MmvidError
+root = Path(tempfile.mkdtemp())
+for text, says in (("a.mp4,cat\n", "clips.csv:1: expected `path,label,split`"), ("a.mp4,cat,dev\n", "clips.csv:1:"),
+                   ("path,label,split\n../a.mp4,cat,train\n", "clips.csv:2: ../a.mp4 is not a path inside"),
+                   ("x.mp4,cat,train\n", "lists no existing video")):
+    (root / "clips.csv").write_text(text)
+    try:
+        get_source("csv")(root=root)
+        raise AssertionError(("source accepted", text))
+    except MmvidError as e:
+        assert says in str(e) and "\n" not in str(e), (text, str(e))
 print("checked", k)
 '''
-    consts = f"BALANCER, FUSION, AUGMENTATION = {str(BALANCER)!r}, {str(FUSION)!r}, {str(AUGMENTATION)!r}\n"
+    consts = "".join(f"{n} = {str(p)!r}\n" for n, p in
+                     (("BALANCER", BALANCER), ("FUSION", FUSION), ("AUGMENTATION", AUGMENTATION), ("SOURCE", SOURCE)))
     env = {k: v for k, v in os.environ.items() if k != "MMVID_PLUGINS"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests")])
     done = subprocess.run([sys.executable, "-c", consts + script], capture_output=True, text=True, timeout=300,
