@@ -56,7 +56,7 @@ def cli_errors(fn):
     return wrapper
 
 
-PLUGIN_HELP = ("A plug-in of your own: a Python file or module that registers a fusion, augmentation or balancer "
+PLUGIN_HELP = ("A plug-in of your own: a Python file or module that registers a data source, fusion, augmentation or balancer "
                "(repeatable). A run records it; loading that run needs it given again.")
 
 
@@ -138,6 +138,7 @@ def _parse_sets(items: list[str] | None, flag: str = "--set", example: str = "op
 
 @app.command()
 @cli_errors
+@plugin_option
 def prepare(
     dataset: Annotated[str, typer.Argument(help="demo | demo-shortcut | proving | cremad | kinetics-sounds | ave | vggsound | ucf101 | folder")],
     root: Annotated[Optional[Path], typer.Option(help="Dataset root folder in its official layout.")] = None,

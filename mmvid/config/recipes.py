@@ -89,8 +89,9 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> Recipe:
         raise MmvidError(f"recipe {path} extends itself ({chain}); remove one of the extends")
     data = _read_yaml(path)
     if isinstance(data.get("plugins"), list):  # a plug-in file named relative to its recipe's folder
-        # as an absolute path: what --plugin records (mmvid.plugins.resolve), whichever folder the recipe was named from
-        data["plugins"] = [str((path.parent / p).resolve()) if isinstance(p, str) and is_file_spec(p) and not Path(p).expanduser().is_absolute()
+        # resolved as --plugin resolves its files (mmvid.plugins.resolve), so that `../x.py` or a recipe given by a
+        # relative path names the same file as the --plugin that imports it
+        data["plugins"] = [str((path.parent / Path(p).expanduser()).resolve()) if isinstance(p, str) and is_file_spec(p)
                            else p for p in data["plugins"]]
     bases = data.pop("extends", None) or []
     bases = [bases] if isinstance(bases, str) else bases
