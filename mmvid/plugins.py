@@ -35,6 +35,7 @@ _LOADED: dict[str, str] = {}  # spec (absolute path or module name) -> sha256 of
 # Every module that came into being while a plug-in was imported (the plug-in's own and whatever it imported):
 # a process started from here imports the same plug-ins, so whatever these modules register is there too.
 _IMPORTED: set[str] = set()
+_MODULES_OF: dict[str, set[str]] = {}  # spec -> the modules that came into being when it was imported
 _ENTRY_POINTS_DONE = False
 
 
@@ -92,6 +93,11 @@ def _import_module(name: str) -> None:
         raise MmvidError(f"plug-in module {name!r} failed to import: {type(e).__name__}: {e}") from None
 
 
+def _new_modules(before: set[str]) -> set[str]:
+    """The modules imported since ``before``, mmvid's own aside (the first plug-in imports mmvid's registries too)."""
+    return {m for m in set(sys.modules) - before if m != "mmvid" and not m.startswith("mmvid.")}
+
+
 def use(specs) -> list[str]:
     """Import the plug-ins ``specs`` (files or modules), at the user's request, in this process and (through
     :data:`ENV`) in every process started from it. Returns their resolved specs."""
@@ -101,7 +107,8 @@ def use(specs) -> list[str]:
         if spec not in _LOADED:
             before = set(sys.modules)
             _LOADED[spec] = _import_file(spec) if is_file_spec(spec) else (_import_module(spec) or "")
-            _IMPORTED.update(set(sys.modules) - before)
+            _MODULES_OF[spec] = _new_modules(before) | ({spec} if not is_file_spec(spec) else set())
+            _IMPORTED.update(_MODULES_OF[spec])
         out.append(spec)
     env = [s for s in os.environ.get(ENV, "").split(os.pathsep) if s]
     os.environ[ENV] = os.pathsep.join(env + [s for s in out if s not in env])
@@ -122,8 +129,9 @@ def load_inherited() -> None:
             try:
                 before = set(sys.modules)
                 ep.load()
-                _IMPORTED.update(set(sys.modules) - before)
                 _LOADED.setdefault(ep.module, "")  # recorded by the runs as a module: installed where they load
+                _MODULES_OF.setdefault(ep.module, set()).update(_new_modules(before) | {ep.module})
+                _IMPORTED.update(_MODULES_OF[ep.module])
             except Exception as e:
                 raise MmvidError(f"installed plug-in {ep.name!r} ({ep.value}, entry point group {ENTRY_POINT_GROUP}) "
                                  f"failed to import: {type(e).__name__}: {e}; fix or uninstall it") from None
@@ -174,13 +182,25 @@ def check_recorded(plugins: list[str], hashes: dict[str, str], source: tuple[str
     return notes
 
 
+def providers(builders) -> list[str]:
+    """The plug-ins given with :func:`use` (specs, in the order given) whose import registered one of ``builders``
+    (registered classes or functions): what a run of them needs imported again."""
+    modules = {getattr(b, "__module__", None) for b in builders}
+    return [spec for spec in _LOADED if any(_comes_with(spec, m) for m in modules if m)]
+
+
+def _comes_with(spec: str, module: str) -> bool:
+    """Whether importing plug-in ``spec`` brings ``module`` (and what it registers) into a process."""
+    return module in _MODULES_OF.get(spec, ()) or (not is_file_spec(spec) and (module == spec or module.startswith(spec + ".")))
+
+
 def unreachable(builder) -> str | None:
     """Where a registered class or function came from, when a process started from here (a DDP rank, a sweep
     run) would not have it: registered by a module that none of the plug-ins imported (:func:`use`) or
     installed (entry points) brings in, e.g. a notebook cell or a module imported by hand. None when it is
     mmvid's own or comes with a plug-in."""
     module = getattr(builder, "__module__", None) or "__main__"
-    if module == "mmvid" or module.startswith("mmvid.") or module in _IMPORTED:
+    if module == "mmvid" or module.startswith("mmvid.") or module in _IMPORTED or any(_comes_with(s, module) for s in _LOADED):
         return None
     main = sys.modules.get("__main__")
     if module in ("__main__", "__mp_main__"):

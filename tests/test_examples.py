@@ -193,7 +193,8 @@ def test_each_example_trains_one_epoch_with_plugin_and_evaluates_as_trained(name
     run = ws / "runs" / f"example-{name}"
     _ok(mmvid("train", "-w", str(ws), *case.cli_args(), "--run-name", run.name))
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["plugins"] == [str(case.plugin)]
+    # a run records the plug-ins its model and training use; a data source's cache needs none of its code
+    assert cfg["plugins"] == ([] if name == "source" else [str(case.plugin)])
     for key, value in case.overrides.items():
         head, *rest = key.split(".")
         got = cfg[head]
@@ -219,7 +220,7 @@ def test_two_gloo_ranks_train_on_the_csv_cache_with_the_fusion_augmentation_and_
               "--run-name", "example-ddp"))
     run = ws / "runs" / "example-ddp"
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["gpus"] == 2 and cfg["plugins"] == [str(p) for p in (SOURCE, FUSION, AUGMENTATION, BALANCER)]
+    assert cfg["gpus"] == 2 and cfg["plugins"] == [str(p) for p in (FUSION, AUGMENTATION, BALANCER)]
     assert (cfg["model"]["fusion"], cfg["augment"]["name"], cfg["balance"]["name"]) == ("attention", "modality-dropout",
                                                                                          "score-power")
     assert {"dropped_audio", "power_coeff_video"} <= set(_last_metrics(run))
@@ -249,8 +250,42 @@ def test_a_two_run_sweep_of_recipes_naming_the_examples_trains_and_evaluates(ws,
     for row, [run] in runs.items():
         plugins, body = uses[row]
         cfg = yaml.safe_load((run / "config.yaml").read_text())
-        # the recipe's own plug-ins, among those the sweep gave every run (a run records every plug-in imported)
-        assert {str(p) for p in plugins} <= set(cfg["plugins"]) <= {str(p) for p in (FUSION, BALANCER, AUGMENTATION)}
+        assert set(cfg["plugins"]) == {str(p) for p in plugins}  # what its recipe names, not every --plugin given
         assert _holds(cfg, body), (cfg, body)
         _evaluate_matches_training(run, *cfg["plugins"])
     assert len(list((ws / "sweeps").rglob("table.md"))) == 1
+
+
+@pytest.mark.slow
+def test_each_example_through_the_python_api_prepares_trains_and_evaluates(ws, tiny_ws, tmp_path):
+    """The same as the CLI tests above, from a script (a notebook's way): ``mmvid.prepare`` with the source
+    example, then ``mmvid.train(plugins=[...], **keys)`` of each example and ``mmvid.evaluate`` of its run, in a
+    process of its own. Each evaluation scores the test split exactly as its training did."""
+    root = write_csv_dataset(tiny_ws / "raw" / "demo", tmp_path / "csv-data")
+    cases = [{"name": c.name, "plugin": str(c.plugin), "keys": {**c.keys(), **({"data.dataset": "api-csv"}
+                                                                               if c.name == "source" else {})}}
+             for c in CASES.values()]
+    script = f'''
+import json, mmvid
+mmvid.prepare("csv", workspace={str(ws)!r}, root={str(root)!r}, name="api-csv", plugins=[{str(SOURCE)!r}],
+              workers=1, image_size=32, fps=0, sample_rate=16000, clip_seconds=2, hop=256, quiet=True, progress=False)
+out = {{}}
+for case in {cases!r}:
+    run = mmvid.train(recipe="demo", workspace={str(ws)!r}, run_name="api-" + case["name"], plugins=[case["plugin"]],
+                      quiet=True, progress=False, **case["keys"])
+    ev = mmvid.evaluate(run)
+    out[case["name"]] = dict(acc=ev["accuracy"], loss=ev["loss"], last=run.metrics[-1], plugins=run.config.plugins)
+print("RESULT " + json.dumps(out))
+'''
+    env = {k: v for k, v in os.environ.items() if k != "MMVID_PLUGINS"}
+    done = _ok(subprocess.run([sys.executable, "-c", script], env={**env, "PYTHONPATH": str(REPO)}, capture_output=True,
+                              text=True, timeout=900))
+    out = json.loads(done.stdout.split("RESULT ", 1)[1])
+    assert set(out) == set(CASES)
+    for name, r in out.items():
+        # what the run uses: not the source example imported before it (its cache needs none of its code)
+        assert r["plugins"] == ([] if name == "source" else [str(CASES[name].plugin)]), name
+        assert r["acc"] == pytest.approx(r["last"]["test_acc"], abs=1e-9), name
+        assert r["loss"] == pytest.approx(r["last"]["test_loss"], rel=1e-5), name
+        assert set(CASES[name].log_keys) <= set(r["last"]), name
+    assert yaml.safe_load((ws / "runs" / "api-source" / "config.yaml").read_text())["data"]["dataset"] == "api-csv"

@@ -92,8 +92,18 @@ def _import_plugins(cfg: TrainConfig, saved: bool, notes: list[str] | None) -> N
         _note(text, notes)
     given = [plugins.resolve(s) for s in cfg.plugins]
     loaded = plugins.loaded()
-    cfg.plugins = list(dict.fromkeys(given + list(loaded)))
+    cfg.plugins = list(dict.fromkeys(given + plugins.providers(_used_entries(cfg))))
     cfg.plugin_sha256 = {s: loaded[s] for s in cfg.plugins if loaded.get(s)}
+
+
+def _used_entries(cfg: TrainConfig) -> list[Any]:
+    """The registered classes of the plug-ins ``cfg`` names (unknown names are left to the settings check)."""
+    from mmvid.registry import AUGMENTS, BALANCERS, CALIBRATIONS, FUSIONS, load_plugins
+
+    load_plugins()
+    named = [(FUSIONS, cfg.model.fusion), (AUGMENTS, cfg.augment.name), (BALANCERS, cfg.balance.name),
+             (CALIBRATIONS, CALIBRATION if cfg.model.calibrate else None)]
+    return [reg.get(name) for reg, name in named if name is not None and name in reg]
 
 
 PLUGIN_SECTIONS = ("augment", "balance")  # config sections whose plug-ins may be given settings by name
