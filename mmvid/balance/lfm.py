@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from mmvid.augment.base import EpochMeans
-from mmvid.balance.base import Balancer, unwrap
+from mmvid.balance.base import Balancer, device_batches, unwrap
 from mmvid.errors import MmvidError
+from mmvid.measures import training_mode
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
 
@@ -160,10 +161,8 @@ class LFM(Balancer):
 
     def hyper_batch(self, ctx) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The first ``hyper_samples`` validation clips (unaugmented; the same every epoch, as the reference's)."""
-        from mmvid.engine import to_device
-
         rows = ctx.splits.val[:self.hyper_samples]
-        parts = [(to_device(inputs, ctx.device), y.to(ctx.device)) for inputs, y in ctx.loader(rows)]
+        parts = list(device_batches(ctx, rows))
         inputs = {m: torch.cat([p[0][m] for p in parts])[:self.hyper_samples] for m in parts[0][0]}
         return inputs, torch.cat([p[1] for p in parts])[:self.hyper_samples]
 
@@ -173,13 +172,9 @@ class LFM(Balancer):
             self.align = fitted_alignment_weight(ctx.epoch)
             return
         net = ctx.model
-        was = net.training
-        net.train(self.hyper_mode == "train")
-        try:
+        with training_mode(self.hyper_mode == "train", net):
             inputs, y = self.hyper_batch(ctx)
             g = hypergradient(net, inputs, y, 1.0 - self.align, self.align, self.unimodal)
-        finally:
-            net.train(was)
         g = float(ctx.all_reduce(torch.tensor([g], dtype=torch.float64))[0]) / max(int(getattr(ctx, "world_size", 1)), 1)
         lr = self.lr_alpha * 0.5 ** (ctx.epoch // self.halve_every)
         lo, hi = ALIGN_RANGE

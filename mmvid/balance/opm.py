@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from mmvid.augment.base import EpochMeans, mixed_cross_entropy
-from mmvid.balance.base import Balancer, modality_scores, relative_to_others, scored_logits, unwrap
+from mmvid.balance.base import Balancer, modality_scores, scored_logits, unwrap
 from mmvid.balance.ogm_ge import SCORES
 from mmvid.errors import MmvidError
+from mmvid.measures import modality_ratios
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
 
@@ -22,7 +23,7 @@ def opm_drop_probabilities(scores: dict[str, float], q_base: float, lam: float) 
     """q_m = clip(q_base (1 + lam tanh(relu(rho_m - 1))), 0, 1) where rho_m > 1, else 0 (``calcu_q``);
     rho_m = s_m / mean_{k != m} s_k (two modalities: s_a / s_v, the reference's ratio)."""
     out = {}
-    for m, rho in relative_to_others(scores).items():
+    for m, rho in modality_ratios(scores, baseline="others").items():
         r = math.tanh(max(rho - 1.0, 0.0))
         out[m] = min(max(q_base * (1 + lam * r), 0.0), 1.0) if r > 0 else 0.0
     return out

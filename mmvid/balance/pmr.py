@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
-from mmvid.balance.base import Balancer, modality_scores, relative_to_others, unwrap
+from mmvid.balance.base import Balancer, device_batches, modality_scores, unwrap
 from mmvid.errors import MmvidError
+from mmvid.measures import eval_mode, modality_ratios
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
 
@@ -39,7 +40,7 @@ def pmr_coefficients(scores: dict[str, float], alpha: float, scale: str = "const
     alpha * (1 / rho_m - 1) (``scale: ratio``, the paper's beta = alpha * (rho - 1) with rho the
     dominant-over-weak score ratio)."""
     out = {}
-    for m, rho in relative_to_others(scores).items():
+    for m, rho in modality_ratios(scores, baseline="others").items():
         out[m] = 0.0 if rho >= 1 else (alpha * (1 / max(rho, 1e-12) - 1) if scale == "ratio" else alpha)
     return out
 
@@ -96,25 +97,20 @@ class PrototypicalRebalance(Balancer):
 
     @torch.no_grad()
     def on_epoch_start(self, ctx) -> None:
-        from mmvid.engine import to_device
-
         self.stats = EpochMeans()
         net = unwrap(ctx.model)
         rows = ctx.splits.train
         n = prototype_rows(len(rows), ctx.cfg.data.batch_size, self.fraction)
         pick = torch.randperm(len(rows), generator=ctx.generator)[:n].numpy()
-        was = net.training
-        net.eval()
         sums = {m: 0.0 for m in self.modalities}
         counts = 0.0
-        for inputs, y in ctx.loader(np.sort(rows[pick]), train=self.proto_augment):
-            inputs, y = to_device(inputs, ctx.device), y.to(ctx.device)
-            feats = net.encode(inputs)
-            for m in self.modalities:
-                s, c = class_prototypes(feats[m], y, ctx.num_classes)
-                sums[m] = sums[m] + s.cpu()
-            counts = counts + c.cpu()
-        net.train(was)
+        with eval_mode(net):
+            for inputs, y in device_batches(ctx, np.sort(rows[pick]), train=self.proto_augment):
+                feats = net.encode(inputs)
+                for m in self.modalities:
+                    s, c = class_prototypes(feats[m], y, ctx.num_classes)
+                    sums[m] = sums[m] + s.cpu()
+                counts = counts + c.cpu()
         counts = ctx.all_reduce(counts)
         # The reference's passes: before epoch 0 and after epoch 0 fresh, from after epoch 1 on averaged.
         ema = self.protos is not None and ctx.epoch >= 2

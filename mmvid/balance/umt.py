@@ -15,6 +15,7 @@ from torch import nn
 from mmvid.augment.base import EpochMeans
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
+from mmvid.measures import training_mode
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
 
@@ -99,8 +100,8 @@ class UniModalTeacher(Balancer):
 
     def loss(self, loss, out, inputs, y, ctx):
         mix = out.mix
-        self.teachers.train(self.teacher_mode == "train")  # parameters stay frozen either way
-        with torch.no_grad():
+        # parameters stay frozen either way; the teachers are back in eval mode after the step
+        with training_mode(self.teacher_mode == "train", self.teachers), torch.no_grad():
             x = mix.apply(inputs) if mix is not None and mix.stage == "input" else inputs
             target = {m: self.teachers[m](x[m]).float() for m in self.modalities}
             if mix is not None and mix.stage == "feature":
