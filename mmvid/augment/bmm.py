@@ -96,6 +96,7 @@ class BalancedMultimodalMixup(Augmentation):
             raise MmvidError("augment.args.rho_split=val needs a validation split: set data.val_fraction > 0")
 
     def on_epoch_start(self, ctx) -> None:
+        super().on_epoch_start(ctx)
         # From the end of the previous epoch; None before the first.
         scores = ctx.val_scores if self.settings.rho_split == "val" else ctx.train_scores
         self.lambdas = {m: 0.0 for m in self.modalities}

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mmvid.augment.base import EpochMeans, modality_mix, target_probability
+from mmvid.augment.base import modality_mix, target_probability
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.measures import coalitions, eval_mode, shapley_matrix
@@ -104,10 +104,7 @@ class AdaptiveGradientModulation(Balancer):
         self.running = dict.fromkeys(self.modalities, 0.0)  # s^_m, the running mean of the mono-modal losses
         self.iteration = 0
         self.coeffs = dict.fromkeys(self.modalities, 1.0)  # what the reference's hooks hold
-        self.stats = EpochMeans()
 
-    def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
 
     def coalition_logits(self, net, out, inputs, subset: tuple[str, ...]) -> torch.Tensor:
         """f(S) (B, C), differentiable: modalities outside ``subset`` zeroed at the input or the feature."""
@@ -171,8 +168,6 @@ class AdaptiveGradientModulation(Balancer):
         if head and (max(float(g.max()) for g in head) > self.clip or min(float(g.min()) for g in head) < -self.clip):
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=self.clip)
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"running": dict(self.running), "iteration": self.iteration, "coeffs": dict(self.coeffs)}

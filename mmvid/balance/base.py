@@ -122,6 +122,7 @@ class Balancer(Plugin):
     min_modalities = 2  # most balancers compare modalities; a lone modality has nothing to balance
 
     def __init__(self, cfg, modalities: list[str]) -> None:
+        super().__init__()
         self.cfg = cfg  # BalanceConfig (name + args)
         self.settings = self.read_settings(cfg)
         self.modalities = list(modalities)

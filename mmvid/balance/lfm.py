@@ -12,7 +12,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmvid.augment.base import EpochMeans
 from mmvid.balance.base import Balancer, device_batches, unwrap
 from mmvid.errors import MmvidError
 from mmvid.measures import training_mode
@@ -142,7 +141,6 @@ class LFM(Balancer):
                 raise MmvidError(f"balance.args.{key}={value} must be >= {low} (the reference: lr_alpha 1e-4, "
                                  f"halve_every 20, hyper_samples 8)")
         self.last_grad = 0.0
-        self.stats = EpochMeans()
 
     def setup(self, model, ctx):
         if self.schedule == "learnable" and len(ctx.splits.val) == 0:
@@ -167,7 +165,7 @@ class LFM(Balancer):
         return inputs, torch.cat([p[1] for p in parts])[:self.hyper_samples]
 
     def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
+        super().on_epoch_start(ctx)
         if self.schedule == "fitted":
             self.align = fitted_alignment_weight(ctx.epoch)
             return
@@ -187,7 +185,7 @@ class LFM(Balancer):
         return 2 * ((1.0 - self.align) * loss + self.align * l_align)
 
     def log(self) -> dict[str, Any]:
-        return {"lfm_alpha_align": self.align, "lfm_hypergrad": self.last_grad, **self.stats.means()}
+        return {"lfm_alpha_align": self.align, "lfm_hypergrad": self.last_grad, **super().log()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"align": self.align, "last_grad": self.last_grad}

@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from mmvid.augment.base import EpochMeans
 from mmvid.balance.base import Balancer, encoder_parameters, modality_scores, scored_logits
 from mmvid.measures import modality_ratios
 from mmvid.registry import BALANCERS
@@ -71,7 +70,6 @@ class OGMGE(Balancer):
         self.score = self.settings.score
         self.gens: dict[str, torch.Generator] = {}
         self.seed = 0
-        self.stats = EpochMeans()
 
     def setup(self, model, ctx):
         self.seed = int(ctx.cfg.seed) + 7919  # one seed for every rank: the noise is the same everywhere
@@ -83,8 +81,6 @@ class OGMGE(Balancer):
             self.gens[key] = torch.Generator(device=device).manual_seed(self.seed)
         return self.gens[key]
 
-    def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
 
     def unimodal_logits(self, model, out) -> dict[str, torch.Tensor]:
         return scored_logits(model, out, self.score)
@@ -111,8 +107,6 @@ class OGMGE(Balancer):
         self.stats.add({**{f"ogm_coeff_{m}": k for m, k in coeffs.items()},
                         **{f"ogm_rho_{m}": r for m, r in modality_ratios(scores, baseline="others").items()}})
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"gens": {k: g.get_state() for k, g in self.gens.items()}}

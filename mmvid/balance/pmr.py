@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
+from mmvid.augment.base import mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, device_batches, modality_scores, unwrap
 from mmvid.errors import MmvidError
 from mmvid.measures import eval_mode, modality_ratios
@@ -93,11 +93,10 @@ class PrototypicalRebalance(Balancer):
         if not 0 < self.fraction <= 1:
             raise MmvidError(f"balance.args.fraction={self.fraction} must be in (0, 1]")
         self.protos: dict[str, torch.Tensor] | None = None
-        self.stats = EpochMeans()
 
     @torch.no_grad()
     def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
+        super().on_epoch_start(ctx)
         net = unwrap(ctx.model)
         rows = ctx.splits.train
         n = prototype_rows(len(rows), ctx.cfg.data.batch_size, self.fraction)
@@ -132,8 +131,6 @@ class PrototypicalRebalance(Balancer):
         extra = [c * mixed_cross_entropy(logits[m], y, mixes[m]) for m, c in coeffs.items() if c > 0]
         return loss + sum(extra) if extra else loss
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"protos": {m: p.cpu() for m, p in self.protos.items()} if self.protos else None}

@@ -155,6 +155,7 @@ class DiagnoseRelearn(Balancer):
         return out
 
     def on_epoch_start(self, ctx) -> None:
+        super().on_epoch_start(ctx)
         self.last = {}
         if not self.due(ctx.epoch):
             return

@@ -137,6 +137,7 @@ class DataRemixing(Balancer):
         return per_sample_pass(ctx, ctx.splits.train, measure, widths, modules=(self.heads,))["kl"]
 
     def on_epoch_start(self, ctx) -> None:
+        super().on_epoch_start(ctx)
         self.first_step = ctx.step
         self.assign = assign_modalities(self.decouple(ctx)) if ctx.epoch >= self.warmup else None
 

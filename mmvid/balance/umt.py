@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmvid.augment.base import EpochMeans
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.measures import training_mode
@@ -61,7 +60,6 @@ class UniModalTeacher(Balancer):
         self.teacher_epochs = self.settings.teacher_epochs
         self.teacher_mode = self.settings.teacher_mode
         self.teachers: nn.ModuleDict | None = None
-        self.stats = EpochMeans()
 
     def check(self, model_cfg, augment_name: str) -> None:
         super().check(model_cfg, augment_name)
@@ -95,8 +93,6 @@ class UniModalTeacher(Balancer):
         self.teachers = nn.ModuleDict(teachers).to(ctx.device).eval().requires_grad_(False)
         return None
 
-    def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
 
     def loss(self, loss, out, inputs, y, ctx):
         mix = out.mix
@@ -110,8 +106,6 @@ class UniModalTeacher(Balancer):
         self.stats.add({f"umt_mse_{m}": float(v.detach()) for m, v in dist.items()})
         return loss + self.beta * sum(dist.values())
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"teachers": dict(self.paths)}

@@ -171,6 +171,7 @@ class SampleValuation(Balancer):
         return shapley({S: hit > 0.5 for S, hit in hits.items()}, self.modalities, self.valuation)
 
     def on_epoch_start(self, ctx) -> None:
+        super().on_epoch_start(ctx)
         self.first_step = ctx.step
         self.phi = self.valuate(ctx) if ctx.epoch >= self.warmup else None
 
