@@ -90,7 +90,8 @@ class Registry(Generic[T]):
 
 class EpochMeans:
     """Running means of per-step statistics over one epoch, for the ``log()`` line of metrics.jsonl:
-    ``add({"name": value})`` once per step (or per call), ``means()`` -> name -> the mean of its values."""
+    ``add({"name": value})`` once per step, ``means()`` -> name -> the sum of its values divided by the number
+    of ``add`` calls (a name left out of a step's call counts as 0 in that step)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
