@@ -88,8 +88,33 @@ class Registry(Generic[T]):
         return len(self._entries)
 
 
+class EpochMeans:
+    """Running means of per-step statistics over one epoch, for the ``log()`` line of metrics.jsonl:
+    ``add({"name": value})`` once per step, ``means()`` -> name -> the sum of its values divided by the number
+    of ``add`` calls (a name left out of a step's call counts as 0 in that step)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, stats: dict[str, float]) -> None:
+        for k, v in stats.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.n += 1
+
+    def means(self) -> dict[str, float]:
+        """name -> its sum over the epoch's ``add`` calls divided by their number (``{}`` before the first)."""
+        return {k: v / self.n for k, v in self.sums.items()} if self.n else {}
+
+
 class Plugin:
-    """What augmentations and balancers share: per-epoch logging and state that survives a resume."""
+    """What augmentations and balancers share: per-epoch logging and state that survives a resume.
+
+    Epoch statistics: a plug-in adds its per-step numbers to :attr:`stats` (``self.stats.add({"ogm_coeff_audio":
+    k})``); :meth:`on_epoch_start` starts them afresh and :meth:`log` returns their means over the epoch, so a
+    plug-in that logs only such means needs neither. One that overrides them calls ``super().on_epoch_start(ctx)``
+    first, and ``super().log()`` for the means beside its own numbers.
+    """
 
     # What the plug-in steers on, which the engine then measures after every epoch (engine.monitor_plan):
     # ctx.train_scores (per-modality s_m over the train set): False: not needed; "any": a monitor over a fixed
@@ -116,12 +141,16 @@ class Plugin:
             raise TypeError(f"{type(self).__name__}.{name} is a hook of the training loop; name the attribute otherwise")
         super().__setattr__(name, value)
 
+    def __init__(self) -> None:
+        self.stats = EpochMeans()  # this epoch's running sums (reset by on_epoch_start, averaged by log)
+
     def on_epoch_start(self, ctx) -> None:
-        pass
+        """Before each epoch: the epoch's :attr:`stats` start empty."""
+        self.stats = EpochMeans()
 
     def log(self) -> dict:
-        """Coefficients for this epoch's metrics.jsonl line."""
-        return {}
+        """Coefficients for this epoch's metrics.jsonl line: here the means of :attr:`stats` over the epoch."""
+        return self.stats.means()
 
     def state_dict(self) -> dict:
         return {}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mmvid.registry import AUGMENTS, Plugin
+from mmvid.registry import AUGMENTS, EpochMeans, Plugin  # noqa: F401 (EpochMeans: mmvid.engine imports it from here)
 
 
 @dataclass
@@ -75,22 +75,6 @@ def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, mix: Mix | None) 
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-class EpochMeans:
-    """Running means of per-step statistics over one epoch, for the ``log()`` line of metrics.jsonl."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.n = 0
-
-    def add(self, stats: dict[str, float]) -> None:
-        for k, v in stats.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
-        self.n += 1
-
-    def means(self) -> dict[str, float]:
-        return {k: v / self.n for k, v in self.sums.items()} if self.n else {}
-
-
 class Augmentation(Plugin):
     """Interface of the AUGMENTS family.
 
@@ -107,6 +91,7 @@ class Augmentation(Plugin):
     notes: list[str] | tuple[str, ...] = ()  # one-line notes from ``setup`` (e.g. a fallback), printed once by the engine
 
     def __init__(self, cfg, modalities: list[str]) -> None:
+        super().__init__()
         self.cfg = cfg  # AugmentConfig (name + args)
         self.settings = self.read_settings(cfg)
         self.modalities = list(modalities)

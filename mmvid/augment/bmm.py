@@ -10,23 +10,18 @@ import torch
 
 from mmvid.augment.base import Augmentation, Mix, random_perm
 from mmvid.errors import MmvidError
+from mmvid.measures import imbalance_factor, modality_ratios
 from mmvid.registry import AUGMENTS
 from mmvid.schema import spec
 
 
 def imbalance(scores: dict[str, float], modalities: list[str]) -> tuple[float, dict[str, float]]:
-    """Eq. 6: rho = s_a / s_v for two modalities (first over second); for N > 2, rho_m = s_m / mean_k s_k.
-
-    Returns (rho, per-modality ratios). ``scores`` are summed true-class probabilities (or accuracies).
-    """
-    eps = 1e-12
-    if len(modalities) == 2:
-        a, v = modalities
-        rho = scores[a] / max(scores[v], eps)
-        return rho, {a: rho, v: 1.0 / max(rho, eps)}
-    mean = sum(scores[m] for m in modalities) / len(modalities)
-    ratios = {m: scores[m] / max(mean, eps) for m in modalities}
-    return max(ratios.values()) / max(min(ratios.values()), eps), ratios
+    """Eq. 6: (rho, m -> rho_m) from the modalities' scores (summed true-class probabilities or accuracies):
+    rho = s_a / s_v for two modalities (first over second), for N > 2 max_m s_m / min_m s_m
+    (:func:`mmvid.measures.imbalance_factor`); rho_m = s_m / s_other for two, s_m / mean_k s_k for N > 2
+    (:func:`mmvid.measures.modality_ratios`, METHODS.md)."""
+    ordered = {m: scores[m] for m in modalities}
+    return imbalance_factor(ordered), modality_ratios(ordered)
 
 
 def weak_lambdas(scores: dict[str, float], modalities: list[str], beta: float, mapping: str = "scaled") -> dict[str, float]:
@@ -35,7 +30,7 @@ def weak_lambdas(scores: dict[str, float], modalities: list[str], beta: float, m
     Two modalities: r = max(rho, 1/rho); lambda_weak = beta * tanh(r - 1) (``scaled``) or tanh(beta (r - 1))
     (``inside``). N > 2: every modality with rho_m < 1 is weak with r_m = 1 / rho_m.
     """
-    _, ratios = imbalance(scores, modalities)
+    ratios = modality_ratios({m: scores[m] for m in modalities})
     lams = {m: 0.0 for m in modalities}
     for m, r in ratios.items():
         if r < 1.0:
@@ -101,6 +96,7 @@ class BalancedMultimodalMixup(Augmentation):
             raise MmvidError("augment.args.rho_split=val needs a validation split: set data.val_fraction > 0")
 
     def on_epoch_start(self, ctx) -> None:
+        super().on_epoch_start(ctx)
         # From the end of the previous epoch; None before the first.
         scores = ctx.val_scores if self.settings.rho_split == "val" else ctx.train_scores
         self.lambdas = {m: 0.0 for m in self.modalities}

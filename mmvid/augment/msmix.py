@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmvid.augment.base import Augmentation, EpochMeans, beta_sample
+from mmvid.augment.base import Augmentation, beta_sample
 from mmvid.errors import MmvidError
 from mmvid.registry import AUGMENTS
 from mmvid.schema import spec
@@ -226,7 +226,6 @@ class MSMix(Augmentation):
         self.compat: torch.Tensor | None = None
         self.sal_from = self.settings.sal_target  # what SAL aligns with in this run (after setup's fallback)
         self.notes: list[str] = []
-        self.stats = EpochMeans()
 
     def setup(self, model, ctx) -> nn.Module:
         net = getattr(model, "module", model)  # DDP wrapper or the classifier
@@ -242,8 +241,6 @@ class MSMix(Augmentation):
         self.needs_intensity = self.sal_from == "labels"
         return self.heads
 
-    def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
 
     def pairs(self, feats: dict[str, torch.Tensor], y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         sim = similarity(feats)
@@ -288,8 +285,6 @@ class MSMix(Augmentation):
         self.stats.add(stats)
         return out, loss
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"heads": self.heads.state_dict() if self.heads is not None else None}

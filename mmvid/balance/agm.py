@@ -10,42 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import itertools
 import math
 from typing import Any
 
 import torch
 
-from mmvid.augment.base import EpochMeans, modality_mix, target_probability
+from mmvid.augment.base import modality_mix, target_probability
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
+from mmvid.measures import coalitions, eval_mode, shapley_matrix
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
 
 NLL_FLOOR = 1e-8  # the reference scores a true-class probability below 1e-8 as -log(1e-8)
-
-
-def shapley_weight(size: int, n: int) -> float:
-    """w(s) = s! (M - s - 1)! / M!: the weight of a coalition of s other modalities (M = n)."""
-    return math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
-
-
-def coalitions(modalities: list[str]) -> list[tuple[str, ...]]:
-    """Every non-empty subset S of the modalities, the full set last: the inputs f(S) of Eq. 4."""
-    subsets = [c for r in range(1, len(modalities) + 1) for c in itertools.combinations(modalities, r)]
-    return subsets
-
-
-def shapley_matrix(modalities: list[str]) -> dict[str, dict[tuple[str, ...], float]]:
-    """a[m][S] with phi_m = sum_S a[m][S] f(S) (Eq. 4, the mono-modal response of m):
-    phi_m = sum_{S' subset of others} w(|S'|) (f(S' + m) - f(S')), f(empty) taken as 0 as the reference
-    (two modalities: phi_a = 0.5 (f(a,v) - f(0,v) + f(a,0)), its ``Modality_Audio``). sum_m phi_m = f(all)."""
-    n = len(modalities)
-    out: dict[str, dict[tuple[str, ...], float]] = {m: {} for m in modalities}
-    for m in modalities:
-        for s in coalitions(modalities):
-            out[m][s] = shapley_weight(len(s) - 1, n) if m in s else -shapley_weight(len(s), n)
-    return out
 
 
 def agm_coefficients(scores: dict[str, float], running: dict[str, float], alpha: float,
@@ -80,7 +57,7 @@ class AdaptiveGradientModulation(Balancer):
       forward; the others are extra forwards in eval mode *with* gradient (``pad: input``, the reference's
       ``pad_audio``/``pad_visual``: zero input tensors, BatchNorm on running statistics), or the head on
       the step's features with the others' features zeroed (``pad: feature``, paper Eq. 5's masking, cheaper).
-    * phi_m = sum_S a[m][S] f(S) (:func:`shapley_matrix`, Eq. 4); s_m = mean_i -log p(phi_m)_i[y_i]
+    * phi_m = sum_S a[m][S] f(S) (:func:`mmvid.measures.shapley_matrix`, Eq. 4); s_m = mean_i -log p(phi_m)_i[y_i]
       (below 1e-8 counted as 1e-8; summed over ranks), the mono-modal loss.
     * k_m from :func:`agm_coefficients` (Eqs. 8-10) with the running means s^ *before* this batch; then
       s^_m <- s^_m (t-1)/t + s_m / t with t the step count since the start of training (every step).
@@ -127,22 +104,15 @@ class AdaptiveGradientModulation(Balancer):
         self.running = dict.fromkeys(self.modalities, 0.0)  # s^_m, the running mean of the mono-modal losses
         self.iteration = 0
         self.coeffs = dict.fromkeys(self.modalities, 1.0)  # what the reference's hooks hold
-        self.stats = EpochMeans()
 
-    def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
 
     def coalition_logits(self, net, out, inputs, subset: tuple[str, ...]) -> torch.Tensor:
         """f(S) (B, C), differentiable: modalities outside ``subset`` zeroed at the input or the feature."""
         if self.pad == "feature":
             return net.masked_logits(out.raw, subset, out.mix)
-        was = net.training
-        net.eval()  # the reference pads in eval mode: BatchNorm on running statistics, no dropout
-        try:
-            padded = {m: (x if m in subset else torch.zeros_like(x)) for m, x in inputs.items()}
+        padded = {m: (x if m in subset else torch.zeros_like(x)) for m, x in inputs.items()}
+        with eval_mode(net):  # the reference pads in eval mode: BatchNorm on running statistics, no dropout
             return net(padded, mix=out.mix).logits
-        finally:
-            net.train(was)
 
     def mono_losses(self, phi: dict[str, torch.Tensor], out, y, ctx) -> dict[str, float]:
         """s_m = mean over the batch (all ranks) of -log p(phi_m)[y~], floored at 1e-8."""
@@ -198,8 +168,6 @@ class AdaptiveGradientModulation(Balancer):
         if head and (max(float(g.max()) for g in head) > self.clip or min(float(g.min()) for g in head) < -self.clip):
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=self.clip)
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"running": dict(self.running), "iteration": self.iteration, "coeffs": dict(self.coeffs)}

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from mmvid.augment.base import EpochMeans, Mix, mixed_cross_entropy, modality_mix
+from mmvid.augment.base import Mix, mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
@@ -101,7 +101,6 @@ class AMCo(Balancer):
         self.dependent = {m: False for m in self.modalities}
         self.l_t = 0.0
         self.gen = torch.Generator()
-        self.stats = EpochMeans()
 
     def check(self, model_cfg, augment_name: str) -> None:
         super().check(model_cfg, augment_name)
@@ -115,9 +114,9 @@ class AMCo(Balancer):
         return None
 
     def on_epoch_start(self, ctx) -> None:
+        super().on_epoch_start(ctx)
         self.dependent = {m: False for m in self.modalities}
         self.l_t = 0.0
-        self.stats = EpochMeans()
 
     def next_mask(self, n: int, epoch: int) -> tuple[float, torch.Tensor]:
         """This batch's (p_t, mask (n,)); advances l_t by epoch / 10."""
@@ -177,8 +176,6 @@ class AMCo(Balancer):
                 self.dependent[first] = True
         return shares
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"dependent": dict(self.dependent), "l_t": self.l_t, "gen": self.gen.get_state()}

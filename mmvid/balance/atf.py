@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
+from mmvid.augment.base import mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, encoder_parameters, unimodal_logits
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
@@ -37,7 +37,6 @@ class AdaptiveTrackingFactor(Balancer):
         self.momentum = self.settings.momentum
         self.ema: dict[str, float] | None = None
         self.groups: dict[str, int] = {}
-        self.stats = EpochMeans()
 
     def setup(self, model, ctx):
         """Move each encoder's parameters into a param group of its own (before any step: no state to move)."""
@@ -50,8 +49,6 @@ class AdaptiveTrackingFactor(Balancer):
             opt.add_param_group({"params": ps, "lr": opt.param_groups[0]["lr"]})
         return None
 
-    def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
 
     def after_backward(self, model, out, y, ctx) -> None:
         logits = unimodal_logits(model, out)
@@ -66,8 +63,6 @@ class AdaptiveTrackingFactor(Balancer):
             ctx.optimizer.param_groups[self.groups[m]]["lr"] = base * r
         self.stats.add({f"atf_lr_ratio_{m}": r for m, r in ratios.items()})
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"ema": self.ema}

@@ -23,12 +23,16 @@ hook                when / what it may change
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
 from mmvid.augment.base import modality_mix, target_probability
+from mmvid.data.dataset import finish_batch
 from mmvid.errors import MmvidError
+from mmvid.measures import eval_mode
 from mmvid.registry import BALANCERS, Plugin
 
 
@@ -77,13 +81,37 @@ def modality_scores(logits: dict[str, torch.Tensor], out, y: torch.Tensor, ctx) 
     return dict(zip(mods, ctx.all_reduce(local).tolist()))
 
 
-def relative_to_others(scores: dict[str, float]) -> dict[str, float]:
-    """rho_m = s_m / mean_{k != m} s_k (for two modalities rho_a = s_a / s_v, rho_v = s_v / s_a)."""
-    out = {}
-    for m, s in scores.items():
-        others = [v for k, v in scores.items() if k != m]
-        out[m] = s / max(sum(others) / len(others), 1e-12)
-    return out
+def device_batches(ctx, rows: np.ndarray, train: bool = False) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """The batches of ``ctx.loader(rows, train)`` on ``ctx.device``, decoded there: (m -> (B, ...) inputs as
+    the model takes them, (B,) labels). ``train``: with the training crops and flips."""
+    for inputs, y in ctx.loader(rows, train=train):
+        yield finish_batch({k: v.to(ctx.device, non_blocking=True) for k, v in inputs.items()}), y.to(ctx.device)
+
+
+@torch.no_grad()
+def per_sample_pass(ctx, rows: np.ndarray, measure: Callable[[dict[str, torch.Tensor], torch.Tensor], dict],
+                    widths: dict, train: bool = False, modules: tuple[nn.Module, ...] = ()) -> dict:
+    """One eval-mode, no-gradient pass over ``rows`` (positions in the cache, e.g. ``ctx.splits.train``) that
+    keeps one measurement per sample, the rows shared out over the ranks: rank r measures rows r, r + W,
+    r + 2W, ... (W = ``ctx.world_size``), and the results are summed over ranks (each row is measured by one
+    rank and zero on the others), so that every rank gets the whole (N, ...) result.
+
+    measure(inputs, y): on a batch of b rows (:func:`device_batches`), key -> (b, *widths[key]) tensor.
+    widths: key -> the trailing shape of its per-sample value (``()`` for one number per sample), so that a
+    rank without rows still takes part in the sum. The model (``ctx.model``, unwrapped) and ``modules``
+    are in eval mode during the pass and back in their previous mode after it.
+    Returns key -> (N, *widths[key]) float64 on the CPU, N = len(rows), in the order of ``rows``.
+    """
+    mine = np.arange(len(rows))[ctx.rank::ctx.world_size]
+    out = {k: torch.zeros(len(rows), *w, dtype=torch.float64) for k, w in widths.items()}
+    pos = 0
+    with eval_mode(unwrap(ctx.model), *modules):
+        for inputs, y in device_batches(ctx, rows[mine], train):
+            at = torch.as_tensor(mine[pos:pos + len(y)])
+            for k, v in measure(inputs, y).items():
+                out[k][at] = v.detach().double().cpu()
+            pos += len(y)
+    return {k: ctx.all_reduce(v) for k, v in out.items()}
 
 
 class Balancer(Plugin):
@@ -94,6 +122,7 @@ class Balancer(Plugin):
     min_modalities = 2  # most balancers compare modalities; a lone modality has nothing to balance
 
     def __init__(self, cfg, modalities: list[str]) -> None:
+        super().__init__()
         self.cfg = cfg  # BalanceConfig (name + args)
         self.settings = self.read_settings(cfg)
         self.modalities = list(modalities)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmvid.augment.base import EpochMeans, mixed_cross_entropy
+from mmvid.augment.base import mixed_cross_entropy
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
@@ -106,7 +106,6 @@ class CML(Balancer):
         self.gen: torch.Generator | None = None
         self.removal_order: list[int] = list(range(len(self.modalities)))  # removal order under ``order: epoch``
         self.orders: torch.Tensor | None = None  # (B, M) the last step's removal orders (read by the tests)
-        self.stats = EpochMeans()
 
     def setup(self, model, ctx):
         # Per-sample orders differ between ranks (their own samples); the epoch order is drawn from the same
@@ -121,7 +120,7 @@ class CML(Balancer):
         return self.gen
 
     def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
+        super().on_epoch_start(ctx)
         if self.order == "epoch":
             self.removal_order = torch.randperm(len(self.modalities), generator=self._generator()).tolist()
 
@@ -144,8 +143,6 @@ class CML(Balancer):
         self.stats.add({"cml_penalty": float(reg.detach()), "cml_confidence_rises": float(rises)})
         return loss - ce[0] + torch.stack(ce).mean() + self.lam * reg
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state(), "removal_order": list(self.removal_order)} if self.gen is not None else {}

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmvid.augment.base import mixed_cross_entropy, modality_mix
-from mmvid.balance.base import Balancer, check_split_heads, unwrap
+from mmvid.balance.base import Balancer, check_split_heads, device_batches, unwrap
 from mmvid.errors import MmvidError
+from mmvid.measures import eval_mode
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
 
@@ -110,19 +111,14 @@ class GradientBlending(Balancer):
 
     @torch.no_grad()
     def _val_losses(self, ctx) -> torch.Tensor:
-        from mmvid.engine import to_device
-
         net = ctx.model
-        was = net.training
-        net.eval()
         sums, n = torch.zeros(len(self.weights), dtype=torch.float64), 0
-        for inputs, y in ctx.loader(ctx.splits.val):
-            inputs, y = to_device(inputs, ctx.device), y.to(ctx.device)
-            out = net(inputs)
-            losses = [F.cross_entropy(out.logits.float(), y)] + list(self.head_losses(out, y).values())
-            sums += torch.tensor([float(v) for v in losses], dtype=torch.float64) * self._weight(len(y))
-            n += len(y)
-        net.train(was)
+        with eval_mode(net):
+            for inputs, y in device_batches(ctx, ctx.splits.val):
+                out = net(inputs)
+                losses = [F.cross_entropy(out.logits.float(), y)] + list(self.head_losses(out, y).values())
+                sums += torch.tensor([float(v) for v in losses], dtype=torch.float64) * self._weight(len(y))
+                n += len(y)
         return torch.cat([sums, torch.tensor([float(n)], dtype=torch.float64)])
 
     def on_epoch_end(self, ctx) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
+from mmvid.augment.base import mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
@@ -84,7 +84,6 @@ class GreedyRebalance(Balancer):
         self.curation_step = 0
         self.caring = 0
         self.d: float | None = None
-        self.stats = EpochMeans()
 
     def check(self, model_cfg, augment_name: str) -> None:
         if model_cfg.fusion != "mmtm" or len(self.modalities) != 2:
@@ -97,7 +96,7 @@ class GreedyRebalance(Balancer):
         return None
 
     def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
+        super().on_epoch_start(ctx)
         if ctx.epoch >= self.start_epoch:
             self.unlocked = True
 
@@ -145,8 +144,6 @@ class GreedyRebalance(Balancer):
         # As the reference's batch log: the last measured d (it is not re-measured during curation).
         self.stats.add({"greedy_d": self.d, "greedy_curation": float(curated)})
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"sums": self.sums, "unlocked": self.unlocked, "curating": self.curating,

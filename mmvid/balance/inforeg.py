@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
+from mmvid.augment.base import mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, encoder_parameters, modality_scores, scored_logits, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
@@ -115,7 +115,6 @@ class InfoReg(Balancer):
         self.fim: dict[str, dict[str, torch.Tensor]] = {}
         self.k: dict[str, float] = {}
         self.pending: dict[str, Any] | None = None
-        self.stats = EpochMeans()
 
     def check(self, model_cfg, augment_name: str) -> None:
         super().check(model_cfg, augment_name)
@@ -138,7 +137,7 @@ class InfoReg(Balancer):
         return net.split_head_logits(out.features) if self.score == "split-head" else net.unimodal_logits(out.raw, out.mix)
 
     def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
+        super().on_epoch_start(ctx)
         net = unwrap(ctx.model)
         self.pending = None
         self.anchor = {m: [p.detach().clone() for p in encoder_parameters(net, m)] for m in self.modalities}
@@ -179,7 +178,7 @@ class InfoReg(Balancer):
             self.traces[m].append(float(sum(f.mean() for f in acc.values())) if acc else 0.0)
 
     def log(self) -> dict[str, Any]:
-        rec = self.stats.means()
+        rec = super().log()
         rec.update({f"inforeg_k_{m}": float(k) for m, k in self.k.items()})
         rec.update({f"inforeg_trace_{m}": t[-1] for m, t in self.traces.items() if t})
         return rec

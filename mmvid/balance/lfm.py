@@ -12,9 +12,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmvid.augment.base import EpochMeans
-from mmvid.balance.base import Balancer, unwrap
+from mmvid.balance.base import Balancer, device_batches, unwrap
 from mmvid.errors import MmvidError
+from mmvid.measures import training_mode
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
 
@@ -141,7 +141,6 @@ class LFM(Balancer):
                 raise MmvidError(f"balance.args.{key}={value} must be >= {low} (the reference: lr_alpha 1e-4, "
                                  f"halve_every 20, hyper_samples 8)")
         self.last_grad = 0.0
-        self.stats = EpochMeans()
 
     def setup(self, model, ctx):
         if self.schedule == "learnable" and len(ctx.splits.val) == 0:
@@ -160,26 +159,20 @@ class LFM(Balancer):
 
     def hyper_batch(self, ctx) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The first ``hyper_samples`` validation clips (unaugmented; the same every epoch, as the reference's)."""
-        from mmvid.engine import to_device
-
         rows = ctx.splits.val[:self.hyper_samples]
-        parts = [(to_device(inputs, ctx.device), y.to(ctx.device)) for inputs, y in ctx.loader(rows)]
+        parts = list(device_batches(ctx, rows))
         inputs = {m: torch.cat([p[0][m] for p in parts])[:self.hyper_samples] for m in parts[0][0]}
         return inputs, torch.cat([p[1] for p in parts])[:self.hyper_samples]
 
     def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
+        super().on_epoch_start(ctx)
         if self.schedule == "fitted":
             self.align = fitted_alignment_weight(ctx.epoch)
             return
         net = ctx.model
-        was = net.training
-        net.train(self.hyper_mode == "train")
-        try:
+        with training_mode(self.hyper_mode == "train", net):
             inputs, y = self.hyper_batch(ctx)
             g = hypergradient(net, inputs, y, 1.0 - self.align, self.align, self.unimodal)
-        finally:
-            net.train(was)
         g = float(ctx.all_reduce(torch.tensor([g], dtype=torch.float64))[0]) / max(int(getattr(ctx, "world_size", 1)), 1)
         lr = self.lr_alpha * 0.5 ** (ctx.epoch // self.halve_every)
         lo, hi = ALIGN_RANGE
@@ -192,7 +185,7 @@ class LFM(Balancer):
         return 2 * ((1.0 - self.align) * loss + self.align * l_align)
 
     def log(self) -> dict[str, Any]:
-        return {"lfm_alpha_align": self.align, "lfm_hypergrad": self.last_grad, **self.stats.means()}
+        return {"lfm_alpha_align": self.align, "lfm_hypergrad": self.last_grad, **super().log()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"align": self.align, "last_grad": self.last_grad}

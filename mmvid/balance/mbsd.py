@@ -6,11 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from itertools import combinations
-from typing import Any
 
 import torch
 
-from mmvid.augment.base import EpochMeans, Mix, mixed_cross_entropy, modality_mix, target_probability
+from mmvid.augment.base import Mix, mixed_cross_entropy, modality_mix, target_probability
 from mmvid.balance.base import Balancer, check_split_heads, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
@@ -84,15 +83,12 @@ class MBSD(Balancer):
         self.end = self.settings.end
         if self.end is not None and int(self.end) < self.start:
             raise MmvidError(f"balance.args.end={self.end} is before start={self.start}; set end >= start (the reference: 0 to 80)")
-        self.stats = EpochMeans()
 
     def check(self, model_cfg, augment_name: str) -> None:
         super().check(model_cfg, augment_name)
         if self.heads == "split":
             check_split_heads(model_cfg, value="split", other="mask")
 
-    def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
 
     def unimodal(self, model, out) -> dict[str, torch.Tensor]:
         """m -> (B, C) float logits of modality m alone, with gradients to its encoder and the head."""
@@ -119,5 +115,3 @@ class MBSD(Balancer):
                         **{f"mbsd_ce_{m}": float(v.detach()) for m, v in ce.items()}})
         return loss + sum(ce.values()) + rs + kl
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
+from mmvid.augment.base import mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
@@ -88,7 +88,6 @@ class AlternatingUnimodal(Balancer):
         self.count = 0  # passes since training began (the reference's exp_count)
         self.batch = 0  # batch index within the epoch
         self.n_batches = 1
-        self.stats = EpochMeans()
 
     def check(self, model_cfg, augment_name: str) -> None:
         super().check(model_cfg, augment_name)
@@ -108,8 +107,8 @@ class AlternatingUnimodal(Balancer):
         return None
 
     def on_epoch_start(self, ctx) -> None:
+        super().on_epoch_start(ctx)
         self.batch = 0
-        self.stats = EpochMeans()
 
     def passes(self, ctx) -> list:
         return list(self.modalities)
@@ -141,8 +140,6 @@ class AlternatingUnimodal(Balancer):
             self.batch += 1
             self.touched = set()
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"P": None if self.P is None else self.P.cpu(), "count": self.count, "batch": self.batch}

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from typing import Any
 
 import torch
 from torch import nn
 
-from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
+from mmvid.augment.base import mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, check_split_heads, encoder_parameters, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
@@ -90,7 +89,6 @@ class MMPareto(Balancer):
             raise MmvidError(f"balance.args.gamma={self.gamma} must be > 0 (the reference uses 1.5)")
         self.heads: nn.ModuleDict | None = None
         self.local: dict[str, tuple[list, list]] | None = None  # m -> (g_mm, g_m) per encoder parameter, this step
-        self.stats = EpochMeans()
 
     def check(self, model_cfg, augment_name: str) -> None:
         super().check(model_cfg, augment_name)
@@ -105,8 +103,6 @@ class MMPareto(Balancer):
         self.heads = nn.ModuleDict({m: nn.Linear(net.encoders[m].output_dim, ctx.num_classes) for m in self.modalities})
         return self.heads
 
-    def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
 
     def unimodal_losses(self, out, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """m -> CE of modality m's own logits (B, C) against the target its features were mixed towards."""
@@ -163,5 +159,3 @@ class MMPareto(Balancer):
         self.stats.add(stats)
         self.local = None
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()

@@ -9,17 +9,18 @@ from typing import Any
 
 import torch
 
-from mmvid.augment.base import EpochMeans
-from mmvid.balance.base import (Balancer, encoder_parameters, modality_scores, relative_to_others,
-                                scored_logits)
+from mmvid.balance.base import Balancer, encoder_parameters, modality_scores, scored_logits
+from mmvid.measures import modality_ratios
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
 
 
 def ogm_coefficients(scores: dict[str, float], alpha: float) -> dict[str, float]:
     """k_u = 1 - tanh(alpha * rho_u) if rho_u > 1 else 1, with rho_u = s_u / mean_{k != u} s_k
-    (two modalities: rho_v = s_v / s_a, the reference code's form)."""
-    return {m: (1 - math.tanh(alpha * r)) if r > 1 else 1.0 for m, r in relative_to_others(scores).items()}
+    (:func:`mmvid.measures.modality_ratios` with ``baseline="others"``; two modalities: rho_v = s_v / s_a, the
+    reference code's form)."""
+    ratios = modality_ratios(scores, baseline="others")
+    return {m: (1 - math.tanh(alpha * r)) if r > 1 else 1.0 for m, r in ratios.items()}
 
 
 PARAMS = {  # which encoder parameters are modulated: balance.args.params
@@ -69,7 +70,6 @@ class OGMGE(Balancer):
         self.score = self.settings.score
         self.gens: dict[str, torch.Generator] = {}
         self.seed = 0
-        self.stats = EpochMeans()
 
     def setup(self, model, ctx):
         self.seed = int(ctx.cfg.seed) + 7919  # one seed for every rank: the noise is the same everywhere
@@ -81,8 +81,6 @@ class OGMGE(Balancer):
             self.gens[key] = torch.Generator(device=device).manual_seed(self.seed)
         return self.gens[key]
 
-    def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
 
     def unimodal_logits(self, model, out) -> dict[str, torch.Tensor]:
         return scored_logits(model, out, self.score)
@@ -107,10 +105,8 @@ class OGMGE(Balancer):
                 if p.grad is not None and chosen(p):
                     self.modulate(p.grad, k)
         self.stats.add({**{f"ogm_coeff_{m}": k for m, k in coeffs.items()},
-                        **{f"ogm_rho_{m}": r for m, r in relative_to_others(scores).items()}})
+                        **{f"ogm_rho_{m}": r for m, r in modality_ratios(scores, baseline="others").items()}})
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"gens": {k: g.get_state() for k, g in self.gens.items()}}

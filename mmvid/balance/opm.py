@@ -10,10 +10,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmvid.augment.base import EpochMeans, mixed_cross_entropy
-from mmvid.balance.base import Balancer, modality_scores, relative_to_others, scored_logits, unwrap
+from mmvid.augment.base import mixed_cross_entropy
+from mmvid.balance.base import Balancer, modality_scores, scored_logits, unwrap
 from mmvid.balance.ogm_ge import SCORES
 from mmvid.errors import MmvidError
+from mmvid.measures import modality_ratios
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
 
@@ -22,7 +23,7 @@ def opm_drop_probabilities(scores: dict[str, float], q_base: float, lam: float) 
     """q_m = clip(q_base (1 + lam tanh(relu(rho_m - 1))), 0, 1) where rho_m > 1, else 0 (``calcu_q``);
     rho_m = s_m / mean_{k != m} s_k (two modalities: s_a / s_v, the reference's ratio)."""
     out = {}
-    for m, rho in relative_to_others(scores).items():
+    for m, rho in modality_ratios(scores, baseline="others").items():
         r = math.tanh(max(rho - 1.0, 0.0))
         out[m] = min(max(q_base * (1 + lam * r), 0.0), 1.0) if r > 0 else 0.0
     return out
@@ -94,15 +95,12 @@ class OPM(Balancer):
         if self.lam < 0:
             raise MmvidError(f"balance.args.lam={self.lam} must be >= 0 (the reference's 0.5)")
         self.gen: torch.Generator | None = None
-        self.stats = EpochMeans()
 
     def setup(self, model, ctx):
         # Each rank drops features of its own samples: its own stream (seed + rank), resumable.
         self.gen = torch.Generator().manual_seed(int(ctx.cfg.seed) + 15485863 + int(ctx.rank))
         return None
 
-    def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
 
     def unimodal_logits(self, model, out) -> dict[str, torch.Tensor]:
         return scored_logits(model, out, self.score)
@@ -138,8 +136,6 @@ class OPM(Balancer):
         dropped_ce = per_sample[kept].mean() if bool(kept.any()) else per_sample.sum() * 0
         return loss - mixed_cross_entropy(out.logits, y, out.mix) + dropped_ce
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state()} if self.gen is not None else {}

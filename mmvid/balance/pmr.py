@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
-from mmvid.balance.base import Balancer, modality_scores, relative_to_others, unwrap
+from mmvid.augment.base import mixed_cross_entropy, modality_mix
+from mmvid.balance.base import Balancer, device_batches, modality_scores, unwrap
 from mmvid.errors import MmvidError
+from mmvid.measures import eval_mode, modality_ratios
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
 
@@ -39,7 +40,7 @@ def pmr_coefficients(scores: dict[str, float], alpha: float, scale: str = "const
     alpha * (1 / rho_m - 1) (``scale: ratio``, the paper's beta = alpha * (rho - 1) with rho the
     dominant-over-weak score ratio)."""
     out = {}
-    for m, rho in relative_to_others(scores).items():
+    for m, rho in modality_ratios(scores, baseline="others").items():
         out[m] = 0.0 if rho >= 1 else (alpha * (1 / max(rho, 1e-12) - 1) if scale == "ratio" else alpha)
     return out
 
@@ -92,29 +93,23 @@ class PrototypicalRebalance(Balancer):
         if not 0 < self.fraction <= 1:
             raise MmvidError(f"balance.args.fraction={self.fraction} must be in (0, 1]")
         self.protos: dict[str, torch.Tensor] | None = None
-        self.stats = EpochMeans()
 
     @torch.no_grad()
     def on_epoch_start(self, ctx) -> None:
-        from mmvid.engine import to_device
-
-        self.stats = EpochMeans()
+        super().on_epoch_start(ctx)
         net = unwrap(ctx.model)
         rows = ctx.splits.train
         n = prototype_rows(len(rows), ctx.cfg.data.batch_size, self.fraction)
         pick = torch.randperm(len(rows), generator=ctx.generator)[:n].numpy()
-        was = net.training
-        net.eval()
         sums = {m: 0.0 for m in self.modalities}
         counts = 0.0
-        for inputs, y in ctx.loader(np.sort(rows[pick]), train=self.proto_augment):
-            inputs, y = to_device(inputs, ctx.device), y.to(ctx.device)
-            feats = net.encode(inputs)
-            for m in self.modalities:
-                s, c = class_prototypes(feats[m], y, ctx.num_classes)
-                sums[m] = sums[m] + s.cpu()
-            counts = counts + c.cpu()
-        net.train(was)
+        with eval_mode(net):
+            for inputs, y in device_batches(ctx, np.sort(rows[pick]), train=self.proto_augment):
+                feats = net.encode(inputs)
+                for m in self.modalities:
+                    s, c = class_prototypes(feats[m], y, ctx.num_classes)
+                    sums[m] = sums[m] + s.cpu()
+                counts = counts + c.cpu()
         counts = ctx.all_reduce(counts)
         # The reference's passes: before epoch 0 and after epoch 0 fresh, from after epoch 1 on averaged.
         ema = self.protos is not None and ctx.epoch >= 2
@@ -136,8 +131,6 @@ class PrototypicalRebalance(Balancer):
         extra = [c * mixed_cross_entropy(logits[m], y, mixes[m]) for m, c in coeffs.items() if c > 0]
         return loss + sum(extra) if extra else loss
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"protos": {m: p.cpu() for m, p in self.protos.items()} if self.protos else None}

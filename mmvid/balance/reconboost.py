@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
+from mmvid.augment.base import mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS, FUSIONS, check_plugin_settings
@@ -97,7 +96,6 @@ class ReconBoost(Balancer):
                              f"epochs_per_stage >= 1 and correct_epochs >= 0 (the authors' 4 and 4)")
         self.ensemble = self.settings.ensemble
         self.optimizer = self.settings.optimizer
-        self.stats = EpochMeans()
 
     def check(self, model_cfg, augment_name: str) -> None:
         super().check(model_cfg, augment_name)
@@ -128,7 +126,7 @@ class ReconBoost(Balancer):
         return [m for m in self.modalities if m in done]
 
     def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
+        super().on_epoch_start(ctx)
         first = ctx.epoch % (self.e1 + self.e2) in (0, self.e1)
         if self.optimizer == "fresh" and first:  # a new optimizer per phase: momentum (Adam moments) restart
             ctx.optimizer.state.clear()
@@ -168,5 +166,3 @@ class ReconBoost(Balancer):
         self.stats.add(stats)
         return value
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()

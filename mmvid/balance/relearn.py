@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmvid.balance.base import Balancer, encoder_parameters, unwrap
+from mmvid.balance.base import Balancer, encoder_parameters, per_sample_pass, unwrap
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
 from mmvid.schema import SettingValueError, spec
@@ -126,30 +126,18 @@ class DiagnoseRelearn(Balancer):
         e = epoch - 1
         return e > 0 and e % self.reinit_epoch == 0 and e // self.reinit_epoch <= self.reinit_num
 
-    @torch.no_grad()
     def features(self, ctx, rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Eval-mode features m -> (N, d_m) float32 and labels (N,) of ``rows``, without augmentation; each
-        rank encodes its share, summed over ranks."""
-        from mmvid.engine import to_device
-
+        rank encodes its share (:func:`~mmvid.balance.base.per_sample_pass`)."""
         net = unwrap(ctx.model)
-        mine = np.arange(len(rows))[ctx.rank::ctx.world_size]
-        dims = {m: net.encoders[m].output_dim for m in self.modalities}
-        feats = {m: torch.zeros(len(rows), d, dtype=torch.float64) for m, d in dims.items()}
-        labels = torch.zeros(len(rows), dtype=torch.float64)
-        was = net.training
-        net.eval()
-        pos = 0
-        for inputs, y in ctx.loader(rows[mine], train=False):
-            at = torch.as_tensor(mine[pos:pos + len(y)])
-            z = net.encode(to_device(inputs, ctx.device))
-            for m in self.modalities:
-                feats[m][at] = z[m].float().cpu().double()
-            labels[at] = y.double()
-            pos += len(y)
-        net.train(was)
-        feats = {m: ctx.all_reduce(f).float().numpy() for m, f in feats.items()}
-        return feats, ctx.all_reduce(labels).long().numpy()
+
+        def measure(inputs, y):
+            z = net.encode(inputs)
+            return {**{m: z[m].float() for m in self.modalities}, "labels": y}
+
+        widths = {**{m: (net.encoders[m].output_dim,) for m in self.modalities}, "labels": ()}
+        out = per_sample_pass(ctx, rows, measure, widths)
+        return {m: out[m].float().numpy() for m in self.modalities}, out["labels"].long().numpy()
 
     def diagnose(self, ctx) -> dict[str, float]:
         """purity_train_m, purity_val_m and alpha_m per modality (rank 0's, on every rank)."""
@@ -167,6 +155,7 @@ class DiagnoseRelearn(Balancer):
         return out
 
     def on_epoch_start(self, ctx) -> None:
+        super().on_epoch_start(ctx)
         self.last = {}
         if not self.due(ctx.epoch):
             return

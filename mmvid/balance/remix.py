@@ -13,13 +13,12 @@ from dataclasses import dataclass
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmvid.augment.base import mixed_cross_entropy, modality_mix
-from mmvid.balance.base import Balancer, unwrap
+from mmvid.balance.base import Balancer, per_sample_pass, unwrap
 from mmvid.distributed import shard_order
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
@@ -124,30 +123,21 @@ class DataRemixing(Balancer):
         self.heads = nn.ModuleDict({m: nn.Linear(net.encoders[m].output_dim, ctx.num_classes) for m in self.modalities})
         return self.heads
 
-    @torch.no_grad()
     def decouple(self, ctx) -> torch.Tensor:
-        """(N_train, M) KL per training sample and modality; each rank scores its share, summed over ranks."""
-        from mmvid.engine import to_device
-
+        """(N_train, M) KL per training sample and modality; each rank scores its share
+        (:func:`~mmvid.balance.base.per_sample_pass`, the heads in eval mode too)."""
         net = unwrap(ctx.model)
-        rows = ctx.splits.train
-        mine = np.arange(len(rows))[ctx.rank::ctx.world_size]
-        kl = torch.zeros(len(rows), len(self.modalities), dtype=torch.float64)
-        was, was_heads = net.training, self.heads.training
-        net.eval()
-        self.heads.eval()
-        pos = 0
-        for inputs, y in ctx.loader(rows[mine], train=False):
-            feats = net.encode(to_device(inputs, ctx.device))
-            at = torch.as_tensor(mine[pos:pos + len(y)])
-            for j, m in enumerate(self.modalities):
-                kl[at, j] = kl_to_uniform(F.softmax(self.heads[m](feats[m].float()), dim=1)).cpu()
-            pos += len(y)
-        net.train(was)
-        self.heads.train(was_heads)
-        return ctx.all_reduce(kl)
+
+        def measure(inputs, y):
+            feats = net.encode(inputs)
+            return {"kl": torch.stack([kl_to_uniform(F.softmax(self.heads[m](feats[m].float()), dim=1))
+                                       for m in self.modalities], 1)}
+
+        widths = {"kl": (len(self.modalities),)}
+        return per_sample_pass(ctx, ctx.splits.train, measure, widths, modules=(self.heads,))["kl"]
 
     def on_epoch_start(self, ctx) -> None:
+        super().on_epoch_start(ctx)
         self.first_step = ctx.step
         self.assign = assign_modalities(self.decouple(ctx)) if ctx.epoch >= self.warmup else None
 

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmvid.augment.base import EpochMeans
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.errors import MmvidError
+from mmvid.measures import training_mode
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
 
@@ -60,7 +60,6 @@ class UniModalTeacher(Balancer):
         self.teacher_epochs = self.settings.teacher_epochs
         self.teacher_mode = self.settings.teacher_mode
         self.teachers: nn.ModuleDict | None = None
-        self.stats = EpochMeans()
 
     def check(self, model_cfg, augment_name: str) -> None:
         super().check(model_cfg, augment_name)
@@ -94,13 +93,11 @@ class UniModalTeacher(Balancer):
         self.teachers = nn.ModuleDict(teachers).to(ctx.device).eval().requires_grad_(False)
         return None
 
-    def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
 
     def loss(self, loss, out, inputs, y, ctx):
         mix = out.mix
-        self.teachers.train(self.teacher_mode == "train")  # parameters stay frozen either way
-        with torch.no_grad():
+        # parameters stay frozen either way; the teachers are back in eval mode after the step
+        with training_mode(self.teacher_mode == "train", self.teachers), torch.no_grad():
             x = mix.apply(inputs) if mix is not None and mix.stage == "input" else inputs
             target = {m: self.teachers[m](x[m]).float() for m in self.modalities}
             if mix is not None and mix.stage == "feature":
@@ -109,8 +106,6 @@ class UniModalTeacher(Balancer):
         self.stats.add({f"umt_mse_{m}": float(v.detach()) for m, v in dist.items()})
         return loss + self.beta * sum(dist.values())
 
-    def log(self) -> dict[str, Any]:
-        return self.stats.means()
 
     def state_dict(self) -> dict[str, Any]:
         return {"teachers": dict(self.paths)}

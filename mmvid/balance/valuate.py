@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import itertools
 import math
 from typing import Any
 
@@ -23,10 +22,11 @@ import numpy as np
 import torch
 
 from mmvid.augment.base import modality_mix
-from mmvid.balance.base import Balancer, unwrap
+from mmvid.balance.base import Balancer, per_sample_pass, unwrap
 from mmvid.balance.remix import summed_cross_entropy
 from mmvid.distributed import shard_order
 from mmvid.errors import MmvidError
+from mmvid.measures import coalitions, shapley_values
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
 
@@ -37,11 +37,6 @@ CROPS = ("train", "eval")
 # Resampling bins of AV_KS_Dataset_sample_level (lo < phi < hi -> copies); BalanceBenchmark's top bin ends at 1.
 BINS = {"original": ((0.4, 0.9, 1), (-0.1, 0.4, 2), (-math.inf, -0.1, 3)),
         "balancebenchmark": ((0.4, 1.0, 1), (-0.1, 0.4, 2), (-math.inf, -0.1, 3))}
-
-
-def coalitions(modalities: list[str]) -> list[tuple[str, ...]]:
-    """Every non-empty subset of the modalities, as tuples in ``modalities`` order."""
-    return [c for r in range(1, len(modalities) + 1) for c in itertools.combinations(modalities, r)]
 
 
 def coalition_logits(net, raw: dict[str, torch.Tensor]) -> dict[tuple[str, ...], torch.Tensor]:
@@ -55,29 +50,16 @@ def shapley(correct: dict[tuple[str, ...], torch.Tensor], modalities: list[str],
     """Per-sample Shapley value of every modality (paper Eq. 3-4), (N, M) float64, from ``correct``:
     S -> (N,) bool, whether the prediction from coalition S alone is right.
 
-    phi_m = sum_{S subset of M \\ {m}} |S|! (|M| - |S| - 1)! / |M|! (v(S + m) - v(S)), v(empty) = 0.
+    phi_m = sum_{S subset of M \\ {m}} |S|! (|M| - |S| - 1)! / |M|! (v(S + m) - v(S)), v(empty) = 0
+    (:func:`mmvid.measures.shapley_values`).
     ``original``: v(S) = |S| if S predicts right, else 0 (sample_level.py: value_all = 2, value_a = value_v = 1,
     so phi_a = (v_a + v_av - v_v) / 2). ``balancebenchmark``: v(S) = 1[S predicts right] and the sum runs
     over non-empty S only (Calculate_Shapley_Sample; its ``generate_all_combinations(include_empty=True)``
     leaves the empty set out).
     """
-    n_mod = len(modalities)
-    n = len(next(iter(correct.values())))
-
-    def value(S: tuple[str, ...]) -> torch.Tensor:
-        if not S:
-            return torch.zeros(n, dtype=torch.float64)
-        hit = correct[tuple(k for k in modalities if k in S)].double()
-        return hit * len(S) if valuation == "original" else hit
-
-    phi = torch.zeros(n, n_mod, dtype=torch.float64)
-    for j, m in enumerate(modalities):
-        others = [k for k in modalities if k != m]
-        for r in range(0 if valuation == "original" else 1, n_mod):
-            weight = math.factorial(r) * math.factorial(n_mod - r - 1) / math.factorial(n_mod)
-            for S in itertools.combinations(others, r):
-                phi[:, j] += weight * (value(S + (m,)) - value(S))
-    return phi
+    values = {S: hit.double() * (len(S) if valuation == "original" else 1) for S, hit in correct.items()}
+    phi = shapley_values(values, modalities, include_empty=valuation == "original")
+    return torch.stack([phi[m] for m in modalities], 1)
 
 
 def copies(phi: torch.Tensor, valuation: str = "original") -> torch.Tensor:
@@ -175,31 +157,21 @@ class SampleValuation(Balancer):
         self.plan: torch.Tensor | None = None  # (n_rank, 2) this rank's epoch: (position in splits.train, focus)
         self.first_step = 0
 
-    @torch.no_grad()
     def valuate(self, ctx) -> torch.Tensor:
-        """(N_train, M) per-sample Shapley values; each rank scores its share, summed over ranks."""
-        from mmvid.engine import to_device
-
+        """(N_train, M) per-sample Shapley values; each rank scores its share
+        (:func:`~mmvid.balance.base.per_sample_pass`)."""
         net = unwrap(ctx.model)
-        rows = ctx.splits.train
-        mine = np.arange(len(rows))[ctx.rank::ctx.world_size]
-        hits = {S: torch.zeros(len(rows), dtype=torch.float64) for S in coalitions(self.modalities)}
-        was = net.training
-        net.eval()
-        pos = 0
-        for inputs, y in ctx.loader(rows[mine], train=self.crops == "train"):
-            y = y.to(ctx.device)
-            logits = coalition_logits(net, net.encode(to_device(inputs, ctx.device), calibrate=False))
-            at = torch.as_tensor(mine[pos:pos + len(y)])
-            for S, lg in logits.items():
-                hits[S][at] = (lg.float().argmax(1) == y).double().cpu()
-            pos += len(y)
-        net.train(was)
-        keys = list(hits)
-        total = ctx.all_reduce(torch.stack([hits[S] for S in keys]))
-        return shapley({S: total[j] > 0.5 for j, S in enumerate(keys)}, self.modalities, self.valuation)
+
+        def measure(inputs, y):
+            logits = coalition_logits(net, net.encode(inputs, calibrate=False))
+            return {S: lg.float().argmax(1) == y for S, lg in logits.items()}
+
+        hits = per_sample_pass(ctx, ctx.splits.train, measure, dict.fromkeys(coalitions(self.modalities), ()),
+                               train=self.crops == "train")
+        return shapley({S: hit > 0.5 for S, hit in hits.items()}, self.modalities, self.valuation)
 
     def on_epoch_start(self, ctx) -> None:
+        super().on_epoch_start(ctx)
         self.first_step = ctx.step
         self.phi = self.valuate(ctx) if ctx.epoch >= self.warmup else None
 

@@ -218,7 +218,7 @@ def test_coefficients_are_the_reference_formula(s_a, s_v, r_a, r_v):
 
 
 def test_three_modality_weights_are_balancebenchmarks_gradmod():
-    from mmvid.balance.agm import shapley_matrix
+    from mmvid.measures import shapley_matrix
 
     a = shapley_matrix(["a", "v", "t"])["a"]
     assert a == {("a",): pytest.approx(1 / 3), ("v",): pytest.approx(-1 / 6), ("t",): pytest.approx(-1 / 6),
