@@ -54,6 +54,8 @@ VERSION = 2  # 2: per-chunk Fletcher-32 checksums on every dataset; 1: none
 READABLE_VERSIONS = (1, 2)
 PENDING, OK, FAILED = 0, 1, 2
 SPLIT_NAMES = ("train", "val", "test")
+# Which cache dataset feeds which model modality (the cache names what is stored, the model what it means).
+CACHE_KEY = {"audio": "spectrogram", "video": "frames", "flow": "flow"}
 
 
 class CacheDamaged(MmvidError):

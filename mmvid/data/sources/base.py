@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mmvid.registry import Registry
+from mmvid.registry_base import Registry
 from mmvid.workspace import write_atomic
 
 
