@@ -89,7 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workspace", default="mmvid-workspace")
     ap.add_argument("--dataset", default="demo", choices=["demo", "demo-shortcut"],
-                    help="demo-shortcut: audio alone fits the training clips (a stronger imbalance; mmvid.data.demo)")
+                    help="demo-shortcut: audio alone fits the training clips (a stronger imbalance; mmvid.data.sources.demo)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs trained at once")

@@ -102,9 +102,9 @@ class OnTheFlyDataset:
         from PIL import Image
         from torchvision import transforms
 
-        from mmvid.data.dataset import IMAGENET_MEAN, IMAGENET_STD, spec_to_tensor
         from mmvid.data.decode import select_indices
         from mmvid.data.features import log_spectrogram
+        from mmvid.data.torch_dataset import IMAGENET_MEAN, IMAGENET_STD, spec_to_tensor
 
         p = PARAMS
         if self.transform is None:
@@ -123,7 +123,7 @@ def loader_rate(dataset, n_samples: int, workers: int, batch: int) -> float:
     """Samples/s over ``n_samples`` (whole epochs) through a DataLoader, after one warm-up batch."""
     from torch.utils.data import DataLoader, Subset
 
-    from mmvid.data.dataset import finish_batch
+    from mmvid.data.torch_dataset import finish_batch
 
     reps = int(np.ceil(n_samples / len(dataset)))
     ds = Subset(dataset, list(range(len(dataset))) * reps)
@@ -159,9 +159,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mmvid-bench-"))
     try:
         from mmvid.data.cache import read_info
-        from mmvid.data.dataset import CacheDataset
         from mmvid.data.prepare import PrepareParams, prepare, process_clip
         from mmvid.data.sources import get_source
+        from mmvid.data.torch_dataset import CacheDataset
 
         src = get_source("folder")(root=folder_tree(args.data, tmp / "raw"), seed=0)
         n = len(src.clips)

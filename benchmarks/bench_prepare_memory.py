@@ -3,7 +3,7 @@
     PYTHONPATH=. python -m benchmarks.bench_prepare_memory [--sizes 50,800] [--workers 2] [--distinct 16]
 
 Clips like CREMA-D's: 480x360, 30 fps, 2.5 s, H.264 + AAC mono 44.1 kHz, written with PyAV
-(``mmvid.data.demo.write_mp4``); prepared with the CREMA-D preset (1 fps, T = 3, 224 px, 22,050 Hz,
+(``mmvid.data.sources.demo.write_mp4``); prepared with the CREMA-D preset (1 fps, T = 3, 224 px, 22,050 Hz,
 3 s, n_fft 512, hop 353). ``--distinct`` different files are generated (about 1 s each) and the
 folder of each size holds symlinks to them in turn: the decoders' leaks are per call, whatever the file.
 
@@ -37,7 +37,7 @@ CLASSES = 4
 
 def make_clips(out: Path, n: int, seed: int = 0) -> list[Path]:
     """``n`` distinct CREMA-D-sized clips: a moving colour pattern with a little noise, a tone with noise."""
-    from mmvid.data.demo import write_mp4
+    from mmvid.data.sources.demo import write_mp4
 
     rng = np.random.default_rng(seed)
     t_, h, w, fps, sr = 75, 360, 480, 30, 44100

@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_proving [--workspace DIR] [--seeds 5] [--jobs 2] [--only concat,concat-bmm] [--zoo]
 
-1. ``mmvid prepare proving`` (generated once: 2,000 real mp4 clips; :mod:`mmvid.data.proving`);
+1. ``mmvid prepare proving`` (generated once: 2,000 real mp4 clips; :mod:`mmvid.data.sources.proving`);
 2. ``mmvid sweep recipes/proving-ground --seeds N --baseline concat``: every row of recipes/proving-ground at
    every seed (finished runs are reused, so an interrupted benchmark continues), the table with mean ± std,
    95 % intervals and each row's paired difference to concat; ``--zoo`` adds recipes/zoo/proving, every

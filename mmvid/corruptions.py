@@ -1,4 +1,4 @@
-"""Test-time corruptions of one batch, on the tensors the model reads (see :mod:`mmvid.data.dataset`).
+"""Test-time corruptions of one batch, on the tensors the model reads (see :mod:`mmvid.data.torch_dataset`).
 
 Shapes (B batch, T frames): audio (B, 1, F, L) = log(|STFT| + 1e-7); video (B, T, 3, H, W)
 ImageNet-normalised RGB; flow (B, T, 2, H, W) in pixels per frame. Every function returns a new
@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from mmvid.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from mmvid.data.torch_dataset import IMAGENET_MEAN, IMAGENET_STD
 
 LOG_EPS = 1e-7  # the floor of the cache's log spectrogram, log(|S| + 1e-7)
 SILENCE = math.log(LOG_EPS)

@@ -37,9 +37,9 @@ from torch.utils.data import DataLoader
 
 from mmvid.augment.base import EpochMeans, mixed_cross_entropy, modality_mix
 from mmvid.augment.bmm import imbalance
-from mmvid.config import CACHE_KEY, TrainConfig, config_from_dict, save_config
-from mmvid.data.cache import CacheInfo, read_info
-from mmvid.data.dataset import INTENSITY_KEY, CacheDataset, check_finite_inputs, finish_batch
+from mmvid.config import TrainConfig, config_from_dict, save_config
+from mmvid.data.cache import CACHE_KEY, CacheInfo, read_info
+from mmvid.data.torch_dataset import INTENSITY_KEY, CacheDataset, check_finite_inputs, finish_batch
 from mmvid.data.params import check_prepared
 from mmvid.data.sources import stratified_split
 from mmvid.errors import Interrupted, MmvidError

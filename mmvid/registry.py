@@ -1,4 +1,5 @@
-"""One small registry class for every plug-in family (fusions, augmentations, balancers, calibration).
+"""The registries of the plug-in families (fusions, augmentations, balancers, calibration), each a
+:class:`Registry` (defined in :mod:`mmvid.registry_base`, which the data sources' registry shares).
 
 Entries are registered by decorator at import time of an explicitly imported module
 (``mmvid.models.fusions``, ``mmvid.models.calibration``, ``mmvid.augment``, ``mmvid.balance``); nothing
@@ -22,70 +23,10 @@ plug-in reads ``self.settings.alpha``.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any
 
-from mmvid.errors import MmvidError
+from mmvid.registry_base import NoSettings, Registry
 from mmvid.schema import check_settings, field_default, field_types, rule_of
-
-T = TypeVar("T")
-
-
-@dataclasses.dataclass
-class NoSettings:
-    """The settings of a plug-in that reads none."""
-
-
-class Registry(Generic[T]):
-    """Maps a name to a builder. Duplicate names are a ``ValueError``; unknown names list the choices."""
-
-    def __init__(self, kind: str, args_key: str | None = None) -> None:
-        self.kind = kind
-        self.args_key = args_key or f"{kind}.args"  # the config mapping that holds an entry's settings (balance.args)
-        self._entries: dict[str, Callable[..., T]] = {}
-        self._docs: dict[str, str] = {}
-
-    def register(self, name: str, doc: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        def deco(builder: Callable[..., T]) -> Callable[..., T]:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
-            if isinstance(builder, type):  # its own Settings, or none (never a parent's)
-                builder.Settings = builder.__dict__.get("Settings", NoSettings)
-                if not dataclasses.is_dataclass(builder.Settings):
-                    raise TypeError(f"{self.kind} {name!r}: Settings must be a dataclass")
-            self._entries[name] = builder
-            text = doc or (builder.__doc__ or "").strip().splitlines()
-            self._docs[name] = text if isinstance(text, str) else (text[0] if text else "")
-            return builder
-
-        return deco
-
-    def get(self, name: str) -> Callable[..., T]:
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise MmvidError(
-                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
-            ) from None
-
-    def build(self, name: str, *args, **kwargs) -> T:
-        return self.get(name)(*args, **kwargs)
-
-    def settings(self, name: str) -> type:
-        """The Settings dataclass of entry ``name`` (an unknown name is the one-line error of :meth:`get`)."""
-        return getattr(self.get(name), "Settings", NoSettings)
-
-    def names(self, pattern: str = "*") -> list[str]:
-        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
-
-    def describe(self) -> dict[str, str]:
-        return {n: self._docs[n] for n in self.names()}
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 class EpochMeans:

@@ -358,7 +358,7 @@ def run_sweep(console, ws: Path, sweep: Sweep, jobs: int = 1, gpus: int = 0, dry
                              f"--gpus {gpus}: this machine has no CUDA device; leave --gpus out to train on CPU")
     from mmvid.plugins import check_reachable
     from mmvid.workflows import check_plugins, plugin_entries
-    from mmvid.workspace import resolve_cache
+    from mmvid.data.cache_lookup import resolve_cache
 
     for name in dict.fromkeys(r.config.data.dataset for r in todo):  # a missing cache fails now, not once per run
         resolve_cache(ws, name)

@@ -61,7 +61,7 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
                 labels: dict[str, str] | None = None, shard: str | None = None, merge: bool = False,
                 preset: str | None = None, **source_kwargs) -> Path:
     """``params`` override the source's cache parameters (None = the source's value; ``fps`` 0 = native), and
-    ``preset`` (mmvid.data.datasets.PRESETS: the inputs of a reference implementation) lies between the two;
+    ``preset`` (mmvid.data.sources.PRESETS: the inputs of a reference implementation) lies between the two;
     ``labels`` name the CLI flag of each (for errors). Every value is checked before any source is listed.
     ``shard`` ``"i/n"`` prepares clips i, i + n, ... into ``<name>.shard-<i>-of-<n>.h5``; ``merge`` copies
     finished shards into ``<name>.h5`` (mmvid.data.shards)."""
@@ -89,7 +89,7 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
     PrepareParams.build(given, labels)  # a bad option fails here, before the source is listed or generated
     from mmvid.data import shards
     from mmvid.data.prepare import prepare
-    from mmvid.data.sources import GENERATED, get_source, write_missing_manifest
+    from mmvid.data.sources import GENERATED, get_source, preset_params, write_missing_manifest
     from mmvid.workspace import cache_path
 
     part = shards.parse_shard(shard) if shard is not None else None
@@ -99,7 +99,7 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
     if info:
         print_cache_info(console, cache)
         return cache
-    from mmvid.data.cache import check_cache_target
+    from mmvid.data.cache_writer import check_cache_target
 
     check_cache_target(cache)  # a file mmvid did not write is refused now, before any clip is generated or listed
     if merge:  # reads only the shard files: the source is not listed again
@@ -107,9 +107,7 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
         from mmvid.data.cache import read_info
 
         return _prepare_summary(console, cache, report, classes=read_info(cache).num_classes, what="merged shards into")
-    make_source = get_source(dataset)  # first: registers every source, and rejects an unknown name
-    from mmvid.data.datasets import preset_params
-
+    make_source = get_source(dataset)  # first: an unknown name is rejected before anything else
     preset_params(dataset, preset)  # an unknown preset fails before the source is listed
     generated = dataset in GENERATED
     if generated and root is None:
@@ -233,9 +231,10 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
 
     notes: list[str] = []
     cfg = None if resume is not None else resolve_config(recipe, overrides, sources, notes)  # "" is refused by resolve_run
+    from mmvid.data.cache_lookup import resolve_cache
     from mmvid.engine import CKPT_LAST, default_run_name, load_checkpoint, train
     from mmvid.registry import load_plugins
-    from mmvid.workspace import check_run_folder, resolve_cache, resolve_run, run_path
+    from mmvid.workspace import check_run_folder, resolve_run, run_path
 
     load_plugins()
     # Under torchrun every rank runs this; rank 0 checks the run folder (the others would race with its first files).

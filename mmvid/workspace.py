@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -194,50 +193,6 @@ def cache_path(ws: Path, dataset: str, label: str = "--dataset") -> Path:
 def run_path(ws: Path, name: str, label: str = "--run-name") -> Path:
     """``runs/<name>`` for a plain name (else the one line naming ``label``)."""
     return named(runs_dir(ws), name, label)
-
-
-def resolve_cache(ws: Path, dataset: str | None, label: str = "--dataset") -> Path:
-    """The named cache (a plain name in caches/, or the path of a .h5 file), else the only or the most
-    recently prepared one. A cache file given by its path must have a plain name too: it names the runs."""
-    if dataset is not None:
-        from mmvid.schema import check_name, is_plain_name
-
-        check_name(label, dataset, or_path=".h5")
-        p = Path(dataset)
-        if p.suffix == ".h5" and p.is_file():
-            check_name(f"the name of cache file {p}", p.stem)
-            return p.resolve()
-        if not is_plain_name(dataset):
-            raise MmvidError(f"no cache file at {p}; give the path of a cache that `mmvid prepare` wrote, or the "
-                             f"name of a cache in {caches_dir(ws)}")
-        p = cache_path(ws, dataset, label)
-        if not p.exists():
-            have = sorted(q.stem for q in caches_dir(ws).glob("*.h5"))
-            from mmvid.data.sources import GENERATED, SOURCES, get_source
-
-            try:
-                get_source(dataset)  # registers the sources
-            except MmvidError:
-                pass
-            how = (f"mmvid prepare {dataset}" + ("" if dataset in GENERATED else " --root DIR") if dataset in SOURCES
-                   else f"mmvid prepare folder --root DIR --name {dataset}")
-            hint = f"prepare it with `{how}`" + (f" or choose one of the prepared: {', '.join(have)}" if have else "")
-            raise MmvidError(f"no cache for dataset {dataset!r} at {p}; {hint}")
-        return p
-    # shards (<name>.shard-<i>-of-<n>.h5, mmvid.data.shards) are not caches to train on: their merge is
-    found = sorted((q for q in caches_dir(ws).glob("*.h5") if not re.search(r"\.shard-\d+-of-\d+\.h5$", q.name)),
-                   key=lambda q: q.stat().st_mtime)
-    if not found:
-        shard = next(iter(sorted(caches_dir(ws).glob("*.shard-*-of-*.h5"))), None)
-        if shard is not None:
-            name = re.sub(r"\.shard-\d+-of-\d+\.h5$", "", shard.name)
-            raise MmvidError(f"no prepared cache in {caches_dir(ws)}, only shards ({shard.name}, ...); merge them "
-                             f"with `mmvid prepare {name} --merge` first")
-        raise MmvidError(f"no prepared cache in {caches_dir(ws)}; run `mmvid prepare demo` (or another dataset) first")
-    from mmvid.schema import check_name
-
-    check_name(f"the name of cache file {found[-1]}", found[-1].stem)  # it names the run and is saved in its config
-    return found[-1]
 
 
 def resolve_run(ws: Path, run: str | Path | None) -> Path:

@@ -153,7 +153,7 @@ def test_nan_in_an_evaluated_clip_is_cache_damage(ws):
 
 
 def test_nan_with_the_cache_in_memory_is_caught_on_load(ws):
-    from mmvid.data.dataset import CacheDataset
+    from mmvid.data.torch_dataset import CacheDataset
 
     cache = ws / "caches" / "demo.h5"
     damage(cache, "nan")
@@ -194,7 +194,7 @@ def downgrade_to_v1(src: Path, dst: Path) -> None:
 
 
 def test_version_1_cache_still_loads_and_info_suggests_force(ws, tmp_path):
-    from mmvid.data.dataset import CacheDataset
+    from mmvid.data.torch_dataset import CacheDataset
 
     cache = ws / "caches" / "demo.h5"
     downgrade_to_v1(cache, tmp_path / "v1.h5")

@@ -10,7 +10,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from mmvid.data.crop import BOX_KEY, draw_box, resized_crop_batch
-from mmvid.data.dataset import IMAGENET_STD, CacheDataset, finish_batch, normalise_frames
+from mmvid.data.torch_dataset import IMAGENET_STD, CacheDataset, finish_batch, normalise_frames
 
 
 def per_clip(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ def test_quantisation_zero_is_128_and_round_trip_within_half_a_step():
 
 
 def test_cache_reader_dequantises_like_the_writer():
-    from mmvid.data.dataset import flow_to_tensor
+    from mmvid.data.torch_dataset import flow_to_tensor
 
     q = np.random.default_rng(0).integers(0, 256, size=(3, 4, 4, 2), dtype=np.uint8)
     got = flow_to_tensor(q, 20.0).numpy()  # (T, 2, H, W)

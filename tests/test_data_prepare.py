@@ -81,7 +81,7 @@ def _loader_batch_matches_cache(cache: Path, frames: np.ndarray, spec: np.ndarra
     import torch
     from torch.utils.data import DataLoader
 
-    from mmvid.data.dataset import IMAGENET_MEAN, IMAGENET_STD, CacheDataset, finish_batch
+    from mmvid.data.torch_dataset import IMAGENET_MEAN, IMAGENET_STD, CacheDataset, finish_batch
 
     ds = CacheDataset(cache, np.array([i, i]), ["audio", "video"])
     raw, y = next(iter(DataLoader(ds, batch_size=2, num_workers=1)))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmvid.data.datasets import read_lines
+from mmvid.data.sources.listing import read_lines
 from mmvid.data.sources import get_source
 from mmvid.errors import MmvidError
 

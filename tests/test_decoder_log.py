@@ -70,7 +70,7 @@ def test_summarize_log_keeps_a_bounded_number_of_distinct_lines():
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_prepare_routes_decoder_lines_into_the_report(tmp_path, workers):
-    from mmvid.data.demo import write_mp4
+    from mmvid.data.sources.demo import write_mp4
 
     root = tmp_path / "data"
     rng = np.random.default_rng(0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmvid.data.cache import read_info
-from mmvid.data.demo import CLASS_NAMES, DEMO_PARAMS, ROOTS, SR, write_mp4
+from mmvid.data.sources.demo import CLASS_NAMES, DEMO_PARAMS, ROOTS, SR, write_mp4
 from mmvid.data.decode import decode_audio, decode_frames, select_indices
 from mmvid.data.features import spectrogram_shape
 
@@ -66,7 +66,7 @@ def test_the_demo_decodes_to_the_same_frames_every_time_it_is_generated(tmp_path
     caches, trained models and the tests' figures drifted; the clips are now lossless."""
     import av
 
-    from mmvid.data.demo import generate
+    from mmvid.data.sources.demo import generate
 
     roots = [generate(tmp_path / k, n_clips=30, seed=0) for k in ("a", "b")]
     for f in sorted(p.relative_to(roots[0]) for p in roots[0].rglob("*.mp4")):
@@ -120,7 +120,8 @@ def test_prepare_resumes_a_partial_cache(tmp_path):
     """An interrupted prepare leaves only <name>.h5.partial; re-running finishes the missing clips."""
     import dataclasses
 
-    from mmvid.data.cache import CacheWriter, partial_path
+    from mmvid.data.cache import partial_path
+    from mmvid.data.cache_writer import CacheWriter
     from mmvid.data.prepare import PrepareParams, prepare, process_clip
     from mmvid.data.sources import get_source
 

@@ -20,7 +20,7 @@ from rich.console import Console
 from mmvid.augment.msmix import MSMix, label_groups
 from mmvid.config import resolve_config
 from mmvid.data.cache import check_cache, read_info
-from mmvid.data.dataset import INTENSITY_KEY
+from mmvid.data.torch_dataset import INTENSITY_KEY
 from mmvid.engine import make_loader, train
 from mmvid.workflows import run_prepare
 
@@ -29,7 +29,7 @@ CLASSES = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
 # Real clips under names of other levels (the level is read from the name): sentence IEO, as in the dataset.
 RENAMED = {"1001_IEO_ANG_LO": "1001_DFA_ANG_XX", "1001_IEO_ANG_MD": "1001_DFA_ANG_XX", "1001_IEO_ANG_HI": "1001_DFA_ANG_XX",
            "1001_IEO_HAP_HI": "1001_DFA_HAP_XX", "1001_IEO_SAD_LO": "1001_DFA_SAD_XX", "1001_IEO_NEU_XX": "1001_DFA_NEU_XX"}
-# What docs/methods.md states (mmvid/data/datasets.py CREMAD_INTENSITY), typed again here.
+# What docs/methods.md states (mmvid/data/sources/cremad.py CREMAD_INTENSITY), typed again here.
 TARGET = {"LO": 0.2, "MD": 0.5, "HI": 0.8, "XX": 0.5}
 
 

@@ -309,7 +309,7 @@ def test_merge_refuses_a_cache_it_did_not_write(tmp_path):
 def test_what_counts_as_mmvids_cache(tiny_ws, tmp_path):
     """An intact cache and a damaged one (h5py cannot open it: the case --force rebuilds) are mmvid's; another
     HDF5 file, a text file and a non-empty non-HDF5 .partial are not; an empty .partial (a kill at creation) is."""
-    from mmvid.data.cache import is_mmvid_cache
+    from mmvid.data.cache_writer import is_mmvid_cache
 
     mine = tmp_path / "mine.h5"
     shutil.copy(tiny_ws / "caches" / "demo.h5", mine)
@@ -426,7 +426,7 @@ def test_curves_of_a_folder_mmvid_did_not_write_never_replace_its_figures(tiny_r
 
 def test_a_cache_given_by_its_path_still_works(tiny_ws, tmp_path):
     """--dataset takes the path of a .h5 cache (documented); its file name must be a plain name (it names runs)."""
-    from mmvid.workspace import resolve_cache
+    from mmvid.data.cache_lookup import resolve_cache
 
     ws = tmp_path / "ws"
     mine = tmp_path / "elsewhere" / "mine.h5"

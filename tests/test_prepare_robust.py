@@ -29,7 +29,7 @@ SMALL = ["--image-size", "32", "--clip-seconds", "2"]
 
 def write_clip(path: Path, seed: int = 0) -> Path:
     """A real 2 s H.264 + AAC mp4 (32x32, 5 fps), as the demo writes them."""
-    from mmvid.data.demo import write_mp4
+    from mmvid.data.sources.demo import write_mp4
 
     rng = np.random.default_rng(seed)
     t = np.arange(32000) / 16000

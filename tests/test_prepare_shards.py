@@ -173,7 +173,7 @@ def test_more_shards_than_clips_is_refused(tmp_path):
 
 
 def test_interrupted_merge_resumes_to_the_same_cache(sharded, tmp_path, monkeypatch):
-    from mmvid.data.cache import CacheWriter
+    from mmvid.data.cache_writer import CacheWriter
 
     ws = _copy_shards(sharded, tmp_path / "m")
     real, written = CacheWriter.write, []
@@ -213,7 +213,7 @@ def test_damaged_shard_is_one_line_naming_it(sharded, tmp_path):
 
 
 def test_latest_cache_is_never_a_shard(sharded, tmp_path):
-    from mmvid.workspace import resolve_cache
+    from mmvid.data.cache_lookup import resolve_cache
 
     ws = _copy_shards(sharded, tmp_path / "l")
     with pytest.raises(MmvidError, match=r"only shards .*`mmvid prepare demo --merge`"):

@@ -1,4 +1,4 @@
-"""The proving-ground source (mmvid.data.proving) and the regime figures (mmvid.results.evaluation.regime)."""
+"""The proving-ground source (mmvid.data.sources.proving) and the regime figures (mmvid.results.evaluation.regime)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmvid.data import proving as P
+from mmvid.data.sources import proving as P
 from mmvid.errors import MmvidError
 
 

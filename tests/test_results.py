@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from mmvid import corruptions as C
 from mmvid.cli import app
-from mmvid.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from mmvid.data.torch_dataset import IMAGENET_MEAN, IMAGENET_STD
 from mmvid.results.evaluation import confusion, macro_f1
 from mmvid.results.figures import DPI, PANEL
 

@@ -23,7 +23,7 @@ Three parts, on the per-modality features z_m (B, d_m) of one batch:
 * SAL, alignment (``sal: reference``): 1000 sum_m KL_batchmean(t || q_m), q_m = softmax_batch(|I_m| / 3) + e,
   t = softmax_batch(s) + e, s (B,) in [0, 1] the ground-truth intensity as in the reference (|y| / 3 there).
   ``sal_target: labels`` (default): s = the clip's intensity target from the cache's levels (CREMA-D:
-  mmvid.data.datasets.CREMAD_INTENSITY); a cache without levels falls back, with a note, to
+  mmvid.data.sources.cremad.CREMAD_INTENSITY); a cache without levels falls back, with a note, to
   ``sal_target: confidence``: s = the detached true-class probability of the fused model.
   ``sal: mean_kl`` (mmvid's earlier form): mean_m KL(s / sum s || softmax_batch(|I_m| / 3)).
 

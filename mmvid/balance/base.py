@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mmvid.augment.base import modality_mix, target_probability
-from mmvid.data.dataset import finish_batch
+from mmvid.data.torch_dataset import finish_batch
 from mmvid.errors import MmvidError
 from mmvid.measures import eval_mode
 from mmvid.registry import BALANCERS, Plugin

@@ -20,8 +20,6 @@ PROTOCOLS = ("clean", "reference")
 # What the best epoch of a run is chosen on, in words, for every place that reports it (summary line, evaluate,
 # report, sweep tables): reference selects on test as the published code does, and says so wherever it appears.
 SELECTED_ON_TEST = {"reference": "selected on test, as the reference code does", "clean": "no validation split"}
-# Which cache dataset feeds which model modality (the cache names what is stored, the model what it means).
-CACHE_KEY = {"audio": "spectrogram", "video": "frames", "flow": "flow"}
 
 
 # Each field declares what it accepts next to its default (mmvid.schema.spec): a new field with its range is one

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import RandomResizedCrop
 
 BOX_KEY = "crop_box"  # (B, 6) int64: top, left, height, width, flipped, output size; (B, T, 6): one per frame
 
@@ -71,8 +73,6 @@ def draw_frame_boxes(size: int | tuple[int, int], frames: int, train: bool, crop
     RandomHorizontalFlip(), ...])`` applied frame by frame. Test time: the whole frame resized to
     ``crop x crop`` (``Resize((224, 224))``). ``random_crop=False`` keeps the whole frame, ``flip=False``
     draws no flip."""
-    from torchvision.transforms import RandomResizedCrop
-
     h_img, w_img = _hw(size)
     crop = crop_size or min(h_img, w_img)
     rows = []
@@ -166,8 +166,6 @@ def crop_clip(out: dict[str, torch.Tensor], box: torch.Tensor) -> dict[str, torc
     """One clip's video (T, 3, S, S) uint8 / flow (T, 2, S, S): ``box`` applied at once with torchvision's
     resized_crop (its uint8 kernel rounds to uint8: within one level of ``resized_crop_batch``), or, with
     per-frame boxes (T, 6), each frame's own."""
-    import torchvision.transforms.v2.functional as TF
-
     if box.dim() == 2:
         frames = [crop_clip({m: out[m][t:t + 1] for m in ("video", "flow") if m in out}, b) for t, b in enumerate(box)]
         for m in ("video", "flow"):

@@ -105,7 +105,7 @@ def _first_line(e: Exception) -> str:
 
 def probe(path: str | Path) -> Probe:
     """Open the container header; DecodeError when it is unreadable or has nothing to decode."""
-    import av
+    import av  # PyAV and decord load only for the decoder a cache asks for (decoder=pyav|decord)
 
     path = Path(path)
     if not path.is_file():
@@ -211,7 +211,7 @@ def _hw(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
 
 
 def _decord_reader(path: Path, size: int | tuple[int, int] | None):
-    import decord
+    import decord  # decord and PyAV load only for the decoder a cache asks for (decoder=decord|pyav)
 
     hw = _hw(size)
     if hw:
@@ -234,7 +234,7 @@ def _decord_frames(path: Path, num_out: int, sample_fps: float | None, size: int
 
 def _pyav_frames(path: Path, num_out: int, sample_fps: float | None, size: int | tuple[int, int] | None,
                  offsets: tuple[int, ...], select: str = "uniform", anchor: str = "centre") -> tuple[np.ndarray, VideoInfo]:
-    import av
+    import av  # PyAV and decord load only for the decoder a cache asks for (decoder=pyav|decord)
 
     # Two passes, so memory holds only the chosen frames: times first, then the frames themselves.
     with av.open(str(path)) as c:
@@ -302,7 +302,7 @@ def decode_frames(path: str | Path, num_out: int, sample_fps: float | None, size
 
 
 def _pyav_audio(path: Path, sr: int) -> np.ndarray:
-    import av
+    import av  # PyAV and decord load only for the decoder a cache asks for (decoder=pyav|decord)
 
     with av.open(str(path)) as c:
         if not c.streams.audio:
@@ -342,7 +342,7 @@ def decode_audio(path: str | Path, sr: int, resample: str = "soxr_hq") -> np.nda
     """
     path = Path(path)
     if path.suffix.lower() in (".wav", ".flac", ".ogg"):
-        import librosa
+        import librosa  # seconds to import (numba): loaded only for audio files (.wav, .flac, .ogg)
 
         if resample == "kaiser_best":
             try:

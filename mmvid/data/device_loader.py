@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Sampler
 
 from mmvid.data.crop import BOX_KEY, crop_clip, draw_clip
-from mmvid.data.dataset import INTENSITY_KEY, CacheDataset, to_tensors
+from mmvid.data.torch_dataset import INTENSITY_KEY, CacheDataset, to_tensors
 
 
 class DeviceLoader:

@@ -23,7 +23,7 @@ def log_spectrogram(wave: np.ndarray, sr: int, clip_seconds: float, n_fft: int, 
     default, ``reflect`` that of the older librosa the 2022 reference code ran; only the frames whose
     window reaches past an end (the first and last columns here) differ (docs/methods.md).
     """
-    import librosa
+    import librosa  # seconds to import (numba): loaded where a spectrogram is computed, not with this module
 
     target = int(round(sr * clip_seconds))
     if wave.size == 0:
@@ -51,7 +51,7 @@ def mel_banks(n_mels: int, n_fft: int, sr: float, low: float = 20.0, high: float
     """(n_mels, n_fft // 2 + 1) float32 triangular filters, equally spaced on Kaldi's mel scale
     m(f) = 1127 ln(1 + f / 700) between ``low`` and ``high`` (<= 0: Nyquist + high); the last (Nyquist)
     FFT bin gets weight 0, as in Kaldi. Computed in float32 as torchaudio's ``get_mel_banks`` does."""
-    import torch
+    import torch  # a second to import: only the Kaldi filterbank needs it, not a decoder computing STFTs
 
     nyquist = 0.5 * sr
     high = high + nyquist if high <= 0.0 else high
@@ -74,7 +74,7 @@ def kaldi_fbank(wave: np.ndarray, sr: int, n_mels: int = 128, frame_shift_ms: fl
     (x[-1] = x[0]), a symmetric Hann window, zero-padded to the next power of two N; power spectrum
     |rfft|^2; mel filters (``mel_banks``); log(max(E, eps_float32)). ``wave``: (n,) samples.
     """
-    import torch
+    import torch  # a second to import: only the Kaldi filterbank needs it, not a decoder computing STFTs
 
     x = torch.as_tensor(np.asarray(wave, dtype=np.float32))
     shift, length = int(sr * frame_shift_ms * 0.001), int(sr * frame_length_ms * 0.001)
@@ -96,7 +96,7 @@ def fbank_feature(wave: np.ndarray, sr: int, n_mels: int = 128, frames: int = 10
     """(frames, n_mels) float32: OGM-GE's Kinetics-Sounds audio input (KineticSound/process_audio.py):
     the waveform less its mean, ``kaldi_fbank``, zero rows appended or rows cut to ``frames`` (1024 = 10.24 s),
     then (x - FBANK_MEAN) / (2 FBANK_STD). Time runs along the first axis, as in the reference's arrays."""
-    import torch
+    import torch  # a second to import: only the Kaldi filterbank needs it, not a decoder computing STFTs
 
     wave = np.asarray(wave, dtype=np.float32)
     if wave.size == 0:

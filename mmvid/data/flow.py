@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from mmvid.data.decode import DecodeError, decode_frames, select_from_times
-
-if TYPE_CHECKING:
-    from mmvid.data.prepare import PrepareParams
-    from mmvid.data.sources import ClipSpec
+from mmvid.data.params import PrepareParams
+from mmvid.data.sources.base import ClipSpec
+from mmvid.errors import MmvidError
 
 COMPUTED = ("farneback", "dis")
 ZERO = 128
@@ -47,10 +44,8 @@ def dequantise_flow(q: np.ndarray, bound: float) -> np.ndarray:
 
 def _cv2():
     try:
-        import cv2
+        import cv2  # OpenCV is needed only to compute flow: its absence is an error here, not at import
     except ImportError:
-        from mmvid.errors import MmvidError
-
         raise MmvidError("computed optical flow needs OpenCV: pip install opencv-python-headless "
                          "(or use --flow precomputed / --flow none)") from None
     return cv2

@@ -69,6 +69,7 @@ class PrepareParams:
         return frame_hw(self.__dict__)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
+        # options are checked against these declarations before numpy loads (mmvid.config); features imports it
         from mmvid.data.features import audio_shape
 
         h, w = self.frame_hw()

@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+import ctypes
+import io
 import json
+import multiprocessing as mp
 import os
 import platform
+import signal
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
+from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mmvid.data.cache import CacheWriter, Intensity, read_info
+from mmvid._version import __version__
+from mmvid.data.cache import OK, SPLIT_NAMES, Intensity, read_info
+from mmvid.data.cache_writer import CacheWriter
 from mmvid.data.decode import DecodeError, NoAudioError, decode_audio, decode_frames, decoder_log
 from mmvid.data.features import audio_feature, silent_audio
-from mmvid.data.params import PrepareParams  # noqa: F401  (re-exported: defined without heavy imports)
-from mmvid.data.sources import ClipSpec, Source
-from mmvid._version import __version__
+from mmvid.data.flow import clip_flow, read_rgb_dir
+from mmvid.data.params import PrepareParams
+from mmvid.data.sources.base import ClipSpec, Source
 from mmvid.errors import MmvidError
 from mmvid.workspace import write_atomic
 
@@ -53,8 +62,6 @@ def unlearnable_classes(info) -> list[dict[str, str]]:
     listed, every clip failed to decode, or the usable ones are all in other splits. Such a class keeps
     its label (labels are fixed before decoding, so a resumed run and the cache agree) but cannot be learned.
     """
-    from mmvid.data.cache import OK, SPLIT_NAMES
-
     out = []
     for c, name in enumerate(info.class_names):
         mine = info.labels == c
@@ -83,8 +90,7 @@ def source_intensity(source: Source) -> Intensity | None:
 
 
 def library_versions() -> dict[str, str]:
-    import h5py
-    import librosa
+    import librosa  # takes seconds to import (numba): loaded where a cache is written, not with this module
 
     out = {"python": platform.python_version(), "h5py": h5py.__version__, "librosa": librosa.__version__,
            "numpy": np.__version__}
@@ -100,8 +106,6 @@ def library_versions() -> dict[str, str]:
 def process_clip(clip: ClipSpec, p: PrepareParams) -> dict[str, np.ndarray]:
     """Decode one clip into the cache's arrays. Raises DecodeError (reported, skipped) on bad input."""
     if clip.rgb_dir is not None:
-        from mmvid.data.flow import read_rgb_dir
-
         frames = read_rgb_dir(clip.rgb_dir, p)
     else:
         if clip.video is None:
@@ -122,8 +126,6 @@ def process_clip(clip: ClipSpec, p: PrepareParams) -> dict[str, np.ndarray]:
             raise NoAudioError(f"{e} (--missing-audio zeros keeps such clips with a silent spectrogram)") from None
         sample["spectrogram"] = silent_audio(p).astype(np.float16)
     if p.flow != "none":
-        from mmvid.data.flow import clip_flow
-
         sample["flow"] = clip_flow(clip, p)
     return sample
 
@@ -132,10 +134,7 @@ def jpeg_roundtrip(frames: np.ndarray, quality: int) -> np.ndarray:
     """(T, H, W, 3) uint8 RGB frames as the reference's frame folders hold them: each written as a JPEG of
     ``quality`` with OpenCV (OGM-GE's video_preprocessing.py: ``cv2.imencode('.jpg', bgr)``, quality 95 by
     default) and read back with PIL (the reference loaders' ``Image.open(...).convert('RGB')``)."""
-    import io
-
-    import cv2
-    from PIL import Image
+    import cv2  # OpenCV is optional until a frame is JPEG-encoded or flow computed (mmvid.data.flow._cv2)
 
     out = np.empty_like(frames)
     for i, rgb in enumerate(frames):
@@ -172,9 +171,6 @@ def _exit_with_parent(parent: int) -> None:
     """
     if sys.platform.startswith("linux"):
         try:
-            import ctypes
-            import signal
-
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         except (OSError, AttributeError):  # no libc prctl (e.g. a static build): the watchdog still works
             pass
@@ -222,9 +218,6 @@ def _run_pool(todo: np.ndarray, source: Source, params: PrepareParams, workers: 
     ends (``_exit_with_parent``). ``decode`` (default ``_process_safe``) is the function run per clip,
     importable by name in a spawned process.
     """
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, wait
-
     decode = decode or _process_safe
     ctx = mp.get_context("spawn")
     done = 0
@@ -285,8 +278,6 @@ def prepare(source: Source, cache: Path, params: PrepareParams, workers: int | s
     the same command resumes the partial file (clips already written or failed are not redone).
     ``attrs``: extra cache attributes (stored as JSON), e.g. the record of a shard (mmvid.data.shards).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     cache = Path(cache)
     report = PrepareReport(cache=cache, total=len(source.clips), notes=list(source.notes), excluded=list(source.excluded))
     start = time.time()

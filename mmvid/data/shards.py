@@ -13,7 +13,7 @@ listing, other parameters or another ``n`` are refused.
 
 Merge: a copy into ``<name>.h5``, not an HDF5 virtual dataset. The copy is one self-contained file with
 the schema, chunking and per-chunk Fletcher-32 checksums of a cache made in one go (it is written by the
-same :class:`~mmvid.data.cache.CacheWriter`), so training, ``--info`` and the damage checks read it
+same :class:`~mmvid.data.cache_writer.CacheWriter`), so training, ``--info`` and the damage checks read it
 unchanged; the copy also reads, and so checksum-verifies, every chunk of every shard. A virtual dataset
 would keep the shard files as its storage: they would have to stay beside it, a moved or deleted shard
 breaks it, and its mapping carries no checksums of its own. The price is disk space (shards and merged
@@ -30,11 +30,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from mmvid.data.cache import FAILED, OK, READ_ERRORS, SPLIT_NAMES, CacheWriter, Intensity, fingerprint, read_error, read_info
-from mmvid.data.sources import Source
+from mmvid.data.cache import FAILED, OK, READ_ERRORS, SPLIT_NAMES, Intensity, fingerprint, read_error, read_info
+from mmvid.data.cache_writer import CacheWriter
+from mmvid.data.prepare import PrepareReport, unlearnable_classes
+from mmvid.data.sources.base import Source
 from mmvid.errors import MmvidError
+from mmvid.workspace import write_atomic
 
 MAX_SHARDS = 100_000
 BLOCK = 64  # clips read from a shard at a time
@@ -197,11 +202,6 @@ def merge_shards(cache: Path, given: dict[str, Any] | None = None, force: bool =
     """Copy the shards of ``cache`` into ``cache`` (a :class:`~mmvid.data.prepare.PrepareReport`, also saved as
     ``<cache>.report.json``): the rows, labels, splits, status, classes and attributes of an unsharded
     ``prepare`` of the same source, in the source's order; failed clips merged with their error texts."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from mmvid.data.prepare import PrepareReport, unlearnable_classes
-    from mmvid.workspace import write_atomic
-
     start = time.time()
     cache = Path(cache)
     n, infos, names, labels, splits = check_shards(cache, given)
@@ -272,8 +272,6 @@ def merged_intensity(infos, n: int) -> Intensity | None:
 def _copy_shard(info, i: int, n: int, writer: CacheWriter, pending: np.ndarray, advance) -> None:
     """Rows of shard ``i`` into the merged rows ``i + r * n`` still pending, ``BLOCK`` clips at a time; every
     chunk read is checked against its checksum, so a damaged shard fails here, naming it."""
-    import h5py
-
     try:
         with h5py.File(info.path, "r") as f:
             for lo in range(0, len(info.names), BLOCK):

@@ -675,8 +675,9 @@ def _fused_run(console, ws: Path, dataset: str, recipe: str | None, sets: dict[s
                minutes: float | None, alone: bool):
     from mmvid.config import RECIPES, resolve_config
     from mmvid.data.cache import read_info
+    from mmvid.data.cache_lookup import resolve_cache
     from mmvid.workflows import check_plugins
-    from mmvid.workspace import check_run_folder, resolve_cache, run_path
+    from mmvid.workspace import check_run_folder, run_path
 
     cache = resolve_cache(ws, dataset)
     if recipe is None and (RECIPES / f"{cache.stem}.yaml").exists():

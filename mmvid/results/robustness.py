@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mmvid import corruptions as C
-from mmvid.data.dataset import finish_batch
+from mmvid.data.torch_dataset import finish_batch
 from mmvid.engine import evaluate_model
 from mmvid.errors import MmvidError
 from mmvid.results.evaluation import LoadedRun, checkpoint_note, load_run

@@ -34,10 +34,10 @@ from torchvision import transforms
 from mmvid.config import resolve_config
 from mmvid.data.cache import read_info
 from mmvid.data.crop import BOX_KEY
-from mmvid.data.dataset import CacheDataset, finish_batch
 from mmvid.data.decode import decode_audio, decode_frames
 from mmvid.data.features import kaldi_fbank, log_spectrogram, silent_audio
 from mmvid.data.params import PrepareParams
+from mmvid.data.torch_dataset import CacheDataset, finish_batch
 from mmvid.errors import MmvidError
 from mmvid.workflows import run_prepare
 
@@ -327,7 +327,7 @@ def test_ogm_ge_preset_audio_is_cramed_datasets_lines_under_the_older_librosa(sh
     [-1, 1], librosa.stft(n_fft=512, hop_length=353) (reflect padding in librosa < 0.10), log(|.| + 1e-7)."""
     import librosa
 
-    from mmvid.data.datasets import preset_params
+    from mmvid.data.sources import preset_params
     from mmvid.data.features import audio_feature
 
     p = PrepareParams.build({**preset_params("cremad", "ogm-ge"), "sample_rate": 22050, "clip_seconds": 3.0})

@@ -15,7 +15,7 @@ encoder memorises 410 clips), so this source builds the regime in, with 2,000 cl
   test accuracy stays near 50 %. (With a melody per clip, ``MELODY_SHARE`` 1, memorising 1,500 melodies
   was slower than video's learning, and the fused model then fitted the training set through video.)
 * **video = a class cue that generalises but is learned slowly.** A real handwritten digit of the
-  class (the UCI 8x8 digits bundled with scikit-learn, as in :mod:`mmvid.data.demo`; train and test
+  class (the UCI 8x8 digits bundled with scikit-learn, as in :mod:`mmvid.data.sources.demo`; train and test
   clips use disjoint halves of each class's digits) at low contrast, at a new random place in each of
   the three 16x16 frames, over strong grey per-frame noise. It is the only cue that tells
   c from c + 5 on test, and is slow to learn, so a fused model that fits the training set through the
@@ -24,7 +24,7 @@ encoder memorises 410 clips), so this source builds the regime in, with 2,000 cl
   one CPU thread: 1 s clips, 3 frames at 3 fps, 16x16 px; 8 kHz audio with n_fft 128 and hop 256, a
   65 x 32 log spectrogram.
 
-The clips are real mp4 files (H.264 + AAC, written by :func:`mmvid.data.demo.write_mp4`) under
+The clips are real mp4 files (H.264 + AAC, written by :func:`mmvid.data.sources.demo.write_mp4`) under
 ``<workspace>/raw/proving/<class>/<clip>.mp4`` with ``splits/{train,test}.txt``, read back through the
 same decode -> features -> cache path as real data; everything is deterministic in ``seed``.
 :func:`mmvid.results.evaluation.regime` measures whether a run shows the regime.
@@ -36,8 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mmvid.data.demo import CLASS_NAMES, _digit_images, balanced_split, finish_generated, write_mp4
-from mmvid.data.sources import Source, source
+from mmvid.data.sources.base import Source, source
+from mmvid.data.sources.demo import (CLASS_NAMES, _digit_images, balanced_split, finish_generated, list_generated,
+                                     write_mp4)
+from mmvid.workspace import writable_dir
 
 FPS = 3
 SECONDS = 1.0
@@ -132,8 +134,6 @@ def generate(root: Path, n_clips: int = 2000, seed: int = 0) -> Path:
     stamp = f"proving {n_clips} {seed} share {MELODY_SHARE}"
     if done.exists() and done.read_text() == stamp:
         return root
-    from mmvid.workspace import writable_dir
-
     writable_dir(root, "proving clip folder")
     images, targets = _digit_images()
     by_class = [np.flatnonzero(targets == c) for c in range(10)]
@@ -151,6 +151,4 @@ def generate(root: Path, n_clips: int = 2000, seed: int = 0) -> Path:
 @source("proving", generated=True)
 def proving_source(root: Path | None = None, n_clips: int = 2000, seed: int = 0, **_) -> Source:
     """Generate (once) and list the proving-ground clips; ``root`` defaults to ``<workspace>/raw/proving``."""
-    from mmvid.data.demo import list_generated
-
     return list_generated("proving", root, lambda r: generate(r, n_clips=n_clips, seed=seed), PROVING_PARAMS)

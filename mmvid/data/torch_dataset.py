@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mmvid.config.sections import CACHE_KEY
-from mmvid.data.cache import READ_ERRORS, damaged, nonfinite_rows, read_error
+from mmvid.data.cache import CACHE_KEY, READ_ERRORS, damaged, nonfinite_rows, read_error
 from mmvid.data.crop import BOX_KEY, crop_clip, draw_clip, flip_flow_u, resized_crop_batch
 
 # A batch's per-clip intensity targets (B,) float32 when the loader was asked for them (``CacheDataset(intensity=)``);

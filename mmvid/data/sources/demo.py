@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mmvid.data.sources import ClipSpec, Source, source
+from mmvid.data.sources.base import ClipSpec, Source, source
+from mmvid.errors import MmvidError
+from mmvid.workspace import writable_dir
 
 CLASS_NAMES = [f"digit{i}" for i in range(10)]
 FPS = 5
@@ -38,6 +40,8 @@ DEMO_PARAMS = dict(fps=None, num_frames=3, image_size=SIZE, sample_rate=SR, clip
 
 
 def _digit_images() -> tuple[np.ndarray, np.ndarray]:
+    """The UCI 8x8 handwritten digits bundled with scikit-learn: images (1797, 8, 8) in [0, 1], targets (1797,)."""
+    # scikit-learn takes a second to import: only a generation needs it, not every import of the sources
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -71,7 +75,8 @@ def _audio(rng: np.random.Generator, cls: int, noise: float) -> np.ndarray:
 
 def write_mp4(path: Path, frames: np.ndarray, wave: np.ndarray, fps: int = FPS, sr: int = SR) -> None:
     """Write H.264 video + AAC mono audio with PyAV."""
-    import av
+    import av  # PyAV (FFmpeg's libraries) loads only where a clip is written, not with the sources
+
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as c:
@@ -115,8 +120,6 @@ def generate(root: Path, n_clips: int = 600, seed: int = 0, audio_confusion: flo
     stamp += f" {train_chords}" if train_chords != chords else ""
     if done.exists() and done.read_text() == stamp:
         return root
-    from mmvid.workspace import writable_dir
-
     writable_dir(root, "demo clip folder")  # PyAV's own PermissionError does not name the file
     rng = np.random.default_rng(seed)
     images, targets = _digit_images()
@@ -179,8 +182,6 @@ def _demo(name: str, root: Path | None, kwargs: dict) -> Source:
 def list_generated(name: str, root: Path | None, make, params: dict) -> Source:
     """Generate (``make(root)``, once) and list a generated source's clips from its ``splits/{train,test}.txt``;
     the class is the clip's folder (a ``CLASS_NAMES`` entry); ``params``: the source's cache defaults."""
-    from mmvid.errors import MmvidError
-
     if root is None:
         raise MmvidError(f"{name} source needs a folder to write its videos into")
     make(Path(root))

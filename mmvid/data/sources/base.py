@@ -1,6 +1,7 @@
-"""Dataset sources: each turns a dataset's own layout into a list of clips with labels and splits.
+"""What every dataset source shares: the clip and source records, the SOURCES registry and its decorator.
 
-A source never decodes; ``mmvid.data.prepare`` does that for every source the same way.
+A source turns a dataset's own layout into a list of clips with labels and splits; it never decodes
+(``mmvid.data.prepare`` does that for every source the same way).
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mmvid.errors import MmvidError
+import numpy as np
+
+from mmvid.registry_base import Registry
+from mmvid.workspace import write_atomic
 
 
 @dataclass
@@ -54,8 +58,6 @@ def missing_manifest(cache: Path) -> Path:
 def write_missing_manifest(source: Source, cache: Path) -> Path | None:
     """Write ``<cache>.missing.txt``: one split-list line per clip without a file, in the list's own format
     (so it is itself a list a downloader reads); an old manifest goes once nothing is missing."""
-    from mmvid.workspace import write_atomic
-
     path = missing_manifest(Path(cache))
     if not source.missing:
         path.unlink(missing_ok=True)
@@ -66,15 +68,16 @@ def write_missing_manifest(source: Source, cache: Path) -> Path | None:
 
 
 SourceFn = Callable[..., Source]
-SOURCES: dict[str, SourceFn] = {}
+# Every source by name (``mmvid prepare NAME``); an unknown name is the one line that lists the choices.
+SOURCES: Registry = Registry("dataset")
 GENERATED: set[str] = set()  # sources that write their own videos (under <workspace>/raw/<name> by default)
 
 
 def source(name: str, generated: bool = False) -> Callable[[SourceFn], SourceFn]:
+    """Register ``fn`` as the source ``name`` (``@source("csv")``); ``generated``: it writes its own videos."""
+
     def deco(fn: SourceFn) -> SourceFn:
-        if name in SOURCES:
-            raise ValueError(f"dataset source {name!r} is already defined")
-        SOURCES[name] = fn
+        SOURCES.register(name)(fn)
         if generated:
             GENERATED.add(name)
         return fn
@@ -83,18 +86,13 @@ def source(name: str, generated: bool = False) -> Callable[[SourceFn], SourceFn]
 
 
 def get_source(name: str) -> SourceFn:
-    from mmvid.data import datasets, demo, proving  # noqa: F401  (explicit imports register every source)
-
-    if name not in SOURCES:
-        raise MmvidError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(SOURCES))}")
-    return SOURCES[name]
+    """The source registered as ``name`` (mmvid's are registered when :mod:`mmvid.data.sources` is imported)."""
+    return SOURCES.get(name)
 
 
 def stratified_split(labels: list[int], test_fraction: float, seed: int) -> list[str]:
     """Deterministic per-class split: ``round(test_fraction * n_c)`` clips of each class go to test
     (at least one when the class has two or more clips and ``test_fraction > 0``)."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     out = ["train"] * len(labels)
     arr = np.asarray(labels)
