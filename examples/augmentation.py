@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mmvid.augment.base import Augmentation, EpochMeans
+from mmvid.augment.base import Augmentation
 from mmvid.registry import AUGMENTS
 from mmvid.schema import spec
 
@@ -34,13 +34,6 @@ class ModalityDropout(Augmentation):
     @dataclass
     class Settings:
         p: float = spec(0.5, ge=0.0, le=1.0, help="probability that a training clip loses one (random) modality")
-
-    def __init__(self, cfg, modalities: list[str]) -> None:
-        super().__init__(cfg, modalities)
-        self.stats = EpochMeans()
-
-    def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
 
     def keep_mask(self, batch: int, gen: torch.Generator) -> torch.Tensor:
         """(M, B) float: 0 where a clip's modality is dropped (at most one per clip), else 1."""
@@ -54,9 +47,7 @@ class ModalityDropout(Augmentation):
         for k, m in enumerate(self.modalities):
             x = inputs[m]
             dropped[m] = x * keep[k].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        # this step's share of dropped clips per modality; the base class averages them over the epoch (log())
         self.stats.add({f"dropped_{m}": 1.0 - float(keep[k].mean()) for k, m in enumerate(self.modalities)})
         out = model(dropped)
         return out, F.cross_entropy(out.logits.float(), y)
-
-    def log(self) -> dict:
-        return self.stats.means()

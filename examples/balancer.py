@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mmvid.augment.base import EpochMeans
-from mmvid.balance.base import Balancer, encoder_parameters, modality_scores, relative_to_others, unimodal_logits
+from mmvid.balance.base import Balancer, encoder_parameters, modality_scores, unimodal_logits
+from mmvid.measures import modality_ratios
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
 
@@ -37,16 +37,12 @@ class ScorePower(Balancer):
     def __init__(self, cfg, modalities: list[str]) -> None:
         super().__init__(cfg, modalities)
         self.running: dict[str, float] = {}  # s~_m, kept across epochs and resumes
-        self.stats = EpochMeans()
-
-    def on_epoch_start(self, ctx) -> None:
-        self.stats = EpochMeans()
 
     def after_backward(self, model, out, y, ctx) -> None:
         scores = modality_scores(unimodal_logits(model, out), out, y, ctx)
         mu = self.settings.momentum
         self.running = {m: mu * self.running.get(m, s) + (1 - mu) * s for m, s in scores.items()}
-        rho = relative_to_others(self.running)
+        rho = modality_ratios(self.running, baseline="others")
         coeffs = {m: min(1.0, max(r, 1e-12) ** -self.settings.gamma) for m, r in rho.items()}
         for m, k in coeffs.items():
             if k < 1.0:
@@ -54,10 +50,7 @@ class ScorePower(Balancer):
                     if p.grad is not None:
                         p.grad.mul_(k)
         self.stats.add({**{f"power_coeff_{m}": k for m, k in coeffs.items()},
-                        **{f"power_rho_{m}": r for m, r in rho.items()}})
-
-    def log(self) -> dict:
-        return self.stats.means()
+                        **{f"power_rho_{m}": r for m, r in rho.items()}})  # averaged per epoch by log()
 
     def state_dict(self) -> dict:
         return {"running": dict(self.running)}
