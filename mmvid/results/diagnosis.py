@@ -499,9 +499,9 @@ def plot_diagnosis(data: dict[str, Any], out: Path) -> list[Path]:
     """shapley_per_class, probes, memorisation and rho (PNG + SVG each); returns the PNGs."""
     from matplotlib.ticker import FuncFormatter
 
-    from mmvid.results.figures import PANEL, _pyplot, present, save_figure
+    from mmvid.results.plotting import PANEL, present, pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     mods, names = data["modalities"], data["class_names"]
     pngs = []
     fig, axes = plt.subplots(1, 2, figsize=(max(PANEL[0] * 2, 0.5 * len(names) * len(mods) + 3), PANEL[1] + 0.8),
@@ -577,17 +577,17 @@ def plot_diagnosis(data: dict[str, Any], out: Path) -> list[Path]:
 
 def write_html(data: dict[str, Any], figures: list[Path], path: Path) -> Path:
     """One self-contained page: the measurements, the tables and the four figures (embedded PNG)."""
-    from mmvid.results.report import CSS, _esc, embed_png, html_table
+    from mmvid.results.html_page import CSS, embed_png, esc, html_table
 
     mods = data["modalities"]
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>mmvid diagnosis</title><style>{CSS}</style></head><body>",
-             f"<h1>Diagnosis of {_esc(Path(data['run']).name)}</h1>",
-             f"<p class='muted'>{_esc(data['method'])}; cache {_esc(data['cache'])}; {_esc(data['created'])}</p>",
+             f"<h1>Diagnosis of {esc(Path(data['run']).name)}</h1>",
+             f"<p class='muted'>{esc(data['method'])}; cache {esc(data['cache'])}; {esc(data['created'])}</p>",
              "<h2>What was measured</h2><ul>"]
     for item in data["measured"]:
-        meth = f" Methods aimed at this pattern: {_esc(', '.join(item['methods']))}." if item.get("methods") else ""
-        parts.append(f"<li>{_esc(item['text'])} (figure: {_esc(item['figure'])}).{meth}</li>")
+        meth = f" Methods aimed at this pattern: {esc(', '.join(item['methods']))}." if item.get("methods") else ""
+        parts.append(f"<li>{esc(item['text'])} (figure: {esc(item['figure'])}).{meth}</li>")
     parts.append("</ul><p class='muted'>Measurements, not verdicts: some imbalance can help (PDMP, ARL).</p>")
     rows = []
     for split in SPLITS:
@@ -600,7 +600,7 @@ def write_html(data: dict[str, Any], figures: list[Path], path: Path) -> Path:
             rows.append([f"{k.replace('_', ' ')} (held out)", *[pct(data["probes"][m][k]["test"]) for m in mods]])
     parts.append("<h2>Summary</h2>" + html_table(["figure", *mods], rows))
     for png in figures:
-        parts.append(f"<h2>{_esc(png.stem.replace('_', ' '))}</h2>" + embed_png(png, png.stem))
+        parts.append(f"<h2>{esc(png.stem.replace('_', ' '))}</h2>" + embed_png(png, png.stem))
     dom = data["shapley"]["test"]["most_dominated_samples"]
     parts.append("<h2>Held-out samples most dominated by one modality</h2>"
                  + html_table(["modality", "sample", "class", "share"], [[d["modality"], d["name"], d["class"], pct(d["share"])] for d in dom]))
