@@ -76,7 +76,7 @@ def test_bad_values_are_one_line(key, value, needle):
 def test_runs_of_older_configs_stay_reusable():
     """A config.yaml written before this change says ``monitor_train: true`` and has no eval_every: a sweep
     asking for the defaults reuses it; one asking for a subsample or eval_every 2 does not."""
-    from mmvid.sweeps import config_difference
+    from mmvid.sweeps.state import config_difference
 
     old = TrainConfig().to_dict()
     old["monitor_train"] = True

@@ -288,7 +288,7 @@ def ensure_run(cfg, cache: Path, run_dir: Path, console, what: str) -> Path:
     """Train ``run_dir`` per ``cfg``, reuse it when it finished with this config, resume it when it stopped;
     a folder trained with another config is an error naming the key (never silently overwritten)."""
     from mmvid.engine import CKPT_LAST, train
-    from mmvid.sweeps import folder_state
+    from mmvid.sweeps.state import folder_state
 
     state = folder_state(run_dir, cfg)
     if state == "done":
@@ -712,7 +712,7 @@ def try_comparison(console, ws: Path, cfg, methods: list[str], seeds: int, folde
     last-epoch held-out accuracy, with 95 % CIs and each method's paired difference to the plain model."""
     import yaml
 
-    from mmvid.sweeps import sweep_command
+    from mmvid.sweeps.command import sweep_command
 
     folder.mkdir(parents=True, exist_ok=True)
     base = cfg.to_dict()
