@@ -407,7 +407,7 @@ def diagnose(run: Run | str | Path | None = None, *, workspace: str | Path | Non
     first (``sets``: dotted config keys for them). Returns what diagnosis.json holds."""
     import json
 
-    from mmvid.results.diagnosis import run_diagnose
+    from mmvid.results.diagnosis.command import run_diagnose
 
     _use(plugins)
     if isinstance(run, Run):

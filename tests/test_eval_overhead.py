@@ -186,7 +186,7 @@ def test_bmm_on_val_steers_every_epoch_whatever_eval_every(ws):
 
 def test_readers_cope_with_eval_every(every2, tmp_path):
     """What reads metrics.jsonl: the curves figure, the regime figures, diagnose's curves."""
-    from mmvid.results.diagnosis import curves
+    from mmvid.results.diagnosis.curves import curves
     from mmvid.results.evaluation import regime
     from mmvid.results.figures import plot_curves
 
