@@ -55,7 +55,8 @@ def regime_table(ws: Path, out: Path) -> list[str]:
 def main() -> None:
     from rich.console import Console
 
-    from mmvid.sweeps import plan_sweep, sweep_command
+    from mmvid.sweeps.command import sweep_command
+    from mmvid.sweeps.plan import plan_sweep
     from mmvid.workflows import run_prepare
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

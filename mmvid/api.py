@@ -387,7 +387,7 @@ def sweep(targets: str | Path | list, *, workspace: str | Path | None = None, se
     """Train every recipe of ``targets`` (folders or files) at every seed and write the table (``mmvid
     sweep``); ``sets``: dotted config keys for every run (``--set``). Returns the files written (table.md,
     .csv, .png ...). Each run is a process of its own: its plug-ins must come from files or modules."""
-    from mmvid.sweeps import sweep_command
+    from mmvid.sweeps.command import sweep_command
 
     _use(plugins)
     items = [str(t) for t in (targets if isinstance(targets, (list, tuple)) else [targets])]
@@ -407,7 +407,7 @@ def diagnose(run: Run | str | Path | None = None, *, workspace: str | Path | Non
     first (``sets``: dotted config keys for them). Returns what diagnosis.json holds."""
     import json
 
-    from mmvid.results.diagnosis import run_diagnose
+    from mmvid.results.diagnosis.command import run_diagnose
 
     _use(plugins)
     if isinstance(run, Run):

@@ -13,7 +13,13 @@ import pytest
 import torch
 from rich.console import Console
 
-from mmvid.results import diagnosis as D
+from mmvid.results.diagnosis.command import run_diagnose, try_comparison
+from mmvid.results.diagnosis.diagnose import diagnose_run
+from mmvid.results.diagnosis.passes import split_pass
+from mmvid.results.diagnosis.probes import linear_probe
+from mmvid.results.diagnosis.runs import alone_config, epochs_for_budget
+from mmvid.results.diagnosis.shapley import balancebenchmark_shapley, coalitions, shapley
+from mmvid.results.diagnosis.utilisation import utilisation
 from mmvid.errors import MmvidError
 
 QUIET = Console(quiet=True)
@@ -34,9 +40,9 @@ def permutation_shapley(values, mods):
 @pytest.mark.parametrize("mods", [["audio", "video"], ["audio", "video", "flow"]])
 def test_shapley_is_exact_and_efficient(mods):
     rng = np.random.default_rng(len(mods))
-    values = {s: rng.random(7) for s in D.coalitions(mods)}
+    values = {s: rng.random(7) for s in coalitions(mods)}
     assert len(values) == 2 ** len(mods)
-    phi = D.shapley(values, mods)
+    phi = shapley(values, mods)
     # efficiency: the values add up to v(M) - v(empty), sample by sample
     np.testing.assert_allclose(sum(phi.values()), values[frozenset(mods)] - values[frozenset()], atol=1e-12)
     by_order = permutation_shapley(values, mods)
@@ -49,35 +55,35 @@ def test_balancebenchmark_figure_follows_its_calculate_shapley():
     of the others of size 1..M-1, each adding acc(S + m) - acc(S) unweighted."""
     mods = ["audio", "video", "flow"]
     rng = np.random.default_rng(5)
-    acc = {s: float(rng.random()) for s in D.coalitions(mods)}
+    acc = {s: float(rng.random()) for s in coalitions(mods)}
     theirs = {}
     for m in mods:
         rest = [k for k in mods if k != m]
         combos = [list(c) for r in range(1, len(rest) + 1) for c in itertools.combinations(rest, r)]
         theirs[m] = sum(acc[frozenset(c + [m])] - acc[frozenset(c)] for c in combos)
-    assert D.balancebenchmark_shapley(acc, mods) == pytest.approx(theirs, abs=1e-12)
+    assert balancebenchmark_shapley(acc, mods) == pytest.approx(theirs, abs=1e-12)
     two = {s: v for s, v in acc.items() if "flow" not in s}
-    assert D.balancebenchmark_shapley(two, ["audio", "video"])["audio"] == pytest.approx(
+    assert balancebenchmark_shapley(two, ["audio", "video"])["audio"] == pytest.approx(
         acc[frozenset({"audio", "video"})] - acc[frozenset({"video"})])
 
 
 def test_utilisation_is_bounded_and_wu_et_al_where_they_agree():
     rng = np.random.default_rng(0)
     for a_all, a_without in rng.random((200, 2)):
-        u = D.utilisation(a_all, a_without)
+        u = utilisation(a_all, a_without)
         assert -1.0 <= u <= 1.0
         if a_all >= a_without:  # Wu et al. 2022: (A(M) - A(M minus m)) / A(M)
             assert u == pytest.approx((a_all - a_without) / a_all)
-    assert D.utilisation(0.1, 0.9) == pytest.approx(-8 / 9)  # Wu et al.'s form would give -8
-    assert D.utilisation(0.0, 0.0) == 0.0
+    assert utilisation(0.1, 0.9) == pytest.approx(-8 / 9)  # Wu et al.'s form would give -8
+    assert utilisation(0.0, 0.0) == 0.0
 
 
 def test_linear_probe_is_reproducible_and_learns_a_separable_task():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 3, 120)
     x = rng.normal(size=(120, 5)) + 4 * np.eye(3, 5)[y]
-    a = D.linear_probe(x[:80], y[:80], x[80:], y[80:], 3)
-    b = D.linear_probe(x[:80], y[:80], x[80:], y[80:], 3)
+    a = linear_probe(x[:80], y[:80], x[80:], y[80:], 3)
+    b = linear_probe(x[:80], y[:80], x[80:], y[80:], 3)
     assert a == b and a["test"] >= 0.9
 
 
@@ -104,8 +110,8 @@ def test_a_model_that_ignores_video_gives_it_zero_shapley_value(demo_ws):
     with torch.no_grad():
         model.head.weight[:, d_audio:] = 0.0  # concat head: the video columns
     rows = info.indices("test")[:40]
-    sp = D.split_pass(model, make_loader(info, rows, cfg, train=False), torch.device("cpu"), rows)
-    phi = D.shapley(sp.prob, ["audio", "video"])
+    sp = split_pass(model, make_loader(info, rows, cfg, train=False), torch.device("cpu"), rows)
+    phi = shapley(sp.prob, ["audio", "video"])
     assert np.all(phi["video"] == 0.0)
     assert np.abs(phi["audio"]).max() > 0
     np.testing.assert_allclose(phi["audio"], sp.prob[frozenset({"audio", "video"})] - sp.prob[frozenset()], atol=1e-12)
@@ -114,7 +120,7 @@ def test_a_model_that_ignores_video_gives_it_zero_shapley_value(demo_ws):
 @pytest.fixture(scope="module")
 def diagnosed(demo_ws):
     """`mmvid diagnose --dataset demo` on 300 demo clips: a 3-epoch fused run and one run per modality alone."""
-    return D.run_diagnose(QUIET, demo_ws, dataset="demo", epochs=3, sets={"model.width": 8, "data.batch_size": 16})
+    return run_diagnose(QUIET, demo_ws, dataset="demo", epochs=3, sets={"model.width": 8, "data.batch_size": 16})
 
 
 def test_diagnose_a_demo_run_end_to_end(diagnosed):
@@ -164,9 +170,9 @@ def test_the_budget_picks_the_epochs_that_fit(demo_ws):
 
     info = read_info(demo_ws / "caches" / "demo.h5")
     cfg = resolve_config("demo", {"model.width": 4, "data.batch_size": 16, "data.dataset": "demo"})
-    alone = [D.alone_config(cfg, m) for m in cfg.data.modalities]
-    assert D.epochs_for_budget(cfg, alone, info, 1e-4, QUIET)[0] == 1  # nothing fits: still one epoch
-    epochs, info_ = D.epochs_for_budget(cfg, alone, info, 1e4, QUIET)
+    alone = [alone_config(cfg, m) for m in cfg.data.modalities]
+    assert epochs_for_budget(cfg, alone, info, 1e-4, QUIET)[0] == 1  # nothing fits: still one epoch
+    epochs, info_ = epochs_for_budget(cfg, alone, info, 1e4, QUIET)
     assert epochs == cfg.epochs and set(info_["step_seconds"]) == {"audio+video", "audio", "video"}
     assert all(v > 0 for v in info_["step_seconds"].values())
 
@@ -183,7 +189,7 @@ def test_alone_runs_and_probes_are_reproducible(diagnosed, demo_ws):
     """The same command again reuses the finished runs; diagnosing into a fresh folder retrains the alone
     runs from the seed and gets the same probes and accuracies."""
     first = json.loads((diagnosed.out / "diagnosis.json").read_text())
-    again = D.diagnose_run(diagnosed.run, QUIET, out=demo_ws / "again")
+    again = diagnose_run(diagnosed.run, QUIET, out=demo_ws / "again")
     assert again.data["probes"] == first["probes"]
     assert again.data["shapley"] == first["shapley"]
 
@@ -211,7 +217,7 @@ def test_try_ranks_methods_through_the_sweep(diagnosed, demo_ws):
     cfg = load_run(diagnosed.run, "test", "cpu", checkpoint="last").cfg
     assert cfg.epochs == 3
     cfg.epochs = 1  # what is tested is that the runs take the diagnosed run's settings, not how long they train
-    res = D.try_comparison(QUIET, demo_ws, cfg, ["bmm"], 1, diagnosed.out / "try-test")
+    res = try_comparison(QUIET, demo_ws, cfg, ["bmm"], 1, diagnosed.out / "try-test")
     assert sorted(r["row"] for r in res["table"]) == ["bmm", "plain"]
     runs = sorted(p.name for p in (demo_ws / "runs").iterdir() if p.name.startswith("sweep-"))
     assert len(runs) == 2

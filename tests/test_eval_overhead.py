@@ -76,7 +76,7 @@ def test_bad_values_are_one_line(key, value, needle):
 def test_runs_of_older_configs_stay_reusable():
     """A config.yaml written before this change says ``monitor_train: true`` and has no eval_every: a sweep
     asking for the defaults reuses it; one asking for a subsample or eval_every 2 does not."""
-    from mmvid.sweeps import config_difference
+    from mmvid.sweeps.state import config_difference
 
     old = TrainConfig().to_dict()
     old["monitor_train"] = True
@@ -186,7 +186,7 @@ def test_bmm_on_val_steers_every_epoch_whatever_eval_every(ws):
 
 def test_readers_cope_with_eval_every(every2, tmp_path):
     """What reads metrics.jsonl: the curves figure, the regime figures, diagnose's curves."""
-    from mmvid.results.diagnosis import curves
+    from mmvid.results.diagnosis.curves import curves
     from mmvid.results.evaluation import regime
     from mmvid.results.figures import plot_curves
 

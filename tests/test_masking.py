@@ -268,7 +268,7 @@ def test_evaluation_scores_of_audio_alone_are_unchanged_when_the_video_input_is_
 def test_diagnose_shapley_coalitions_without_video_ignore_the_video_input():
     import numpy as np
 
-    from mmvid.results.diagnosis import split_pass
+    from mmvid.results.diagnosis.passes import split_pass
 
     model = model_for("concat", True)
     y = torch.arange(B) % CLASSES

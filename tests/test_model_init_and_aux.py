@@ -17,7 +17,7 @@ from mmvid.config import TrainConfig, config_from_dict, resolve_config
 from mmvid.engine import load_checkpoint, model_from_checkpoint
 from mmvid.errors import MmvidError
 from mmvid.results.evaluation import method_label
-from mmvid.sweeps import config_difference
+from mmvid.sweeps.state import config_difference
 
 AUX = {"audio": 0.5, "video": 0.5}
 

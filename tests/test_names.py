@@ -165,7 +165,7 @@ def test_a_sweeps_folder_is_a_plain_name_inside_the_workspace(sandbox, target):
 
 def test_sweep_names_of_odd_recipe_paths_are_plain():
     from mmvid.schema import is_plain_name
-    from mmvid.sweeps import _plain, _recipe_id, _target_name
+    from mmvid.sweeps.plan import _plain, _recipe_id, _target_name
 
     for text in ["../..", "./", "/", "a+b/c d", "é/ü", ".x", "-" * 300, "x" * 300]:
         assert is_plain_name(_target_name(text)), text
@@ -218,7 +218,7 @@ def test_the_library_train_refuses_a_folder_it_did_not_write(tiny_ws, tmp_path):
 
 
 def test_sweep_refuses_a_run_folder_it_did_not_write(tiny_ws, tmp_path):
-    from mmvid.sweeps import plan_sweep
+    from mmvid.sweeps.plan import plan_sweep
 
     ws = tmp_path / "ws"
     name = plan_sweep(["table1/cremad"], seeds=1, only="*concat").runs[0].name

@@ -107,7 +107,7 @@ def test_an_old_mm_run_keeps_its_alpha_and_drops_the_b_mm_fields_it_never_read()
 
 
 def test_the_sweep_sees_an_old_layout_run_as_the_same_config():
-    from mmvid.sweeps import config_difference
+    from mmvid.sweeps.state import config_difference
 
     new = resolve_config({**OLD_BMM_RUN, "augment": {"name": "bmm", "args": {"warmup": 2, "beta": 0.4, "rho_split": "val"}}})
     assert config_difference(OLD_BMM_RUN, new) is None
@@ -262,7 +262,7 @@ def test_the_line_names_where_the_bad_setting_came_from(tmp_path):
 def test_a_sweep_with_a_misspelled_setting_fails_before_its_first_run(tiny_ws, tmp_path):
     from rich.console import Console
 
-    from mmvid.sweeps import sweep_command
+    from mmvid.sweeps.command import sweep_command
 
     (tmp_path / "typo.yaml").write_text("extends: proving\ndata: {dataset: demo}\nbalance: {name: ogm-ge, args: {alpah: 0.5}}\n")
     with pytest.raises(MmvidError, match=r"recipe .*typo.yaml: config balance.args.alpah: balancer 'ogm-ge' has no setting"):

@@ -25,7 +25,8 @@ from typer.testing import CliRunner
 from mmvid.cli import app
 from mmvid.config import RECIPES, read_recipe, resolve_config
 from mmvid.errors import MmvidError
-from mmvid.sweeps import plan_sweep, sweep_command
+from mmvid.sweeps.command import sweep_command
+from mmvid.sweeps.plan import plan_sweep
 
 QUIET = Console(quiet=True)
 TINY = {"model.encoder": "small", "model.width": 8, "data.batch_size": 16}

@@ -178,7 +178,7 @@ def test_prepare_and_train_show_the_regime_direction(tmp_path):
     assert r.rho_min > 1.0
     assert r.strong_gap > r.weak_gap
     # `mmvid diagnose` on that run finds audio memorising and learned first
-    from mmvid.results.diagnosis import diagnose_run
+    from mmvid.results.diagnosis.diagnose import diagnose_run
 
     data = diagnose_run(run, con, alone=False).data
     gaps = {i["modality"]: i for i in data["measured"] if i["pattern"] == "memorising"}

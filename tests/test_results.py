@@ -24,7 +24,7 @@ from mmvid import corruptions as C
 from mmvid.cli import app
 from mmvid.data.torch_dataset import IMAGENET_MEAN, IMAGENET_STD
 from mmvid.results.evaluation import confusion, macro_f1
-from mmvid.results.figures import DPI, PANEL
+from mmvid.results.plotting import DPI, PANEL
 
 runner = CliRunner()
 

@@ -55,7 +55,7 @@ COMMANDS = {
 def copied(tmp_path, tiny_ws, tiny_run):
     """A workspace holding the demo cache and a copy of tiny_run, under the name the sweep gives its run."""
     from mmvid.config import save_config
-    from mmvid.sweeps import plan_sweep
+    from mmvid.sweeps.plan import plan_sweep
 
     ws = tmp_path / "ws"
     (ws / "caches").mkdir(parents=True)

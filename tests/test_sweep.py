@@ -21,7 +21,10 @@ from rich.console import Console
 
 from mmvid.config import RECIPES, read_recipe, resolve_config
 from mmvid.errors import MmvidError
-from mmvid.sweeps import plan_sweep, run_state, sweep_command, train_command
+from mmvid.sweeps.command import sweep_command
+from mmvid.sweeps.plan import plan_sweep
+from mmvid.sweeps.running import train_command
+from mmvid.sweeps.state import run_state
 from conftest import shared_data_dir
 
 REPO = Path(__file__).resolve().parent.parent

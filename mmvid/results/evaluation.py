@@ -17,8 +17,8 @@ from mmvid.engine import (CKPT_BEST, CKPT_LAST, checkpoint_file, evaluate_model,
                           model_from_checkpoint, pick_device, rho_of)
 from mmvid.errors import MmvidError
 from mmvid.models.classifier import MultimodalClassifier
-from mmvid.runfiles import RunCache, check_run, resolve_run_cache
-from mmvid.workspace import write_atomic
+from mmvid.runfiles import RunCache, check_run, read_metrics, resolve_run_cache
+from mmvid.workspace import resolve_run, write_atomic
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -117,8 +117,6 @@ def method_label(config: dict[str, Any]) -> str:
 
 def resolve_target(ws: Path, run: str | Path | None) -> Path:
     """A checkpoint file as given, else the run folder named or the latest run (see ``resolve_run``)."""
-    from mmvid.workspace import resolve_run
-
     if run is not None and Path(run).is_file():
         return Path(run)
     return resolve_run(ws, run)
@@ -287,8 +285,6 @@ class Regime:
 
 def regime(run: Path, strong: str = "audio", weak: str = "video") -> Regime:
     """The :class:`Regime` figures of a run folder (its metrics.jsonl, written with ``monitor_train``)."""
-    from mmvid.runfiles import read_metrics
-
     recs = read_metrics(Path(run))
     # The monitor every epoch; test (logged every eval_every epochs) at the last one, which always has it.
     every = [f"train_acc_{m}" for m in (strong, weak)] + [f"s_{strong}", f"s_{weak}"]

@@ -4,70 +4,30 @@
   Fig. 1), the imbalance factor rho (Eq. 6) and B-MM's mixing ratios lambda (Eq. 7);
 * ``umap``: UMAP of the audio, video (flow) and fused features on train and test, coloured by
   class, a panel per modality x split (paper Figs. 4-5);
-* ``confusion``: row-normalised confusion matrices of the fused model and of each modality alone;
-* the robustness plot: accuracy against severity, a panel per condition family, a line per run.
+* ``confusion``: row-normalised confusion matrices of the fused model and of each modality alone.
 
-Every function returns the paths it wrote. Figure sizes are fixed (``DPI`` x inches), so a PNG is
-``100 * figsize`` pixels.
+Every function returns the paths it wrote (sizes and format: mmvid.results.plotting). The robustness plot is
+mmvid.results.robustness.plot_robustness.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
 
 from mmvid.config import MODALITIES
+from mmvid.engine import evaluate_model
 from mmvid.errors import MmvidError
+from mmvid.results.evaluation import checkpoint_note, evaluate_run, load_run, method_label
+from mmvid.results.plotting import PANEL, class_colors, present, pyplot, save_figure
 from mmvid.runfiles import check_run, read_config, read_metrics
 
-if TYPE_CHECKING:
-    from mmvid.results.robustness import RobustnessReport
-
-DPI = 100
-PANEL = (4.2, 3.6)  # inches per panel
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, stem: Path) -> list[Path]:
-    """``stem.png`` and ``stem.svg``, marked as mmvid's (mmvid.workspace.FIGURE_METADATA: a later ``--out`` may
-    replace them, and nothing else); closes the figure."""
-    from mmvid.workspace import FIGURE_METADATA
-
-    plt = _pyplot()
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=DPI, metadata=FIGURE_METADATA[p.suffix])
-    plt.close(fig)
-    return paths
-
-
-def class_colors(n: int) -> list:
-    plt = _pyplot()
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
 # ----------------------------------------------------------------------------- curves (Fig. 1)
-
-
-def present(xs: list[Any], values: list[float | None], scale: float = 1.0) -> tuple[list[Any], list[float]]:
-    """The (x, scale * value) pairs that have a value, as two lists: val/test are logged every ``eval_every``
-    epochs only, and a line drawn through the epochs that have them stays a line."""
-    have = [(x, v) for x, v in zip(xs, values) if v is not None]
-    return [x for x, _ in have], [scale * v for _, v in have]
 
 
 def _series(recs: list[dict], key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
@@ -77,14 +37,12 @@ def _series(recs: list[dict], key: str, scale: float = 1.0) -> tuple[list[int], 
 def plot_curves(run: Path, out: Path | None = None) -> list[Path]:
     """Panels: accuracy (fused black, modalities coloured; train dashed, test solid), rho on a log
     axis (train monitor and test), and, when the run logged them, the mixing ratios lambda_m."""
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
-
-    from mmvid.results.evaluation import method_label
+    from matplotlib.ticker import FuncFormatter, MaxNLocator  # matplotlib when drawing (mmvid.results.plotting)
 
     check_run(run)  # every small file of the run, before any figure
     recs = read_metrics(run)
     cfg = read_config(run).to_dict() if (run / "config.yaml").exists() else None
-    plt = _pyplot()
+    plt = pyplot()
     keys = set().union(*recs)
     logged = {k.split("_acc_", 1)[1] for k in keys if "_acc_" in k} & set(MODALITIES)
     mods = [m for m in (cfg["data"]["modalities"] if cfg else sorted(logged)) if m in logged]
@@ -145,10 +103,7 @@ def subsample(labels: np.ndarray, max_points: int, seed: int) -> np.ndarray:
 
 def embed_2d(x: np.ndarray, seed: int, n_neighbors: int = 15) -> np.ndarray:
     """UMAP to 2-D (N, 2); ``n_neighbors`` is capped for tiny samples."""
-    import warnings
-
-    import torch
-    import umap
+    import umap  # imported when used: umap and numba take seconds to import
 
     if len(x) < 4:
         raise MmvidError(f"UMAP needs at least 4 clips, got {len(x)}; raise --max-points or use a larger split")
@@ -170,9 +125,6 @@ def umap_features(run: Path, splits: tuple[str, ...] = ("train", "test"), max_po
     """Per split: labels, per-head accuracy, and 2-D UMAP embeddings of each modality's feature and of
     the fused feature h (features as the head sees them: per-modality z_m and h = fuse(z)). ``console``:
     where to name the cache read (once)."""
-    from mmvid.engine import evaluate_model
-    from mmvid.results.evaluation import load_run
-
     out: dict[str, Any] = {"splits": {}}
     for split in splits:
         lr = load_run(run, split, device, cache)
@@ -194,9 +146,9 @@ def plot_umap(run: Path, splits: tuple[str, ...] = ("train", "test"), max_points
               console=None) -> list[Path]:
     """One figure, rows = splits, columns = modality features + fused; points coloured by class.
     Titles give the head's accuracy on the plotted clips and the silhouette of the classes in 2-D."""
-    from sklearn.metrics import silhouette_score
+    from sklearn.metrics import silhouette_score  # imported when used: scikit-learn is slow to import
 
-    plt = _pyplot()
+    plt = pyplot()
     data = umap_features(run, splits, max_points, seed, device, cache, console)
     heads, names = data["heads"], data["class_names"]
     colors = class_colors(len(names))
@@ -227,9 +179,7 @@ def plot_confusion(run: Path, split: str = "test", device: str = "auto", cache: 
                    out: Path | None = None, result: dict[str, Any] | None = None, console=None) -> list[Path]:
     """Row-normalised confusion matrices (rows true, columns predicted): the fused model and each
     modality alone by masking (Eq. 5), a panel each; cells show the row percentage."""
-    from mmvid.results.evaluation import checkpoint_note, evaluate_run
-
-    plt = _pyplot()
+    plt = pyplot()
     r = result or evaluate_run(Path(run), split, device, cache, console=console)
     names = r["class_names"]
     mats = {"fused": np.asarray(r["confusion"])} | {m: np.asarray(v) for m, v in r["modality_confusion"].items()}
@@ -254,35 +204,3 @@ def plot_confusion(run: Path, split: str = "test", device: str = "auto", cache: 
     fig.suptitle(f"confusion, % of each true class: {Path(r['run']).name} ({r['method']}, {r['split']}, n={r['n']}, "
                  f"{checkpoint_note(r)})")
     return save_figure(fig, out or Path(r["run"]) / "figures" / f"confusion_{split}")
-
-
-# ----------------------------------------------------------------------------- robustness
-
-
-def plot_robustness(report: RobustnessReport, stem: Path) -> list[Path]:
-    """Accuracy (%) against severity: a panel per condition family starting from "clean", a line
-    per run, chance as a dotted line."""
-    plt = _pyplot()
-    families: dict[str, list] = {}
-    for c in report.conditions:
-        families.setdefault(c.family, []).append(c)
-    nc = min(3, len(families))
-    nr = math.ceil(len(families) / nc)
-    fig, axes = plt.subplots(nr, nc, figsize=(PANEL[0] * nc, PANEL[1] * nr + 0.5), layout="constrained", squeeze=False)
-    labels = report.labels()
-    for ax, (family, conds) in zip(axes.flat, families.items()):
-        ticks = ["clean"] + [c.severity for c in conds]
-        for i, (run, lbl) in enumerate(zip(report.runs, labels)):
-            ys = [report.acc(run, c) for c in [None, *conds]]
-            ax.plot(range(len(ticks)), [np.nan if v is None else 100 * v for v in ys], marker="o", color=f"C{i}", label=lbl)
-        ax.axhline(100 * report.runs[0]["chance"], color="grey", ls=":", lw=1, label="chance")
-        ax.set_xticks(range(len(ticks)), ticks, rotation=20 if len(ticks) > 4 else 0, fontsize=8)
-        ax.set(title=family, ylabel="accuracy (%)", ylim=(0, 101))
-        ax.set_xlabel(conds[0].unit, fontsize=8, wrap=True)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(families):]:
-        ax.remove()
-    r0 = report.runs[0]
-    fig.suptitle(f"robustness on {r0['split']} ({r0['n']} clips)")
-    return save_figure(fig, stem)

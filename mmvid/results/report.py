@@ -3,35 +3,18 @@ base64 PNG) with the run's config, test metrics, training history, robustness an
 
 from __future__ import annotations
 
-import base64
-import html
 import time
 from pathlib import Path
 from typing import Any
 
-
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
-th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee;margin:.4em 0}
-pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em}.muted{color:#777}
-"""
-
-
-def _esc(x: Any) -> str:
-    return html.escape(str(x))
-
-
-def html_table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def embed_png(path: Path, alt: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<figure><img alt="{_esc(alt)}" src="data:image/png;base64,{data}"><figcaption class="muted">{_esc(Path(path).name)}</figcaption></figure>'
+from mmvid.config import SELECTED_ON_TEST
+from mmvid.engine import best_selected_on
+from mmvid.results.evaluation import checkpoint_note, evaluate_run
+from mmvid.results.figures import plot_confusion, plot_curves, plot_umap
+from mmvid.results.html_page import CSS, embed_png, esc, html_table
+from mmvid.results.robustness import compare_robustness
+from mmvid.runfiles import (ROBUSTNESS, check_run, damaged, read_config, read_json_object, read_metrics, read_summary,
+                            read_text)
 
 
 def _pct(v: float | None) -> str:
@@ -41,9 +24,6 @@ def _pct(v: float | None) -> str:
 def best_epoch_words(summary: dict[str, Any]) -> str:
     """``best validation epoch 7``, or where the best epoch was chosen on test ``best-test epoch 7 (selected
     on test, as the reference code does)`` (protocol reference) or ``(no validation split)``."""
-    from mmvid.config import SELECTED_ON_TEST
-    from mmvid.engine import best_selected_on
-
     if "best" not in summary:
         return "no summary.json: the best epoch is not known"
     epoch = summary["best"].get("epoch", -1) + 1
@@ -61,9 +41,7 @@ def metrics_section(ev: dict[str, Any]) -> str:
     per_class = html_table(["class", "accuracy", "clips"],
                            [[c, _pct(ev["per_class_accuracy"][c]), sum(row)] for c, row in zip(names, ev["confusion"])])
     cm = html_table(["true \\ predicted", *names], [[c, *row] for c, row in zip(names, ev["confusion"])])
-    from mmvid.results.evaluation import checkpoint_note
-
-    return (f"<p>{ev['split']} split, {ev['n']} clips, {_esc(checkpoint_note(ev))}.</p>"
+    return (f"<p>{ev['split']} split, {ev['n']} clips, {esc(checkpoint_note(ev))}.</p>"
             + html_table(["metric", "value"], rows) + "<h3>Per class</h3>" + per_class
             + "<h3>Confusion matrix (fused)</h3>" + cm)
 
@@ -94,8 +72,6 @@ def robustness_section(rob: dict[str, Any]) -> str:
 def robustness_html(path: Path) -> str:
     """The robustness section from a saved ``robustness.json`` (and its PNG beside it); a file without the
     layout ``mmvid robustness`` writes is one line naming it."""
-    from mmvid.runfiles import damaged, read_json_object
-
     rob = read_json_object(path)
     try:
         html_ = "<h2>Robustness</h2>" + robustness_section(rob)
@@ -110,11 +86,6 @@ def write_report(run: Path, out: Path | None = None, umap: bool = True, robustne
     """Evaluate ``run`` on test, draw its figures (curves, confusion, optionally UMAP), reuse or run a
     missing-modality robustness check, and write everything into one HTML file; returns its path.
     ``cache``: read the clips from this cache instead of the run's own (mmvid.runfiles.resolve_run_cache)."""
-    from mmvid.results import figures as V
-    from mmvid.results.evaluation import evaluate_run
-    from mmvid.results.robustness import compare_robustness
-    from mmvid.runfiles import ROBUSTNESS, check_run, read_config, read_metrics, read_summary, read_text
-
     run = Path(run)
     cfg = read_config(run)  # also: not a run folder (no config.yaml) is one line
     check_run(run)  # every small file of the run, before any evaluation
@@ -122,28 +93,28 @@ def write_report(run: Path, out: Path | None = None, umap: bool = True, robustne
     rob_html = robustness_html(rob_json) if rob_json.exists() else None
     ev = evaluate_run(run, "test", device, cache, console=console)
     modalities = cfg.data.modalities
-    figures = [("Accuracy, rho and lambda over epochs (paper Fig. 1)", V.plot_curves(run)[0]),
-               ("Confusion matrices (fused and each modality alone)", V.plot_confusion(run, result=ev)[0])]
+    figures = [("Accuracy, rho and lambda over epochs (paper Fig. 1)", plot_curves(run)[0]),
+               ("Confusion matrices (fused and each modality alone)", plot_confusion(run, result=ev)[0])]
     if umap:
         figures.append(("UMAP of features, train and test (paper Figs. 4-5)",
-                        V.plot_umap(run, max_points=max_points, device=device, cache=cache)[0]))
+                        plot_umap(run, max_points=max_points, device=device, cache=cache)[0]))
     if robustness and rob_html is None and len(modalities) > 1:
         compare_robustness([run], drop=modalities, fill="zero", device=device, cache=cache)
         rob_html = robustness_html(rob_json)
     recs = read_metrics(run)
     summary = read_summary(run) or {}
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>mmvid report: {_esc(run.name)}</title>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>mmvid report: {esc(run.name)}</title>"
         f"<style>{CSS}</style></head><body>",
-        f"<h1>mmvid report: {_esc(run.name)}</h1>",
-        f"<p><b>{_esc(ev['method'])}</b> on <b>{_esc(cfg.data.dataset)}</b> "
-        f"({_esc(', '.join(modalities))}), {len(recs)} epochs trained; {_esc(best_epoch_words(summary))}. "
+        f"<h1>mmvid report: {esc(run.name)}</h1>",
+        f"<p><b>{esc(ev['method'])}</b> on <b>{esc(cfg.data.dataset)}</b> "
+        f"({esc(', '.join(modalities))}), {len(recs)} epochs trained; {esc(best_epoch_words(summary))}. "
         f"<span class='muted'>Written {time.strftime('%Y-%m-%d %H:%M:%S')}.</span></p>",
         "<h2>Test metrics</h2>", metrics_section(ev),
-        "<h2>Figures</h2>", *[f"<h3>{_esc(t)}</h3>" + embed_png(p, t) for t, p in figures],
+        "<h2>Figures</h2>", *[f"<h3>{esc(t)}</h3>" + embed_png(p, t) for t, p in figures],
         rob_html or "",
         "<h2>Training history</h2>", history_section(recs, modalities),
-        "<h2>Config</h2>", f"<pre>{_esc(read_text(run / 'config.yaml'))}</pre>",
+        "<h2>Config</h2>", f"<pre>{esc(read_text(run / 'config.yaml'))}</pre>",
         "</body></html>",
     ]
     out = Path(out) if out else run / "report.html"

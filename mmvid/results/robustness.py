@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from mmvid.data.torch_dataset import finish_batch
 from mmvid.engine import evaluate_model
 from mmvid.errors import MmvidError
 from mmvid.results.evaluation import LoadedRun, checkpoint_note, load_run
+from mmvid.results.plotting import PANEL, pyplot, save_figure
 from mmvid.runfiles import check_run
 from mmvid.workspace import write_atomic
 
@@ -266,14 +268,41 @@ def compare_robustness(runs: list[str | Path], drop: list[str] | None = ("audio"
     report.out_dir.mkdir(parents=True, exist_ok=True)
     report.files = [write_csv(report), write_json(report)]
     if plot:
-        from mmvid.results.figures import plot_robustness
-
         report.files += plot_robustness(report, report.out_dir / "robustness")
     if console is not None:
         for lr in loaded:
             console.print(lr.cache.line(lr.run), soft_wrap=True, highlight=False)
         render(report, console)
     return report
+
+
+def plot_robustness(report: RobustnessReport, stem: Path) -> list[Path]:
+    """Accuracy (%) against severity: a panel per condition family starting from "clean", a line
+    per run, chance as a dotted line."""
+    plt = pyplot()
+    families: dict[str, list] = {}
+    for c in report.conditions:
+        families.setdefault(c.family, []).append(c)
+    nc = min(3, len(families))
+    nr = math.ceil(len(families) / nc)
+    fig, axes = plt.subplots(nr, nc, figsize=(PANEL[0] * nc, PANEL[1] * nr + 0.5), layout="constrained", squeeze=False)
+    labels = report.labels()
+    for ax, (family, conds) in zip(axes.flat, families.items()):
+        ticks = ["clean"] + [c.severity for c in conds]
+        for i, (run, lbl) in enumerate(zip(report.runs, labels)):
+            ys = [report.acc(run, c) for c in [None, *conds]]
+            ax.plot(range(len(ticks)), [np.nan if v is None else 100 * v for v in ys], marker="o", color=f"C{i}", label=lbl)
+        ax.axhline(100 * report.runs[0]["chance"], color="grey", ls=":", lw=1, label="chance")
+        ax.set_xticks(range(len(ticks)), ticks, rotation=20 if len(ticks) > 4 else 0, fontsize=8)
+        ax.set(title=family, ylabel="accuracy (%)", ylim=(0, 101))
+        ax.set_xlabel(conds[0].unit, fontsize=8, wrap=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(families):]:
+        ax.remove()
+    r0 = report.runs[0]
+    fig.suptitle(f"robustness on {r0['split']} ({r0['n']} clips)")
+    return save_figure(fig, stem)
 
 
 def table_rows(report: RobustnessReport) -> list[tuple[Condition | None, list[float | None]]]:

@@ -1,0 +1,72 @@
+"""``mmvid sweep``: plan, then print the commands (``--dry-run``), write a Slurm script (``--emit slurm``), run one
+task of a job array (``--task``) or run what is not done; then the tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mmvid.errors import MmvidError
+from mmvid.sweeps.plan import plan_sweep, write_plan
+from mmvid.sweeps.running import KEEP, run_sweep
+from mmvid.sweeps.slurm import emit_slurm
+from mmvid.sweeps.stats import aggregate
+from mmvid.sweeps.tables import print_summary, write_tables
+
+
+def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: bool = False, epochs: int | None = None,
+                  dataset: str | None = None, sets: dict[str, Any] | None = None, only: str | None = None,
+                  jobs: int = 1, gpus: int = 0, dry_run: bool = False, emit: str | None = None,
+                  task: int | None = None, collect: bool = False, progress: bool = True, keep: str = "all",
+                  baseline: str | None = None, protocol: str | None = None) -> list[Path]:
+    """Plan, then one of: print the commands (``dry_run``), write a Slurm script (``emit``), run one task
+    (``task``, for a job array), or run what is not done; then aggregate and write the tables (unless a
+    single task ran). ``protocol``: see :func:`plan_sweep`. Returns the files written."""
+    if emit not in (None, "slurm"):
+        raise MmvidError(f"--emit {emit!r} is not supported; choose: slurm")
+    sweep = plan_sweep(targets, seeds=seeds, quick=quick, epochs=epochs, dataset=dataset, sets=sets, only=only,
+                       protocol=protocol)
+    for line in sweep.skipped:
+        console.print(f"[yellow]note:[/] {line}", soft_wrap=True, highlight=False)
+    out = ws / "sweeps" / sweep.name
+    n_rows, n_runs = len({r.row_id for r in sweep.runs}), len(sweep.unique)
+    shared = f", {len(sweep.runs) - n_runs} cells reuse a run of the same config" if n_runs < len(sweep.runs) else ""
+    n_protocols = len({r.config.protocol for r in sweep.runs})
+    shared = (f" x {n_protocols} protocols" if n_protocols > 1 else "") + shared
+    if emit:
+        if keep not in KEEP:
+            raise MmvidError(f"--keep {keep!r} is not valid; choose one of: {', '.join(KEEP)}")
+        script = emit_slurm(ws, sweep, keep=keep, baseline=baseline)
+        write_plan(out, sweep)
+        console.print(f"wrote {script}: a job array of {n_runs} runs ({n_rows} recipes x {seeds} seeds{shared})",
+                      soft_wrap=True, highlight=False)
+        return [script]
+    if dry_run:
+        run_sweep(console, ws, sweep, jobs=jobs, gpus=gpus, dry_run=True, task=task)
+        return []
+    if not collect:
+        console.print(f"sweep {sweep.name}: {n_runs} runs ({n_rows} recipes x {seeds} seeds{shared}) -> {out}",
+                      soft_wrap=True, highlight=False)
+        result = run_sweep(console, ws, sweep, jobs=jobs, gpus=gpus, task=task, progress=progress, keep=keep)
+        if task is not None:
+            return []
+        failed = [n for n, s in result.items() if s == "failed"]
+    else:
+        failed = []
+    write_plan(out, sweep)
+    cells, missing = aggregate(ws, sweep, baseline)
+    note = (f"{len(missing)} of {n_runs} runs are not finished and are left out: {', '.join(missing[:6])}"
+            + (", ..." if len(missing) > 6 else "")) if missing else ""
+    if sweep.skipped:  # in the table's note too: a reference column without these rows is not an oversight
+        note = " ".join([note, *[f"{line}." for line in sweep.skipped]]).strip()
+    over = ", ".join(sweep.options)
+    files = write_tables(cells, out, f"mmvid sweep {' '.join(targets)} ({over})", note, baseline)
+    print_summary(console, cells)
+    for p in files:
+        console.print(f"wrote {p}", soft_wrap=True, highlight=False)
+    if failed:
+        raise MmvidError(f"{len(failed)} runs failed ({', '.join(failed[:4])}{', ...' if len(failed) > 4 else ''}); "
+                         f"their logs are in {out / 'logs'}; the table has the other runs")
+    if missing:
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
+    return files

@@ -1,0 +1,99 @@
+"""A sweep's statistics: the finished runs turned into table cells, each the mean, sample std and 95 %
+confidence interval (Student's t over seeds) of the last-epoch and of the best-epoch test accuracy, and, against a
+``--baseline`` row, the same of the per-seed differences."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmvid.errors import MmvidError
+from mmvid.runfiles import read_summary
+from mmvid.sweeps.plan import Sweep
+from mmvid.sweeps.state import run_state
+from mmvid.workspace import runs_dir
+
+
+@dataclass
+class Cell:
+    """One table cell: the seeds of a recipe under one protocol, summarised."""
+
+    table: str
+    row: str
+    column: str
+    recipe: str
+    seeds: list[int]
+    last: list[float]  # test accuracy % at the last epoch, per seed
+    best: list[float]  # test accuracy % at the best epoch (best-validation; best-test under reference), per seed
+    paper: float | None
+    name: str = ""  # the recipe's own name (its file name without the order prefix), for --baseline
+    protocol: str = "clean"  # the runs' protocol (mmvid.config.PROTOCOLS)
+    # what each seed's best epoch was chosen on (summary.json): "val", or "test" (protocol reference, or a
+    # clean run without a validation split)
+    selected_on: list[str] = field(default_factory=list)
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)  # last|best -> mean, std, ci_lo, ci_hi
+    # last|best -> the same statistics of (this cell - the baseline's) per seed, over the seeds both have
+    versus: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def summarize(values: list[float], level: float = 0.95) -> dict[str, float]:
+    """Mean, sample std (n - 1) and the ``level`` confidence interval of the mean, mean +- t_{(1+level)/2, n-1}
+    std / sqrt(n) (Student's t: a handful of seeds). One seed: std and interval are NaN."""
+    from scipy.stats import t  # imported here: scipy takes a second to import; a sweep needs it only at the end
+
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    if n < 2:
+        return {"n": n, "mean": mean, "std": math.nan, "ci_lo": math.nan, "ci_hi": math.nan}
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(t.ppf((1 + level) / 2, n - 1)) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci_lo": mean - half, "ci_hi": mean + half}
+
+
+def aggregate(ws: Path, sweep: Sweep, baseline: str | None = None) -> tuple[list[Cell], list[str]]:
+    """Cells from the finished runs of the sweep (in plan order), and the names of runs not finished.
+
+    ``baseline`` (a recipe name such as ``concat``, or a row label): each other cell of the same table and
+    column also gets the statistics of its per-seed difference to that cell (paired by seed: the same seed
+    gives both runs the same split and initialisation), so that "outside the interval" is a paired test.
+    """
+    # Imported here: mmvid.engine imports torch, and `mmvid sweep` checks its options (--seeds, --epochs,
+    # --protocol, --emit) before anything loads torch.
+    from mmvid.engine import best_selected_on
+
+    cells: dict[tuple[str, str], Cell] = {}
+    missing: list[str] = []
+    for r in sweep.runs:
+        protocol = r.config.protocol
+        cell = cells.setdefault((r.row_id, protocol), Cell(r.table, r.row, r.column, str(r.recipe), [], [], [], r.paper,
+                                                           re.sub(r"^\d+-", "", r.recipe.stem), protocol))
+        if run_state(ws, r) != "done":
+            missing += [r.name] if r.name not in missing else []
+            continue
+        s = read_summary(runs_dir(ws) / r.name)
+        accs = [s[k].get("test_acc") for k in ("last", "best")]
+        if None in accs:
+            raise MmvidError(f"{runs_dir(ws) / r.name / 'summary.json'} has no test accuracy of its "
+                             f"{'last' if accs[0] is None else 'best'} epoch (a cache without a test split?); "
+                             f"the table compares test accuracies")
+        cell.seeds.append(r.seed)
+        cell.last.append(100.0 * float(accs[0]))
+        cell.best.append(100.0 * float(accs[1]))
+        cell.selected_on.append(best_selected_on(s))
+    for cell in cells.values():
+        cell.stats = {"last": summarize(cell.last), "best": summarize(cell.best)}
+    if baseline:
+        bases = {(c.table, c.column, c.protocol): c for c in cells.values() if baseline in (c.name, c.row)}
+        if not bases:
+            raise MmvidError(f"--baseline {baseline!r} is no row of this sweep; choose a recipe name or row label: "
+                             + ", ".join(dict.fromkeys(c.name for c in cells.values())))
+        for cell in cells.values():
+            base = bases.get((cell.table, cell.column, cell.protocol))
+            if base is None or base is cell:
+                continue
+            for which in ("last", "best"):
+                mine, theirs = (dict(zip(c.seeds, getattr(c, which))) for c in (cell, base))
+                cell.versus[which] = summarize([mine[s] - theirs[s] for s in mine if s in theirs])
+    return list(cells.values()), missing
