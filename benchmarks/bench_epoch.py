@@ -41,7 +41,7 @@ SETTINGS = [
 def compute_limit(cfg, info, run_dir: Path, steps: int, warmup: int) -> float:
     """Samples/s of the training step on one batch already on the device."""
     from benchmarks.bench_throughput import fixed_batch, samples_per_second
-    from mmvid.engine import build_training
+    from mmvid.engine.loop import build_training
 
     parts = build_training(cfg, info, run_dir)
     return samples_per_second(parts, fixed_batch(parts, cfg, info), steps, warmup)
@@ -73,7 +73,7 @@ def main() -> None:
 
     from mmvid.config import resolve_config
     from mmvid.data.cache import read_info
-    from mmvid.engine import make_splits
+    from mmvid.engine.loaders import make_splits
     from mmvid.registry import load_plugins
     from mmvid.workflows import run_prepare
 

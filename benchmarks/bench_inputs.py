@@ -39,7 +39,7 @@ def main() -> None:
     from benchmarks.bench_loader import measure
     from mmvid.config import resolve_config
     from mmvid.data.cache import read_info
-    from mmvid.engine import make_loader, to_device
+    from mmvid.engine.loaders import make_loader, to_device
     from mmvid.workflows import run_prepare
     from tests.conftest import shared_data_dir
 

@@ -103,7 +103,7 @@ def mmvid_loader_factory(crema: Path, ws: Path, n_items: int):
 
     from mmvid.config import resolve_config
     from mmvid.data.cache import read_info
-    from mmvid.engine import make_loader, to_device
+    from mmvid.engine.loaders import make_loader, to_device
     from mmvid.workflows import run_prepare
 
     cache = run_prepare(Console(quiet=True), ws, "cremad", root=crema, progress=False)

@@ -90,7 +90,7 @@ def torchrun_rank_exit(fn):
     def wrapper(*args, **kwargs):
         if "RANK" not in os.environ:  # not a launched rank: skip importing torch (mmvid.distributed)
             return fn(*args, **kwargs)
-        from mmvid.distributed import end_rank_process, under_torchrun
+        from mmvid.distributed.launch import end_rank_process, under_torchrun
 
         if not under_torchrun():
             return fn(*args, **kwargs)
@@ -342,7 +342,7 @@ def evaluate(
     import json
 
     from mmvid import api
-    from mmvid.engine import check_checkpoint_choice
+    from mmvid.engine.checkpoints import check_checkpoint_choice
     from mmvid.results.evaluation import eval_path, render, resolve_target
     from mmvid.runfiles import check_run
 

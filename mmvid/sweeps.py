@@ -502,7 +502,7 @@ def aggregate(ws: Path, sweep: Sweep, baseline: str | None = None) -> tuple[list
     from mmvid.runfiles import read_summary
     from mmvid.workspace import runs_dir
 
-    from mmvid.engine import best_selected_on
+    from mmvid.engine.evaluation import best_selected_on
 
     cells: dict[tuple[str, str], Cell] = {}
     missing: list[str] = []

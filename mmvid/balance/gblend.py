@@ -110,7 +110,7 @@ class GradientBlending(Balancer):
 
     @torch.no_grad()
     def _val_losses(self, ctx) -> torch.Tensor:
-        from mmvid.engine import to_device
+        from mmvid.engine.loaders import to_device
 
         net = ctx.model
         was = net.training

@@ -160,7 +160,7 @@ class LFM(Balancer):
 
     def hyper_batch(self, ctx) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The first ``hyper_samples`` validation clips (unaugmented; the same every epoch, as the reference's)."""
-        from mmvid.engine import to_device
+        from mmvid.engine.loaders import to_device
 
         rows = ctx.splits.val[:self.hyper_samples]
         parts = [(to_device(inputs, ctx.device), y.to(ctx.device)) for inputs, y in ctx.loader(rows)]

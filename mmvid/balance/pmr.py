@@ -96,7 +96,7 @@ class PrototypicalRebalance(Balancer):
 
     @torch.no_grad()
     def on_epoch_start(self, ctx) -> None:
-        from mmvid.engine import to_device
+        from mmvid.engine.loaders import to_device
 
         self.stats = EpochMeans()
         net = unwrap(ctx.model)

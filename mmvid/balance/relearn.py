@@ -130,7 +130,7 @@ class DiagnoseRelearn(Balancer):
     def features(self, ctx, rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Eval-mode features m -> (N, d_m) float32 and labels (N,) of ``rows``, without augmentation; each
         rank encodes its share, summed over ranks."""
-        from mmvid.engine import to_device
+        from mmvid.engine.loaders import to_device
 
         net = unwrap(ctx.model)
         mine = np.arange(len(rows))[ctx.rank::ctx.world_size]

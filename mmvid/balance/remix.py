@@ -20,7 +20,7 @@ from torch import nn
 
 from mmvid.augment.base import mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, unwrap
-from mmvid.distributed import shard_order
+from mmvid.distributed.collectives import shard_order
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
@@ -127,7 +127,7 @@ class DataRemixing(Balancer):
     @torch.no_grad()
     def decouple(self, ctx) -> torch.Tensor:
         """(N_train, M) KL per training sample and modality; each rank scores its share, summed over ranks."""
-        from mmvid.engine import to_device
+        from mmvid.engine.loaders import to_device
 
         net = unwrap(ctx.model)
         rows = ctx.splits.train

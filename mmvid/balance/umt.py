@@ -69,7 +69,8 @@ class UniModalTeacher(Balancer):
             raise MmvidError(f"balance.args.teachers names {unknown}, which are not in data.modalities {self.modalities}")
 
     def _teacher_checkpoint(self, m: str, ctx) -> Path:
-        from mmvid.engine import checkpoint_file, train
+        from mmvid.engine.checkpoints import checkpoint_file
+        from mmvid.engine.loop import train
 
         if m in self.paths:
             return Path(self.paths[m])
@@ -79,7 +80,7 @@ class UniModalTeacher(Balancer):
         return checkpoint_file(run)
 
     def setup(self, model, ctx):
-        from mmvid.engine import model_from_checkpoint
+        from mmvid.engine.checkpoints import model_from_checkpoint
 
         net = unwrap(model)
         teachers = {}

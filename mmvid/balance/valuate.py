@@ -25,7 +25,7 @@ import torch
 from mmvid.augment.base import modality_mix
 from mmvid.balance.base import Balancer, unwrap
 from mmvid.balance.remix import summed_cross_entropy
-from mmvid.distributed import shard_order
+from mmvid.distributed.collectives import shard_order
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
@@ -178,7 +178,7 @@ class SampleValuation(Balancer):
     @torch.no_grad()
     def valuate(self, ctx) -> torch.Tensor:
         """(N_train, M) per-sample Shapley values; each rank scores its share, summed over ranks."""
-        from mmvid.engine import to_device
+        from mmvid.engine.loaders import to_device
 
         net = unwrap(ctx.model)
         rows = ctx.splits.train

@@ -90,7 +90,8 @@ def split_pass(model, loader, device, rows: np.ndarray, amp: str = "off") -> Spl
     """Features and every coalition's value (Eq. 5 masking) over one split, in the loader's order."""
     import torch
 
-    from mmvid.engine import autocast, to_device
+    from mmvid.engine.loaders import to_device
+    from mmvid.engine.runtime import autocast
 
     mods, subsets = model.modalities, coalitions(model.modalities)
     model.eval()
@@ -287,7 +288,8 @@ def alone_config(cfg, m: str):
 def ensure_run(cfg, cache: Path, run_dir: Path, console, what: str) -> Path:
     """Train ``run_dir`` per ``cfg``, reuse it when it finished with this config, resume it when it stopped;
     a folder trained with another config is an error naming the key (never silently overwritten)."""
-    from mmvid.engine import CKPT_LAST, train
+    from mmvid.engine.loop import train
+    from mmvid.workspace import CKPT_LAST
     from mmvid.sweeps import folder_state
 
     state = folder_state(run_dir, cfg)
@@ -311,7 +313,9 @@ def step_seconds(cfg, info, steps: int = 3) -> float:
     """Median seconds of a training step of ``cfg`` on this machine, timed on real batches after one warm-up."""
     import tempfile
 
-    from mmvid.engine import build_training, make_loader, train_step
+    from mmvid.engine.loaders import make_loader
+    from mmvid.engine.loop import build_training
+    from mmvid.engine.step import train_step
 
     with tempfile.TemporaryDirectory() as tmp:
         parts = build_training(cfg, info, Path(tmp))
@@ -331,7 +335,7 @@ def epochs_for_budget(cfg, alone_cfgs: list, info, minutes: float, console) -> t
     """The most epochs (at most ``cfg.epochs``, at least 1) for which the fused run and every alone run fit in
     ``minutes``: an epoch costs its training steps plus its evaluation passes (train monitor, val, test),
     an eval step taken as 0.35 of a training step (a forward without backward)."""
-    from mmvid.engine import make_splits
+    from mmvid.engine.loaders import make_splits
 
     sp = make_splits(info, cfg.data.val_fraction, cfg.seed, cfg.protocol)
     bs = cfg.data.batch_size
@@ -369,7 +373,7 @@ def diagnose_run(run: str | Path, console, out: Path | None = None, checkpoint: 
     rho curves; writes ``diagnosis.json``, the figures and ``diagnosis.html`` into ``out`` (default
     ``<run>/diagnosis``). ``alone`` trains (or reuses) one run per modality inside ``out``. ``cache``: read
     the clips from this cache instead of the run's own (mmvid.runfiles.resolve_run_cache)."""
-    from mmvid.engine import model_from_checkpoint
+    from mmvid.engine.checkpoints import model_from_checkpoint
     from mmvid.results.evaluation import load_run, method_label
 
     lr = load_run(run, "test", device, cache, checkpoint=checkpoint)
@@ -619,7 +623,7 @@ def run_diagnose(console, ws: Path, run: str | None = None, dataset: str | None 
     """``mmvid diagnose RUN`` or ``mmvid diagnose --dataset NAME``: the latter trains (or reuses) a fused
     run of ``recipe`` (default: the recipe named like the cache, e.g. ``demo``, else the defaults) for
     ``epochs`` or as many as fit in ``minutes``; then the diagnosis, then the ``try_methods`` comparison."""
-    from mmvid.engine import check_checkpoint_choice
+    from mmvid.engine.checkpoints import check_checkpoint_choice
 
     check_checkpoint_choice(checkpoint)
     if (run is None) == (dataset is None):

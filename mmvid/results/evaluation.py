@@ -13,12 +13,14 @@ import torch
 
 from mmvid.config import SELECTED_ON_TEST, TrainConfig
 from mmvid.data.cache import CacheInfo
-from mmvid.engine import (CKPT_BEST, CKPT_LAST, checkpoint_file, evaluate_model, make_loader, make_splits,
-                          model_from_checkpoint, pick_device, rho_of)
+from mmvid.engine.checkpoints import checkpoint_file, model_from_checkpoint
+from mmvid.engine.evaluation import evaluate_model, rho_of
+from mmvid.engine.loaders import make_loader, make_splits
+from mmvid.engine.runtime import pick_device
 from mmvid.errors import MmvidError
 from mmvid.models.classifier import MultimodalClassifier
 from mmvid.runfiles import RunCache, check_run, resolve_run_cache
-from mmvid.workspace import write_atomic
+from mmvid.workspace import CKPT_BEST, CKPT_LAST, write_atomic
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:

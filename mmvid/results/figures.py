@@ -170,7 +170,7 @@ def umap_features(run: Path, splits: tuple[str, ...] = ("train", "test"), max_po
     """Per split: labels, per-head accuracy, and 2-D UMAP embeddings of each modality's feature and of
     the fused feature h (features as the head sees them: per-modality z_m and h = fuse(z)). ``console``:
     where to name the cache read (once)."""
-    from mmvid.engine import evaluate_model
+    from mmvid.engine.evaluation import evaluate_model
     from mmvid.results.evaluation import load_run
 
     out: dict[str, Any] = {"splits": {}}

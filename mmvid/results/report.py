@@ -42,7 +42,7 @@ def best_epoch_words(summary: dict[str, Any]) -> str:
     """``best validation epoch 7``, or where the best epoch was chosen on test ``best-test epoch 7 (selected
     on test, as the reference code does)`` (protocol reference) or ``(no validation split)``."""
     from mmvid.config import SELECTED_ON_TEST
-    from mmvid.engine import best_selected_on
+    from mmvid.engine.evaluation import best_selected_on
 
     if "best" not in summary:
         return "no summary.json: the best epoch is not known"

@@ -29,7 +29,7 @@ import torch
 
 from mmvid import corruptions as C
 from mmvid.data.dataset import finish_batch
-from mmvid.engine import evaluate_model
+from mmvid.engine.evaluation import evaluate_model
 from mmvid.errors import MmvidError
 from mmvid.results.evaluation import LoadedRun, checkpoint_note, load_run
 from mmvid.runfiles import check_run
