@@ -1,6 +1,6 @@
 """What a whole training epoch costs next to the compute limit of its steps (issue 15, section 5).
 
-For each setting it trains the demo recipe through :func:`mmvid.engine.train` (the real loop: loader,
+For each setting it trains the demo recipe through :func:`mmvid.engine.loop.train` (the real loop: loader,
 steps, evaluation, checkpoints) and reads each epoch's ``seconds`` and ``eval_seconds`` from metrics.jsonl;
 the compute limit is the same training step fed one batch already on the device
 (:func:`benchmarks.bench_throughput.samples_per_second`), times the epoch's train clips. Settings run

@@ -1,4 +1,4 @@
-"""Throughput of the real training step (:func:`mmvid.engine.train_step`: ResNet-18 branches, the
+"""Throughput of the real training step (:func:`mmvid.engine.step.train_step`: ResNet-18 branches, the
 recipe's augmentation, AMP where available), measured in one run:
 
 * fed from the cache through the training input pipeline (DataLoader with workers and pinned memory,

@@ -84,11 +84,11 @@ def plugin_option(fn):
 def torchrun_rank_exit(fn):
     """Under torchrun, end the rank without interpreter finalization once the command is done (its output
     flushed): after DDP, gloo's threads outlive the process group and can abort a finalizing interpreter
-    (see mmvid.distributed.end_rank_process). Outside torchrun the command runs as it is."""
+    (see mmvid.distributed.launch.end_rank_process). Outside torchrun the command runs as it is."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if "RANK" not in os.environ:  # not a launched rank: skip importing torch (mmvid.distributed)
+        if "RANK" not in os.environ:  # not a launched rank: skip importing torch (mmvid.distributed.launch)
             return fn(*args, **kwargs)
         from mmvid.distributed.launch import end_rank_process, under_torchrun
 

@@ -382,7 +382,7 @@ def run_sweep(console, ws: Path, sweep: Sweep, jobs: int = 1, gpus: int = 0, dry
                TimeElapsedColumn()]
     pending = list(todo)
     active: dict[int, tuple[RunSpec, subprocess.Popen, Any, int]] = {}  # slot -> (run, process, log file, task id)
-    # Its runs take Ctrl-C as a request to save and stop (mmvid.distributed.StopRequest installs a handler even
+    # Its runs take Ctrl-C as a request to save and stop (mmvid.engine.progress.StopRequest installs a handler even
     # when SIGINT was ignored, as in a background job of a script); the sweep must see the same Ctrl-C, or it
     # reports the interrupted runs as failed.
     old_sigint = signal.signal(signal.SIGINT, signal.default_int_handler) if _main_thread() else None

@@ -410,7 +410,7 @@ def restart_message(run_dir: Path, aside: tuple[Path | None, list[str]]) -> str:
 
 def redone_note(run_dir: Path, ck: dict[str, Any]) -> str:
     """``; ...`` when metrics.jsonl logged epochs after the checkpoint (killed between an epoch's line and its
-    checkpoint): mmvid.engine.train drops those lines, and the resume says so."""
+    checkpoint): mmvid.engine.loop.train drops those lines, and the resume says so."""
     from mmvid.runfiles import read_metrics
 
     later = [r["epoch"] + 1 for r in read_metrics(run_dir, required=False) if r["epoch"] > int(ck["epoch"])]

@@ -36,7 +36,7 @@ TEACHER_MODES = ("eval", "train")  # eval: frozen BatchNorm statistics; train: b
 class UniModalTeacher(Balancer):
     """UMT: loss = L + beta sum_m MSE(phi_m^teacher(x_m), z_m), beta = 10 (``balance.args.beta``).
     Teachers come from ``balance.args.teachers`` ({modality: run folder or checkpoint}) or, when absent, are
-    trained first inside the same command by :func:`mmvid.engine.train` (one modality, ``teacher_epochs``,
+    trained first inside the same command by :func:`mmvid.engine.loop.train` (one modality, ``teacher_epochs``,
     default = epochs) into <run>/teachers/<modality> (resumable). The teacher sees the same (mixed) input
     as the student, and feature-stage mixing is applied to its features too. The student features are
     those the fusion receives (after calibration when it is on). ``teacher_mode``: ``eval`` (default, frozen

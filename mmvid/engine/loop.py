@@ -321,7 +321,6 @@ def wrap_model(model: MultimodalClassifier, device: torch.device, world_size: in
     return net
 
 
-
 def print_notes(notes) -> None:
     """A plug-in's one-line notes (e.g. MS-Mix's fallback), as the commands print theirs."""
     if notes:

@@ -101,7 +101,7 @@ class LoadedRun:
 def split_rows(ck: dict[str, Any], cfg: TrainConfig, cache: RunCache, split: str) -> np.ndarray:
     """The cache rows of ``split`` as the run used them: the rows saved in its checkpoint, on the cache it
     was trained on; on another cache (``--cache``), that cache's own split, val held out of train as
-    training would (mmvid.engine.make_splits)."""
+    training would (mmvid.engine.loaders.make_splits)."""
     if split not in ("train", "val", "test"):
         raise MmvidError(f"--split {split!r} is not valid; choose test, val or train")
     rows = ck.get("splits", {}).get(split) if cache.same is not False else None
