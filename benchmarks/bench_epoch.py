@@ -1,6 +1,6 @@
 """What a whole training epoch costs next to the compute limit of its steps (issue 15, section 5).
 
-For each setting it trains the demo recipe through :func:`mmvid.engine.train` (the real loop: loader,
+For each setting it trains the demo recipe through :func:`mmvid.engine.loop.train` (the real loop: loader,
 steps, evaluation, checkpoints) and reads each epoch's ``seconds`` and ``eval_seconds`` from metrics.jsonl;
 the compute limit is the same training step fed one batch already on the device
 (:func:`benchmarks.bench_throughput.samples_per_second`), times the epoch's train clips. Settings run
@@ -41,7 +41,7 @@ SETTINGS = [
 def compute_limit(cfg, info, run_dir: Path, steps: int, warmup: int) -> float:
     """Samples/s of the training step on one batch already on the device."""
     from benchmarks.bench_throughput import fixed_batch, samples_per_second
-    from mmvid.engine import build_training
+    from mmvid.engine.loop import build_training
 
     parts = build_training(cfg, info, run_dir)
     return samples_per_second(parts, fixed_batch(parts, cfg, info), steps, warmup)
@@ -73,7 +73,7 @@ def main() -> None:
 
     from mmvid.config import resolve_config
     from mmvid.data.cache import read_info
-    from mmvid.engine import make_splits
+    from mmvid.engine.loaders import make_splits
     from mmvid.registry import load_plugins
     from mmvid.workflows import run_prepare
 

@@ -9,7 +9,7 @@ Kinetics-style clips under Kinetics-Sounds' default (OGM-GE's inputs: 3 frames a
 filterbank) and ``--preset mmvid`` (3 frames at 224 x 224, a 257 x 454 STFT). Prints the bytes per clip of each
 cache (the HDF5 file over its clips; uncompressed, so it follows from the shapes).
 
-Then times mmvid's training loader (``engine.make_loader(train=True)`` and ``engine.to_device`` on the CPU, the
+Then times mmvid's training loader (``engine.loaders.make_loader(train=True)`` and ``engine.loaders.to_device`` on the CPU, the
 path CPU training takes: the crop in the loader's workers) on the 6 clips repeated: the default cache with
 ``data.crop: clip`` (today's protocol) against the native cache with ``data.crop: reference`` (a crop and flip
 per frame, scale 0.08-1, resized to 224). The two alternate within each round; medians over ``--rounds``.
@@ -39,7 +39,7 @@ def main() -> None:
     from benchmarks.bench_loader import measure
     from mmvid.config import resolve_config
     from mmvid.data.cache import read_info
-    from mmvid.engine import make_loader, to_device
+    from mmvid.engine.loaders import make_loader, to_device
     from mmvid.workflows import run_prepare
     from tests.conftest import shared_data_dir
 

@@ -15,7 +15,7 @@ Every item: librosa load + resample + STFT, one JPEG decoded, RandomResizedCrop(
 ToTensor, Normalize.
 
 mmvid runs its training path at the ``cremad`` recipe's defaults (2 frames at 1 fps, 224 px, 22,050 Hz,
-3 s): ``engine.make_loader(train=True)`` and, per batch, ``engine.to_device`` (what ``train_step`` does
+3 s): ``engine.loaders.make_loader(train=True)`` and, per batch, ``engine.loaders.to_device`` (what ``train_step`` does
 first: the batch moved to the device and finished there: frames normalised, the random resized crop and
 flip of training applied).
 
@@ -103,7 +103,7 @@ def mmvid_loader_factory(crema: Path, ws: Path, n_items: int):
 
     from mmvid.config import resolve_config
     from mmvid.data.cache import read_info
-    from mmvid.engine import make_loader, to_device
+    from mmvid.engine.loaders import make_loader, to_device
     from mmvid.workflows import run_prepare
 
     cache = run_prepare(Console(quiet=True), ws, "cremad", root=crema, progress=False)

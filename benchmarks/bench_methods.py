@@ -57,7 +57,7 @@ def run_one(name: str, overrides: dict, seed: int, epochs: int | None, cache: st
     import torch
 
     from mmvid.config import resolve_config
-    from mmvid.engine import train
+    from mmvid.engine.loop import train
 
     torch.set_num_threads(threads)
     cfg = resolve_config("demo", {**overrides, "seed": seed, "epochs": epochs})

@@ -1,4 +1,4 @@
-"""Throughput of the real training step (:func:`mmvid.engine.train_step`: ResNet-18 branches, the
+"""Throughput of the real training step (:func:`mmvid.engine.step.train_step`: ResNet-18 branches, the
 recipe's augmentation, AMP where available), measured in one run:
 
 * fed from the cache through the training input pipeline (DataLoader with workers and pinned memory,
@@ -35,8 +35,11 @@ import torch
 
 from mmvid.config import resolve_config
 from mmvid.data.cache import read_info
-from mmvid.distributed import ResumableSampler, backend_for, free_port, init_group, limit_threads
-from mmvid.engine import build_training, make_loader, to_device, train_step
+from mmvid.distributed.collectives import ResumableSampler
+from mmvid.distributed.launch import backend_for, free_port, init_group, limit_threads
+from mmvid.engine.loaders import make_loader, to_device
+from mmvid.engine.loop import build_training
+from mmvid.engine.step import train_step
 from mmvid.registry import load_plugins
 
 CREMAD_AUDIO = {"sample_rate": 22050, "clip_seconds": 3.0, "n_fft": 512, "hop": 353}

@@ -271,7 +271,7 @@ def evaluate(run: Run | str | Path | None = None, *, workspace: str | Path | Non
              plugins: Iterable[str] | None = None, console=None, quiet: bool = True) -> dict[str, Any]:
     """Metrics of a run on ``split`` (``mmvid evaluate --json``): accuracy, macro-F1, per-class and
     per-modality accuracy, confusion matrices, rho; also written to ``<run>/eval_<split>.json``."""
-    from mmvid.engine import check_checkpoint_choice
+    from mmvid.engine.checkpoints import check_checkpoint_choice
     from mmvid.results.evaluation import evaluate_run
     from mmvid.runfiles import check_run
 

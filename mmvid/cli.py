@@ -84,13 +84,13 @@ def plugin_option(fn):
 def torchrun_rank_exit(fn):
     """Under torchrun, end the rank without interpreter finalization once the command is done (its output
     flushed): after DDP, gloo's threads outlive the process group and can abort a finalizing interpreter
-    (see mmvid.distributed.end_rank_process). Outside torchrun the command runs as it is."""
+    (see mmvid.distributed.launch.end_rank_process). Outside torchrun the command runs as it is."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if "RANK" not in os.environ:  # not a launched rank: skip importing torch (mmvid.distributed)
+        if "RANK" not in os.environ:  # not a launched rank: skip importing torch (mmvid.distributed.launch)
             return fn(*args, **kwargs)
-        from mmvid.distributed import end_rank_process, under_torchrun
+        from mmvid.distributed.launch import end_rank_process, under_torchrun
 
         if not under_torchrun():
             return fn(*args, **kwargs)
@@ -343,7 +343,7 @@ def evaluate(
     import json
 
     from mmvid import api
-    from mmvid.engine import check_checkpoint_choice
+    from mmvid.engine.checkpoints import check_checkpoint_choice
     from mmvid.results.evaluation import eval_path, render, resolve_target
     from mmvid.runfiles import check_run
 

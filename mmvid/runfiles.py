@@ -11,7 +11,7 @@ Files of a run folder::
     config.yaml                      the run's config: a YAML mapping of config sections
     metrics.jsonl                    one JSON object of numbers per finished epoch, appended
     summary.json                     {"run_dir", "epochs", "last", "best"}, written when training ends
-    checkpoint_last.pt / _best.pt    read by mmvid.engine.load_checkpoint (weights only)
+    checkpoint_last.pt / _best.pt    read by mmvid.engine.checkpoints.load_checkpoint (weights only)
     robustness/robustness.json       written by ``mmvid robustness``, read by ``mmvid report``
 
 :func:`check_run` reads the small ones (everything but the checkpoints) before a command does any heavy

@@ -232,7 +232,9 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
     notes: list[str] = []
     cfg = None if resume is not None else resolve_config(recipe, overrides, sources, notes)  # "" is refused by resolve_run
     from mmvid.data.cache_lookup import resolve_cache
-    from mmvid.engine import CKPT_LAST, default_run_name, load_checkpoint, train
+    from mmvid.engine.checkpoints import load_checkpoint
+    from mmvid.engine.loop import default_run_name, train
+    from mmvid.workspace import CKPT_LAST
     from mmvid.registry import load_plugins
     from mmvid.workspace import check_run_folder, resolve_run, run_path
 
@@ -279,7 +281,7 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
             check_run_folder(run_dir)
         if (run_dir / CKPT_LAST).exists():
             raise MmvidError(f"run {run_dir.name} already exists; continue it with --resume {run_dir.name} or pick another --run-name")
-    from mmvid.distributed import launch, under_torchrun
+    from mmvid.distributed.launch import launch, under_torchrun
 
     if cfg.gpus > 1 and not under_torchrun():  # spawned ranks import mmvid's plug-ins and the --plugin ones only
         from mmvid.plugins import check_reachable
@@ -301,7 +303,7 @@ def checkpoints_line(summary: dict[str, Any]) -> str:
     `mmvid evaluate` reads by default), each with its 1-based epoch. The best epoch is chosen on validation;
     where it was chosen on test (protocol reference, or no validation split) the line says so and why."""
     from mmvid.config import SELECTED_ON_TEST
-    from mmvid.engine import best_selected_on
+    from mmvid.engine.evaluation import best_selected_on
 
     last, best = summary["last"], summary["best"]
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"  # noqa: E731
@@ -348,7 +350,7 @@ def check_plugins(cfg, console=None) -> None:
         raise MmvidError(f"config protocol=reference holds no validation split out, but {refusal}; "
                          f"train it under protocol clean")
     if console is not None:
-        from mmvid.engine import monitor_plan
+        from mmvid.engine.evaluation import monitor_plan
 
         note = monitor_plan(cfg, built["augment"], built["balance"])[1]
         if note:
@@ -407,7 +409,7 @@ def restart_message(run_dir: Path, aside: tuple[Path | None, list[str]]) -> str:
 
 def redone_note(run_dir: Path, ck: dict[str, Any]) -> str:
     """``; ...`` when metrics.jsonl logged epochs after the checkpoint (killed between an epoch's line and its
-    checkpoint): mmvid.engine.train drops those lines, and the resume says so."""
+    checkpoint): mmvid.engine.loop.train drops those lines, and the resume says so."""
     from mmvid.runfiles import read_metrics
 
     later = [r["epoch"] + 1 for r in read_metrics(run_dir, required=False) if r["epoch"] > int(ck["epoch"])]

@@ -1,6 +1,6 @@
 """Shared helpers of the methods tests: tiny models, a stand-in for the engine's TrainContext, one step.
 
-``train_step`` follows the order of the loop in :func:`mmvid.engine.train` (data -> forward + loss ->
+``train_step`` follows the order of the loop in :func:`mmvid.engine.loop.train` (data -> forward + loss ->
 backward -> after_backward -> step) on hand-made tensors, so hooks can be checked without a cache.
 """
 

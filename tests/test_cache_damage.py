@@ -50,7 +50,7 @@ def flip_byte(path: Path, offset: int) -> None:
 def train_row(path: Path) -> int:
     """A row that `train` reads in its first epoch (the demo recipe's split of the cache)."""
     from mmvid.config import resolve_config
-    from mmvid.engine import make_splits
+    from mmvid.engine.loaders import make_splits
 
     cfg = resolve_config("demo", {})
     return int(make_splits(read_info(path), cfg.data.val_fraction, cfg.seed).train[0])

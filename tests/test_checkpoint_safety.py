@@ -24,7 +24,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from mmvid.cli import app
-from mmvid.engine import CKPT_LAST, atomic_save, check_plain, load_checkpoint
+from mmvid.engine.checkpoints import atomic_save, check_plain, load_checkpoint
+from mmvid.workspace import CKPT_LAST
 from mmvid.errors import MmvidError
 from mmvid.workflows import resume_message, run_train
 
@@ -160,7 +161,7 @@ def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
     """Python, numpy and torch draws after restoring a saved (and weights_only-loaded) state repeat exactly."""
     import random
 
-    from mmvid.engine import rng_state, set_rng_state
+    from mmvid.engine.runtime import rng_state, set_rng_state
 
     np.random.standard_normal()  # leave numpy with a cached gaussian: part of its state
     torch.save({"rng": rng_state()}, tmp_path / "r.pt")
@@ -188,9 +189,9 @@ def test_resume_messages_name_epoch_and_step():
 
 def test_stop_in_first_epoch_then_resume_says_where(ws, monkeypatch):
     """Ctrl-C after the first step of epoch 1 saves position (epoch -1, batch 1); resume says epoch 1, step 2."""
-    from mmvid import distributed
+    from mmvid.engine import progress
 
-    monkeypatch.setattr(distributed.StopRequest, "requested", lambda self, all_reduce=None: True)
+    monkeypatch.setattr(progress.StopRequest, "requested", lambda self, all_reduce=None: True)
     over = {"epochs": 1, "data.batch_size": 16, "device": "cpu", "run_name": "stopped"}
     with pytest.raises(MmvidError, match="training interrupted"):
         run_train(Console(quiet=True), ws, "demo", over, progress=False)

@@ -62,7 +62,7 @@ def test_shipped_recipes_resolve():
 def test_optimizer_choice():
     import torch
 
-    from mmvid.engine import make_optimizer
+    from mmvid.engine.loop import make_optimizer
 
     w = [torch.nn.Parameter(torch.zeros(3))]
     sgd = make_optimizer(w, resolve_config(None, {"optim.name": "sgd", "optim.momentum": 0.5, "optim.lr": 0.1}).optim)

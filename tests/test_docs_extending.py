@@ -87,9 +87,9 @@ def public_methods(cls: type) -> set[str]:
 
 
 def loop_hooks() -> dict[str, set[str]]:
-    """The methods the training loop calls on the balancer and the augmentation (mmvid/engine.py), and what the
+    """The methods the training loop calls on the balancer and the augmentation (mmvid/engine/), and what the
     default ``Augmentation.compute`` calls on itself."""
-    src = (REPO / "mmvid" / "engine.py").read_text()
+    src = "\n".join(p.read_text() for p in sorted((REPO / "mmvid" / "engine").glob("*.py")))
     hooks = {"Balancer": set(re.findall(r"\bbalancer\.(\w+)\(", src)),
              "Augmentation": set(re.findall(r"\baugment\.(\w+)\(", src))}
     hooks["Augmentation"] |= set(re.findall(r"\bself\.(\w+)\(", inspect.getsource(Augmentation.compute)))

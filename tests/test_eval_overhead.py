@@ -15,7 +15,9 @@ import yaml
 from rich.console import Console
 
 from mmvid.config import TrainConfig, resolve_config
-from mmvid.engine import CKPT_BEST, CKPT_LAST, evaluates_at, load_checkpoint, monitor_plan, monitor_rows
+from mmvid.engine.checkpoints import load_checkpoint
+from mmvid.engine.evaluation import evaluates_at, monitor_plan, monitor_rows
+from mmvid.workspace import CKPT_BEST, CKPT_LAST
 from mmvid.errors import MmvidError
 from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
 from mmvid.workflows import run_train
@@ -202,7 +204,7 @@ def test_readers_cope_with_eval_every(every2, tmp_path):
 
 def test_stop_then_resume_with_eval_every_is_exact(ws, every2, monkeypatch):
     """A Ctrl-C in epoch 2 (not evaluated under eval_every 2) then --resume gives the uninterrupted run's lines."""
-    from mmvid import distributed
+    from mmvid.engine import progress
 
     steps = -(-len(load_checkpoint(every2 / CKPT_LAST)["splits"]["train"]) // BASE["data.batch_size"])
     calls = {"n": 0}
@@ -211,7 +213,7 @@ def test_stop_then_resume_with_eval_every_is_exact(ws, every2, monkeypatch):
         calls["n"] += 1
         return calls["n"] == steps + 1 + 2  # after the 2nd step of epoch 2
 
-    monkeypatch.setattr(distributed.StopRequest, "requested", requested)
+    monkeypatch.setattr(progress.StopRequest, "requested", requested)
     with pytest.raises(MmvidError, match="training interrupted"):
         train(ws, "ev-stop", eval_every=2)
     assert load_checkpoint(ws / "runs" / "ev-stop" / CKPT_LAST)["partial"]["batch"] == 2

@@ -18,7 +18,7 @@ from mmvid.balance import agm, cml, lfm, mbsd, opm, valuate
 from mmvid.balance.base import scored_logits
 from mmvid.cli import app
 from mmvid.config import TrainConfig
-from mmvid.engine import evaluate_model
+from mmvid.engine.evaluation import evaluate_model
 from mmvid.errors import MmvidError
 from mmvid.models.classifier import MultimodalClassifier
 from mmvid.registry import FUSIONS, load_plugins

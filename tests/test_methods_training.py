@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from mmvid.config import resolve_config
-from mmvid.engine import train
+from mmvid.engine.loop import train
 from mmvid.registry import BALANCERS, load_plugins
 
 load_plugins()

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from mmvid.cli import app
 from mmvid.config import TrainConfig, config_from_dict, resolve_config
-from mmvid.engine import load_checkpoint, model_from_checkpoint
+from mmvid.engine.checkpoints import load_checkpoint, model_from_checkpoint
 from mmvid.errors import MmvidError
 from mmvid.results.evaluation import method_label
 from mmvid.sweeps.state import config_difference

@@ -13,7 +13,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from mmvid.cli import app
-from mmvid.engine import CKPT_BEST, CKPT_LAST, atomic_save, load_checkpoint
+from mmvid.engine.checkpoints import atomic_save, load_checkpoint
+from mmvid.workspace import CKPT_BEST, CKPT_LAST
 
 RUN = "tiny-concat"
 

@@ -21,7 +21,8 @@ from mmvid.augment.msmix import MSMix, label_groups
 from mmvid.config import resolve_config
 from mmvid.data.cache import check_cache, read_info
 from mmvid.data.torch_dataset import INTENSITY_KEY
-from mmvid.engine import make_loader, train
+from mmvid.engine.loaders import make_loader
+from mmvid.engine.loop import train
 from mmvid.workflows import run_prepare
 
 QUIET = Console(quiet=True)

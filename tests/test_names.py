@@ -209,7 +209,7 @@ def test_train_refuses_a_file_in_place_of_its_run_folder(tiny_ws, tmp_path):
 def test_the_library_train_refuses_a_folder_it_did_not_write(tiny_ws, tmp_path):
     """engine.train itself (what diagnose's fused and alone runs call) checks before it deletes metrics.jsonl."""
     from mmvid.config import resolve_config
-    from mmvid.engine import train
+    from mmvid.engine.loop import train
 
     before = their_run_folder(tmp_path / "theirs")
     with pytest.raises(MmvidError, match="is not a run folder written by `mmvid train`"):

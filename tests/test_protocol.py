@@ -59,7 +59,8 @@ def reference_run(tiny_ws) -> tuple[Path, str]:
 
 def test_reference_trains_on_every_train_clip_and_evaluates_test_every_epoch(tiny_ws, reference_run):
     from mmvid.data.cache import read_info
-    from mmvid.engine import CKPT_LAST, load_checkpoint
+    from mmvid.engine.checkpoints import load_checkpoint
+    from mmvid.workspace import CKPT_LAST
 
     run, said = reference_run
     info = read_info(tiny_ws / "caches" / "demo.h5")
@@ -77,7 +78,8 @@ def test_reference_trains_on_every_train_clip_and_evaluates_test_every_epoch(tin
 
 
 def test_reference_best_is_the_argmax_of_test_accuracy_and_labelled_selected_on_test(reference_run):
-    from mmvid.engine import CKPT_BEST, load_checkpoint
+    from mmvid.engine.checkpoints import load_checkpoint
+    from mmvid.workspace import CKPT_BEST
     from mmvid.results.evaluation import checkpoint_note, evaluate_run
     from mmvid.results.report import best_epoch_words
 
@@ -99,12 +101,14 @@ def test_reference_best_is_the_argmax_of_test_accuracy_and_labelled_selected_on_
 def test_best_epoch_is_the_first_of_the_highest_test_accuracy_whatever_the_figures(tiny_ws, monkeypatch):
     """The selection itself, on scripted per-epoch accuracies (a tie, a later drop): the best epoch is the first
     of the highest test accuracy, as ``if acc > best_acc``, and checkpoint_best.pt is that epoch's."""
-    from mmvid import engine
+    from mmvid.engine import loop
     from mmvid.config import resolve_config
-    from mmvid.engine import CKPT_BEST, load_checkpoint, train
+    from mmvid.engine.checkpoints import load_checkpoint
+    from mmvid.engine.loop import train
+    from mmvid.workspace import CKPT_BEST
 
     script = [0.30, 0.65, 0.65, 0.40]
-    real = engine.evaluate_epoch
+    real = loop.evaluate_epoch
 
     def scripted(ctx, loaders, *args, **kwargs):
         rec = real(ctx, loaders, *args, **kwargs)
@@ -112,7 +116,7 @@ def test_best_epoch_is_the_first_of_the_highest_test_accuracy_whatever_the_figur
             rec["test_acc"] = script[ctx.epoch]
         return rec
 
-    monkeypatch.setattr(engine, "evaluate_epoch", scripted)
+    monkeypatch.setattr(loop, "evaluate_epoch", scripted)
     cfg = resolve_config("demo", {**TINY, "protocol": "reference", "epochs": 4, "device": "cpu", "monitor_train": 0})
     run = tiny_ws / "runs" / "protocol-scripted"
     summary = train(cfg, tiny_ws / "caches" / "demo.h5", run, progress=False)
@@ -124,7 +128,8 @@ def test_best_epoch_is_the_first_of_the_highest_test_accuracy_whatever_the_figur
 
 def test_clean_protocol_holds_validation_out_and_selects_on_it(tiny_ws, tiny_run):
     from mmvid.data.cache import read_info
-    from mmvid.engine import CKPT_BEST, load_checkpoint
+    from mmvid.engine.checkpoints import load_checkpoint
+    from mmvid.workspace import CKPT_BEST
     from mmvid.results.evaluation import checkpoint_note, evaluate_run
 
     info = read_info(tiny_ws / "caches" / "demo.h5")
@@ -145,7 +150,7 @@ def test_clean_protocol_holds_validation_out_and_selects_on_it(tiny_ws, tiny_run
 def test_reference_drops_a_cache_validation_split_too():
     """AVE's caches carry an official val split: clean selects on it, reference trains on train and selects on
     test (as the reference code's train / test loaders)."""
-    from mmvid.engine import make_splits
+    from mmvid.engine.loaders import make_splits
 
     split = np.array(["train"] * 8 + ["val"] * 3 + ["test"] * 4)
     info = SimpleNamespace(path="ave.h5", labels=np.arange(15) % 2,

@@ -328,7 +328,7 @@ def test_bad_input_is_one_clear_line(tiny, tmp_path, args, message):
 
 def test_evaluation_builds_no_autograd_graph(tiny):
     """Every evaluation pass (test metrics, the per-epoch imbalance monitor) runs without autograd."""
-    from mmvid.engine import evaluate_model
+    from mmvid.engine.evaluation import evaluate_model
     from mmvid.results.evaluation import load_run
 
     lr = load_run(tiny["bmm"])

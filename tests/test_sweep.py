@@ -317,7 +317,7 @@ def test_edited_recipe_is_not_silently_reused(quick_sweep, tmp_path):
 def test_interrupted_run_is_resumed_and_finished_ones_kept(quick_sweep, monkeypatch):
     """A sweep stopped inside a run (Ctrl-C: the run saves mid-epoch): the next sweep resumes that run with
     ``--resume`` and does not retrain the finished one (concat, trained by the quick sweep)."""
-    from mmvid import distributed
+    from mmvid.engine import progress
     from mmvid.workflows import run_train
 
     tiny_ws = quick_sweep[0]
@@ -329,7 +329,7 @@ def test_interrupted_run_is_resumed_and_finished_ones_kept(quick_sweep, monkeypa
     def requested(self, all_reduce=None):  # Ctrl-C at the first step of the second epoch
         return (tiny_ws / "runs" / stopped.name / "metrics.jsonl").exists()
 
-    monkeypatch.setattr(distributed.StopRequest, "requested", requested)
+    monkeypatch.setattr(progress.StopRequest, "requested", requested)
     assert train_command(tiny_ws, stopped, "new")[-2:] == ["--seed", "0"]
     with pytest.raises(MmvidError, match="training interrupted"):  # the run as the sweep starts it
         run_train(QUIET, tiny_ws, str(stopped.recipe), {**stopped.overrides, "run_name": stopped.name}, progress=False)

@@ -18,7 +18,8 @@ import pytest
 import torch
 from rich.console import Console
 
-from mmvid.engine import CKPT_LAST, load_checkpoint
+from mmvid.engine.checkpoints import load_checkpoint
+from mmvid.workspace import CKPT_LAST
 from mmvid.errors import MmvidError
 from mmvid.workflows import run_prepare, run_train
 
@@ -98,7 +99,7 @@ def test_two_gloo_processes_agree_and_match_one_process(ws):
 def test_sampler_gives_w_ranks_the_global_batches_of_one_process():
     """Rank r's k-th batch of b clips + the other ranks' = the 1-process run's k-th batch of W * b clips;
     the order depends on seed + epoch only, and ``skip`` resumes inside an epoch."""
-    from mmvid.distributed import ResumableSampler
+    from mmvid.distributed.collectives import ResumableSampler
 
     n, b, world = 30, 4, 2
     one = ResumableSampler(n, 1, 0, seed=3)
@@ -132,7 +133,7 @@ def _rank1_aborts(local_rank: int, *args) -> None:
 def test_rank_killed_by_a_signal_is_named(tmp_path):
     """A rank that dies of a signal writes no error file; the line still names it, and the signal."""
     from mmvid.config import resolve_config
-    from mmvid.distributed import _spawn
+    from mmvid.distributed.launch import _spawn
 
     cfg = resolve_config("demo", {**BASE, "gpus": 2})
     with pytest.raises(MmvidError, match=r"failed on rank 1: process 1 terminated with signal SIGABRT"):
@@ -148,8 +149,8 @@ def test_failure_on_one_rank_ends_the_run(ws, tmp_path):
 
     from mmvid.config import resolve_config
     from mmvid.data.cache import read_info
-    from mmvid.distributed import ResumableSampler
-    from mmvid.engine import make_splits
+    from mmvid.distributed.collectives import ResumableSampler
+    from mmvid.engine.loaders import make_splits
 
     cache = tmp_path / "poisoned.h5"
     shutil.copy(ws / "caches" / "demo.h5", cache)
@@ -177,7 +178,7 @@ def reference(ws) -> list[dict]:
 def test_stop_mid_epoch_then_resume_is_exact(ws, reference, monkeypatch):
     """A stop request (Ctrl-C) seen at the 7th check saves a mid-epoch checkpoint: the loop checks after
     each of the 4 steps of an epoch and once after its evaluation, so that is epoch 2 after 2 of 4 batches."""
-    from mmvid import distributed
+    from mmvid.engine import progress
 
     calls = {"n": 0}
 
@@ -185,7 +186,7 @@ def test_stop_mid_epoch_then_resume_is_exact(ws, reference, monkeypatch):
         calls["n"] += 1
         return calls["n"] == 7
 
-    monkeypatch.setattr(distributed.StopRequest, "requested", requested)
+    monkeypatch.setattr(progress.StopRequest, "requested", requested)
     with pytest.raises(MmvidError, match="training interrupted; its state is saved"):
         train_run(ws, "stopped", epochs=2)
     run = ws / "runs" / "stopped"
@@ -200,7 +201,7 @@ def test_stop_mid_epoch_then_resume_is_exact(ws, reference, monkeypatch):
 def test_resume_drops_a_metrics_line_torn_by_a_kill(ws, reference, monkeypatch):
     """A kill during the append of an epoch's metrics.jsonl line leaves half a line; the resume drops it
     (that epoch is redone from the checkpoint before it) instead of failing on the JSON."""
-    from mmvid import distributed
+    from mmvid.engine import progress
 
     calls = {"n": 0}
 
@@ -208,7 +209,7 @@ def test_resume_drops_a_metrics_line_torn_by_a_kill(ws, reference, monkeypatch):
         calls["n"] += 1
         return calls["n"] == 7
 
-    monkeypatch.setattr(distributed.StopRequest, "requested", requested)
+    monkeypatch.setattr(progress.StopRequest, "requested", requested)
     with pytest.raises(MmvidError, match="training interrupted"):
         train_run(ws, "torn", epochs=2)
     monkeypatch.undo()
@@ -298,7 +299,7 @@ def test_nan_loss_names_epoch_and_step(ws, monkeypatch):
 
 
 def test_bf16_autocast_on_cpu(ws):
-    from mmvid.engine import autocast
+    from mmvid.engine.runtime import autocast
 
     conv = torch.nn.Conv2d(3, 4, 3)
     with autocast(torch.device("cpu"), "bf16"):
@@ -321,7 +322,7 @@ def test_device_loader_crops_on_the_device(ws):
     from mmvid.config import resolve_config
     from mmvid.data.cache import read_info
     from mmvid.data.crop import BOX_KEY
-    from mmvid.engine import make_loader, to_device
+    from mmvid.engine.loaders import make_loader, to_device
 
     cfg = resolve_config("demo", {**BASE, "data.cache_on_gpu": True, "data.crop_size": 24, "data.random_crop": True})
     info = read_info(ws / "caches" / "demo.h5")

@@ -275,16 +275,16 @@ def test_non_finite_weights_stop_a_one_step_run(tiny_ws, monkeypatch):
 
 
 def test_non_finite_gradients_stop_training(tiny_ws, monkeypatch):
-    from mmvid import engine
+    from mmvid.engine import loop
 
-    real = engine.build_model
+    real = loop.build_model
 
     def poisoned(cfg, num_classes):
         model = real(cfg, num_classes)
         next(model.parameters()).register_hook(lambda g: g * float("nan"))
         return model
 
-    monkeypatch.setattr(engine, "build_model", poisoned)
+    monkeypatch.setattr(loop, "build_model", poisoned)
     res = runner.invoke(app, ["train", "-w", str(tiny_ws), "--recipe", "demo", "--epochs", "1", "--batch-size", "64",
                               "--run-name", "nan-grad"])
     one_error_line(res, "gradients and weights became non-finite", "epoch 1, step 0", progress=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mmvid.registry import AUGMENTS, EpochMeans, Plugin  # noqa: F401 (EpochMeans: mmvid.engine imports it from here)
+from mmvid.registry import AUGMENTS, Plugin
 
 
 @dataclass

@@ -19,7 +19,7 @@ from torch import nn
 
 from mmvid.augment.base import mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, per_sample_pass, unwrap
-from mmvid.distributed import shard_order
+from mmvid.distributed.collectives import shard_order
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec

@@ -36,7 +36,7 @@ TEACHER_MODES = ("eval", "train")  # eval: frozen BatchNorm statistics; train: b
 class UniModalTeacher(Balancer):
     """UMT: loss = L + beta sum_m MSE(phi_m^teacher(x_m), z_m), beta = 10 (``balance.args.beta``).
     Teachers come from ``balance.args.teachers`` ({modality: run folder or checkpoint}) or, when absent, are
-    trained first inside the same command by :func:`mmvid.engine.train` (one modality, ``teacher_epochs``,
+    trained first inside the same command by :func:`mmvid.engine.loop.train` (one modality, ``teacher_epochs``,
     default = epochs) into <run>/teachers/<modality> (resumable). The teacher sees the same (mixed) input
     as the student, and feature-stage mixing is applied to its features too. The student features are
     those the fusion receives (after calibration when it is on). ``teacher_mode``: ``eval`` (default, frozen
@@ -68,7 +68,8 @@ class UniModalTeacher(Balancer):
             raise MmvidError(f"balance.args.teachers names {unknown}, which are not in data.modalities {self.modalities}")
 
     def _teacher_checkpoint(self, m: str, ctx) -> Path:
-        from mmvid.engine import checkpoint_file, train
+        from mmvid.engine.checkpoints import checkpoint_file
+        from mmvid.engine.loop import train
 
         if m in self.paths:
             return Path(self.paths[m])
@@ -78,7 +79,7 @@ class UniModalTeacher(Balancer):
         return checkpoint_file(run)
 
     def setup(self, model, ctx):
-        from mmvid.engine import model_from_checkpoint
+        from mmvid.engine.checkpoints import model_from_checkpoint
 
         net = unwrap(model)
         teachers = {}

@@ -24,7 +24,7 @@ import torch
 from mmvid.augment.base import modality_mix
 from mmvid.balance.base import Balancer, per_sample_pass, unwrap
 from mmvid.balance.remix import summed_cross_entropy
-from mmvid.distributed import shard_order
+from mmvid.distributed.collectives import shard_order
 from mmvid.errors import MmvidError
 from mmvid.measures import coalitions, shapley_values
 from mmvid.registry import BALANCERS

@@ -75,7 +75,7 @@ class MultimodalClassifier(nn.Module):
                              f"model.fusion={fusion} has one joint head: use augment.args.unimodal=mask")
         self.unimodal = unimodal  # how unimodal_logits predicts from one modality (not a parameter, not in state_dict)
         # Remix's baseline heads h_m: (B, d_m) -> (B, C), one per modality named in model.aux_loss; trained by the
-        # loop's auxiliary loss (mmvid.engine.AuxiliaryLoss) on ModelOutput.features, never used for prediction.
+        # loop's auxiliary loss (mmvid.engine.step.AuxiliaryLoss) on ModelOutput.features, never used for prediction.
         unknown = sorted(set(aux_loss or {}) - set(self.modalities))
         if unknown:
             raise MmvidError(f"model.aux_loss names {unknown}, not in data.modalities {self.modalities}")

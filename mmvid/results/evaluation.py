@@ -13,12 +13,14 @@ import torch
 
 from mmvid.config import SELECTED_ON_TEST, TrainConfig
 from mmvid.data.cache import CacheInfo
-from mmvid.engine import (CKPT_BEST, CKPT_LAST, checkpoint_file, evaluate_model, make_loader, make_splits,
-                          model_from_checkpoint, pick_device, rho_of)
+from mmvid.engine.checkpoints import checkpoint_file, model_from_checkpoint
+from mmvid.engine.evaluation import evaluate_model, rho_of
+from mmvid.engine.loaders import make_loader, make_splits
+from mmvid.engine.runtime import pick_device
 from mmvid.errors import MmvidError
 from mmvid.models.classifier import MultimodalClassifier
 from mmvid.runfiles import RunCache, check_run, read_metrics, resolve_run_cache
-from mmvid.workspace import resolve_run, write_atomic
+from mmvid.workspace import CKPT_BEST, CKPT_LAST, resolve_run, write_atomic
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -99,7 +101,7 @@ class LoadedRun:
 def split_rows(ck: dict[str, Any], cfg: TrainConfig, cache: RunCache, split: str) -> np.ndarray:
     """The cache rows of ``split`` as the run used them: the rows saved in its checkpoint, on the cache it
     was trained on; on another cache (``--cache``), that cache's own split, val held out of train as
-    training would (mmvid.engine.make_splits)."""
+    training would (mmvid.engine.loaders.make_splits)."""
     if split not in ("train", "val", "test"):
         raise MmvidError(f"--split {split!r} is not valid; choose test, val or train")
     rows = ck.get("splits", {}).get(split) if cache.same is not False else None

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mmvid.config import MODALITIES
-from mmvid.engine import evaluate_model
+from mmvid.engine.evaluation import evaluate_model
 from mmvid.errors import MmvidError
 from mmvid.results.evaluation import checkpoint_note, evaluate_run, load_run, method_label
 from mmvid.results.plotting import PANEL, class_colors, present, pyplot, save_figure

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mmvid.config import SELECTED_ON_TEST
-from mmvid.engine import best_selected_on
+from mmvid.engine.evaluation import best_selected_on
 from mmvid.results.evaluation import checkpoint_note, evaluate_run
 from mmvid.results.figures import plot_confusion, plot_curves, plot_umap
 from mmvid.results.html_page import CSS, embed_png, esc, html_table

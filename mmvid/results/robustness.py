@@ -30,7 +30,7 @@ import torch
 
 from mmvid import corruptions as C
 from mmvid.data.torch_dataset import finish_batch
-from mmvid.engine import evaluate_model
+from mmvid.engine.evaluation import evaluate_model
 from mmvid.errors import MmvidError
 from mmvid.results.evaluation import LoadedRun, checkpoint_note, load_run
 from mmvid.results.plotting import PANEL, pyplot, save_figure

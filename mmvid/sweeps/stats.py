@@ -61,7 +61,7 @@ def aggregate(ws: Path, sweep: Sweep, baseline: str | None = None) -> tuple[list
     """
     # Imported here: mmvid.engine imports torch, and `mmvid sweep` checks its options (--seeds, --epochs,
     # --protocol, --emit) before anything loads torch.
-    from mmvid.engine import best_selected_on
+    from mmvid.engine.evaluation import best_selected_on
 
     cells: dict[tuple[str, str], Cell] = {}
     missing: list[str] = []

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmvid.config import TrainConfig
-from mmvid.engine import AuxiliaryLoss, TrainingParts, train_step
+from mmvid.engine.context import TrainingParts
+from mmvid.engine.step import AuxiliaryLoss, train_step
 from mmvid.models.classifier import MultimodalClassifier, build_model
 from mmvid.models.init import initialise
 from mmvid.registry import AUGMENTS, BALANCERS, load_plugins

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from _methods_util import CLASSES, make_batch, make_cfg, make_model
 from mmvid.augment.base import modality_mix
 from mmvid.config import resolve_config
-from mmvid.engine import evaluate_model
+from mmvid.engine.evaluation import evaluate_model
 from mmvid.errors import MmvidError
 from mmvid.models.classifier import build_model
 from mmvid.registry import AUGMENTS, FUSIONS, load_plugins

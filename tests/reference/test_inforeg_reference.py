@@ -255,7 +255,7 @@ def test_own_trace_gates_each_modality_with_its_own_window():
 def test_resume_inside_an_epoch_continues_exactly(monkeypatch):
     """state_dict after 2 steps -> a fresh balancer -> the 3rd step's gradients and the epoch's traces equal
     those of the uninterrupted run; the state is plain enough for a weights_only checkpoint."""
-    from mmvid.engine import check_plain
+    from mmvid.engine.checkpoints import check_plain
 
     cfg, model, twin = twin_models("audio")
     aug = AUGMENTS.build("none", cfg.augment, AV)

@@ -101,7 +101,8 @@ def test_mmcosine_trains_on_the_demo_and_evaluates_from_its_checkpoint(tiny_ws, 
     import json
 
     from mmvid.config import resolve_config
-    from mmvid.engine import model_from_checkpoint, train
+    from mmvid.engine.checkpoints import model_from_checkpoint
+    from mmvid.engine.loop import train
     from mmvid.models.fusions import CosineHead
 
     cache = tiny_ws / "caches" / "demo.h5"  # the session's 60-clip demo cache (tests/conftest.py), read only

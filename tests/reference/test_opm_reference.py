@@ -214,7 +214,7 @@ def test_opm_trains_on_the_demo_and_drops(tiny_ws, tmp_path):
     import json
 
     from mmvid.config import resolve_config
-    from mmvid.engine import train
+    from mmvid.engine.loop import train
 
     cache = tiny_ws / "caches" / "demo.h5"  # the session's 60-clip demo cache (tests/conftest.py), read only
     cfg = resolve_config("demo", {"epochs": 2, "model.width": 4, "data.batch_size": 16, "data.val_fraction": 0.25,

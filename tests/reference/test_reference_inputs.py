@@ -381,7 +381,7 @@ def test_kinetics_sounds_default_cache_is_ogm_ges_inputs(shared_data, tmp_path):
 
 
 def test_a_recipe_refuses_a_cache_prepared_otherwise_in_one_line(remix_cache):
-    from mmvid.engine import make_loader
+    from mmvid.engine.loaders import make_loader
 
     info = read_info(remix_cache)
     ok = resolve_config(None, {"data.prepared": {"frame_select": "remix", "frame_size": "short-side"}})

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from _methods_util import CLASSES, attach, make_batch, make_cfg, make_model, train_step
 from mmvid.balance.remix import assign_modalities, kl_to_uniform
-from mmvid.distributed import shard_order
+from mmvid.distributed.collectives import shard_order
 from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
 
 load_plugins()

@@ -14,7 +14,7 @@ import yaml
 
 from mmvid.config import RECIPES, resolve_config
 from mmvid.data.cache import read_info
-from mmvid.engine import check_checkpoint_choice
+from mmvid.engine.checkpoints import check_checkpoint_choice
 from mmvid.errors import MmvidError
 from mmvid.results.diagnosis.diagnose import Diagnosis, diagnose_run
 from mmvid.results.diagnosis.runs import alone_config, config_hash, ensure_run, epochs_for_budget

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mmvid.engine import model_from_checkpoint
+from mmvid.engine.checkpoints import model_from_checkpoint
 from mmvid.errors import MmvidError
 from mmvid.results.diagnosis.curves import curves
 from mmvid.results.diagnosis.dominance import shapley_summary, write_samples

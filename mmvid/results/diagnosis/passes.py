@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmvid.engine import autocast, to_device
+from mmvid.engine.loaders import to_device
+from mmvid.engine.runtime import autocast
 from mmvid.results.diagnosis.shapley import coalitions
 
 SPLITS = ("train", "test")  # train split and held-out data

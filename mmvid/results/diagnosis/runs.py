@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 
 from mmvid.config import resolve_config
-from mmvid.engine import CKPT_LAST, build_training, make_loader, make_splits, train, train_step
+from mmvid.engine.loaders import make_loader, make_splits
+from mmvid.engine.loop import build_training, train
+from mmvid.engine.step import train_step
+from mmvid.workspace import CKPT_LAST
 from mmvid.sweeps.state import folder_state
 
 
