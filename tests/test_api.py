@@ -82,14 +82,14 @@ def test_evaluate_gives_what_the_cli_prints_as_json(api_run, tiny_ws):
     assert api_run.evaluate(split="test", checkpoint="last")["checkpoint"] == "last"
 
 
-def test_robustness_visualize_and_report_of_a_run(tiny_run, tmp_path):
+def test_robustness_visualize_and_report_of_a_run(api_run, tiny_run, tmp_path):
     rob = mmvid.robustness(tiny_run, drop="audio", out=tmp_path / "rob")
     assert [c["name"] for c in rob["conditions"]] and len(rob["runs"]) == 1
     assert (tmp_path / "rob" / "robustness.csv").is_file() and any(f.endswith(".png") for f in rob["files"])
-    paths = mmvid.visualize("curves", tiny_run)
+    paths = mmvid.visualize("curves", api_run)  # into the run's figures/ (this module's own run: tiny_run is shared)
     assert {p.suffix for p in paths} == {".png", ".svg"} and all(p.is_file() for p in paths)
+    assert set(paths) <= set(api_run.figures)
     run = mmvid.Run(tiny_run)
-    assert set(paths) <= set(run.figures)
     page = mmvid.report(run, umap=False, robustness=False, out=tmp_path / "r.html")
     assert page.read_text().startswith("<!DOCTYPE html>") or "<html" in page.read_text()[:500]
 
