@@ -115,6 +115,18 @@ def use(specs) -> list[str]:
     return out
 
 
+def load_plugins() -> None:
+    """Every plug-in: mmvid's own (explicit imports of the modules that register entries, no scanning), then the
+    user's given to a parent process (--plugin, :data:`ENV`) and the installed ones (entry points). Imports torch:
+    called where a plug-in is about to be looked up, never at import time (option checking stays light)."""
+    import mmvid.augment  # noqa: F401
+    import mmvid.balance  # noqa: F401
+    import mmvid.models.calibration  # noqa: F401
+    import mmvid.models.fusions  # noqa: F401
+
+    load_inherited()
+
+
 def load_inherited() -> None:
     """Import the plug-ins the parent process was given (:data:`ENV`) and the installed ones (entry points)."""
     global _ENTRY_POINTS_DONE

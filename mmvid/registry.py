@@ -141,14 +141,3 @@ CALIBRATIONS: Registry = Registry("calibration", "model.calibration_args")
 AUGMENTS: Registry = Registry("augmentation", "augment.args")
 BALANCERS: Registry = Registry("balancer", "balance.args")
 REGISTRIES = (FUSIONS, CALIBRATIONS, AUGMENTS, BALANCERS)
-
-
-def load_plugins() -> None:
-    """Import every module that registers entries (explicit imports, no scanning)."""
-    import mmvid.augment  # noqa: F401
-    import mmvid.balance  # noqa: F401
-    import mmvid.models.calibration  # noqa: F401
-    import mmvid.models.fusions  # noqa: F401
-    from mmvid.plugins import load_inherited
-
-    load_inherited()  # the user's plug-ins given to a parent process (--plugin), and installed ones (entry points)

@@ -187,7 +187,8 @@ def list_plugins(console, name: str | None = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from mmvid.registry import REGISTRIES, load_plugins, settings_table
+    from mmvid.registry import REGISTRIES, settings_table
+    from mmvid.plugins import load_plugins
 
     load_plugins()
     if name is None:
@@ -233,9 +234,10 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
     cfg = None if resume is not None else resolve_config(recipe, overrides, sources, notes)  # "" is refused by resolve_run
     from mmvid.data.cache_lookup import resolve_cache
     from mmvid.engine.checkpoints import load_checkpoint
+    from mmvid.engine.checks import check_plugins, plugin_entries
     from mmvid.engine.loop import default_run_name, train
     from mmvid.workspace import CKPT_LAST
-    from mmvid.registry import load_plugins
+    from mmvid.plugins import load_plugins
     from mmvid.workspace import check_run_folder, resolve_run, run_path
 
     load_plugins()
@@ -317,44 +319,6 @@ def checkpoints_line(summary: dict[str, Any]) -> str:
     return f"{head}; {pct(best.get('test_acc'))} at the {what} ({best['epoch'] + 1}, {sel})"
 
 
-def plugin_entries(cfg) -> list[tuple[str, str, Any]]:
-    """(kind, name, registered class) of every plug-in ``cfg`` uses: fusion, calibration, augmentation, balancer."""
-    from mmvid.config import CALIBRATION
-    from mmvid.registry import AUGMENTS, BALANCERS, CALIBRATIONS, FUSIONS, load_plugins
-
-    load_plugins()
-    used = [(FUSIONS, cfg.model.fusion), (AUGMENTS, cfg.augment.name), (BALANCERS, cfg.balance.name)]
-    used += [(CALIBRATIONS, CALIBRATION)] if cfg.model.calibrate else []
-    return [(reg.kind, name, reg.get(name)) for reg, name in used]
-
-
-def check_plugins(cfg, console=None) -> None:
-    """What a config's plug-ins accept, before any work: unknown names, args a plug-in cannot use, a B-MM
-    option under another augmentation, a balancer that refuses the fusion or modalities (one line each);
-    on ``console``, a note when a plug-in needs more of the train-set monitor than monitor_train gives."""
-    from mmvid.models.classifier import check_calibration
-    from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS, load_plugins
-
-    load_plugins()
-    FUSIONS.get(cfg.model.fusion)
-    check_calibration(cfg.model.fusion, cfg.model.calibrate)
-    built = {}
-    for reg, section, key in ((AUGMENTS, cfg.augment, "augment"), (BALANCERS, cfg.balance, "balance")):
-        try:  # building parses the plug-in's args: a value it cannot use fails here, as one line
-            built[key] = reg.build(section.name, section, cfg.data.modalities)
-        except (TypeError, ValueError, AttributeError) as e:
-            raise MmvidError(f"config {key}.args={section.args} is not valid for {reg.kind} {section.name!r}: {e}") from None
-    built["balance"].check(cfg.model, cfg.augment.name)
-    refusal = reference_refusal(cfg, built)
-    if refusal:
-        raise MmvidError(f"config protocol=reference holds no validation split out, but {refusal}; "
-                         f"train it under protocol clean")
-    if console is not None:
-        from mmvid.engine.evaluation import monitor_plan
-
-        note = monitor_plan(cfg, built["augment"], built["balance"])[1]
-        if note:
-            console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
 
 
 def finished_without_checkpoint(run_dir: Path, epochs: int) -> str | None:
@@ -419,30 +383,6 @@ def redone_note(run_dir: Path, ck: dict[str, Any]) -> str:
     return (f"; metrics.jsonl logged epoch{'' if len(later) == 1 else 's'} {which} after that checkpoint: "
             f"{'its line is' if len(later) == 1 else 'their lines are'} dropped, as training goes on from the checkpoint")
 
-
-def reference_refusal(cfg, built: dict[str, Any] | None = None) -> str | None:
-    """Why ``cfg``'s plug-ins cannot train under protocol reference, e.g. "balancer 'gblend' estimates on
-    validation clips of its own" (None if they can): a method that estimates on held-out clips (G-Blend,
-    Diagnosing & Re-learning, LFM's learned schedule, B-MM with rho_split val) needs the validation split
-    that protocol reference does not hold out. ``built``: the plug-ins already built from ``cfg``
-    ({"augment": ..., "balance": ...}); else they are built here (an error building them is left to
-    :func:`check_plugins`)."""
-    if cfg.protocol != "reference":
-        return None
-    from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
-
-    if built is None:
-        load_plugins()
-        try:
-            built = {"augment": AUGMENTS.build(cfg.augment.name, cfg.augment, cfg.data.modalities),
-                     "balance": BALANCERS.build(cfg.balance.name, cfg.balance, cfg.data.modalities)}
-        except (MmvidError, TypeError, ValueError, AttributeError):
-            return None
-    for key, kind in (("augment", "augmentation"), ("balance", "balancer")):
-        plugin = built[key]
-        if plugin.needs_val_split or plugin.needs_val_scores:
-            return f"{kind} {getattr(cfg, key).name!r} estimates on validation clips of its own"
-    return None
 
 
 def resume_message(name: str, ck: dict[str, Any], epochs: int) -> str:

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from mmvid.engine.checkpoints import model_from_checkpoint
 from mmvid.config import TrainConfig
 from mmvid.models.classifier import MultimodalClassifier
 
@@ -61,7 +62,8 @@ def make_ctx(cfg: TrainConfig, model, optimizer, batches, run_dir: Path | None =
         info=SimpleNamespace(class_names=[f"c{i}" for i in range(CLASSES)], path=None),
         splits=SimpleNamespace(train=np.arange(n), val=np.arange(n), test=np.arange(0)), run_dir=run_dir,
         epoch=0, step=0, focus=None, train_scores=None, val_losses=None, world_size=1, rank=0,
-        all_reduce=lambda t: t, loader=lambda rows, train=False, shuffle=False: list(batches))
+        all_reduce=lambda t: t, loader=lambda rows, train=False, shuffle=False: list(batches),
+        train_companion=None, load_model=model_from_checkpoint)
 
 
 def attach(cfg: TrainConfig, model, augment, balancer, batches, run_dir=None):

@@ -100,7 +100,7 @@ def test_a_model_that_ignores_video_gives_it_zero_shapley_value(demo_ws):
     from mmvid.config import resolve_config
     from mmvid.data.cache import read_info
     from mmvid.engine.loaders import make_loader
-    from mmvid.models.classifier import build_model
+    from mmvid.engine.model import build_model
 
     info = read_info(demo_ws / "caches" / "demo.h5")
     cfg = resolve_config("demo", {"model.width": 4})

@@ -19,7 +19,8 @@ from mmvid.engine.checkpoints import load_checkpoint
 from mmvid.engine.evaluation import evaluates_at, monitor_plan, monitor_rows
 from mmvid.workspace import CKPT_BEST, CKPT_LAST
 from mmvid.errors import MmvidError
-from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
+from mmvid.plugins import load_plugins
 from mmvid.workflows import run_train
 
 BASE = {"data.dataset": "demo", "device": "cpu", "model.encoder": "small", "data.batch_size": 8, "epochs": 3}

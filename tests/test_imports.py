@@ -14,13 +14,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mmvid"
 
 # Each module's layer, by the longest matching prefix: a module may import its own layer and those below.
 LAYERS = {
-    "mmvid.errors": 0, "mmvid._version": 0, "mmvid.schema": 0, "mmvid.registry": 0, "mmvid.workspace": 0,
+    "mmvid.errors": 0, "mmvid._version": 0, "mmvid.schema": 0, "mmvid.registry_base": 0, "mmvid.registry": 0,
+    "mmvid.workspace": 0, "mmvid.config.sections": 0,
     "mmvid.data": 1,
     "mmvid.models": 2, "mmvid.measures": 2,
     "mmvid.augment": 3, "mmvid.balance": 3, "mmvid.distributed.collectives": 3,
     "mmvid.plugins": 4, "mmvid.config": 4,
     "mmvid.runfiles": 5, "mmvid.engine": 5, "mmvid.distributed": 5, "mmvid.corruptions": 5,
-    "mmvid.results": 6, "mmvid.sweeps": 6, "mmvid.checks": 6,
+    "mmvid.results": 6, "mmvid.sweeps": 6,
     "mmvid.api": 7, "mmvid.workflows": 7,
     "mmvid.cli": 8, "mmvid.docs_tables": 8, "mmvid": 9,
 }

@@ -18,7 +18,8 @@ from mmvid.balance.gblend import gblend_weights
 from mmvid.balance.ogm_ge import ogm_coefficients
 from mmvid.balance.pmr import class_prototypes, pmr_coefficients, prototype_logits
 from mmvid.errors import MmvidError
-from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS, load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS
+from mmvid.plugins import load_plugins
 
 load_plugins()
 AV = ["audio", "video"]

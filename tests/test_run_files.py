@@ -97,7 +97,8 @@ def test_a_damaged_run_file_is_one_line_in_every_command(copied, tmp_path, monke
     def no_model(*a, **k):
         raise AssertionError("a model was built before the damaged file was read")
 
-    monkeypatch.setattr(classifier, "build_model", no_model)
+    monkeypatch.setattr(classifier, "make_classifier", no_model)
+    monkeypatch.setattr("mmvid.engine.model.make_classifier", no_model)
     monkeypatch.setattr("mmvid.engine.loop.build_model", no_model)
     monkeypatch.setattr("mmvid.engine.checkpoints.build_model", no_model)
     args = [a.format(run=run.name, ws=ws, recipe=recipe) for a in COMMANDS[command]]

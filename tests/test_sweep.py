@@ -37,7 +37,7 @@ TINY = {"model.encoder": "small", "model.width": 8, "data.batch_size": 16}
 
 
 def test_every_recipe_resolves_against_the_schema_and_its_plugins():
-    from mmvid.workflows import check_plugins
+    from mmvid.engine.checks import check_plugins
 
     files = sorted(RECIPES.rglob("*.yaml"))
     assert len(files) > 100

@@ -104,6 +104,13 @@ class Augmentation(Plugin):
         out = model(inputs, mix=mix)
         return out, mixed_cross_entropy(out.logits, y, mix)
 
+    @classmethod
+    def unimodal_prediction(cls, settings) -> str:
+        """How the model this augmentation trains predicts a modality alone (read when the model is built, from
+        the checked ``settings``): ``"mask"`` (paper Eq. 5: the other modalities' features zeroed, the one
+        head) or ``"head"`` (a classifier per modality, decision fusion). Default ``"mask"``."""
+        return "mask"
+
     def setup(self, model, ctx):
         """Once, after the model is built: return trainable modules of the augmentation (or None)."""
         return None

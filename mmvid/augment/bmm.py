@@ -91,6 +91,11 @@ class BalancedMultimodalMixup(Augmentation):
         self.lambdas = {m: 0.0 for m in modalities}
         self.rho: float | None = None
 
+    @classmethod
+    def unimodal_prediction(cls, settings) -> str:
+        """``unimodal: head`` gives each modality its own classifier (decision fusion); ``mask`` is Eq. 5."""
+        return settings.unimodal
+
     def setup(self, model, ctx) -> None:
         if self.settings.rho_split == "val" and not len(ctx.splits.val):
             raise MmvidError("augment.args.rho_split=val needs a validation split: set data.val_fraction > 0")

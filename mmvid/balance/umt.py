@@ -68,24 +68,18 @@ class UniModalTeacher(Balancer):
             raise MmvidError(f"balance.args.teachers names {unknown}, which are not in data.modalities {self.modalities}")
 
     def _teacher_checkpoint(self, m: str, ctx) -> Path:
-        from mmvid.engine.checkpoints import checkpoint_file
-        from mmvid.engine.loop import train
-
+        """A given teacher's checkpoint, or one trained now with the run's own loop (ctx.train_companion)."""
         if m in self.paths:
             return Path(self.paths[m])
-        run = ctx.run_dir / "teachers" / m
         epochs = int(self.teacher_epochs or ctx.cfg.epochs)
-        train(teacher_config(ctx.cfg, m, epochs), Path(ctx.info.path), run, resume=True, progress=False)
-        return checkpoint_file(run)
+        return ctx.train_companion(teacher_config(ctx.cfg, m, epochs), ctx.run_dir / "teachers" / m)
 
     def setup(self, model, ctx):
-        from mmvid.engine.checkpoints import model_from_checkpoint
-
         net = unwrap(model)
         teachers = {}
         for m in self.modalities:
             path = self._teacher_checkpoint(m, ctx)
-            teacher, tcfg, _ = model_from_checkpoint(path)
+            teacher, tcfg, _ = ctx.load_model(path)
             if m not in teacher.modalities or teacher.encoders[m].output_dim != net.encoders[m].output_dim:
                 raise MmvidError(f"teacher {path} has no {m} encoder of size {net.encoders[m].output_dim}; "
                                  f"train it with the same model.encoder / model.width and data.modalities [{m}]")

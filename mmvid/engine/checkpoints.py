@@ -25,8 +25,9 @@ from mmvid.distributed.collectives import gather_objects
 from mmvid.engine.context import TrainingParts
 from mmvid.engine.runtime import rng_state, set_rng_state
 from mmvid.errors import MmvidError
-from mmvid.models.classifier import MultimodalClassifier, build_model
-from mmvid.registry import load_plugins
+from mmvid.engine.model import build_model
+from mmvid.models.classifier import MultimodalClassifier
+from mmvid.plugins import load_plugins
 from mmvid.runfiles import cache_fingerprint
 from mmvid.workspace import CKPT_BEST, CKPT_LAST
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -42,6 +42,12 @@ class TrainContext:
     world_size: int = 1
     rank: int = 0
     batch_intensity: torch.Tensor | None = None  # (B,) the step's intensity targets, when the augmentation reads them
+    # The engine's services for a plug-in that needs runs of its own (UMT's unimodal teachers), so that plug-ins
+    # never import the engine: ``train_companion(cfg, folder)`` trains ``cfg`` into ``folder`` with this loop
+    # (resuming what is there) and returns the checkpoint to use (best, else last); ``load_model(checkpoint)``
+    # rebuilds a checkpoint's model -> (model, its TrainConfig, the checkpoint dict).
+    train_companion: Callable[[TrainConfig, Path], Path] | None = None
+    load_model: Callable[[Path], tuple[MultimodalClassifier, TrainConfig, dict]] | None = None
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         """Sum across ranks (identity in one process)."""

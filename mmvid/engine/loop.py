@@ -16,6 +16,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from rich.markup import escape
 from mmvid.config import TrainConfig, save_config
 from mmvid.data.cache import CacheInfo, read_info
 from mmvid.distributed.collectives import DDP, ResumableSampler, sync_buffers
-from mmvid.engine.checkpoints import atomic_save, restore_training, training_state
+from mmvid.engine.checkpoints import atomic_save, checkpoint_file, model_from_checkpoint, restore_training, training_state
 from mmvid.engine.context import TrainContext, TrainingParts
 from mmvid.engine.evaluation import evaluate_epoch, evaluates_at, monitor_plan, monitor_rows, selection_score
 from mmvid.engine.loaders import check_modalities, make_loader, make_splits
@@ -34,8 +35,10 @@ from mmvid.engine.progress import EpochTotals, ProgressBars, StopRequest
 from mmvid.engine.runtime import pick_device, seed_everything
 from mmvid.engine.step import AuxiliaryLoss, train_step
 from mmvid.errors import Interrupted, MmvidError
-from mmvid.models.classifier import MultimodalClassifier, build_model
-from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
+from mmvid.engine.model import build_model
+from mmvid.models.classifier import MultimodalClassifier
+from mmvid.registry import AUGMENTS, BALANCERS
+from mmvid.plugins import load_plugins
 from mmvid.runfiles import METRICS, read_jsonl
 from mmvid.workspace import CKPT_BEST, CKPT_LAST, check_run_folder, writable_dir, write_atomic
 
@@ -271,6 +274,13 @@ def make_optimizer(params, optim) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=optim.lr, betas=(0.9, 0.999), weight_decay=optim.weight_decay)
 
 
+def train_companion(cfg: TrainConfig, folder: Path, cache: Path) -> Path:
+    """Train ``cfg`` on ``cache`` (the run's own) into ``folder`` (resuming what is there), quietly, in this
+    process; the checkpoint to use (best, else last). :attr:`TrainContext.train_companion`."""
+    train(cfg, cache, folder, resume=True, progress=False)
+    return checkpoint_file(folder)
+
+
 def build_training(cfg: TrainConfig, info: CacheInfo, run_dir: Path, rank: int = 0,
                    world_size: int = 1) -> TrainingParts:
     """Seeded model, optimizer, scheduler, scaler, augmentation and balancer on the rank's device.
@@ -295,7 +305,8 @@ def build_training(cfg: TrainConfig, info: CacheInfo, run_dir: Path, rank: int =
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.optim.step_size, cfg.optim.gamma)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
     ctx = TrainContext(cfg, model, optimizer, scaler, device, gen, modalities, info.num_classes, info, splits, run_dir,
-                       world_size=world_size, rank=rank)
+                       world_size=world_size, rank=rank, train_companion=partial(train_companion, cache=Path(info.path)),
+                       load_model=model_from_checkpoint)
     balancer_modules = balancer.setup(model, ctx)
     # Augmentations with trainable parts (MS-Mix's intensity heads) define ``setup`` like balancers.
     augment_modules = augment.setup(model, ctx)

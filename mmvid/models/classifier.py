@@ -206,16 +206,10 @@ class MultimodalClassifier(nn.Module):
         return {m: feats[m] @ cols[m].T + b / n for m in self.modalities}
 
 
-def build_model(cfg, num_classes: int) -> MultimodalClassifier:
-    # How unimodal predictions are made is B-MM's setting ``unimodal``; every other augmentation predicts a
-    # modality alone by masking (Eq. 5). Its settings are read through its declaration (a run's config holds them
-    # all; a config built in code may name only some).
-    unimodal = "mask"
-    if cfg.augment.name == "bmm":
-        from mmvid.registry import AUGMENTS, load_plugins
-
-        load_plugins()
-        unimodal = check_plugin_settings(AUGMENTS, "bmm", cfg.augment.args).unimodal
+def make_classifier(cfg, num_classes: int, unimodal: str = "mask") -> MultimodalClassifier:
+    """The classifier a config's ``data`` and ``model`` sections describe. ``unimodal``: how it predicts a modality
+    alone, which the augmentation that trains it decides (:meth:`mmvid.augment.base.Augmentation.unimodal_prediction`;
+    :func:`mmvid.engine.model.build_model` asks it)."""
     return MultimodalClassifier(cfg.data.modalities, num_classes, cfg.model.encoder, cfg.model.width,
                                 cfg.model.fusion, cfg.model.calibrate, cfg.model.fusion_args, unimodal,
                                 cfg.model.init, cfg.model.aux_loss, cfg.model.calibration_args)

@@ -22,7 +22,7 @@ from mmvid.plugins import check_reachable, loaded
 from mmvid.schema import check_option
 from mmvid.sweeps.plan import RunSpec, Sweep
 from mmvid.sweeps.state import run_state
-from mmvid.workflows import check_plugins, plugin_entries
+from mmvid.engine.checks import check_plugins, plugin_entries
 from mmvid.data.cache_lookup import resolve_cache
 from mmvid.workspace import runs_dir, writable_dir
 

@@ -32,8 +32,9 @@ from mmvid.augment.base import modality_mix
 from mmvid.config import resolve_config
 from mmvid.engine.evaluation import evaluate_model
 from mmvid.errors import MmvidError
-from mmvid.models.classifier import build_model
-from mmvid.registry import AUGMENTS, FUSIONS, load_plugins
+from mmvid.engine.model import build_model
+from mmvid.registry import AUGMENTS, FUSIONS
+from mmvid.plugins import load_plugins
 
 load_plugins()
 AV = ["audio", "video"]

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from _methods_util import attach, make_batch, make_cfg, make_model
-from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
+from mmvid.plugins import load_plugins
 
 load_plugins()
 AV = ["audio", "video"]

@@ -34,7 +34,8 @@ from mmvid.augment.msmix import (IntensityHead, alignment_loss, label_groups, se
                                  similarity)
 from mmvid.data.cache import Intensity
 from mmvid.errors import MmvidError
-from mmvid.registry import AUGMENTS, BALANCERS, load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
+from mmvid.plugins import load_plugins
 
 load_plugins()
 AV = ["audio", "video"]

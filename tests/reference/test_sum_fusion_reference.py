@@ -12,8 +12,9 @@ from _methods_util import CLASSES, WIDTH, make_batch, make_cfg, make_model
 from mmvid.augment.base import Mix
 from mmvid.config import resolve_config
 from mmvid.errors import MmvidError
-from mmvid.models.classifier import build_model
-from mmvid.registry import FUSIONS, load_plugins
+from mmvid.engine.model import build_model
+from mmvid.registry import FUSIONS
+from mmvid.plugins import load_plugins
 
 load_plugins()
 AV = ["audio", "video"]

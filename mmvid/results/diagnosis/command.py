@@ -22,7 +22,7 @@ from mmvid.results.evaluation import load_run, resolve_target
 from mmvid.runfiles import read_config
 from mmvid.schema import check_option
 from mmvid.sweeps.command import sweep_command
-from mmvid.workflows import check_plugins
+from mmvid.engine.checks import check_plugins
 from mmvid.data.cache_lookup import resolve_cache
 from mmvid.workspace import check_out_folder, check_run_folder, run_path, write_atomic
 
