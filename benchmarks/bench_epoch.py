@@ -74,7 +74,7 @@ def main() -> None:
     from mmvid.config import resolve_config
     from mmvid.data.cache import read_info
     from mmvid.engine.loaders import make_splits
-    from mmvid.registry import load_plugins
+    from mmvid.plugins import load_plugins
     from mmvid.workflows import run_prepare
 
     load_plugins()

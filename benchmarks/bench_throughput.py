@@ -40,7 +40,7 @@ from mmvid.distributed.launch import backend_for, free_port, init_group, limit_t
 from mmvid.engine.loaders import make_loader, to_device
 from mmvid.engine.loop import build_training
 from mmvid.engine.step import train_step
-from mmvid.registry import load_plugins
+from mmvid.plugins import load_plugins
 
 CREMAD_AUDIO = {"sample_rate": 22050, "clip_seconds": 3.0, "n_fft": 512, "hop": 353}
 

@@ -10,6 +10,7 @@ import torch
 
 from mmvid.engine.loaders import to_device
 from mmvid.engine.runtime import autocast
+from mmvid.measures import eval_mode
 from mmvid.results.diagnosis.shapley import coalitions
 
 SPLITS = ("train", "test")  # train split and held-out data
@@ -30,11 +31,10 @@ class SplitPass:
 def split_pass(model, loader, device, rows: np.ndarray, amp: str = "off") -> SplitPass:
     """Features and every coalition's value (Eq. 5 masking) over one split, in the loader's order."""
     mods, subsets = model.modalities, coalitions(model.modalities)
-    model.eval()
     labels, feats = [], {m: [] for m in mods}
     prob = {s: [] for s in subsets}
     correct = {s: [] for s in subsets}
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):  # the model's own mode again afterwards
         for inputs, y in loader:
             inputs, y = to_device(inputs, device), y.to(device)
             with autocast(device, amp):

@@ -1,4 +1,4 @@
-"""Exact Shapley values of the modalities over their coalitions (the one place diagnose computes them).
+"""Exact Shapley values of the modalities over their coalitions (diagnose's use of :mod:`mmvid.measures`).
 
 A coalition S of modalities is the fused model with the features of every modality outside S set to zero (paper
 Eq. 5's masking), its value v_i(S) for sample i. With M modalities there are 2^M coalitions, so the exact value
@@ -12,31 +12,21 @@ unweighted figure, kept beside it so that a figure can be compared with theirs.
 
 from __future__ import annotations
 
-import itertools
-import math
-
 import numpy as np
+
+from mmvid import measures
 
 
 def coalitions(modalities: list[str]) -> list[frozenset[str]]:
-    """Every subset of the modalities, the empty one first (2^M of them)."""
-    return [frozenset(c) for k in range(len(modalities) + 1) for c in itertools.combinations(modalities, k)]
+    """Every subset of the modalities, the empty one first (2^M of them), as the keys of a values mapping."""
+    return [frozenset(c) for c in measures.coalitions(modalities, empty=True)]
 
 
 def shapley(values: dict[frozenset[str], np.ndarray], modalities: list[str]) -> dict[str, np.ndarray]:
     """Exact Shapley values per sample: ``values`` maps each coalition to v(S) of shape (N,); returns
-    m -> phi_m (N,) with the weights |S|! (M - |S| - 1)! / M!."""
-    n = len(modalities)
-    out = {}
-    for m in modalities:
-        phi = np.zeros_like(values[frozenset()], dtype=np.float64)
-        for s in values:
-            if m in s:
-                continue
-            w = math.factorial(len(s)) * math.factorial(n - len(s) - 1) / math.factorial(n)
-            phi = phi + w * (values[s | {m}] - values[s])
-        out[m] = phi
-    return out
+    m -> phi_m (N,) float64 (:func:`mmvid.measures.shapley_values`, the one implementation)."""
+    return {m: np.asarray(phi, dtype=np.float64)
+            for m, phi in measures.shapley_values(values, modalities).items()}
 
 
 def balancebenchmark_shapley(acc: dict[frozenset[str], float], modalities: list[str]) -> dict[str, float]:
