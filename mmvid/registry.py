@@ -63,7 +63,7 @@ class Plugin:
     needs_train_scores: bool | str = False
     needs_val_scores: bool = False  # ctx.val_scores every epoch, whatever eval_every says
     # Held-out clips of its own (G-Blend's weights, LFM's learned schedule...): refused under protocol reference,
-    # which holds no validation split out (mmvid.workflows.reference_refusal).
+    # which holds no validation split out (mmvid.engine.checks.reference_refusal).
     needs_val_split: bool = False
 
     Settings: type = NoSettings  # the registered class's own (Registry.register)

@@ -223,7 +223,7 @@ def test_resume_of_a_finished_run_whose_checkpoints_were_removed_trains_nothing(
 
 
 def test_resume_says_which_logged_epochs_after_its_checkpoint_are_dropped(moved):
-    from mmvid.workflows import redone_note
+    from mmvid.workflows.train import redone_note
 
     run = moved / "runs" / RUN
     ck = load_checkpoint(run / CKPT_LAST)
