@@ -149,7 +149,7 @@ FIGURE_METADATA = {".png": {"Software": "mmvid"}, ".svg": {"Creator": "mmvid"}}
 
 def written_by_mmvid(path: Path) -> bool:
     """Whether mmvid wrote the file at ``path`` (one it may overwrite): a figure with mmvid's metadata
-    (:data:`FIGURE_METADATA`, mmvid.results.figures.save_figure) or an HTML page titled by mmvid (report, diagnosis)."""
+    (:data:`FIGURE_METADATA`, mmvid.results.plotting.save_figure) or an HTML page titled by mmvid (report, diagnosis)."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
