@@ -8,12 +8,12 @@ hook                when / what it may change
 ``on_epoch_start``  before each epoch (ctx.train_scores holds last epoch's train-set statistics)
 ``epoch_order``     data stage, once per epoch after ``on_epoch_start``: given the epoch's shuffled order
                     of training samples (positions in ctx.splits.train, before it is shared out to
-                    ranks and cut into batches), may return it reordered (Remix: one subset per modality),
-                    or with entries repeated (Valuate: resampled copies; the epoch's length follows)
+                    ranks and cut into batches), may return it reordered (e.g. one subset per modality),
+                    or with entries repeated (e.g. resampled copies; the epoch's length follows)
 ``on_batch``        data stage: may return modified (inputs, y)
 ``passes``          optimisation passes on the batch: a list, one loss -> backward -> ``after_backward``
                     -> step per item, with ``ctx.focus`` = the item (default ``[None]``: one step;
-                    MLA: one pass per modality on the same forward)
+                    or e.g. one pass per modality on the same forward)
 ``loss``            loss stage: given the step's ModelOutput and the augmentation's loss
 ``after_backward``  optimisation stage: gradients are unscaled (after ``scaler.unscale_``) and not
                     yet clipped; may rescale gradients or learning rates

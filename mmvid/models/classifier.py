@@ -33,7 +33,7 @@ class ModelOutput:
     features: dict[str, torch.Tensor]  # per modality (B, d_m), after calibration and any feature mixing
     fused: torch.Tensor  # (B, output_dim), after any fused-stage mixing
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. calibration gates
-    tokens: dict[str, torch.Tensor] | None = None  # per modality (B, N_m, d_m) when asked for (MS-Mix)
+    tokens: dict[str, torch.Tensor] | None = None  # per modality (B, N_m, d_m) when asked for (token-level mixing)
     mix: Any = None  # the Mix applied in this forward (balancers derive per-modality targets from it)
     # per modality (B, d_m): the encoders' features before calibration and before feature-stage mixing
     # (after input-stage mixing); what :meth:`MultimodalClassifier.masked_features` starts from
@@ -128,7 +128,7 @@ class MultimodalClassifier(nn.Module):
 
         raw: m -> (B, d_m) encoder features before calibration (``ModelOutput.raw``, ``encode(x, calibrate=False)``).
         keep: the modalities present, either a collection of names (the same for every sample; may be
-        empty) or a (M, B) 0/1 tensor in ``self.modalities`` order (per sample: CML's removal chain, OPM's drop).
+        empty) or a (M, B) 0/1 tensor in ``self.modalities`` order (per sample: a balancer that drops modalities clip by clip).
 
         1. an absent feature is zero: ``zeros_like`` (no gradient path), or ``z * 0`` with ``keep_graph`` (the
            references' in-place zeroing: the absent encoder gets a zero gradient); a per-sample mask multiplies

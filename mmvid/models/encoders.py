@@ -95,7 +95,7 @@ class ModalityEncoder(nn.Module):
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, d) tokens whose mean over N equals ``forward(x)``: one per frame for video/flow (N = T),
-        one per time step of the last feature map for audio (frequency pooled), as MS-Mix's attention needs."""
+        one per time step of the last feature map for audio (frequency pooled), as a token-level attention needs."""
         if x.dim() == 5:
             b, t = x.shape[:2]
             return self.backbone(x.flatten(0, 1)).view(b, t, -1)
