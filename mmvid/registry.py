@@ -62,7 +62,7 @@ class Plugin:
     # subsample of the train rows will do; "full" (or True): the whole train set, whatever monitor_train says.
     needs_train_scores: bool | str = False
     needs_val_scores: bool = False  # ctx.val_scores every epoch, whatever eval_every says
-    # Held-out clips of its own (G-Blend's weights, LFM's learned schedule...): refused under protocol reference,
+    # Held-out clips of its own (weights or a schedule estimated on held-out clips): refused under protocol reference,
     # which holds no validation split out (mmvid.engine.checks.reference_refusal).
     needs_val_split: bool = False
 

@@ -3,7 +3,7 @@ drawn once and applied to every mixed modality and to the target; the caller's t
 modified in place.
 
 Convention: mixed_i = (1 - w) * x_i + w * x_pi(i), with w the *partner* weight. Classic mixup with
-lambda ~ Beta(alpha, alpha) is w = 1 - lambda; B-MM's lambda_weak (paper Eq. 8) is w directly.
+lambda ~ Beta(alpha, alpha) is w = 1 - lambda; a method that draws the partner's weight itself uses it as w.
 The target is y~_i = (1 - w_y) * onehot(y_i) + w_y * onehot(y_pi(i)).
 """
 
@@ -51,7 +51,7 @@ class Mix:
 
 def modality_mix(mix: Mix | None, m: str) -> Mix | None:
     """The mix as modality m's own prediction sees it: at the input or feature stage z_m was mixed with its
-    partner weight ``weights[m]`` (every modality for mixup's "*", only the weak modality for B-MM), so its
+    partner weight ``weights[m]`` (every modality for mixup's "*", or only some), so its
     target is mixed by w_m; an unmixed modality, or fused-stage mixing (MM), keeps the plain label."""
     if mix is None or mix.stage == "fused":
         return None

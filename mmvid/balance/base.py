@@ -8,12 +8,12 @@ hook                when / what it may change
 ``on_epoch_start``  before each epoch (ctx.train_scores holds last epoch's train-set statistics)
 ``epoch_order``     data stage, once per epoch after ``on_epoch_start``: given the epoch's shuffled order
                     of training samples (positions in ctx.splits.train, before it is shared out to
-                    ranks and cut into batches), may return it reordered (Remix: one subset per modality),
-                    or with entries repeated (Valuate: resampled copies; the epoch's length follows)
+                    ranks and cut into batches), may return it reordered (e.g. one subset per modality),
+                    or with entries repeated (e.g. resampled copies; the epoch's length follows)
 ``on_batch``        data stage: may return modified (inputs, y)
 ``passes``          optimisation passes on the batch: a list, one loss -> backward -> ``after_backward``
                     -> step per item, with ``ctx.focus`` = the item (default ``[None]``: one step;
-                    MLA: one pass per modality on the same forward)
+                    or e.g. one pass per modality on the same forward)
 ``loss``            loss stage: given the step's ModelOutput and the augmentation's loss
 ``after_backward``  optimisation stage: gradients are unscaled (after ``scaler.unscale_``) and not
                     yet clipped; may rescale gradients or learning rates
@@ -33,7 +33,8 @@ from mmvid.augment.base import modality_mix, target_probability
 from mmvid.data.torch_dataset import finish_batch
 from mmvid.errors import MmvidError
 from mmvid.measures import eval_mode
-from mmvid.registry import BALANCERS, Plugin
+from mmvid.models.fusions import split_head_fusions
+from mmvid.registry import BALANCERS, FUSIONS, Plugin
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -62,13 +63,11 @@ def scored_logits(model: nn.Module, out, score: str) -> dict[str, torch.Tensor]:
         return unwrap(model).split_head_logits({m: z.detach().float() for m, z in out.features.items()})
 
 
-SPLIT_HEAD_FUSIONS = ("concat", "sum", "decision")  # fusions whose head splits into per-modality slices
-
-
 def check_split_heads(model_cfg, key: str = "heads", value: str = "split", other: str = "linear") -> None:
-    """``balance.args.<key>=<value>`` reads slices of the fused head: refuse fusions that have none."""
-    if model_cfg.fusion not in SPLIT_HEAD_FUSIONS:
-        raise MmvidError(f"balance.args.{key}={value} needs --fusion concat, sum or decision (got "
+    """``balance.args.<key>=<value>`` reads slices of the fused head: refuse fusions that have none (their
+    class's ``split_head``, :class:`mmvid.models.fusions.Fusion`)."""
+    if not getattr(FUSIONS.get(model_cfg.fusion), "split_head", False):
+        raise MmvidError(f"balance.args.{key}={value} needs --fusion {split_head_fusions()} (got "
                          f"{model_cfg.fusion!r}); use balance.args.{key}={other}")
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from mmvid.augment.base import mixed_cross_entropy, modality_mix
 from mmvid.balance.base import Balancer, unwrap
+from mmvid.balance.mmtm import MMTMFusion
 from mmvid.errors import MmvidError
 from mmvid.registry import BALANCERS
 from mmvid.schema import spec
@@ -26,10 +27,7 @@ def speed_groups(model: nn.Module, modalities: list[str]) -> tuple[dict[str, lis
     """Parameters of each modality's MMTM bypass and main branch, as the reference groups them by name:
     bypass_m = every block's shared squeeze layer + its excitation layer for m; main_m = encoder m + head m."""
     net = unwrap(model)
-    bypass = {m: [] for m in modalities}
-    for block in net.fusion.blocks.values():
-        for m in modalities:
-            bypass[m] += list(block.squeeze.parameters()) + list(block.excite[m].parameters())
+    bypass = {m: net.fusion.bypass_parameters(m) for m in modalities}
     main = {m: list(net.encoders[m].parameters()) + list(net.head.heads[m].parameters()) for m in modalities}
     return bypass, main
 
@@ -51,7 +49,7 @@ class GreedyRebalance(Balancer):
     * from epoch ``start_epoch`` (0-based; 1 = the reference's starting_epoch 2, counted from 1) a step
       with |d| > ``epsilon`` (0.01) starts ``window`` (5) curation steps that care for modality 0 when
       d > 0, else modality 1: in every MMTM block that modality's excitation is replaced by its running
-      average (:class:`mmvid.models.fusions.MMTMBlock`); no speed is measured during curation.
+      average (:class:`mmvid.balance.mmtm.MMTMBlock`); no speed is measured during curation.
     * ``loss: branches`` (reference): the loss is sum_m CE(head_m(z_m), y) over the per-modality heads
       (``fused``: the augmentation's loss on the averaged logits).
     * ``average: own`` keeps each modality's own running excitation; ``first`` feeds every running
@@ -91,8 +89,11 @@ class GreedyRebalance(Balancer):
                              f"with two data.modalities (got fusion {model_cfg.fusion!r}, modalities {self.modalities})")
 
     def setup(self, model, ctx):
-        for block in unwrap(model).fusion.blocks.values():
-            block.average_source = self.average
+        fusion = unwrap(model).fusion
+        if not isinstance(fusion, MMTMFusion):  # check() saw the config; a model built otherwise is refused here
+            raise MmvidError(f"balancer greedy steers the MMTM fusion; the model's fusion is {type(fusion).__name__}: "
+                             f"use --fusion mmtm")
+        fusion.average_source = self.average
         return None
 
     def on_epoch_start(self, ctx) -> None:
@@ -124,12 +125,12 @@ class GreedyRebalance(Balancer):
     def after_backward(self, model, out, y, ctx) -> None:
         fusion = unwrap(model).fusion
         curated = self.curating
-        for p, block in fusion.blocks.items():
-            sums = ctx.all_reduce(torch.cat([out.extras[f"mmtm{p}_{m}"].detach().float().sum(0).cpu()
-                                             for m in self.modalities]))
+        means = {}
+        for p, e in fusion.excitations(out.extras).items():  # each block's batch means, averaged over ranks
+            sums = ctx.all_reduce(torch.cat([e[m].detach().float().sum(0).cpu() for m in self.modalities]))
             n = float(ctx.all_reduce(torch.tensor(float(len(y)))))
-            means = dict(zip(self.modalities, torch.split(sums / n, [block.channels[m] for m in self.modalities])))
-            block.update(means)
+            means[p] = dict(zip(self.modalities, torch.split(sums / n, [e[m].shape[1] for m in self.modalities])))
+        fusion.update_averages(means)
         fusion.care = None
         if self.unlocked and self.curating:
             self.curation_step += 1

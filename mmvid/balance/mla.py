@@ -46,7 +46,7 @@ def update_projector(P: torch.Tensor, feats: torch.Tensor, alpha: float) -> torc
 class AlternatingUnimodal(Balancer):
     """MLA (reference: Cecile-hi/Multimodal-Learning-with-Alternating-Unimodal-Adaptation, ``main.py``
     ``train_epoch`` with ``--gs_flag`` and ``utils/utils.py`` ``GSPlugin``; BalanceBenchmark
-    ``balancemm/trainer/MLA_trainer.py``). Needs ``--fusion shared`` (:class:`mmvid.models.fusions.SharedFusion`:
+    ``balancemm/trainer/MLA_trainer.py``). Needs ``--fusion shared`` (:class:`mmvid.balance.shared_head.SharedFusion`:
     one head W z + b shared by every modality; at test time the entropy-weighted sum of the unimodal
     predictions, the paper's test-time uncertainty-based fusion).
 

@@ -23,8 +23,8 @@ def plugin_entries(cfg) -> list[tuple[str, str, Any]]:
 
 
 def check_plugins(cfg, console=None) -> None:
-    """What a config's plug-ins accept, before any work: unknown names, args a plug-in cannot use, a B-MM
-    option under another augmentation, a balancer that refuses the fusion or modalities (one line each);
+    """What a config's plug-ins accept, before any work: unknown names, args a plug-in cannot use, one
+    augmentation's option under another augmentation, a balancer that refuses the fusion or modalities (one line each);
     on ``console``, a note when a plug-in needs more of the train-set monitor than monitor_train gives."""
     load_plugins()
     FUSIONS.get(cfg.model.fusion)
@@ -47,10 +47,9 @@ def check_plugins(cfg, console=None) -> None:
 
 
 def reference_refusal(cfg, built: dict[str, Any] | None = None) -> str | None:
-    """Why ``cfg``'s plug-ins cannot train under protocol reference, e.g. "balancer 'gblend' estimates on
-    validation clips of its own" (None if they can): a method that estimates on held-out clips (G-Blend,
-    Diagnosing & Re-learning, LFM's learned schedule, B-MM with rho_split val) needs the validation split
-    that protocol reference does not hold out. ``built``: the plug-ins already built from ``cfg``
+    """Why ``cfg``'s plug-ins cannot train under protocol reference, e.g. "balancer 'NAME' estimates on
+    validation clips of its own" (None if they can): a plug-in that estimates on held-out clips (its
+    ``needs_val_split``) needs the validation split that protocol reference does not hold out. ``built``: the plug-ins already built from ``cfg``
     ({"augment": ..., "balance": ...}); else they are built here (an error building them is left to
     :func:`check_plugins`)."""
     if cfg.protocol != "reference":

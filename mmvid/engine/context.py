@@ -42,7 +42,7 @@ class TrainContext:
     world_size: int = 1
     rank: int = 0
     batch_intensity: torch.Tensor | None = None  # (B,) the step's intensity targets, when the augmentation reads them
-    # The engine's services for a plug-in that needs runs of its own (UMT's unimodal teachers), so that plug-ins
+    # The engine's services for a plug-in that needs runs of its own (e.g. unimodal teachers), so that plug-ins
     # never import the engine: ``train_companion(cfg, folder)`` trains ``cfg`` into ``folder`` with this loop
     # (resuming what is there) and returns the checkpoint to use (best, else last); ``load_model(checkpoint)``
     # rebuilds a checkpoint's model -> (model, its TrainConfig, the checkpoint dict).

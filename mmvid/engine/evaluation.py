@@ -127,7 +127,7 @@ def train_scores_need(plugin: Any) -> str | None:
 
 def monitor_plan(cfg: TrainConfig, augment: Any, balancer: Any) -> tuple[float, str | None]:
     """The fraction of the train rows the monitor evaluates after every epoch, and a note when a plug-in
-    needs more than ``monitor_train`` asks for (it then gets what it needs: B-MM the whole train set)."""
+    needs more than ``monitor_train`` asks for (it then gets what it needs, e.g. the whole train set)."""
     needs = {f"augment.name={cfg.augment.name}": train_scores_need(augment),
              f"balance.name={cfg.balance.name}": train_scores_need(balancer)}
     full = [name for name, need in needs.items() if need == "full"]

@@ -308,7 +308,7 @@ def build_training(cfg: TrainConfig, info: CacheInfo, run_dir: Path, rank: int =
                        world_size=world_size, rank=rank, train_companion=partial(train_companion, cache=Path(info.path)),
                        load_model=model_from_checkpoint)
     balancer_modules = balancer.setup(model, ctx)
-    # Augmentations with trainable parts (MS-Mix's intensity heads) define ``setup`` like balancers.
+    # Augmentations with trainable parts (e.g. intensity heads) define ``setup`` like balancers.
     augment_modules = augment.setup(model, ctx)
     for module in (balancer_modules, augment_modules):
         if module is not None:
@@ -333,7 +333,7 @@ def wrap_model(model: MultimodalClassifier, device: torch.device, world_size: in
 
 
 def print_notes(notes) -> None:
-    """A plug-in's one-line notes (e.g. MS-Mix's fallback), as the commands print theirs."""
+    """A plug-in's one-line notes (e.g. a fallback), as the commands print theirs."""
     if notes:
         console = Console()
         for note in notes:

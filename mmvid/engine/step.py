@@ -63,7 +63,7 @@ def train_step(training: TrainingParts, inputs: dict[str, torch.Tensor], y: torc
     """
     ctx, balancer, cfg = training.ctx, training.balancer, training.ctx.cfg
     inputs, y = to_device(inputs, ctx.device), y.to(ctx.device, non_blocking=True)
-    ctx.batch_intensity = inputs.pop(INTENSITY_KEY, None)  # not a modality: for the augmentation (MS-Mix's SAL)
+    ctx.batch_intensity = inputs.pop(INTENSITY_KEY, None)  # not a modality: for the augmentation (intensity targets)
     clean = inputs
     inputs, y = balancer.on_batch(inputs, y, ctx)  # data stage
     with autocast(ctx.device, cfg.amp):
@@ -71,7 +71,7 @@ def train_step(training: TrainingParts, inputs: dict[str, torch.Tensor], y: torc
         if training.aux is not None:  # the auxiliary heads' term of Remix's baseline (model.aux_loss; no balancer then)
             base = base + training.aux(ctx.model, out, y)
     losses = []
-    for focus in balancer.passes(ctx):  # one pass, or several on this forward (MLA: one per modality)
+    for focus in balancer.passes(ctx):  # one pass, or several on this forward (e.g. one per modality)
         ctx.focus = focus
         with autocast(ctx.device, cfg.amp):
             loss = balancer.loss(base, out, inputs, y, ctx)  # loss stage

@@ -22,7 +22,7 @@ from torch import nn
 
 from mmvid.errors import MmvidError
 from mmvid.models.encoders import ModalityEncoder
-from mmvid.models.fusions import ConcatFusion, DecisionFusion, SumFusion
+from mmvid.models.fusions import split_head_fusions
 from mmvid.models.init import initialise
 from mmvid.registry import CALIBRATIONS, FUSIONS, check_plugin_settings
 
@@ -33,7 +33,7 @@ class ModelOutput:
     features: dict[str, torch.Tensor]  # per modality (B, d_m), after calibration and any feature mixing
     fused: torch.Tensor  # (B, output_dim), after any fused-stage mixing
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. calibration gates
-    tokens: dict[str, torch.Tensor] | None = None  # per modality (B, N_m, d_m) when asked for (MS-Mix)
+    tokens: dict[str, torch.Tensor] | None = None  # per modality (B, N_m, d_m) when asked for (token-level mixing)
     mix: Any = None  # the Mix applied in this forward (balancers derive per-modality targets from it)
     # per modality (B, d_m): the encoders' features before calibration and before feature-stage mixing
     # (after input-stage mixing); what :meth:`MultimodalClassifier.masked_features` starts from
@@ -42,7 +42,7 @@ class ModelOutput:
 
 def check_calibration(fusion: str, calibrate: bool) -> None:
     """Refuse the pre-fusion calibration with a fusion that exchanges information between the encoders
-    (one with ``encode``: MMTM's blocks sit between encoder stages), where the calibration would only see
+    (one with ``encode``, whose blocks sit between encoder stages), where the calibration would only see
     features that already carry the other modalities, i.e. it would not be pre-fusion."""
     if calibrate and hasattr(FUSIONS.get(fusion), "encode"):
         raise MmvidError(f"model.calibrate=true with model.fusion={fusion}: {fusion}'s blocks exchange information "
@@ -71,7 +71,7 @@ class MultimodalClassifier(nn.Module):
         self.fusion = FUSIONS.build(fusion, dims, **asdict(check_plugin_settings(FUSIONS, fusion, fusion_args or {})))
         self.head = self.fusion.make_head(num_classes)
         if unimodal == "head" and not hasattr(self.head, "modality_logits"):
-            raise MmvidError(f"augment.args.unimodal=head needs a fusion with one classifier per modality (decision, mmtm, or sum with form=logits); "
+            raise MmvidError(f"augment.args.unimodal=head needs a fusion with one classifier per modality (e.g. decision, or sum with form=logits); "
                              f"model.fusion={fusion} has one joint head: use augment.args.unimodal=mask")
         self.unimodal = unimodal  # how unimodal_logits predicts from one modality (not a parameter, not in state_dict)
         # Remix's baseline heads h_m: (B, d_m) -> (B, C), one per modality named in model.aux_loss; trained by the
@@ -85,7 +85,7 @@ class MultimodalClassifier(nn.Module):
 
     def _encoded(self, inputs: dict[str, torch.Tensor], tokens: bool = False):
         """(features m -> (B, d_m) before calibration, tokens m -> (B, N_m, d_m) or None, extras); a fusion
-        with ``encode`` (MMTM, whose blocks sit between encoder stages) runs the encoders itself."""
+        with ``encode`` (blocks between encoder stages, :class:`mmvid.models.fusions.Fusion`) runs the encoders itself."""
         if hasattr(self.fusion, "encode"):
             return self.fusion.encode(self.encoders, inputs, tokens)
         if not tokens:
@@ -128,7 +128,7 @@ class MultimodalClassifier(nn.Module):
 
         raw: m -> (B, d_m) encoder features before calibration (``ModelOutput.raw``, ``encode(x, calibrate=False)``).
         keep: the modalities present, either a collection of names (the same for every sample; may be
-        empty) or a (M, B) 0/1 tensor in ``self.modalities`` order (per sample: CML's removal chain, OPM's drop).
+        empty) or a (M, B) 0/1 tensor in ``self.modalities`` order (per sample: a balancer that drops modalities clip by clip).
 
         1. an absent feature is zero: ``zeros_like`` (no gradient path), or ``z * 0`` with ``keep_graph`` (the
            references' in-place zeroing: the absent encoder gets a zero gradient); a per-sample mask multiplies
@@ -139,8 +139,8 @@ class MultimodalClassifier(nn.Module):
            With a per-sample mask, row i's partner pi(i) is masked and calibrated with row i's modalities, so
            row i mixes nothing of a modality absent from it.
 
-        Without calibration the values equal those of masking the forward's (mixed) features. MMTM's blocks
-        exchange information inside the encoders, so there ``raw`` itself depends on every input: masking
+        Without calibration the values equal those of masking the forward's (mixed) features. A fusion with
+        ``encode`` exchanges information inside the encoders, so there ``raw`` itself depends on every input: masking
         removes a modality's feature, not what its input has already passed to the others.
         """
         per_sample = isinstance(keep, torch.Tensor)
@@ -190,20 +190,14 @@ class MultimodalClassifier(nn.Module):
 
     def split_head_logits(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """OGM-GE's unimodal logits (its main.py), an alternative to Eq. 5's masking: each modality's own
-        part of the head, m -> (B, C). Per-modality heads (sum with form=logits, decision): W_m z_m + b_m;
-        one linear head on [z_a; z_v; ...] (concat) or on sum_m z_m (sum, form=feature): W_m z_m + b / M
-        (W_m = W's columns of modality m for concat, all of W for sum), the bias shared out over the M
-        modalities as the reference halves it for two."""
-        kind = type(self.fusion)
-        if kind in (SumFusion, DecisionFusion) and hasattr(self.head, "modality_logits"):
-            return self.head.modality_logits(self.fusion(feats))
-        if kind not in (ConcatFusion, SumFusion):
-            raise MmvidError(f"split-head unimodal scores need fusion concat, sum or decision, not {kind.__name__}; "
-                             f"use balance.args.score=mask (paper Eq. 5)")
-        w, b, n = self.head.weight, self.head.bias, len(self.modalities)
-        cols = dict(zip(self.modalities, torch.split(w, [self.fusion.dims[m] for m in self.modalities], dim=1))) \
-            if kind is ConcatFusion else {m: w for m in self.modalities}
-        return {m: feats[m] @ cols[m].T + b / n for m in self.modalities}
+        part of the head, m -> (B, C), as the fusion splits it (:meth:`mmvid.models.fusions.Fusion.split_logits`).
+        Per-modality heads (sum with form=logits, decision): W_m z_m + b_m; one linear head on [z_a; z_v; ...]
+        (concat) or on sum_m z_m (sum, form=feature): W_m z_m + b / M (W_m = W's columns of modality m for concat,
+        all of W for sum), the bias shared out over the M modalities as the reference halves it for two."""
+        if not self.fusion.split_head:
+            raise MmvidError(f"split-head unimodal scores need fusion {split_head_fusions()}, not "
+                             f"{type(self.fusion).__name__}; use balance.args.score=mask (paper Eq. 5)")
+        return self.fusion.split_logits(self.head, feats)
 
 
 def make_classifier(cfg, num_classes: int, unimodal: str = "mask") -> MultimodalClassifier:

@@ -7,9 +7,9 @@ Input shapes (B batch, T frames):
 Output: (B, d); d = 512 for ResNet-18, ``8 * width`` for the small encoder.
 
 Both backbones have four stages (ResNet-18: stem + layer1, layer2, layer3, layer4; small: four
-conv-BN-ReLU blocks) with d/8, d/4, d/2, d channels: the MMTM fusion runs them stage by stage
-(:meth:`ModalityEncoder.frames`, :meth:`ModalityEncoder.run_stage`, :meth:`ModalityEncoder.pool`) to
-insert its cross-modal blocks between stages, as Wu et al. (2022) do after layer2, layer3 and layer4.
+conv-BN-ReLU blocks) with d/8, d/4, d/2, d channels: a fusion with blocks between encoder stages runs
+them stage by stage (:meth:`ModalityEncoder.frames`, :meth:`ModalityEncoder.run_stage`,
+:meth:`ModalityEncoder.pool`) to insert its cross-modal blocks between stages.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class ModalityEncoder(nn.Module):
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, d) tokens whose mean over N equals ``forward(x)``: one per frame for video/flow (N = T),
-        one per time step of the last feature map for audio (frequency pooled), as MS-Mix's attention needs."""
+        one per time step of the last feature map for audio (frequency pooled), as a token-level attention needs."""
         if x.dim() == 5:
             b, t = x.shape[:2]
             return self.backbone(x.flatten(0, 1)).view(b, t, -1)

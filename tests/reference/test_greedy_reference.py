@@ -167,7 +167,7 @@ def run_steps(model, aug, bal, ctx, epochs_per_step, seed=0):
 
 
 def test_mmtm_block_matches_the_reference_in_normal_and_curation_mode():
-    from mmvid.models.fusions import MMTMBlock
+    from mmvid.balance.mmtm import MMTMBlock
 
     torch.manual_seed(0)
     block = MMTMBlock({"audio": 8, "video": 8}, ratio=4)
@@ -187,7 +187,7 @@ def test_mmtm_block_matches_the_reference_in_normal_and_curation_mode():
 
 
 def test_own_average_replaces_a_modality_by_its_own_running_excitation():
-    from mmvid.models.fusions import MMTMBlock
+    from mmvid.balance.mmtm import MMTMBlock
 
     torch.manual_seed(1)
     block = MMTMBlock({"audio": 6, "video": 4}, ratio=4)
