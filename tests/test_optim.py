@@ -206,3 +206,17 @@ def test_a_damaged_run_json_is_one_line(tmp_path, text, what):
         read_run_info(tmp_path)
     assert "\n" not in str(e.value)
     assert read_run_info(tmp_path / "absent") is None
+
+
+def test_a_balancer_with_its_own_groups_refuses_lr_scale_in_one_line(tiny_ws):
+    """ATF moves each encoder into a param group of its own; with optim.lr_scale's groups that would put a
+    parameter in two groups (torch's ValueError): one line naming the balancer and the options instead."""
+    from rich.console import Console
+
+    from mmvid.workflows import run_train
+
+    over = {"epochs": 1, "run_name": "atf-lr-scale", "model.encoder": "small", "device": "cpu",
+            "balance.name": "atf", "optim.lr_scale": {"audio": 0.5}}
+    with pytest.raises(MmvidError, match=r"balancer 'atf' sets its own learning rate per encoder.*optim.lr_scale") as e:
+        run_train(Console(quiet=True), tiny_ws, "demo", over, progress=False)
+    assert "\n" not in str(e.value)
