@@ -11,6 +11,8 @@ Files of a run folder::
     config.yaml                      the run's config: a YAML mapping of config sections
     metrics.jsonl                    one JSON object of numbers per finished epoch, appended
     summary.json                     {"run_dir", "epochs", "last", "best"}, written when training ends
+    run.json                         provenance: {"format", "sessions": [one object per training session]}
+                                     (mmvid.engine.provenance), read by :func:`read_run_info`
     checkpoint_last.pt / _best.pt    read by mmvid.engine.checkpoints.load_checkpoint (weights only)
     robustness/robustness.json       written by ``mmvid robustness``, read by ``mmvid report``
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 ROBUSTNESS = "robustness.json"
+RUN_INFO = "run.json"
 
 
 class RunFileDamaged(MmvidError):
@@ -54,6 +57,8 @@ def remedy(path: Path) -> str:
         return "restore it from a copy of the run, or delete the run folder and train the run again"
     if path.name == SUMMARY:
         return f"delete it and run {resume}, which writes it again"
+    if path.name == RUN_INFO:
+        return f"delete it; `mmvid train --resume {run}` starts it again (earlier sessions then unknown)"
     if path.name == ROBUSTNESS:
         return f"delete it, or write it again with `mmvid robustness {run.parent}`"
     return "delete it; the command that wrote it writes it again"
@@ -234,6 +239,28 @@ def read_summary(run: str | Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     return check_summary(read_json_object(path), path)
+
+
+def read_run_info(run: str | Path) -> dict[str, Any] | None:
+    """``<run>/run.json``, the run's provenance (None for a run from before it existed): a JSON object with
+    ``format`` 1 and ``sessions``, a non-empty list of objects, each with the text fields ``started`` and
+    ``torch``; anything else is one :class:`RunFileDamaged` line."""
+    path = Path(run) / RUN_INFO
+    if not path.exists():
+        return None
+    data = read_json_object(path)
+    if data.get("format") != 1:
+        raise damaged(path, f"format {data.get('format')!r}, not 1")
+    sessions = data.get("sessions")
+    if not isinstance(sessions, list) or not sessions:
+        raise damaged(path, f"sessions is a {json_kind(sessions)}, not a non-empty list")
+    for i, entry in enumerate(sessions, 1):
+        if not isinstance(entry, dict):
+            raise damaged(path, f"session {i} is a {json_kind(entry)}, not an object")
+        for key in ("started", "torch"):
+            if not isinstance(entry.get(key), str):
+                raise damaged(path, f"session {i} has no text {key!r}")
+    return data
 
 
 def check_run(run: str | Path) -> None:

@@ -198,6 +198,58 @@ def test_stop_mid_epoch_then_resume_is_exact(ws, reference, monkeypatch):
     assert metrics(run) == reference
 
 
+# Every optimiser and schedule (mmvid.engine.optim), each with options that change the optimizer's groups or
+# steps: 3 epochs of 4 batches, the schedule moving every epoch.
+OPTIM_CASES = {
+    "adam-step": {"optim.step_size": 1, "optim.gamma": 0.5},
+    "adamw-cosine": {"optim.name": "adamw", "optim.weight_decay": 0.01, "optim.schedule": "cosine", "optim.min_lr": 1e-4},
+    "sgd-nesterov-warmup_cosine": {"optim.name": "sgd", "optim.nesterov": True, "optim.lr": 0.01,
+                                   "optim.schedule": "warmup_cosine", "optim.warmup_epochs": 1,
+                                   "optim.no_decay_norm_bias": True, "optim.lr_scale": {"audio": 0.5}},
+    "adam-none-accumulate2": {"optim.schedule": "none", "optim.accumulate": 2},
+}
+
+
+@pytest.mark.parametrize("case", list(OPTIM_CASES))
+def test_stop_mid_epoch_then_resume_is_exact_with_every_optimiser_and_schedule(ws, monkeypatch, case):
+    """A stop in epoch 2 after 2 of its 4 batches, then --resume: the metrics (learning rate included) equal an
+    uninterrupted run's, with each optimiser and schedule. The stop is asked for at the check after the 2nd batch
+    of epoch 2: the 7th check (4 per epoch after each step + 1 after evaluation), or the 4th under accumulate 2
+    (checks only between optimizer steps, after batches 2 and 4, + 1 after evaluation)."""
+    from mmvid.engine import progress
+
+    over = {k.replace(".", "__"): v for k, v in OPTIM_CASES[case].items()}
+    reference = metrics(train_run(ws, f"ref-{case}", epochs=3, **over))
+    nth = 4 if OPTIM_CASES[case].get("optim.accumulate") == 2 else 7
+    calls = {"n": 0}
+
+    def requested(self, all_reduce=None):
+        calls["n"] += 1
+        return calls["n"] == nth
+
+    monkeypatch.setattr(progress.StopRequest, "requested", requested)
+    with pytest.raises(MmvidError, match="training interrupted; its state is saved"):
+        train_run(ws, f"stopped-{case}", epochs=3, **over)
+    run = ws / "runs" / f"stopped-{case}"
+    ck = load_checkpoint(run / CKPT_LAST)
+    assert ck["epoch"] == 0 and ck["partial"]["batch"] == 2
+    monkeypatch.undo()
+    run_train(Console(quiet=True), ws, None, {}, resume=f"stopped-{case}", progress=False)
+    assert metrics(run) == reference
+    assert len({r["lr"] for r in reference}) == (1 if "none" in case else 3)  # the schedule moved every epoch
+    sessions = json.loads((run / "run.json").read_text())["sessions"]  # run.json: the start and the resume
+    assert [s["resumed"] for s in sessions] == [False, True] and sessions[1]["start_epoch"] == 1
+
+
+def test_accumulation_steps_the_optimizer_once_per_group(ws):
+    """4 batches per epoch: accumulate 3 makes groups of 3 and 1, so 2 epochs take 4 optimizer steps (Adam's
+    step count), against 8 without accumulation."""
+    for k, steps in ((1, 8), (3, 4)):
+        run = train_run(ws, f"accumulate-{k}", epochs=2, optim__accumulate=k)
+        state = load_checkpoint(run / CKPT_LAST)["optimizer"]["state"]
+        assert {float(s["step"]) for s in state.values()} == {steps}
+
+
 def test_resume_drops_a_metrics_line_torn_by_a_kill(ws, reference, monkeypatch):
     """A kill during the append of an epoch's metrics.jsonl line leaves half a line; the resume drops it
     (that epoch is redone from the checkpoint before it) instead of failing on the JSON."""

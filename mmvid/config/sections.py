@@ -78,14 +78,31 @@ class BalanceConfig:
     args: dict[str, Any] = field(default_factory=dict)  # the balancer's own settings (`mmvid train --list NAME`)
 
 
+OPTIMIZERS = ("adam", "adamw", "sgd")  # optim.name, built by mmvid.engine.optim
+SCHEDULES = ("step", "cosine", "warmup_cosine", "none")  # optim.schedule, per epoch (mmvid.engine.optim)
+
+
 @dataclass
 class OptimConfig:
-    name: str = spec("adam", choices=("adam", "sgd"))  # adam (the paper, betas 0.9/0.999) | sgd (OGM-GE, MMPareto, ...)
+    # adam (the paper, betas 0.9/0.999, L2 weight decay) | adamw (decoupled weight decay: BalanceBenchmark, OPM)
+    # | sgd (OGM-GE, MMPareto, ...; momentum, optionally Nesterov's)
+    name: str = spec("adam", choices=OPTIMIZERS)
     momentum: float = spec(0.9, ge=0.0, lt=1.0)  # sgd only
+    nesterov: bool = False  # sgd only: Nesterov momentum (needs momentum > 0)
     lr: float = spec(1e-3, gt=0.0, le=10.0)
     weight_decay: float = spec(1e-4, ge=0.0, le=10.0)
-    step_size: int = spec(30, ge=1, le=1_000_000)  # StepLR period in epochs
-    gamma: float = spec(0.1, gt=0.0, le=1.0)  # StepLR decay factor
+    no_decay_norm_bias: bool = False  # no weight decay on normalisation layers' parameters and on biases
+    # Learning-rate multiplier per modality's encoder, e.g. {audio: 0.5}: that encoder's lr = lr x 0.5 (the rest
+    # of the model, fusion and head, keeps lr); every schedule scales each group from its own starting lr.
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    accumulate: int = spec(1, ge=1, le=65536)  # batches whose gradients are summed (averaged) per optimizer step
+    # step (the paper's StepLR) | cosine (lr -> min_lr over the run) | warmup_cosine (linear warm-up over
+    # warmup_epochs, then cosine) | none (constant); stepped after every epoch
+    schedule: str = spec("step", choices=SCHEDULES)
+    step_size: int = spec(30, ge=1, le=1_000_000)  # StepLR period in epochs (schedule step)
+    gamma: float = spec(0.1, gt=0.0, le=1.0)  # StepLR decay factor (schedule step)
+    warmup_epochs: int = spec(5, ge=1, le=1_000_000)  # schedule warmup_cosine: epochs of linear warm-up
+    min_lr: float = spec(0.0, ge=0.0, le=10.0)  # schedule cosine / warmup_cosine: the last lr (torch's eta_min)
     grad_clip: float | None = spec(None, gt=0.0, le=1e9)  # max gradient norm; None = no clipping
 
 

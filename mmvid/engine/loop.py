@@ -31,11 +31,14 @@ from mmvid.engine.checkpoints import atomic_save, checkpoint_file, model_from_ch
 from mmvid.engine.context import TrainContext, TrainingParts
 from mmvid.engine.evaluation import evaluate_epoch, evaluates_at, monitor_plan, monitor_rows, selection_score
 from mmvid.engine.loaders import check_modalities, make_loader, make_splits
+from mmvid.engine.provenance import record_session, session
 from mmvid.engine.progress import EpochTotals, ProgressBars, StopRequest
 from mmvid.engine.runtime import pick_device, seed_everything
 from mmvid.engine.step import AuxiliaryLoss, train_step
 from mmvid.errors import Interrupted, MmvidError
 from mmvid.engine.model import build_model
+from mmvid.engine.optim import (accumulation_group, check_accumulation, make_optimizer, make_scheduler, own_groups, parameter_groups,
+                               plugin_group)
 from mmvid.models.classifier import MultimodalClassifier
 from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
@@ -144,7 +147,7 @@ def resume_or_start(training: TrainingParts, sampler: ResumableSampler,
 
     With ``resume`` and a checkpoint_last.pt: its states restored into ``training``, ``sampler`` set to skip what
     an interrupted epoch did, and metrics.jsonl's lines of later epochs dropped. Otherwise a fresh start (no
-    metrics.jsonl). Rank 0 then writes config.yaml."""
+    metrics.jsonl). Rank 0 then writes config.yaml and run.json (:mod:`mmvid.engine.provenance`)."""
     ctx = training.ctx
     cfg, run_dir, is_main = ctx.cfg, ctx.run_dir, ctx.rank == 0
     # The best epoch is chosen on val, or on test where no validation split exists (protocol reference, or
@@ -163,6 +166,8 @@ def resume_or_start(training: TrainingParts, sampler: ResumableSampler,
         (run_dir / METRICS).unlink(missing_ok=True)
     if is_main:
         save_config(cfg, run_dir / "config.yaml")
+        resumed = start_epoch > 0 or totals.batch > 0  # run.json: this session, appended on a resume
+        record_session(run_dir, session(cfg, ctx.info, ctx.device, ctx.world_size, start_epoch, resumed), resumed)
     return start_epoch, best, totals
 
 
@@ -194,12 +199,14 @@ def train_steps(training: TrainingParts, loader, totals: EpochTotals, bars: Prog
                 reduce=None) -> bool:
     """The epoch's steps from ``totals.batch`` on, counted into ``totals``. True at the epoch's end; False when
     Ctrl-C asked to stop before its last step (asked between two steps; every rank stops at the same one)."""
-    bars.start_epoch(training.ctx.epoch, len(loader) + totals.batch, totals.batch)
+    total, k = len(loader) + totals.batch, training.ctx.cfg.optim.accumulate
+    bars.start_epoch(training.ctx.epoch, total, totals.batch)
     for inputs, y in loader:
-        out, loss, y = train_step(training, inputs, y)
+        out, loss, y = train_step(training, inputs, y, accumulation_group(totals.batch, total, k))
         totals.add(loss, out.logits, y)
         bars.step(totals)
-        if stop.requested(reduce) and totals.batch < len(loader):
+        # A stop only between two optimizer steps (the checkpoint holds no half-accumulated gradients).
+        if totals.batch % k == 0 and stop.requested(reduce) and totals.batch < total:
             return False
     bars.end_steps()
     return True
@@ -267,13 +274,6 @@ def write_summary(training: TrainingParts, last: dict[str, Any], best: dict[str,
     return summary
 
 
-def make_optimizer(params, optim) -> torch.optim.Optimizer:
-    """Adam(betas 0.9, 0.999) as the paper, or SGD with momentum as most reference implementations."""
-    if optim.name == "sgd":
-        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    return torch.optim.Adam(params, lr=optim.lr, betas=(0.9, 0.999), weight_decay=optim.weight_decay)
-
-
 def train_companion(cfg: TrainConfig, folder: Path, cache: Path) -> Path:
     """Train ``cfg`` on ``cache`` (the run's own) into ``folder`` (resuming what is there), quietly, in this
     process; the checkpoint to use (best, else last). :attr:`TrainContext.train_companion`."""
@@ -301,19 +301,22 @@ def build_training(cfg: TrainConfig, info: CacheInfo, run_dir: Path, rank: int =
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(cfg.seed)  # same seed on every rank: mixing decisions agree
-    optimizer = make_optimizer(model.parameters(), cfg.optim)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.optim.step_size, cfg.optim.gamma)
+    check_accumulation(cfg, balancer)
+    optimizer = make_optimizer(parameter_groups(model, cfg.optim), cfg.optim)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
     ctx = TrainContext(cfg, model, optimizer, scaler, device, gen, modalities, info.num_classes, info, splits, run_dir,
                        world_size=world_size, rank=rank, train_companion=partial(train_companion, cache=Path(info.path)),
                        load_model=model_from_checkpoint)
-    balancer_modules = balancer.setup(model, ctx)
-    # Augmentations with trainable parts (e.g. intensity heads) define ``setup`` like balancers.
-    augment_modules = augment.setup(model, ctx)
+    with own_groups(cfg):
+        balancer_modules = balancer.setup(model, ctx)
+        # Augmentations with trainable parts (e.g. intensity heads) define ``setup`` like balancers.
+        augment_modules = augment.setup(model, ctx)
     for module in (balancer_modules, augment_modules):
         if module is not None:
             module.to(device)
-            optimizer.add_param_group({"params": [p for p in module.parameters() if p.requires_grad]})
+            for group in plugin_group(module, cfg.optim):
+                optimizer.add_param_group(group)
+    scheduler = make_scheduler(optimizer, cfg.optim, cfg.epochs)  # after every group: each follows it
     net = wrap_model(model, device, world_size, cfg.compile)
     aux = AuxiliaryLoss(cfg.model.aux_loss) if cfg.model.aux_loss else None
     return TrainingParts(ctx, augment, balancer, balancer_modules, scheduler, net, augment_modules, aux)

@@ -54,14 +54,21 @@ class AuxiliaryLoss:
         return {k: v / total[-1] for k, v in zip(keys, total)} if total[-1] else {}
 
 
-def train_step(training: TrainingParts, inputs: dict[str, torch.Tensor], y: torch.Tensor):
+def train_step(training: TrainingParts, inputs: dict[str, torch.Tensor], y: torch.Tensor,
+               group: tuple[int, int] = (0, 1)):
     """One optimisation step on a batch (any device): returns (ModelOutput, loss, y on the device).
 
     data -> forward + loss (autocast) -> backward (DDP all-reduce) -> unscale -> ``after_backward``
     -> clip -> step. Raises MmvidError naming the epoch and step when the loss, a gradient or a weight
     is not finite.
+
+    ``group`` = (this batch's place i, the number n of batches) in its gradient-accumulation group
+    (``optim.accumulate``; (0, 1) without): gradients are zeroed before the first, each batch's loss is
+    backpropagated divided by n (the gradient of the group's mean loss), and the optimizer steps after the
+    last. The returned loss is the batch's own, undivided.
     """
     ctx, balancer, cfg = training.ctx, training.balancer, training.ctx.cfg
+    i, n = group
     inputs, y = to_device(inputs, ctx.device), y.to(ctx.device, non_blocking=True)
     ctx.batch_intensity = inputs.pop(INTENSITY_KEY, None)  # not a modality: for the augmentation (intensity targets)
     clean = inputs
@@ -78,8 +85,12 @@ def train_step(training: TrainingParts, inputs: dict[str, torch.Tensor], y: torc
         if not torch.isfinite(loss):
             check_finite_inputs(clean, ctx.info.path, f" at epoch {ctx.epoch + 1}, step {ctx.step}")  # the cache first
             raise diverged(f"loss became {float(loss.detach())}", ctx)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        ctx.scaler.scale(loss).backward()  # DDP averages the model's gradients across ranks here
+        if i == 0:
+            ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.scaler.scale(loss / n if n > 1 else loss).backward()  # DDP averages the model's gradients here
+        losses.append(loss)
+        if i < n - 1:
+            continue  # accumulating: the group's last batch steps
         average_gradients(training.plugin_parameters(), ctx.world_size)
         ctx.scaler.unscale_(ctx.optimizer)  # gradients are true values from here on
         balancer.after_backward(ctx.model, out, y, ctx)  # optimisation stage
@@ -88,7 +99,6 @@ def train_step(training: TrainingParts, inputs: dict[str, torch.Tensor], y: torc
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
         check_finite_step(training)
-        losses.append(loss)
     ctx.focus = None
     ctx.step += 1
     loss = losses[0] if len(losses) == 1 else torch.stack([v.detach().float() for v in losses]).mean()
