@@ -263,6 +263,28 @@ def read_run_info(run: str | Path) -> dict[str, Any] | None:
     return data
 
 
+def session_setup(entry: dict[str, Any]) -> str:
+    """One session of run.json in a few words: ``mmvid 0.1.0 (ab12cd3, with changes), torch 2.5.1, CUDA 12.4,
+    1 x NVIDIA H100, 2 processes``; CPU where no GPU was visible."""
+    mm = entry.get("mmvid") if isinstance(entry.get("mmvid"), dict) else {}
+    commit = str(mm.get("commit") or "")[:7]
+    tag = f" ({commit}{', with changes' if mm.get('dirty') else ''})" if commit else ""
+    gpus = entry.get("gpus") if isinstance(entry.get("gpus"), list) else []
+    names = sorted(set(map(str, gpus)))
+    hardware = ", ".join(f"{gpus.count(n)} x {n}" for n in names) if names else "CPU"
+    parts = [f"mmvid {mm.get('version', '?')}{tag}", f"torch {entry.get('torch')}"]
+    parts += [f"CUDA {entry['cuda']}"] if entry.get("cuda") else []
+    parts += [hardware] + ([f"{entry['world_size']} processes"] if (entry.get("world_size") or 1) > 1 else [])
+    return ", ".join(parts)
+
+
+def run_setups(run: str | Path) -> list[str]:
+    """The distinct setups a run was trained on (:func:`session_setup` of each session of run.json, in order);
+    [] for a run from before run.json. A damaged run.json is one :class:`RunFileDamaged` line."""
+    info = read_run_info(run)
+    return list(dict.fromkeys(session_setup(e) for e in info["sessions"])) if info else []
+
+
 def check_run(run: str | Path) -> None:
     """Read every small file of a run folder (config.yaml, metrics.jsonl, summary.json), before any heavy
     work; a damaged one is one line naming it. A checkpoint file outside a run folder has none to check.

@@ -206,3 +206,16 @@ def test_a_notebook_plugin_put_in_a_file_trains_with_gpus_2(tiny_ws, tmp_path):
     """, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "EPOCHS 1" in done.stdout and "cell_scale.py" in done.stdout
+
+
+def test_evaluate_and_report_show_what_the_run_was_trained_on(api_run, tmp_path):
+    """run.json's setup in evaluate's result and table, and in the report's Setup section with the command line."""
+    from mmvid.runfiles import read_run_info, session_setup
+
+    entry = read_run_info(api_run.path)["sessions"][0]
+    setup = session_setup(entry)
+    assert mmvid.evaluate(api_run)["setup"] == [setup]
+    done = cli("evaluate", str(api_run.path))
+    assert done.returncode == 0 and "trained on" in done.stdout and f"torch {entry['torch']}" in done.stdout
+    page = mmvid.report(api_run, umap=False, robustness=False, out=tmp_path / "r.html").read_text()
+    assert "<h2>Setup</h2>" in page and setup in page

@@ -390,3 +390,27 @@ def test_task_runs_only_its_run(tiny_ws):
     assert run_state(tiny_ws, sweep.runs[0]) == "new"
     with pytest.raises(MmvidError, match="--task"):
         sweep_command(QUIET, tiny_ws, ["recipes/table1/cremad"], **opts, task=2)
+
+
+def test_the_table_says_which_setups_trained_its_runs(quick_sweep, tmp_path):
+    """table.md names the setup every run was trained on (run.json); when one run's run.json says another
+    machine trained it, the table says the runs come from two setups, with the count of each."""
+    from mmvid.runfiles import read_run_info, session_setup
+
+    ws, files = quick_sweep
+    plan = json.loads((files[0].parent / "sweep.json").read_text())
+    runs = [ws / "runs" / c["run"] for c in plan["cells"]]
+    setup = session_setup(read_run_info(runs[0])["sessions"][0])
+    assert setup.startswith("mmvid ") and "torch " in setup and "CPU" in setup
+    table = (files[0].parent / "table.md").read_text()
+    assert f"Every run was trained on {setup} (run.json)." in table
+    info = read_run_info(runs[-1])
+    info["sessions"][0].update(torch="9.9.9", cuda="12.4", gpus=["NVIDIA H100"], gpu_count=1)
+    (runs[-1] / "run.json").write_text(json.dumps(info))
+    again = sweep_command(QUIET, ws, ["recipes/table1/cremad"], seeds=3, quick=True, epochs=2, dataset="demo", sets=TINY,
+                          only="concat,concat-bmm", collect=True, progress=False, baseline="concat")
+    table = (again[0].parent / "table.md").read_text()
+    other = session_setup(info["sessions"][0])
+    assert "The runs were trained on 2 different setups (run.json)" in table
+    assert f"{setup} ({len(runs) - 1} runs)" in table and f"{other} (1 run)" in table
+    assert "torch 9.9.9, CUDA 12.4, 1 x NVIDIA H100" in other

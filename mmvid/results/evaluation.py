@@ -19,7 +19,7 @@ from mmvid.engine.loaders import make_loader, make_splits
 from mmvid.engine.runtime import pick_device
 from mmvid.errors import MmvidError
 from mmvid.models.classifier import MultimodalClassifier
-from mmvid.runfiles import RunCache, check_run, read_metrics, resolve_run_cache
+from mmvid.runfiles import RunCache, check_run, read_metrics, resolve_run_cache, run_setups
 from mmvid.workspace import CKPT_BEST, CKPT_LAST, resolve_run, write_atomic
 
 
@@ -174,6 +174,7 @@ def evaluate_run(run: Path, split: str = "test", device: str = "auto", cache: st
         "modality_confusion": {m: confusion(res.labels, res.modality_preds[m], info.num_classes).tolist()
                                for m in model.modalities},
         "method": lr.label,
+        "setup": run_setups(lr.run),  # what it was trained on (run.json; [] for a run from before it)
         "config": {"fusion": lr.cfg.model.fusion, "augment": lr.cfg.augment.name, "balance": lr.cfg.balance.name},
     }
     write_atomic(eval_path(out), json.dumps(out, indent=2))
@@ -202,6 +203,7 @@ def render(results: list[dict[str, Any]], console) -> None:
         ("method", [r["method"] for r in results]),
         ("checkpoint", [checkpoint_note(r) for r in results]),
         ("clips", [str(r["n"]) for r in results]),
+        ("trained on", ["; then ".join(r.get("setup") or ["(no run.json)"]) for r in results]),
         ("accuracy", [f"{100 * r['accuracy']:.2f}%" for r in results]),
         ("macro-F1", [f"{100 * r['macro_f1']:.2f}" for r in results]),
     ]

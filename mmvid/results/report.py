@@ -13,8 +13,8 @@ from mmvid.results.evaluation import checkpoint_note, evaluate_run
 from mmvid.results.figures import plot_confusion, plot_curves, plot_umap
 from mmvid.results.html_page import CSS, embed_png, esc, html_table
 from mmvid.results.robustness import compare_robustness
-from mmvid.runfiles import (ROBUSTNESS, check_run, damaged, read_config, read_json_object, read_metrics, read_summary,
-                            read_text)
+from mmvid.runfiles import (ROBUSTNESS, check_run, damaged, read_config, read_json_object, read_metrics, read_run_info,
+                            read_summary, read_text, session_setup)
 
 
 def _pct(v: float | None) -> str:
@@ -81,6 +81,16 @@ def robustness_html(path: Path) -> str:
     return html_ + (embed_png(png, "robustness") if png.exists() else "")
 
 
+def setup_section(run: Path) -> str:
+    """What the run was trained on (run.json), one row per training session."""
+    info = read_run_info(run)
+    if info is None:
+        return "<p class='muted'>No run.json: the run was trained before mmvid recorded its setup.</p>"
+    rows = [[e.get("started", ""), "resumed" if e.get("resumed") else "start", e.get("start_epoch", 0) + 1,
+             session_setup(e), e.get("host", ""), " ".join(map(str, e.get("argv", [])))] for e in info["sessions"]]
+    return html_table(["started", "session", "from epoch", "setup", "host", "command"], rows)
+
+
 def write_report(run: Path, out: Path | None = None, umap: bool = True, robustness: bool = True, device: str = "auto",
                  console=None, max_points: int = 500, cache: str | Path | None = None) -> Path:
     """Evaluate ``run`` on test, draw its figures (curves, confusion, optionally UMAP), reuse or run a
@@ -114,6 +124,7 @@ def write_report(run: Path, out: Path | None = None, umap: bool = True, robustne
         "<h2>Figures</h2>", *[f"<h3>{esc(t)}</h3>" + embed_png(p, t) for t, p in figures],
         rob_html or "",
         "<h2>Training history</h2>", history_section(recs, modalities),
+        "<h2>Setup</h2>", setup_section(run),
         "<h2>Config</h2>", f"<pre>{esc(read_text(run / 'config.yaml'))}</pre>",
         "</body></html>",
     ]

@@ -10,7 +10,7 @@ from mmvid.errors import MmvidError
 from mmvid.sweeps.plan import plan_sweep, write_plan
 from mmvid.sweeps.running import KEEP, run_sweep
 from mmvid.sweeps.slurm import emit_slurm
-from mmvid.sweeps.stats import aggregate
+from mmvid.sweeps.stats import aggregate, sweep_setups
 from mmvid.sweeps.tables import print_summary, write_tables
 
 
@@ -59,6 +59,12 @@ def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: 
             + (", ..." if len(missing) > 6 else "")) if missing else ""
     if sweep.skipped:  # in the table's note too: a reference column without these rows is not an oversight
         note = " ".join([note, *[f"{line}." for line in sweep.skipped]]).strip()
+    setups = sweep_setups(ws, sweep)  # what the finished runs were trained on (run.json)
+    if len(setups) > 1:
+        note = " ".join([note, f"The runs were trained on {len(setups)} different setups (run.json): "
+                         + "; ".join(f"{s} ({n} run{'' if n == 1 else 's'})" for s, n in setups.items()) + "."]).strip()
+    elif setups:
+        note = " ".join([note, f"Every run was trained on {next(iter(setups))} (run.json)."]).strip()
     over = ", ".join(sweep.options)
     files = write_tables(cells, out, f"mmvid sweep {' '.join(targets)} ({over})", note, baseline)
     print_summary(console, cells)

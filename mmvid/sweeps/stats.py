@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmvid.errors import MmvidError
-from mmvid.runfiles import read_summary
+from mmvid.runfiles import read_summary, run_setups
 from mmvid.sweeps.plan import Sweep
 from mmvid.sweeps.state import run_state
 from mmvid.workspace import runs_dir
@@ -97,3 +97,18 @@ def aggregate(ws: Path, sweep: Sweep, baseline: str | None = None) -> tuple[list
                 mine, theirs = (dict(zip(c.seeds, getattr(c, which))) for c in (cell, base))
                 cell.versus[which] = summarize([mine[s] - theirs[s] for s in mine if s in theirs])
     return list(cells.values()), missing
+
+
+def sweep_setups(ws: Path, sweep: Sweep) -> dict[str, int]:
+    """The setups the sweep's finished runs were trained on (:func:`mmvid.runfiles.run_setups`; a run resumed on
+    another setup counts as its setups joined by "then"), with the number of runs of each; runs from before
+    run.json are left out."""
+    found: dict[str, int] = {}
+    for r in sweep.runs:
+        folder = runs_dir(ws) / r.name
+        if run_state(ws, r) != "done":
+            continue
+        setup = " then ".join(run_setups(folder))
+        if setup:
+            found[setup] = found.get(setup, 0) + 1
+    return found
