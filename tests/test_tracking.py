@@ -158,3 +158,29 @@ def test_a_saved_config_without_tracking_keys_loads_with_logging_off(tiny_run):
     cfg = config_from_dict(saved, notes=[])
     assert cfg.logger == [] and cfg.track.group is None
     assert json.dumps(cfg.to_dict())  # still a plain, savable config
+
+
+def test_a_sweep_logs_its_runs_into_one_tensorboard_folder_and_group(tiny_ws):
+    from mmvid.sweeps.command import sweep_command
+    from mmvid.sweeps.plan import plan_sweep
+    from mmvid.sweeps.state import run_state
+
+    opts = dict(seeds=1, quick=True, epochs=1, dataset="demo", only="concat",
+                sets={"model.encoder": "small", "model.width": 8, "data.batch_size": 16})
+    console = Console(record=True, width=400)
+    sweep_command(console, tiny_ws, ["recipes/table1/cremad"], **opts, dry_run=True, loggers=["tensorboard"])
+    sweep = plan_sweep(["recipes/table1/cremad"], **opts)
+    (run,) = sweep.unique
+    assert f"--logger tensorboard --set track.group={sweep.name}" in console.export_text()
+    sweep_command(Console(quiet=True), tiny_ws, ["recipes/table1/cremad"], **opts, progress=False,
+                  loggers=["tensorboard"])
+    folder = tiny_ws / "sweeps" / sweep.name / "tensorboard" / run.name
+    acc = _events(folder)
+    assert len(acc.Scalars("epoch/test_acc")) == 1 and len(acc.Scalars("step/loss")) >= 1
+    assert not (tiny_ws / "runs" / run.name / "tensorboard").exists()
+    saved = resolve_config(tiny_ws / "runs" / run.name / "config.yaml", saved=True)
+    assert saved.logger == ["tensorboard"] and saved.track.group == sweep.name
+    # Logging is no part of what a run learns: the same sweep without --logger reuses the run.
+    assert run_state(tiny_ws, run) == "done"
+    with pytest.raises(MmvidError, match="unknown logger 'tb'"):
+        sweep_command(console, tiny_ws, ["recipes/table1/cremad"], **opts, dry_run=True, loggers=["tb"])
