@@ -184,3 +184,19 @@ def test_a_sweep_logs_its_runs_into_one_tensorboard_folder_and_group(tiny_ws):
     assert run_state(tiny_ws, run) == "done"
     with pytest.raises(MmvidError, match="unknown logger 'tb'"):
         sweep_command(console, tiny_ws, ["recipes/table1/cremad"], **opts, dry_run=True, loggers=["tb"])
+
+
+def test_the_cli_takes_repeated_logger_flags_and_refuses_an_unknown_one_in_one_line(tiny_ws):
+    from typer.testing import CliRunner
+
+    from mmvid.cli import app
+
+    res = CliRunner().invoke(app, ["train", "-w", str(tiny_ws), "--recipe", "demo", "--logger", "csv",
+                                   "--logger", "tensorbord", "--epochs", "1"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "unknown logger 'tensorbord'; choose one of: csv, tensorboard, wandb" in res.output
+    res = CliRunner().invoke(app, ["train", "-w", str(tiny_ws), "--recipe", "demo", "--logger", "csv",
+                                   "--epochs", "1", "--batch-size", "16", "--run-name", "cli-csv"])
+    assert res.exit_code == 0, res.output
+    assert resolve_config(tiny_ws / "runs" / "cli-csv" / "config.yaml", saved=True).logger == ["csv"]
+    assert (tiny_ws / "runs" / "cli-csv" / "scalars.csv").exists()
