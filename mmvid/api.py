@@ -38,7 +38,7 @@ TRAIN_OPTIONS: dict[str, str] = {
     "calibrate": "model.calibrate", "encoder": "model.encoder", "epochs": "epochs", "batch_size": "data.batch_size",
     "lr": "optim.lr", "seed": "seed", "device": "device", "amp": "amp", "gpus": "gpus", "workers": "data.workers",
     "run_name": "run_name", "cache_in_memory": "data.cache_in_memory", "cache_on_gpu": "data.cache_on_gpu",
-    "protocol": "protocol",
+    "protocol": "protocol", "logger": "logger",
 }
 # ``prepare``'s cache-parameter options (the CLI's flag names) and the parameter each sets
 # (mmvid.data.params.PrepareParams; any other parameter is given by its own name, as --param does).
@@ -382,18 +382,20 @@ def sweep(targets: str | Path | list, *, workspace: str | Path | None = None, se
           epochs: int | None = None, dataset: str | None = None, only: str | None = None, jobs: int = 1,
           gpus: int = 0, dry_run: bool = False, emit: str | None = None, task: int | None = None,
           collect: bool = False, keep: str = "all", baseline: str | None = None, protocol: str | None = None,
-          plugins: Iterable[str] | None = None, console=None, quiet: bool = False, progress: bool = True,
-          **sets) -> list[Path]:
+          logger: str | Iterable[str] | None = None, plugins: Iterable[str] | None = None, console=None,
+          quiet: bool = False, progress: bool = True, **sets) -> list[Path]:
     """Train every recipe of ``targets`` (folders or files) at every seed and write the table (``mmvid
     sweep``); ``sets``: dotted config keys for every run (``--set``). Returns the files written (table.md,
-    .csv, .png ...). Each run is a process of its own: its plug-ins must come from files or modules."""
+    .csv, .png ...). ``logger``: loggers for every run (``--logger``), grouped under the sweep's name. Each run is
+    a process of its own: its plug-ins must come from files or modules."""
     from mmvid.sweeps.command import sweep_command
 
     _use(plugins)
     items = [str(t) for t in (targets if isinstance(targets, (list, tuple)) else [targets])]
     return sweep_command(_console(console, quiet), _ws(workspace), items, seeds=seeds, quick=quick, epochs=epochs,
                          dataset=dataset, sets=sets, only=only, jobs=jobs, gpus=gpus, dry_run=dry_run, emit=emit,
-                         task=task, collect=collect, progress=progress, keep=keep, baseline=baseline, protocol=protocol)
+                         task=task, collect=collect, progress=progress, keep=keep, baseline=baseline, protocol=protocol,
+                         loggers=split_list(logger) or [])
 
 
 @_errors

@@ -37,10 +37,12 @@ class EpochMeans:
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.n = 0
+        self.last: dict[str, float] = {}  # the latest ``add`` call's values (the per-step curves, mmvid.tracking)
 
     def add(self, stats: dict[str, float]) -> None:
-        for k, v in stats.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.last = {k: float(v) for k, v in stats.items()}
+        for k, v in self.last.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
         self.n += 1
 
     def means(self) -> dict[str, float]:

@@ -18,7 +18,7 @@ LAYERS = {
     "mmvid.workspace": 0, "mmvid.config.sections": 0,
     "mmvid.data": 1,
     "mmvid.models": 2, "mmvid.measures": 2,
-    "mmvid.augment": 3, "mmvid.balance": 3, "mmvid.distributed.collectives": 3,
+    "mmvid.augment": 3, "mmvid.balance": 3, "mmvid.tracking": 3, "mmvid.distributed.collectives": 3,
     "mmvid.plugins": 4, "mmvid.config": 4,
     "mmvid.runfiles": 5, "mmvid.engine": 5, "mmvid.distributed": 5, "mmvid.corruptions": 5,
     "mmvid.results": 6, "mmvid.sweeps": 6,

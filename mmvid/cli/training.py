@@ -34,6 +34,7 @@ def train(
     cache_on_gpu: Annotated[Optional[bool], typer.Option("--cache-on-gpu/--no-cache-on-gpu", help="Serve the whole cache from tensors on the device.")] = None,
     run_name: Annotated[Optional[str], typer.Option(help="Run folder name under runs/.")] = None,
     protocol: Annotated[Optional[str], typer.Option(help="clean (hold out a validation split, select on it) | reference (train on every training clip, select on test, as the published code).")] = None,
+    logger: Annotated[Optional[list[str]], typer.Option(help="Also log the curves to tensorboard | wandb | csv | none (repeatable).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue an interrupted run (name or folder).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config key, e.g. --set augment.args.beta=0.5 (see --list NAME).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List every plug-in (fusions, calibration, augmentations, balancers); "
@@ -50,6 +51,7 @@ def train(
       torchrun --nnodes 2 --nproc-per-node 8 -m mmvid.cli train --recipe cremad --amp bf16
       mmvid train --list
       mmvid train --list ogm-ge
+      mmvid train --recipe demo --logger tensorboard --logger csv
     """
     from mmvid import api
     from mmvid.errors import MmvidError
@@ -63,7 +65,7 @@ def train(
     options = dict(dataset=dataset, fusion=fusion, aug=aug, balance=balance, calibrate=calibrate, encoder=encoder,
                    epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, amp=amp, gpus=gpus,
                    workers=workers, run_name=run_name, cache_in_memory=cache_in_memory, cache_on_gpu=cache_on_gpu,
-                   protocol=protocol)
+                   protocol=protocol, logger=logger or None)
     api.train(recipe, workspace=_ws(workspace), resume=resume, console=console, _sets=_parse_sets(set_), _cli=True,
               **options)
 
@@ -89,6 +91,7 @@ def sweep(
     keep: Annotated[str, typer.Option(help="What a finished run keeps: all | best (drop checkpoint_last.pt) | metrics (no checkpoints).")] = "all",
     baseline: Annotated[Optional[str], typer.Option(help="Add each row's per-seed difference to this row (e.g. concat) with its 95 % CI.")] = None,
     protocol: Annotated[Optional[str], typer.Option(help="clean | reference | clean,reference (or both): every run under each (default: each recipe's own).")] = None,
+    logger: Annotated[Optional[list[str]], typer.Option(help="Log every run to tensorboard | wandb | csv (repeatable), grouped under the sweep.")] = None,
 ):
     """Train every recipe of a table at every seed (resuming what an earlier sweep left), then write the
     table in the paper's layout: mean ± std and 95 % CI of last-epoch and best-epoch accuracy (best-validation
@@ -102,9 +105,10 @@ def sweep(
       mmvid sweep recipes/table1 --emit slurm
       mmvid sweep recipes/table1/cremad --quick --dataset demo --set model.encoder=small
       mmvid sweep recipes/table1/cremad --protocol both   (clean and reference columns beside the paper's)
+      mmvid sweep recipes/table1/cremad --logger wandb   (one W&B group, one TensorBoard folder per sweep)
     """
     from mmvid import api
 
     api.sweep(targets, workspace=_ws(workspace), seeds=seeds, quick=quick, epochs=epochs, dataset=dataset, only=only,
               jobs=jobs, gpus=gpus, dry_run=dry_run, emit=emit, task=task, collect=collect, keep=keep,
-              baseline=baseline, protocol=protocol, console=console, **_parse_sets(set_))
+              baseline=baseline, protocol=protocol, logger=logger, console=console, **_parse_sets(set_))

@@ -16,6 +16,7 @@ from mmvid.config.recipes import load_recipe
 from mmvid.config.sections import ABSENT_MEANS, SELECTED_ON_TEST, TrainConfig, _flatten, set_key
 from mmvid.errors import MmvidError
 from mmvid.schema import check_dataclass, check_option
+from mmvid.tracking.base import check_loggers
 from mmvid.workspace import RUN_MARK, write_atomic
 
 def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str, Any] | None = None,
@@ -64,6 +65,7 @@ def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str,
     check_dataclass(cfg, "config ")
     check_aux_loss(cfg)
     check_optim(cfg)
+    check_loggers(cfg)  # logger names, their packages and their settings (track.args)
     if cfg.data.prepared:  # each key a prepare parameter with a value it accepts, before anything runs
         from mmvid.data.params import prepared_params  # no heavy import: the parameters' declarations only
 

@@ -107,6 +107,17 @@ class OptimConfig:
 
 
 @dataclass
+class TrackConfig:
+    """Experiment tracking beside metrics.jsonl (mmvid.tracking): the loggers are TrainConfig.logger."""
+
+    # Each logger's own settings by its name, e.g. {wandb: {project: mine}} (--set track.args.wandb.project=mine)
+    args: dict[str, Any] = field(default_factory=dict)
+    every: int = spec(1, ge=1, le=1_000_000)  # log the per-step scalars (loss, lr, plug-ins') every N steps
+    # Runs logged together: a W&B group, a TensorBoard folder <workspace>/sweeps/<group>/tensorboard (mmvid sweep)
+    group: str | None = spec(None, name=True)
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -134,6 +145,9 @@ class TrainConfig:
     # imported before the plug-in settings are checked; with --plugin, every one this run used is recorded here.
     plugins: list[str] = spec(factory=list, items="plug-in files (.py) or module names")
     plugin_sha256: dict[str, str] = field(default_factory=dict)  # each plug-in file's SHA-256, recorded by the run
+    # Loggers of the curves (mmvid.tracking: tensorboard, wandb, csv; none: off); metrics.jsonl is always written
+    logger: list[str] = spec(factory=list, items="logger names (tensorboard, wandb, csv; none: off)")
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

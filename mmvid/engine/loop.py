@@ -35,6 +35,7 @@ from mmvid.engine.provenance import record_session, session
 from mmvid.engine.progress import EpochTotals, ProgressBars, StopRequest
 from mmvid.engine.runtime import pick_device, seed_everything
 from mmvid.engine.step import AuxiliaryLoss, train_step
+from mmvid.engine.tracking import start_tracker, track_step
 from mmvid.errors import Interrupted, MmvidError
 from mmvid.engine.model import build_model
 from mmvid.engine.optim import (accumulation_group, check_accumulation, make_optimizer, make_scheduler, own_groups, parameter_groups,
@@ -66,16 +67,18 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
     loaders = RunLoaders.build(training)
     # Resume from checkpoint_last.pt (its epoch, best and position inside an epoch), or start afresh.
     start_epoch, best, totals = resume_or_start(training, loaders.sampler, resume)
+    # The loggers (--logger; rank 0): the config now, then per step and per epoch (mmvid.engine.tracking).
+    tracker = start_tracker(training, resumed=start_epoch > 0 or totals.batch > 0)
     last: dict[str, Any] = {}
     reduce = training.ctx.all_reduce if world_size > 1 else None
-    with ProgressBars(cfg.epochs, start_epoch, progress and rank == 0) as bars, StopRequest() as stop:
+    with tracker, ProgressBars(cfg.epochs, start_epoch, progress and rank == 0) as bars, StopRequest() as stop:
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.time()
                 # Epoch start: the plug-ins' hooks (a resumed half epoch has their state already), the order.
                 begin_epoch(training, loaders.sampler, epoch, resumed=totals.batch > 0)
                 # Steps, until the epoch ends or Ctrl-C asks to stop between two steps.
-                if not train_steps(training, loaders.train, totals, bars, stop, reduce):
+                if not train_steps(training, loaders.train, totals, bars, stop, reduce, tracker):
                     save_checkpoint(training, epoch - 1, best, totals)  # the position inside this epoch
                     raise KeyboardInterrupt
                 # Epoch end: the learning-rate schedule, rank 0's BN statistics everywhere, a stop asked for now.
@@ -91,6 +94,7 @@ def train(cfg: TrainConfig, cache: Path, run_dir: Path, resume: bool = False, pr
                 best = best_epoch(rec) if improved else best
                 # Save: the metrics line, then checkpoint_last.pt (and checkpoint_best.pt when it improved).
                 save_checkpoint(training, epoch, best, rec=rec, improved=improved)
+                tracker.epoch(rec, training.ctx.step)  # the loggers mirror the line metrics.jsonl now holds
                 last, totals = rec, EpochTotals()
                 bars.end_epoch(rec)
                 if stop_after:
@@ -196,7 +200,7 @@ def begin_epoch(training: TrainingParts, sampler: ResumableSampler, epoch: int, 
 
 
 def train_steps(training: TrainingParts, loader, totals: EpochTotals, bars: ProgressBars, stop: StopRequest,
-                reduce=None) -> bool:
+                reduce=None, tracker=None) -> bool:
     """The epoch's steps from ``totals.batch`` on, counted into ``totals``. True at the epoch's end; False when
     Ctrl-C asked to stop before its last step (asked between two steps; every rank stops at the same one)."""
     total, k = len(loader) + totals.batch, training.ctx.cfg.optim.accumulate
@@ -204,6 +208,8 @@ def train_steps(training: TrainingParts, loader, totals: EpochTotals, bars: Prog
     for inputs, y in loader:
         out, loss, y = train_step(training, inputs, y, accumulation_group(totals.batch, total, k))
         totals.add(loss, out.logits, y)
+        if tracker:
+            track_step(tracker, training, loss)
         bars.step(totals)
         # A stop only between two optimizer steps (the checkpoint holds no half-accumulated gradients).
         if totals.batch % k == 0 and stop.requested(reduce) and totals.batch < total:

@@ -18,14 +18,17 @@ def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: 
                   dataset: str | None = None, sets: dict[str, Any] | None = None, only: str | None = None,
                   jobs: int = 1, gpus: int = 0, dry_run: bool = False, emit: str | None = None,
                   task: int | None = None, collect: bool = False, progress: bool = True, keep: str = "all",
-                  baseline: str | None = None, protocol: str | None = None) -> list[Path]:
+                  baseline: str | None = None, protocol: str | None = None,
+                  loggers: list[str] | None = None) -> list[Path]:
     """Plan, then one of: print the commands (``dry_run``), write a Slurm script (``emit``), run one task
     (``task``, for a job array), or run what is not done; then aggregate and write the tables (unless a
-    single task ran). ``protocol``: see :func:`plan_sweep`. Returns the files written."""
+    single task ran). ``protocol``: see :func:`plan_sweep`. ``loggers``: ``--logger`` for every run; the runs
+    with loggers are grouped under the sweep's name (:func:`track_runs`). Returns the files written."""
     if emit not in (None, "slurm"):
         raise MmvidError(f"--emit {emit!r} is not supported; choose: slurm")
     sweep = plan_sweep(targets, seeds=seeds, quick=quick, epochs=epochs, dataset=dataset, sets=sets, only=only,
                        protocol=protocol)
+    track_runs(sweep, loggers or [])
     for line in sweep.skipped:
         console.print(f"[yellow]note:[/] {line}", soft_wrap=True, highlight=False)
     out = ws / "sweeps" / sweep.name
@@ -76,3 +79,18 @@ def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: 
     if missing:
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
     return files
+
+
+def track_runs(sweep, loggers: list[str]) -> None:
+    """``--logger`` for every run of ``sweep`` (checked first: names, packages), and the runs that log (by
+    ``--logger`` or their recipe's ``logger:``) grouped under the sweep's name: one W&B group, one TensorBoard
+    folder ``<workspace>/sweeps/<name>/tensorboard``. Neither changes what a run learns (nor its name)."""
+    from mmvid.config import TrainConfig
+    from mmvid.tracking.base import check_loggers
+
+    check = TrainConfig(logger=list(loggers))
+    check_loggers(check)
+    for run in sweep.runs:
+        run.loggers = list(check.logger)
+        run.group = sweep.name if run.loggers or run.config.logger else None
+    sweep.options += [f"--logger {name}" for name in check.logger]

@@ -35,6 +35,8 @@ class RunSpec:
     paper: float | None  # the published accuracy in %, if the recipe gives it
     overrides: dict[str, Any]  # dotted config keys given to every run of the sweep
     config: TrainConfig = field(repr=False, default=None)  # the resolved config this run trains with
+    loggers: list[str] = field(default_factory=list)  # ``mmvid sweep --logger``: given to its ``mmvid train``
+    group: str | None = None  # track.group of a run with loggers: the sweep's name (a W&B group, a TensorBoard folder)
 
 
 @dataclass

@@ -39,7 +39,8 @@ def train_command(ws: Path, spec: RunSpec, state: str, program: list[str] | None
     cmd += ["--recipe", str(spec.recipe), "--run-name", spec.name]
     for key, value in spec.overrides.items():
         cmd += ["--seed", str(value)] if key == "seed" else ["--set", f"{key}={value}"]
-    return cmd
+    cmd += [arg for name in spec.loggers for arg in ("--logger", name)]
+    return cmd + (["--set", f"track.group={spec.group}"] if spec.group else [])
 
 
 def run_sweep(console, ws: Path, sweep: Sweep, jobs: int = 1, gpus: int = 0, dry_run: bool = False,

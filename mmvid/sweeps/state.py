@@ -15,7 +15,8 @@ from mmvid.sweeps.plan import RunSpec
 from mmvid.workspace import check_run_folder, run_path
 
 # Settings of how a run executes, not of what it learns: a run is reused whatever they were.
-EXECUTION_KEYS = ("run_name", "device", "gpus", "data.workers", "data.cache_in_memory", "data.cache_on_gpu")
+EXECUTION_KEYS = ("run_name", "device", "gpus", "data.workers", "data.cache_in_memory", "data.cache_on_gpu",
+                  "logger", "track.args", "track.every", "track.group")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
