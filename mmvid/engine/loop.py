@@ -34,6 +34,7 @@ from mmvid.engine.loaders import check_modalities, make_loader, make_splits
 from mmvid.engine.progress import EpochTotals, ProgressBars, StopRequest
 from mmvid.engine.runtime import pick_device, seed_everything
 from mmvid.engine.step import AuxiliaryLoss, train_step
+from mmvid.engine.weights import load_start_weights
 from mmvid.errors import Interrupted, MmvidError
 from mmvid.engine.model import build_model
 from mmvid.models.classifier import MultimodalClassifier
@@ -144,7 +145,8 @@ def resume_or_start(training: TrainingParts, sampler: ResumableSampler,
 
     With ``resume`` and a checkpoint_last.pt: its states restored into ``training``, ``sampler`` set to skip what
     an interrupted epoch did, and metrics.jsonl's lines of later epochs dropped. Otherwise a fresh start (no
-    metrics.jsonl). Rank 0 then writes config.yaml."""
+    metrics.jsonl) with the encoders' weights files loaded (:func:`mmvid.engine.weights.load_start_weights`).
+    Rank 0 then writes config.yaml."""
     ctx = training.ctx
     cfg, run_dir, is_main = ctx.cfg, ctx.run_dir, ctx.rank == 0
     # The best epoch is chosen on val, or on test where no validation split exists (protocol reference, or
@@ -159,8 +161,11 @@ def resume_or_start(training: TrainingParts, sampler: ResumableSampler,
             sampler.skip = totals.batch * cfg.data.batch_size
         if is_main:
             drop_unsaved_epochs(run_dir / METRICS, ck["epoch"])
-    elif is_main:
-        (run_dir / METRICS).unlink(missing_ok=True)
+    else:  # a fresh start: the encoders' initial weights from files (the config records their hashes)
+        notes = load_start_weights(ctx.model, cfg)
+        if is_main:
+            print_notes(notes)
+            (run_dir / METRICS).unlink(missing_ok=True)
     if is_main:
         save_config(cfg, run_dir / "config.yaml")
     return start_epoch, best, totals
