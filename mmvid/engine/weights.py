@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from mmvid.engine.checkpoints import checkpoint_file, load_checkpoint
+from mmvid.engine.checkpoints import _unsafe_globals, checkpoint_file, load_checkpoint
 from mmvid.errors import MmvidError
 from mmvid.models.pretrained import is_weight_name, load_encoder_weights, unwrap
 
@@ -36,9 +36,13 @@ def _load(path: Path, label: str) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise MmvidError(f"{label}: {path} holds objects other than tensors (code could run on loading it); "
-                         f"save a plain state dict (torch.save(model.state_dict(), path))") from None
+    except pickle.UnpicklingError as e:
+        names = _unsafe_globals(path) if "weights only load failed" in str(e).lower() else []
+        if names:
+            raise MmvidError(f"{label}: {path} holds objects other than tensors ({', '.join(names[:3])}), which could "
+                             f"run code on loading; it is not loaded: save a plain state dict "
+                             f"(torch.save(model.state_dict(), path))") from None
+        raise MmvidError(f"{label}: cannot read {path}: damaged, or not a PyTorch weights file") from None
     except Exception:
         raise MmvidError(f"{label}: cannot read {path}: damaged, or not a PyTorch weights file") from None
 

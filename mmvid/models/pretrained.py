@@ -66,7 +66,7 @@ def load_encoder_weights(encoder, state: dict[str, torch.Tensor], label: str) ->
     Raises MmvidError, one line, when the keys or shapes differ."""
     target = encoder.weights_module().state_dict()
     notes = []
-    head = [k for k in state if k not in target and any(k.startswith(h) for h in encoder.head_keys)]
+    head = sorted(k for k in state if k not in target and any(k.startswith(h) for h in encoder.head_keys))
     if head:
         notes.append(f"{label}: the pretrained classifier ({_few(head)}) is not loaded")
         state = {k: v for k, v in state.items() if k not in head}
