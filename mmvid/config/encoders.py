@@ -69,6 +69,8 @@ def _check_files(cfg: TrainConfig, at: Callable[[str], str]) -> None:
     if mc.init_from and not Path(mc.init_from).expanduser().exists():
         raise MmvidError(f"config model.init_from={mc.init_from}: no such run folder or checkpoint; give the folder "
                          f"of a run (or its checkpoint file) whose encoders to start from{at('model.init_from')}")
+    if mc.init_from:  # the config records where it is, whatever the working folder of a later command
+        mc.init_from = str(Path(mc.init_from).expanduser().resolve())
     for m in cfg.data.modalities:
         spec = getattr(mc.encoders, m).weights
         if not spec:
@@ -84,6 +86,8 @@ def _check_files(cfg: TrainConfig, at: Callable[[str], str]) -> None:
         elif not Path(spec).expanduser().exists():
             raise MmvidError(f"config {key}={spec}: no such file or run folder; give a state dict file (.pt, .pth), "
                              f"an mmvid run folder or checkpoint, or a torchvision weight name (IMAGENET1K_V1){at(key)}")
+        else:
+            getattr(mc.encoders, m).weights = str(Path(spec).expanduser().resolve())
 
 
 def encoder_entries(cfg: TrainConfig) -> list[tuple[str, Any]]:
