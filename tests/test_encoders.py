@@ -352,3 +352,20 @@ def test_the_encoders_appear_in_train_list():
 
     res = CliRunner().invoke(app, ["train", "--list"], env={"COLUMNS": "250"})
     assert res.exit_code == 0 and "encoders (" in res.output and "r2plus1d_18" in res.output, res.output
+
+
+def test_a_timm_state_dict_loads_with_its_first_convolution_averaged(tmp_path):
+    timm = pytest.importorskip("timm")
+    path = tmp_path / "r10t.pth"
+    torch.manual_seed(2)
+    state = timm.create_model(TIMM_MODEL).state_dict()
+    torch.save(state, path)
+    cfg = resolve_config("demo", {"model.encoder": "timm", "model.encoder_args.model": TIMM_MODEL,
+                                  "model.encoders.audio.weights": str(path)})
+    model = build_model(cfg, 4)
+    notes = load_start_weights(model, cfg)
+    got = model.encoders["audio"].backbone.state_dict()
+    first = model.encoders["audio"].first_conv
+    assert torch.equal(got[first], state[first].mean(1, keepdim=True))
+    assert all(torch.equal(v, state[k]) for k, v in got.items() if k != first)
+    assert any(f"first convolution {first} adapted from 3 input channels (RGB) to 1 (audio)" in n for n in notes)
