@@ -122,6 +122,7 @@ def load_plugins() -> None:
     import mmvid.augment  # noqa: F401
     import mmvid.balance  # noqa: F401
     import mmvid.models.calibration  # noqa: F401
+    import mmvid.models.encoders  # noqa: F401
     import mmvid.models.fusions  # noqa: F401
 
     load_inherited()

@@ -1,9 +1,9 @@
-"""The registries of the plug-in families (fusions, augmentations, balancers, calibration), each a
+"""The registries of the plug-in families (encoders, fusions, augmentations, balancers, calibration), each a
 :class:`Registry` (defined in :mod:`mmvid.registry_base`, which the data sources' registry shares).
 
 Entries are registered by decorator at import time of an explicitly imported module
-(``mmvid.models.fusions``, ``mmvid.models.calibration``, ``mmvid.augment``, ``mmvid.balance``); nothing
-scans folders.
+(``mmvid.models.encoders``, ``mmvid.models.fusions``, ``mmvid.models.calibration``, ``mmvid.augment``,
+``mmvid.balance``); nothing scans folders.
 
 Settings: a registered class declares what it accepts once, as a nested dataclass ``Settings`` of typed
 fields with ``spec(...)`` (default, range or choices, one line of meaning, where the reference sets it)::
@@ -138,8 +138,11 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+# Encoders (mmvid.models.encoders): model.encoder's settings under model.encoder_args, a modality's own under
+# model.encoders.<modality>.args.
+ENCODERS: Registry = Registry("encoder", "model.encoder_args")
 FUSIONS: Registry = Registry("fusion", "model.fusion_args")
 CALIBRATIONS: Registry = Registry("calibration", "model.calibration_args")
 AUGMENTS: Registry = Registry("augmentation", "augment.args")
 BALANCERS: Registry = Registry("balancer", "balance.args")
-REGISTRIES = (FUSIONS, CALIBRATIONS, AUGMENTS, BALANCERS)
+REGISTRIES = (ENCODERS, FUSIONS, CALIBRATIONS, AUGMENTS, BALANCERS)

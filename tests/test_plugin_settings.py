@@ -217,9 +217,9 @@ CASES = _cases()
 def _select(reg, name) -> tuple[list[str], dict]:
     """The CLI options and the recipe sections that run plug-in ``name`` of ``reg``."""
     flag = {"fusion": ["--fusion", name], "augmentation": ["--aug", name], "balancer": ["--balance", name],
-            "calibration": ["--calibrate"]}[reg.kind]
+            "calibration": ["--calibrate"], "encoder": ["--encoder", name]}[reg.kind]
     section = {"fusion": ("model", "fusion"), "augmentation": ("augment", "name"), "balancer": ("balance", "name"),
-               "calibration": ("model", "calibrate")}[reg.kind]
+               "calibration": ("model", "calibrate"), "encoder": ("model", "encoder")}[reg.kind]
     return flag, {section[0]: {section[1]: True if reg.kind == "calibration" else name}}
 
 

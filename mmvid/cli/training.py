@@ -21,7 +21,7 @@ def train(
     aug: Annotated[Optional[str], typer.Option(help="Augmentation: none | mixup | mm | bmm | ... (see --list).")] = None,
     balance: Annotated[Optional[str], typer.Option(help="Balancing method (see --list).")] = None,
     calibrate: Annotated[Optional[bool], typer.Option("--calibrate/--no-calibrate", help="Pre-fusion calibration module.")] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="resnet18 | small.")] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="Every modality's encoder: resnet18 (paper) | resnet34 | resnet50 | r3d_18 | r2plus1d_18 | mc3_18 | small | timm (see --list); one modality's: --set model.encoders.audio.name=NAME.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size per process.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,

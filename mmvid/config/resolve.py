@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from mmvid.config.encoders import check_encoders, encoder_entries
 from mmvid.config.optim import check_optim
 from mmvid.config.recipes import load_recipe
 from mmvid.config.sections import ABSENT_MEANS, SELECTED_ON_TEST, TrainConfig, _flatten, set_key
@@ -29,7 +30,7 @@ def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str,
     accepts and where the value came from (``sources``: key -> the CLI flag that gave it). Then the
     plug-ins' settings (:func:`check_plugin_args`): unknown keys, types and ranges of ``augment.args``,
     ``balance.args``, ``model.fusion_args`` and ``model.calibration_args``, each filled in with its
-    defaults. ``augment.<name>.<key>`` (``balance.<name>.<key>``) gives a setting of the plug-in ``name``,
+    defaults, and the encoders (:func:`mmvid.config.encoders.check_encoders`). ``augment.<name>.<key>`` (``balance.<name>.<key>``) gives a setting of the plug-in ``name``,
     used when that plug-in runs (a data set's recipe gives B-MM's and MM's values once). A key of the older
     layout (``augment.beta``, now ``augment.bmm.beta``) is moved there, with a one-line note: appended to
     ``notes``, or printed once (stderr) when ``notes`` is None. ``saved``: a run's own config
@@ -74,6 +75,7 @@ def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str,
     _import_plugins(cfg, saved, notes)
     _apply_sections(cfg, sections)
     check_plugin_args(cfg, lambda key: origins.get(key, where))
+    check_encoders(cfg, lambda key: origins.get(key, where), saved)
     if said:
         _note(f"config {said}", notes)
     apply_protocol(cfg, {k for k, v in (overrides or {}).items() if v is not None}, sources, notes)
@@ -108,7 +110,8 @@ def _used_entries(cfg: TrainConfig) -> list[Any]:
     load_plugins()
     named = [(FUSIONS, cfg.model.fusion), (AUGMENTS, cfg.augment.name), (BALANCERS, cfg.balance.name),
              (CALIBRATIONS, CALIBRATION if cfg.model.calibrate else None)]
-    return [reg.get(name) for reg, name in named if name is not None and name in reg]
+    return [reg.get(name) for reg, name in named if name is not None and name in reg] + \
+        [cls for _, cls in encoder_entries(cfg)]
 
 
 PLUGIN_SECTIONS = ("augment", "balance")  # config sections whose plug-ins may be given settings by name

@@ -46,9 +46,40 @@ class DataConfig:
     cache_on_gpu: bool = False  # serve every split from tensors on the training device (mmvid.data.device_loader)
 
 
+FREEZES = ("none", "encoders", "bn")  # model.freeze (mmvid.models.classifier.MultimodalClassifier.train)
+
+
+@dataclass
+class EncoderChoice:
+    """One modality's encoder (``model.encoders.<modality>``): every key optional, model.encoder's by default."""
+
+    name: str | None = None  # an ENCODERS name (`mmvid train --list`); none = model.encoder
+    # Its settings (`mmvid train --list NAME`), over model.encoder_args when the name is model.encoder's
+    args: dict[str, Any] = field(default_factory=dict)
+    # Initial weights: a local state dict (torchvision, timm, an mmvid encoder's), an mmvid run folder or checkpoint
+    # (its encoder of this modality), or a torchvision weight name (IMAGENET1K_V1, through torchvision's cache)
+    weights: str | None = None
+    weights_sha256: str | None = None  # recorded by the run: the weights file's SHA-256
+
+
+@dataclass
+class EncodersConfig:
+    audio: EncoderChoice = field(default_factory=EncoderChoice)
+    video: EncoderChoice = field(default_factory=EncoderChoice)
+    flow: EncoderChoice = field(default_factory=EncoderChoice)
+
+
 @dataclass
 class ModelConfig:
-    encoder: str = spec("resnet18", choices=("resnet18", "small"))  # resnet18 (paper) | small (CPU-sized)
+    encoder: str = "resnet18"  # every modality's encoder, an ENCODERS name: resnet18 (paper) | small (CPU-sized) ...
+    encoder_args: dict[str, Any] = field(default_factory=dict)  # its settings (`mmvid train --list NAME`)
+    encoders: EncodersConfig = field(default_factory=EncodersConfig)  # per modality: another encoder, weights
+    # The encoders of another run (folder or checkpoint) as initial weights, e.g. unimodal pre-training
+    init_from: str | None = None
+    init_from_sha256: str | None = None  # recorded by the run: that checkpoint's SHA-256
+    # none | encoders (linear probing: the encoders neither train nor update BN statistics) | bn (the encoders'
+    # BatchNorm layers keep their running statistics; every weight trains)
+    freeze: str = spec("none", choices=FREEZES)
     width: int = spec(32, ge=1, le=4096)  # channels of the first stage of the small encoder
     fusion: str = "concat"  # a FUSIONS name, checked by the registry
     calibrate: bool = False  # the pre-fusion calibration module (mmvid.models.calibration)

@@ -36,6 +36,7 @@ from mmvid.engine.progress import EpochTotals, ProgressBars, StopRequest
 from mmvid.engine.runtime import pick_device, seed_everything
 from mmvid.engine.step import AuxiliaryLoss, train_step
 from mmvid.engine.tracking import start_tracker, track_step
+from mmvid.engine.weights import load_start_weights
 from mmvid.errors import Interrupted, MmvidError
 from mmvid.engine.model import build_model
 from mmvid.engine.optim import (accumulation_group, check_accumulation, make_optimizer, make_scheduler, own_groups, parameter_groups,
@@ -151,7 +152,8 @@ def resume_or_start(training: TrainingParts, sampler: ResumableSampler,
 
     With ``resume`` and a checkpoint_last.pt: its states restored into ``training``, ``sampler`` set to skip what
     an interrupted epoch did, and metrics.jsonl's lines of later epochs dropped. Otherwise a fresh start (no
-    metrics.jsonl). Rank 0 then writes config.yaml and run.json (:mod:`mmvid.engine.provenance`)."""
+    metrics.jsonl) with the encoders' weights files loaded (:func:`mmvid.engine.weights.load_start_weights`).
+    Rank 0 then writes config.yaml and run.json (:mod:`mmvid.engine.provenance`)."""
     ctx = training.ctx
     cfg, run_dir, is_main = ctx.cfg, ctx.run_dir, ctx.rank == 0
     # The best epoch is chosen on val, or on test where no validation split exists (protocol reference, or
@@ -166,8 +168,11 @@ def resume_or_start(training: TrainingParts, sampler: ResumableSampler,
             sampler.skip = totals.batch * cfg.data.batch_size
         if is_main:
             drop_unsaved_epochs(run_dir / METRICS, ck["epoch"])
-    elif is_main:
-        (run_dir / METRICS).unlink(missing_ok=True)
+    else:  # a fresh start: the encoders' initial weights from files (the config records their hashes)
+        notes = load_start_weights(ctx.model, cfg)
+        if is_main:
+            print_notes(notes)
+            (run_dir / METRICS).unlink(missing_ok=True)
     if is_main:
         save_config(cfg, run_dir / "config.yaml")
         resumed = start_epoch > 0 or totals.batch > 0  # run.json: this session, appended on a resume

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mmvid.errors import MmvidError
-from mmvid.models.encoders import ModalityEncoder
+from mmvid.models.encoders import build_encoder, encoder_choice
 from mmvid.models.fusions import split_head_fusions
 from mmvid.models.init import initialise
 from mmvid.registry import CALIBRATIONS, FUSIONS, check_plugin_settings
@@ -54,12 +54,23 @@ class MultimodalClassifier(nn.Module):
     def __init__(self, modalities: list[str], num_classes: int, encoder: str = "resnet18", width: int = 32,
                  fusion: str = "concat", calibrate: bool = False, fusion_args: dict | None = None,
                  unimodal: str = "mask", init: str = "ogm-ge", aux_loss: dict[str, float] | None = None,
-                 calibration_args: dict | None = None) -> None:
+                 calibration_args: dict | None = None, encoders: dict[str, tuple[str, dict]] | None = None,
+                 freeze: str = "none") -> None:
+        """``encoder``: every modality's encoder (an ENCODERS name), ``width`` the small one's; ``encoders``:
+        modality -> (name, settings) where a modality has its own (:func:`mmvid.models.encoders.encoder_choice`).
+        ``freeze``: none | encoders | bn (:meth:`train`)."""
         super().__init__()
         check_calibration(fusion, calibrate)
         self.modalities = list(modalities)
         self.num_classes = num_classes
-        self.encoders = nn.ModuleDict({m: ModalityEncoder(m, encoder, width) for m in self.modalities})
+        choice = {m: (encoders or {}).get(m, (encoder, {})) for m in self.modalities}
+        self.encoders = nn.ModuleDict({m: build_encoder(choice[m][0], m, choice[m][1], width)
+                                       for m in self.modalities})
+        flat = [m for m in self.modalities if not self.encoders[m].stages]
+        if hasattr(FUSIONS.get(fusion), "encode") and flat:
+            raise MmvidError(f"model.fusion={fusion} runs the encoders stage by stage, which encoder "
+                             f"{self.encoders[flat[0]].kind!r} ({flat[0]}) does not; use resnet18, resnet34, "
+                             f"resnet50 or small, or another fusion")
         dims = {m: self.encoders[m].output_dim for m in self.modalities}
         self.calibration: nn.Module | None = None
         if calibrate:
@@ -82,6 +93,22 @@ class MultimodalClassifier(nn.Module):
         self.aux_heads = nn.ModuleDict({m: nn.Linear(dims[m], num_classes) for m in self.modalities
                                         if m in (aux_loss or {})}) if aux_loss else None
         initialise(self, init)
+        self.freeze = freeze
+        if freeze == "encoders":  # linear probing: nothing of the encoders trains
+            self.encoders.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "MultimodalClassifier":
+        """``nn.Module.train``, then ``model.freeze``: ``encoders`` keeps the encoders in eval mode (BN running
+        statistics neither used from the batch nor updated), ``bn`` does so for their BatchNorm layers only."""
+        super().train(mode)
+        freeze = getattr(self, "freeze", "none")
+        if mode and freeze == "encoders":
+            self.encoders.eval()
+        elif mode and freeze == "bn":
+            for mod in self.encoders.modules():
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    mod.eval()
+        return self
 
     def _encoded(self, inputs: dict[str, torch.Tensor], tokens: bool = False):
         """(features m -> (B, d_m) before calibration, tokens m -> (B, N_m, d_m) or None, extras); a fusion
@@ -206,4 +233,5 @@ def make_classifier(cfg, num_classes: int, unimodal: str = "mask") -> Multimodal
     :func:`mmvid.engine.model.build_model` asks it)."""
     return MultimodalClassifier(cfg.data.modalities, num_classes, cfg.model.encoder, cfg.model.width,
                                 cfg.model.fusion, cfg.model.calibrate, cfg.model.fusion_args, unimodal,
-                                cfg.model.init, cfg.model.aux_loss, cfg.model.calibration_args)
+                                cfg.model.init, cfg.model.aux_loss, cfg.model.calibration_args,
+                                {m: encoder_choice(cfg.model, m) for m in cfg.data.modalities}, cfg.model.freeze)
