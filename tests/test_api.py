@@ -82,20 +82,20 @@ def test_evaluate_gives_what_the_cli_prints_as_json(api_run, tiny_ws):
     assert api_run.evaluate(split="test", checkpoint="last")["checkpoint"] == "last"
 
 
-def test_robustness_visualize_and_report_of_a_run(api_run, tiny_run, tmp_path):
-    rob = mmvid.robustness(tiny_run, drop="audio", out=tmp_path / "rob")
+def test_robustness_visualize_and_report_of_a_run(api_run, tmp_path):
+    """Each writes into this module's own run (the session's tiny run is shared with tests that compare its files)."""
+    rob = mmvid.robustness(api_run, drop="audio", out=tmp_path / "rob")
     assert [c["name"] for c in rob["conditions"]] and len(rob["runs"]) == 1
     assert (tmp_path / "rob" / "robustness.csv").is_file() and any(f.endswith(".png") for f in rob["files"])
-    paths = mmvid.visualize("curves", api_run)  # into the run's figures/ (this module's own run: tiny_run is shared)
+    paths = mmvid.visualize("curves", api_run)  # into the run's figures/
     assert {p.suffix for p in paths} == {".png", ".svg"} and all(p.is_file() for p in paths)
     assert set(paths) <= set(api_run.figures)
-    run = mmvid.Run(tiny_run)
-    page = mmvid.report(run, umap=False, robustness=False, out=tmp_path / "r.html")
+    page = mmvid.report(api_run, umap=False, robustness=False, out=tmp_path / "r.html")
     assert page.read_text().startswith("<!DOCTYPE html>") or "<html" in page.read_text()[:500]
 
 
-def test_diagnose_a_run_returns_its_diagnosis(tiny_run, tmp_path):
-    diag = mmvid.diagnose(tiny_run, alone=False, out=tmp_path / "diag", quiet=True)
+def test_diagnose_a_run_returns_its_diagnosis(api_run, tmp_path):
+    diag = mmvid.diagnose(api_run, alone=False, out=tmp_path / "diag", quiet=True)
     assert set(diag["shapley"]) and (tmp_path / "diag" / "diagnosis.json").is_file()
     assert json.loads((tmp_path / "diag" / "diagnosis.json").read_text())["shapley"] == diag["shapley"]
 

@@ -215,11 +215,11 @@ def test_resume_of_a_finished_run_whose_checkpoints_were_removed_trains_nothing(
     run = moved / "runs" / RUN
     for name in (CKPT_LAST, CKPT_BEST):
         (run / name).unlink()
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     console = Console(record=True, width=400, file=open("/dev/null", "w"))
     run_train(console, moved, None, {}, resume=RUN, progress=False)
     assert f"{RUN} has finished all 1 epochs" in console.export_text()
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 def test_resume_says_which_logged_epochs_after_its_checkpoint_are_dropped(moved):
