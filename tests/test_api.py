@@ -18,6 +18,7 @@ import yaml
 
 import mmvid
 from mmvid import MmvidError
+from test_external_plugins import PLUGIN
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = dict(recipe="demo", epochs=1, encoder="small", batch_size=16, device="cpu", quiet=True, progress=False)
@@ -141,32 +142,18 @@ def test_an_unknown_option_names_the_closest(tiny_ws):
         mmvid.evaluate("no-such-run", workspace=tiny_ws)
 
 
-NOTEBOOK_CELL = """
-    from dataclasses import dataclass
-    import mmvid
-    from mmvid.balance.base import Balancer
-    from mmvid.registry import BALANCERS
-    from mmvid.schema import spec
-
-    @BALANCERS.register("cell-scale", doc="Scales the loss (defined in a notebook cell).")
-    class CellScale(Balancer):
-        @dataclass
-        class Settings:
-            factor: float = spec(1.0, gt=0, le=10, help="loss multiplier")
-
-        def loss(self, loss, out, inputs, y, ctx):
-            return loss * self.settings.factor
-
-    FAST = dict(recipe="demo", epochs=1, encoder="small", batch_size=16, device="cpu", quiet=True, progress=False)
-"""
+# The balancer of tests/test_external_plugins.py, as a user would type it into a notebook cell.
+NOTEBOOK_CELL = ("import mmvid\n" + PLUGIN.replace('"loss-scale"', '"cell-scale"').replace("LossScale", "CellScale")
+                 + '\nFAST = dict(recipe="demo", epochs=1, encoder="small", batch_size=16, device="cpu", quiet=True, '
+                   'progress=False)\n')
 
 
 def test_a_plugin_from_a_notebook_cell_trains_in_its_process(tiny_ws, tmp_path):
-    done = python(NOTEBOOK_CELL + f"""
+    done = python(NOTEBOOK_CELL + textwrap.dedent(f"""
     run = mmvid.train(workspace={str(tiny_ws)!r}, run_name="cell-run", balance="cell-scale",
                       **{{"balance.args.factor": 0.5}}, **FAST)
     print("ACC", mmvid.evaluate(run)["accuracy"], run.config.balance.args["factor"])
-    """, tmp_path)
+    """), tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ACC" in done.stdout and done.stdout.split()[-1] == "0.5"
 
@@ -176,14 +163,14 @@ def test_a_notebook_plugin_with_gpus_2_or_in_a_sweep_is_one_line_saying_how_to_p
     recipes.mkdir()
     (recipes / "cell.yaml").write_text(yaml.safe_dump({**yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text()),
                                                        "balance": {"name": "cell-scale"}}))
-    done = python(NOTEBOOK_CELL + f"""
+    done = python(NOTEBOOK_CELL + textwrap.dedent(f"""
     for call in (lambda: mmvid.train(workspace={str(tiny_ws)!r}, run_name="cell-2", balance="cell-scale", gpus=2, **FAST),
                  lambda: mmvid.sweep({str(recipes)!r}, workspace={str(tiny_ws)!r}, seeds=1, epochs=1, quiet=True)):
         try:
             call()
         except mmvid.MmvidError as e:
             print("ERR", e)
-    """, tmp_path)
+    """), tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     errors = [ln for ln in done.stdout.splitlines() if ln.startswith("ERR ")]
     assert len(errors) == 2, done.stdout

@@ -59,14 +59,17 @@ def plot_probes(data: dict[str, Any], stem: Path) -> Path:
     return save_figure(fig, stem)[0]
 
 
+def _curves_panels(data: dict[str, Any]):
+    """What the two curve figures share: the modalities, the curves over epochs (``curves`` of diagnosis.json),
+    the held-out split's name, the epochs, and a figure of two panels side by side."""
+    c = data.get("curves") or {}
+    fig, axes = pyplot().subplots(1, 2, figsize=(PANEL[0] * 2, PANEL[1]), layout="constrained")
+    return data["modalities"], c, c.get("held_out", "test"), c.get("epoch", []), fig, axes
+
+
 def plot_memorisation(data: dict[str, Any], stem: Path) -> Path:
     """Each modality alone (masking) on train and held out over the epochs, and their gap."""
-    plt = pyplot()
-    mods = data["modalities"]
-    c = data.get("curves") or {}
-    held = c.get("held_out", "test")
-    ep = c.get("epoch", [])
-    fig, axes = plt.subplots(1, 2, figsize=(PANEL[0] * 2, PANEL[1]), layout="constrained")
+    mods, c, held, ep, fig, axes = _curves_panels(data)
     for i, m in enumerate(mods):
         axes[0].plot(*present(ep, c.get(f"train_acc_{m}", []), 100), "--", color=f"C{i}", label=f"{m}, train")
         axes[0].plot(*present(ep, c.get(f"{held}_acc_{m}", []), 100), "-", color=f"C{i}", label=f"{m}, {held}")
@@ -84,12 +87,7 @@ def plot_rho(data: dict[str, Any], stem: Path) -> Path:
     """rho (Eq. 6) on train and held out over the epochs (log axis), and the bounded utilisation of each modality."""
     from matplotlib.ticker import FuncFormatter  # matplotlib when drawing (mmvid.results.plotting)
 
-    plt = pyplot()
-    mods = data["modalities"]
-    c = data.get("curves") or {}
-    held = c.get("held_out", "test")
-    ep = c.get("epoch", [])
-    fig, axes = plt.subplots(1, 2, figsize=(PANEL[0] * 2, PANEL[1]), layout="constrained")
+    mods, c, held, ep, fig, axes = _curves_panels(data)
     for key, style, label in (("train_rho", "-", "train"), (f"{held}_rho", ":", held)):
         vals = c.get(key, [])
         if vals:
