@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from mmvid.engine.checkpoints import model_from_checkpoint
 from mmvid.config import TrainConfig
+from mmvid.engine.checkpoints import model_from_checkpoint
 from mmvid.models.classifier import MultimodalClassifier
 
 SHAPES = {"audio": (1, 16, 16), "video": (2, 3, 16, 16), "flow": (2, 2, 16, 16)}

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_external_plugins import PLUGIN
 
 import mmvid
 from mmvid import MmvidError
-from test_external_plugins import PLUGIN
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = dict(recipe="demo", epochs=1, encoder="small", batch_size=16, device="cpu", quiet=True, progress=False)

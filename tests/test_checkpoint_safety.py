@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 
 from mmvid.cli import app
 from mmvid.engine.checkpoints import atomic_save, check_plain, load_checkpoint
-from mmvid.workspace import CKPT_LAST
 from mmvid.errors import MmvidError
 from mmvid.workflows import resume_message, run_train
+from mmvid.workspace import CKPT_LAST
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = "victim"

@@ -10,6 +10,8 @@ import h5py
 import numpy as np
 import pytest
 from rich.console import Console
+from test_data_decode import make_bad_files  # noqa: E402  (tests/ is on sys.path under pytest)
+from test_data_sources import CREMAD_NAMES, ks_tree
 from typer.testing import CliRunner
 
 from mmvid.cli import app
@@ -17,9 +19,6 @@ from mmvid.data import prepare as prepare_mod
 from mmvid.data.cache import read_info
 from mmvid.errors import MmvidError
 from mmvid.workflows import run_prepare
-
-from test_data_decode import make_bad_files  # noqa: E402  (tests/ is on sys.path under pytest)
-from test_data_sources import CREMAD_NAMES, ks_tree
 
 QUIET = Console(quiet=True)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mmvid.data.sources.listing import read_lines
 from mmvid.data.sources import get_source
+from mmvid.data.sources.listing import read_lines
 from mmvid.errors import MmvidError
 
 CREMAD_NAMES = [f"1001_DFA_{e}_XX" for e in ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")]

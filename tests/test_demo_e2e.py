@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from mmvid.data.cache import read_info
-from mmvid.data.sources.demo import CLASS_NAMES, DEMO_PARAMS, ROOTS, SR, write_mp4
 from mmvid.data.decode import decode_audio, decode_frames, select_indices
 from mmvid.data.features import spectrogram_shape
+from mmvid.data.sources.demo import CLASS_NAMES, DEMO_PARAMS, ROOTS, SR, write_mp4
 
 
 def test_cache_contents(tiny_ws):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from mmvid.errors import MmvidError
 from mmvid.results.diagnosis.command import run_diagnose, try_comparison
 from mmvid.results.diagnosis.diagnose import diagnose_run
 from mmvid.results.diagnosis.passes import split_pass
@@ -20,7 +21,6 @@ from mmvid.results.diagnosis.probes import linear_probe
 from mmvid.results.diagnosis.runs import alone_config, epochs_for_budget
 from mmvid.results.diagnosis.shapley import balancebenchmark_shapley, coalitions, shapley
 from mmvid.results.diagnosis.utilisation import utilisation
-from mmvid.errors import MmvidError
 
 QUIET = Console(quiet=True)
 

@@ -17,11 +17,11 @@ from rich.console import Console
 from mmvid.config import TrainConfig, resolve_config
 from mmvid.engine.checkpoints import load_checkpoint
 from mmvid.engine.evaluation import evaluates_at, monitor_plan, monitor_rows
-from mmvid.workspace import CKPT_BEST, CKPT_LAST
 from mmvid.errors import MmvidError
-from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.workflows import run_train
+from mmvid.workspace import CKPT_BEST, CKPT_LAST
 
 BASE = {"data.dataset": "demo", "device": "cpu", "model.encoder": "small", "data.batch_size": 8, "epochs": 3}
 MONITOR = ("train_acc", "train_acc_audio", "train_acc_video", "train_rho", "rho", "s_audio", "s_video")

@@ -16,9 +16,19 @@ import sys
 
 import pytest
 import yaml
-
-from _examples_util import (AUGMENTATION, BALANCER, CSV_CACHE, CSV_CLASSES, CSV_PREPARE_ARGS, FUSION, REPO, SOURCE,
-                            TRAIN_KEYS, example_cases, write_csv_dataset)
+from _examples_util import (
+    AUGMENTATION,
+    BALANCER,
+    CSV_CACHE,
+    CSV_CLASSES,
+    CSV_PREPARE_ARGS,
+    FUSION,
+    REPO,
+    SOURCE,
+    TRAIN_KEYS,
+    example_cases,
+    write_csv_dataset,
+)
 from test_external_plugins import mmvid, one_line_error
 
 CASES = {case.name: case for case in example_cases()}

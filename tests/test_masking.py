@@ -21,8 +21,8 @@ from mmvid.config import TrainConfig
 from mmvid.engine.evaluation import evaluate_model
 from mmvid.errors import MmvidError
 from mmvid.models.classifier import MultimodalClassifier
-from mmvid.registry import FUSIONS
 from mmvid.plugins import load_plugins
+from mmvid.registry import FUSIONS
 
 load_plugins()
 

@@ -12,8 +12,15 @@ import torch
 from torch import nn
 
 from mmvid.balance.base import per_sample_pass
-from mmvid.measures import (coalitions, eval_mode, imbalance_factor, modality_ratios, shapley_matrix,
-                            shapley_values, training_mode)
+from mmvid.measures import (
+    coalitions,
+    eval_mode,
+    imbalance_factor,
+    modality_ratios,
+    shapley_matrix,
+    shapley_values,
+    training_mode,
+)
 from mmvid.registry import EpochMeans, Plugin
 
 AVF = ["audio", "video", "flow"]

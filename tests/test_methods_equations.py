@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _methods_util import CLASSES, attach, make_batch, make_cfg, make_model, save_teachers, train_step
+
 from mmvid.augment.base import Mix, mixed_cross_entropy, modality_mix, target_probability
 from mmvid.augment.bmm import imbalance, weak_lambdas
 from mmvid.augment.msmix import alignment_loss, label_groups, select_partners, sig_lambdas, similarity
@@ -18,8 +18,8 @@ from mmvid.balance.gblend import gblend_weights
 from mmvid.balance.ogm_ge import ogm_coefficients
 from mmvid.balance.pmr import class_prototypes, pmr_coefficients, prototype_logits
 from mmvid.errors import MmvidError
-from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS
 
 load_plugins()
 AV = ["audio", "video"]

@@ -12,8 +12,8 @@ import yaml
 
 from mmvid.config import resolve_config
 from mmvid.engine.loop import train
-from mmvid.registry import BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import BALANCERS
 
 load_plugins()
 

@@ -11,8 +11,14 @@ import pytest
 import torch
 
 from mmvid.config import resolve_config
-from mmvid.engine.optim import (accumulation_group, check_accumulation, lr_factor, make_optimizer, make_scheduler,
-                                parameter_groups)
+from mmvid.engine.optim import (
+    accumulation_group,
+    check_accumulation,
+    lr_factor,
+    make_optimizer,
+    make_scheduler,
+    parameter_groups,
+)
 from mmvid.errors import MmvidError
 from mmvid.models.classifier import MultimodalClassifier
 from mmvid.registry import BALANCERS

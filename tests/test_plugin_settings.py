@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from mmvid.cli import app
 from mmvid.config import RECIPES, TrainConfig, config_from_dict, read_recipe, resolve_config
 from mmvid.errors import MmvidError
-from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS
 
 load_plugins()
 runner = CliRunner()

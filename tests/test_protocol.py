@@ -79,9 +79,9 @@ def test_reference_trains_on_every_train_clip_and_evaluates_test_every_epoch(tin
 
 def test_reference_best_is_the_argmax_of_test_accuracy_and_labelled_selected_on_test(reference_run):
     from mmvid.engine.checkpoints import load_checkpoint
-    from mmvid.workspace import CKPT_BEST
     from mmvid.results.evaluation import checkpoint_note, evaluate_run
     from mmvid.results.report import best_epoch_words
+    from mmvid.workspace import CKPT_BEST
 
     run, said = reference_run
     recs = metrics(run)
@@ -101,8 +101,8 @@ def test_reference_best_is_the_argmax_of_test_accuracy_and_labelled_selected_on_
 def test_best_epoch_is_the_first_of_the_highest_test_accuracy_whatever_the_figures(tiny_ws, monkeypatch):
     """The selection itself, on scripted per-epoch accuracies (a tie, a later drop): the best epoch is the first
     of the highest test accuracy, as ``if acc > best_acc``, and checkpoint_best.pt is that epoch's."""
-    from mmvid.engine import loop
     from mmvid.config import resolve_config
+    from mmvid.engine import loop
     from mmvid.engine.checkpoints import load_checkpoint
     from mmvid.engine.loop import train
     from mmvid.workspace import CKPT_BEST
@@ -129,8 +129,8 @@ def test_best_epoch_is_the_first_of_the_highest_test_accuracy_whatever_the_figur
 def test_clean_protocol_holds_validation_out_and_selects_on_it(tiny_ws, tiny_run):
     from mmvid.data.cache import read_info
     from mmvid.engine.checkpoints import load_checkpoint
-    from mmvid.workspace import CKPT_BEST
     from mmvid.results.evaluation import checkpoint_note, evaluate_run
+    from mmvid.workspace import CKPT_BEST
 
     info = read_info(tiny_ws / "caches" / "demo.h5")
     ck = load_checkpoint(tiny_run / CKPT_BEST)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from mmvid.errors import MmvidError
-from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS, Registry
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS, Registry
 
 
 def test_duplicate_name_is_an_error():

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _methods_util import CLASSES, WIDTH, attach, make_batch, make_cfg, make_model, save_teachers, train_step
+
 from mmvid.errors import MmvidError
 from mmvid.models.calibration import PreFusionCalibration
-from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS
 
 load_plugins()
 AV = ["audio", "video"]

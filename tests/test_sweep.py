@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import shared_data_dir
 from rich.console import Console
 
 from mmvid.config import RECIPES, read_recipe, resolve_config
@@ -25,7 +26,6 @@ from mmvid.sweeps.command import sweep_command
 from mmvid.sweeps.plan import plan_sweep
 from mmvid.sweeps.running import train_command
 from mmvid.sweeps.state import run_state
-from conftest import shared_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
 T_975 = {2: 4.302652729911275, 3: 3.182446305284263}  # Student's t quantile 0.975 at n - 1 degrees of freedom

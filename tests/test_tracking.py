@@ -150,8 +150,9 @@ def test_logger_names_settings_and_none_are_checked():
 
 
 def test_a_saved_config_without_tracking_keys_loads_with_logging_off(tiny_run):
-    from mmvid.config import config_from_dict
     import yaml
+
+    from mmvid.config import config_from_dict
 
     saved = yaml.safe_load((tiny_run / "config.yaml").read_text())
     saved.pop("logger"), saved.pop("track")

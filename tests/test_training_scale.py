@@ -19,9 +19,9 @@ import torch
 from rich.console import Console
 
 from mmvid.engine.checkpoints import load_checkpoint
-from mmvid.workspace import CKPT_LAST
 from mmvid.errors import MmvidError
 from mmvid.workflows import run_prepare, run_train
+from mmvid.workspace import CKPT_LAST
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = {"data.dataset": "demo", "device": "cpu", "model.encoder": "small", "epochs": 3, "data.batch_size": 8}

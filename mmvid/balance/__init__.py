@@ -4,8 +4,27 @@ umt, valuate; and the fusions that methods bring with them: mmtm (Greedy's, :mod
 (MLA's and ReconBoost's, :mod:`mmvid.balance.shared_head`)."""
 
 from mmvid.balance import (  # noqa: F401
-    agm, amco, atf, cml, gblend, greedy, inforeg, lfm, mbsd, mla, mmpareto, mmtm,
-    ogm_ge, opm, pmr, reconboost, relearn, remix, shared_head, umt, valuate,
+    agm,
+    amco,
+    atf,
+    cml,
+    gblend,
+    greedy,
+    inforeg,
+    lfm,
+    mbsd,
+    mla,
+    mmpareto,
+    mmtm,
+    ogm_ge,
+    opm,
+    pmr,
+    reconboost,
+    relearn,
+    remix,
+    shared_head,
+    umt,
+    valuate,
 )
 from mmvid.balance.base import Balancer
 from mmvid.registry import BALANCERS

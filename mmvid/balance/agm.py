@@ -8,9 +8,8 @@ Reference: lihong2303/AGM_ICCV2023 (HEAD 5a65542), ``run/CREMAD_main.py`` (``tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch

@@ -7,9 +7,8 @@ Reference: nyukat/greedy_multimodal_learning, ``src/callbacks.py`` (``Bias_Mitig
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch

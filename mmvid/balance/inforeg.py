@@ -9,9 +9,8 @@ copy of the text; the equations below are those the reference computes, in the p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch

@@ -5,7 +5,6 @@ weight learnt once per epoch by a hypergradient step on held-out samples."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from itertools import combinations
 from typing import Any
 

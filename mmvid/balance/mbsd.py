@@ -4,7 +4,6 @@ more confident modality to the less confident one."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from itertools import combinations
 
 import torch

@@ -3,9 +3,8 @@ Multimodal Learning")."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np

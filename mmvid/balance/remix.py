@@ -10,7 +10,6 @@ the other modality's feature in place). BalanceBenchmark has no Remix.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Any
 
 import torch

@@ -13,9 +13,8 @@ is ``valuation: balancebenchmark``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np

@@ -5,6 +5,7 @@
 """
 
 from mmvid.cli.app import app, main
-from mmvid.cli import data, training, results, demo  # noqa: F401,E402  (registers the commands, in this order)
+
+from mmvid.cli import data, training, results, demo  # noqa: F401,E402  (registers the commands, in this order)  # isort: skip
 
 __all__ = ["app", "main"]

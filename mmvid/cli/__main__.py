@@ -2,7 +2,7 @@
 
 import sys
 
-from mmvid.cli.app import main
 import mmvid.cli  # noqa: F401  (registers the commands)
+from mmvid.cli.app import main
 
 sys.exit(main())

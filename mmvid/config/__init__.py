@@ -11,11 +11,33 @@ values outside the range each field declares (:func:`mmvid.schema.spec`) are a o
 """
 
 from mmvid.config.recipes import RECIPES, Recipe, find_recipe, load_recipe, read_recipe
-from mmvid.config.resolve import (CALIBRATION, LEGACY_KEYS, PLUGIN_ARGS, PLUGIN_SECTIONS, apply_protocol, canonical_dict,
-                                  check_aux_loss, check_plugin_args, config_from_dict, resolve_config, save_config)
-from mmvid.config.sections import (ABSENT_MEANS, INITS, MODALITIES, PROTOCOLS, SELECTED_ON_TEST,
-                                   AugmentConfig, BalanceConfig, DataConfig, ModelConfig, OptimConfig, TrainConfig,
-                                   set_key)
+from mmvid.config.resolve import (
+    CALIBRATION,
+    LEGACY_KEYS,
+    PLUGIN_ARGS,
+    PLUGIN_SECTIONS,
+    apply_protocol,
+    canonical_dict,
+    check_aux_loss,
+    check_plugin_args,
+    config_from_dict,
+    resolve_config,
+    save_config,
+)
+from mmvid.config.sections import (
+    ABSENT_MEANS,
+    INITS,
+    MODALITIES,
+    PROTOCOLS,
+    SELECTED_ON_TEST,
+    AugmentConfig,
+    BalanceConfig,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    set_key,
+)
 
 __all__ = ["RECIPES", "Recipe", "find_recipe", "load_recipe", "read_recipe", "CALIBRATION", "LEGACY_KEYS", "PLUGIN_ARGS",
            "PLUGIN_SECTIONS", "apply_protocol", "canonical_dict", "check_aux_loss", "check_plugin_args",

@@ -20,6 +20,7 @@ from mmvid.schema import check_dataclass, check_option
 from mmvid.tracking.base import check_loggers
 from mmvid.workspace import RUN_MARK, write_atomic
 
+
 def resolve_config(recipe: str | Path | dict | None = None, overrides: dict[str, Any] | None = None,
                    sources: dict[str, str] | None = None, notes: list[str] | None = None,
                    saved: bool = False) -> TrainConfig:
@@ -104,8 +105,8 @@ def _import_plugins(cfg: TrainConfig, saved: bool, notes: list[str] | None) -> N
 
 def _used_entries(cfg: TrainConfig) -> list[Any]:
     """The registered classes of the plug-ins ``cfg`` names (unknown names are left to the settings check)."""
-    from mmvid.registry import AUGMENTS, BALANCERS, CALIBRATIONS, FUSIONS
     from mmvid.plugins import load_plugins
+    from mmvid.registry import AUGMENTS, BALANCERS, CALIBRATIONS, FUSIONS
 
     load_plugins()
     named = [(FUSIONS, cfg.model.fusion), (AUGMENTS, cfg.augment.name), (BALANCERS, cfg.balance.name),
@@ -169,8 +170,8 @@ def _apply_sections(cfg: TrainConfig, sections: dict[tuple[str, str], dict[str, 
     """``augment.<name>.<key>``: every named plug-in's settings are checked (a misspelled one is an error even
     when another plug-in runs); the running plug-in takes its own: a recipe's under ``args``, an override's
     over ``args`` (the command line beats the recipe, whichever form each uses)."""
-    from mmvid.registry import AUGMENTS, BALANCERS, check_plugin_settings
     from mmvid.plugins import load_plugins
+    from mmvid.registry import AUGMENTS, BALANCERS, check_plugin_settings
 
     load_plugins()
     for (family, name), values in sections.items():
@@ -193,8 +194,8 @@ def check_plugin_args(cfg: TrainConfig, where: Any = "") -> None:
     """Every plug-in's settings of ``cfg``, checked (:func:`mmvid.registry.check_plugin_settings`) and
     written back in full: each mapping then holds every setting of its plug-in with the value the run uses.
     Imports the plug-in modules (torch): it runs after the core checks above, which a bad option fails first."""
-    from mmvid.registry import AUGMENTS, BALANCERS, CALIBRATIONS, FUSIONS, check_plugin_settings
     from mmvid.plugins import load_plugins
+    from mmvid.registry import AUGMENTS, BALANCERS, CALIBRATIONS, FUSIONS, check_plugin_settings
 
     load_plugins()
     for reg, section, name, attr in ((FUSIONS, cfg.model, cfg.model.fusion, "fusion_args"),

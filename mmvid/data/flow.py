@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+
 import numpy as np
 
 from mmvid.data.decode import DecodeError, decode_frames, select_from_times

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+
 def all_reduce_sum(t: torch.Tensor, world_size: int, device: torch.device) -> torch.Tensor:
     """``t`` summed across ranks, on the CPU (``t`` itself in one process). The sum runs on ``device``, the
     rank's own GPU under NCCL."""

@@ -23,9 +23,9 @@ import torch
 from mmvid.config import TrainConfig, config_from_dict
 from mmvid.distributed.collectives import gather_objects
 from mmvid.engine.context import TrainingParts
+from mmvid.engine.model import build_model
 from mmvid.engine.runtime import rng_state, set_rng_state
 from mmvid.errors import MmvidError
-from mmvid.engine.model import build_model
 from mmvid.models.classifier import MultimodalClassifier
 from mmvid.plugins import load_plugins
 from mmvid.runfiles import cache_fingerprint

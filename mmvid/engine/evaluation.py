@@ -25,6 +25,7 @@ from mmvid.engine.runtime import autocast
 from mmvid.measures import eval_mode, imbalance_factor
 from mmvid.models.classifier import MultimodalClassifier
 
+
 @dataclass
 class EvalResult:
     """Fused and per-modality (Eq. 5 masking) results over one split."""

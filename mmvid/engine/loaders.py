@@ -9,12 +9,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmvid.config import TrainConfig
-from mmvid.data.cache import CACHE_KEY
-from mmvid.data.cache import CacheInfo
-from mmvid.data.torch_dataset import CacheDataset, finish_batch
+from mmvid.data.cache import CACHE_KEY, CacheInfo
 from mmvid.data.device_loader import DeviceLoader
 from mmvid.data.params import check_prepared
 from mmvid.data.sources import stratified_split
+from mmvid.data.torch_dataset import CacheDataset, finish_batch
 from mmvid.engine.runtime import worker_init
 from mmvid.errors import MmvidError
 

@@ -27,23 +27,36 @@ from rich.markup import escape
 from mmvid.config import TrainConfig, save_config
 from mmvid.data.cache import CacheInfo, read_info
 from mmvid.distributed.collectives import DDP, ResumableSampler, sync_buffers
-from mmvid.engine.checkpoints import atomic_save, checkpoint_file, model_from_checkpoint, restore_training, training_state
+from mmvid.engine.checkpoints import (
+    atomic_save,
+    checkpoint_file,
+    model_from_checkpoint,
+    restore_training,
+    training_state,
+)
 from mmvid.engine.context import TrainContext, TrainingParts
 from mmvid.engine.evaluation import evaluate_epoch, evaluates_at, monitor_plan, monitor_rows, selection_score
 from mmvid.engine.loaders import check_modalities, make_loader, make_splits
-from mmvid.engine.provenance import record_session, session
+from mmvid.engine.model import build_model
+from mmvid.engine.optim import (
+    accumulation_group,
+    check_accumulation,
+    make_optimizer,
+    make_scheduler,
+    own_groups,
+    parameter_groups,
+    plugin_group,
+)
 from mmvid.engine.progress import EpochTotals, ProgressBars, StopRequest
+from mmvid.engine.provenance import record_session, session
 from mmvid.engine.runtime import pick_device, seed_everything
 from mmvid.engine.step import AuxiliaryLoss, train_step
 from mmvid.engine.tracking import start_tracker, track_step
 from mmvid.engine.weights import load_start_weights
 from mmvid.errors import Interrupted, MmvidError
-from mmvid.engine.model import build_model
-from mmvid.engine.optim import (accumulation_group, check_accumulation, make_optimizer, make_scheduler, own_groups, parameter_groups,
-                               plugin_group)
 from mmvid.models.classifier import MultimodalClassifier
-from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.runfiles import METRICS, read_jsonl
 from mmvid.workspace import CKPT_BEST, CKPT_LAST, check_run_folder, writable_dir, write_atomic
 

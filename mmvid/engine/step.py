@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 
 from mmvid.augment.base import mixed_cross_entropy, modality_mix
-from mmvid.registry import EpochMeans
 from mmvid.data.torch_dataset import INTENSITY_KEY, check_finite_inputs
 from mmvid.distributed.collectives import average_gradients
 from mmvid.engine.context import TrainContext, TrainingParts
@@ -20,6 +19,8 @@ from mmvid.engine.loaders import to_device
 from mmvid.engine.runtime import autocast
 from mmvid.errors import MmvidError
 from mmvid.models.classifier import MultimodalClassifier
+from mmvid.registry import EpochMeans
+
 
 class AuxiliaryLoss:
     """The auxiliary unimodal-head term of Remix's concat baseline (MatthewMaxy/Remix_ICML2025 ``baseline.py``,

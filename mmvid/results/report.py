@@ -13,8 +13,18 @@ from mmvid.results.evaluation import checkpoint_note, evaluate_run
 from mmvid.results.figures import plot_confusion, plot_curves, plot_umap
 from mmvid.results.html_page import CSS, embed_png, esc, html_table
 from mmvid.results.robustness import compare_robustness
-from mmvid.runfiles import (ROBUSTNESS, check_run, damaged, read_config, read_json_object, read_metrics, read_run_info,
-                            read_summary, read_text, session_setup)
+from mmvid.runfiles import (
+    ROBUSTNESS,
+    check_run,
+    damaged,
+    read_config,
+    read_json_object,
+    read_metrics,
+    read_run_info,
+    read_summary,
+    read_text,
+    session_setup,
+)
 
 
 def _pct(v: float | None) -> str:

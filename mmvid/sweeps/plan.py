@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from mmvid.config import PROTOCOLS, RECIPES, Recipe, TrainConfig, read_recipe, resolve_config
+from mmvid.engine.checks import reference_refusal
 from mmvid.errors import MmvidError
 from mmvid.schema import check_name, check_option
-from mmvid.engine.checks import reference_refusal
 from mmvid.workspace import write_atomic
 
 QUICK_EPOCHS = 2

@@ -17,13 +17,13 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from mmvid.data.cache_lookup import resolve_cache
+from mmvid.engine.checks import check_plugins, plugin_entries
 from mmvid.errors import Interrupted, MmvidError
 from mmvid.plugins import check_reachable, loaded
 from mmvid.schema import check_option
 from mmvid.sweeps.plan import RunSpec, Sweep
 from mmvid.sweeps.state import run_state
-from mmvid.engine.checks import check_plugins, plugin_entries
-from mmvid.data.cache_lookup import resolve_cache
 from mmvid.workspace import runs_dir, writable_dir
 
 KEEP = {"all": (), "best": ("checkpoint_last.pt",), "metrics": ("checkpoint_last.pt", "checkpoint_best.pt")}

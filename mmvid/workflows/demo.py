@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from mmvid.workflows.prepare import run_prepare
 from mmvid.workflows.train import run_train
 

@@ -60,9 +60,7 @@ def run_prepare(console, ws: Path, dataset: str, root: Path | None = None, name:
     ``shard`` ``"i/n"`` prepares clips i, i + n, ... into ``<name>.shard-<i>-of-<n>.h5``; ``merge`` copies
     finished shards into ``<name>.h5`` (mmvid.data.shards)."""
     from mmvid.data.params import PrepareParams
-    from mmvid.schema import check_option
-
-    from mmvid.schema import check_name
+    from mmvid.schema import check_name, check_option
 
     # The cache's file name: --name, else the dataset's. A plain name, checked before anything else runs.
     cache_name = check_name("--name", name) if name is not None else check_name("dataset", dataset)

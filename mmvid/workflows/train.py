@@ -9,6 +9,7 @@ from typing import Any
 
 from mmvid.errors import MmvidError
 
+
 def list_plugins(console, name: str | None = None) -> None:
     """Every registered plug-in with its settings' names (``mmvid train --list``), or, with ``name``, that
     plug-in's settings: config key, default, valid values, meaning and where the reference sets it."""
@@ -17,8 +18,8 @@ def list_plugins(console, name: str | None = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from mmvid.registry import REGISTRIES, settings_table
     from mmvid.plugins import load_plugins
+    from mmvid.registry import REGISTRIES, settings_table
 
     load_plugins()
     if name is None:
@@ -66,9 +67,8 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
     from mmvid.engine.checkpoints import load_checkpoint
     from mmvid.engine.checks import check_plugins, plugin_entries
     from mmvid.engine.loop import default_run_name, train
-    from mmvid.workspace import CKPT_LAST
     from mmvid.plugins import load_plugins
-    from mmvid.workspace import check_run_folder, resolve_run, run_path
+    from mmvid.workspace import CKPT_LAST, check_run_folder, resolve_run, run_path
 
     load_plugins()
     # Under torchrun every rank runs this; rank 0 checks the run folder (the others would race with its first files).

@@ -22,12 +22,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _methods_util import CLASSES, attach, make_batch, make_cfg, make_model, train_step
 
 import mmvid.balance.amco as amco
-from _methods_util import CLASSES, attach, make_batch, make_cfg, make_model, train_step
 from mmvid.errors import MmvidError
-from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
 
 load_plugins()
 AV = ["audio", "video"]

@@ -30,12 +30,12 @@ from torch import nn
 
 from mmvid.config import TrainConfig
 from mmvid.engine.context import TrainingParts
-from mmvid.engine.step import AuxiliaryLoss, train_step
 from mmvid.engine.model import build_model
+from mmvid.engine.step import AuxiliaryLoss, train_step
 from mmvid.models.classifier import MultimodalClassifier
 from mmvid.models.init import initialise
-from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
 
 load_plugins()
 CLASSES = 6

@@ -26,15 +26,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _methods_util import CLASSES, make_batch, make_cfg, make_model
+
 from mmvid.augment.base import modality_mix
 from mmvid.config import resolve_config
 from mmvid.engine.evaluation import evaluate_model
-from mmvid.errors import MmvidError
 from mmvid.engine.model import build_model
-from mmvid.registry import AUGMENTS, FUSIONS
+from mmvid.errors import MmvidError
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, FUSIONS
 
 load_plugins()
 AV = ["audio", "video"]

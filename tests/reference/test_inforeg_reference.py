@@ -25,14 +25,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _methods_util import attach, make_batch, make_cfg, make_model, train_step
 from torch import nn
 
-from _methods_util import attach, make_batch, make_cfg, make_model, train_step
 from mmvid.balance import inforeg as inforeg_module
 from mmvid.balance.inforeg import regulation_coefficients, window_ratio
 from mmvid.errors import MmvidError
-from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
 
 load_plugins()
 AV = ["audio", "video"]

@@ -25,11 +25,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from _methods_util import attach, make_batch, make_cfg, make_model, train_step
+
 from mmvid.errors import MmvidError
-from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
 
 load_plugins()
 AV = ["audio", "video"]

@@ -18,11 +18,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _methods_util import make_batch, make_cfg, make_ctx, make_model, train_step
+
 from mmvid.errors import MmvidError
-from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
 
 load_plugins()
 AV = ["audio", "video"]

@@ -15,11 +15,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _methods_util import CLASSES, make_batch, make_cfg, make_model
+
 from mmvid.errors import MmvidError
-from mmvid.registry import FUSIONS
 from mmvid.plugins import load_plugins
+from mmvid.registry import FUSIONS
 
 load_plugins()
 AV = ["audio", "video"]

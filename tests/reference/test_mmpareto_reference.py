@@ -24,13 +24,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _methods_util import attach, make_batch, make_cfg, make_model, train_step
 from torch import nn
 
-from _methods_util import attach, make_batch, make_cfg, make_model, train_step
 from mmvid.balance.mmpareto import min_norm_2
 from mmvid.errors import MmvidError
-from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
 
 load_plugins()
 AV = ["audio", "video"]

@@ -27,15 +27,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _methods_util import CLASSES, attach, make_batch, make_cfg, make_ctx, make_model
+
 from mmvid.augment.base import beta_sample
-from mmvid.augment.msmix import (IntensityHead, alignment_loss, label_groups, select_pairs, sig_lambdas,
-                                 similarity)
+from mmvid.augment.msmix import IntensityHead, alignment_loss, label_groups, select_pairs, sig_lambdas, similarity
 from mmvid.data.cache import Intensity
 from mmvid.errors import MmvidError
-from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
 
 load_plugins()
 AV = ["audio", "video"]

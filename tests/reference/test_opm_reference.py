@@ -19,12 +19,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _methods_util import attach, make_batch, make_cfg, make_model
+
 from mmvid.balance.opm import opm_drop_probabilities
 from mmvid.errors import MmvidError
-from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
 
 load_plugins()
 AV = ["audio", "video"]

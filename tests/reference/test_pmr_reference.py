@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _methods_util import attach, make_batch, make_cfg, make_model
+
 from mmvid.balance.base import modality_scores
 from mmvid.balance.pmr import pmr_coefficients, prototype_logits
-from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
 
 load_plugins()
 AV = ["audio", "video"]

@@ -327,8 +327,8 @@ def test_ogm_ge_preset_audio_is_cramed_datasets_lines_under_the_older_librosa(sh
     [-1, 1], librosa.stft(n_fft=512, hop_length=353) (reflect padding in librosa < 0.10), log(|.| + 1e-7)."""
     import librosa
 
-    from mmvid.data.sources import preset_params
     from mmvid.data.features import audio_feature
+    from mmvid.data.sources import preset_params
 
     p = PrepareParams.build({**preset_params("cremad", "ogm-ge"), "sample_rate": 22050, "clip_seconds": 3.0})
     wav = shared_data / "crema_d" / "AudioWAV" / "1001_DFA_SAD_XX.wav"

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 import sklearn
 import torch
-
 from _methods_util import CLASSES, attach, make_batch, make_cfg, make_model
+
 from mmvid.balance.relearn import feature_purity, purity
 from mmvid.errors import MmvidError
-from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
 
 load_plugins()
 AV = ["audio", "video"]

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _methods_util import CLASSES, attach, make_batch, make_cfg, make_model, train_step
+
 from mmvid.balance.remix import assign_modalities, kl_to_uniform
 from mmvid.distributed.collectives import shard_order
-from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
 
 load_plugins()
 AV = ["audio", "video"]

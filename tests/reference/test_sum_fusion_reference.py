@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _methods_util import CLASSES, WIDTH, make_batch, make_cfg, make_model
 from torch import nn
 
-from _methods_util import CLASSES, WIDTH, make_batch, make_cfg, make_model
 from mmvid.augment.base import Mix
 from mmvid.config import resolve_config
-from mmvid.errors import MmvidError
 from mmvid.engine.model import build_model
-from mmvid.registry import FUSIONS
+from mmvid.errors import MmvidError
 from mmvid.plugins import load_plugins
+from mmvid.registry import FUSIONS
 
 load_plugins()
 AV = ["audio", "video"]

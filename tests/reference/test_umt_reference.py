@@ -16,12 +16,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _methods_util import CLASSES, attach, make_batch, make_cfg, make_model
+
 from mmvid.errors import MmvidError
 from mmvid.models.classifier import MultimodalClassifier
-from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
 
 load_plugins()
 AV = ["audio", "video"]

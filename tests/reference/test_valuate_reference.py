@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _methods_util import CLASSES, attach, make_batch, make_cfg, make_model, train_step
+
 from mmvid.balance.valuate import copies, sample_level_entries, shapley
-from mmvid.registry import AUGMENTS, BALANCERS
 from mmvid.plugins import load_plugins
+from mmvid.registry import AUGMENTS, BALANCERS
 
 load_plugins()
 AV = ["audio", "video"]

@@ -38,8 +38,19 @@ A plug-in adds a source the same way::
 """
 
 from mmvid.data.sources import ave, cremad, demo, folder, kinetics_sounds, proving, ucf101, vggsound  # noqa: F401
-from mmvid.data.sources.base import (GENERATED, SOURCES, ClipSpec, IntensityScale, Source, SourceFn, get_source,
-                                     missing_manifest, source, stratified_split, write_missing_manifest)
+from mmvid.data.sources.base import (
+    GENERATED,
+    SOURCES,
+    ClipSpec,
+    IntensityScale,
+    Source,
+    SourceFn,
+    get_source,
+    missing_manifest,
+    source,
+    stratified_split,
+    write_missing_manifest,
+)
 from mmvid.data.sources.presets import PRESETS, preset_params
 
 __all__ = ["GENERATED", "PRESETS", "SOURCES", "ClipSpec", "IntensityScale", "Source", "SourceFn", "get_source",

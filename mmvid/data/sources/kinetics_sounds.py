@@ -9,8 +9,15 @@ from pathlib import Path
 
 from mmvid.data.class_lists import KS_CLASSES, KS_OGM_GE_LISTS
 from mmvid.data.sources.base import ClipSpec, Source, source
-from mmvid.data.sources.listing import (Excluded, finish_source, folder_clips, index_videos, lists_given, read_lines,
-                                        require_dir)
+from mmvid.data.sources.listing import (
+    Excluded,
+    finish_source,
+    folder_clips,
+    index_videos,
+    lists_given,
+    read_lines,
+    require_dir,
+)
 from mmvid.errors import MmvidError
 
 # mmvid's own Kinetics-Sounds inputs (preset ``mmvid``): 1 fps over the 10 s clips, 3 frames at the centres of

@@ -37,8 +37,14 @@ from pathlib import Path
 import numpy as np
 
 from mmvid.data.sources.base import Source, source
-from mmvid.data.sources.demo import (CLASS_NAMES, _digit_images, balanced_split, finish_generated, list_generated,
-                                     write_mp4)
+from mmvid.data.sources.demo import (
+    CLASS_NAMES,
+    _digit_images,
+    balanced_split,
+    finish_generated,
+    list_generated,
+    write_mp4,
+)
 from mmvid.workspace import writable_dir
 
 FPS = 3

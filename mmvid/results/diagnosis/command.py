@@ -14,7 +14,9 @@ import yaml
 
 from mmvid.config import RECIPES, resolve_config
 from mmvid.data.cache import read_info
+from mmvid.data.cache_lookup import resolve_cache
 from mmvid.engine.checkpoints import check_checkpoint_choice
+from mmvid.engine.checks import check_plugins
 from mmvid.errors import MmvidError
 from mmvid.results.diagnosis.diagnose import Diagnosis, diagnose_run
 from mmvid.results.diagnosis.runs import alone_config, config_hash, ensure_run, epochs_for_budget
@@ -22,8 +24,6 @@ from mmvid.results.evaluation import load_run, resolve_target
 from mmvid.runfiles import read_config
 from mmvid.schema import check_option
 from mmvid.sweeps.command import sweep_command
-from mmvid.engine.checks import check_plugins
-from mmvid.data.cache_lookup import resolve_cache
 from mmvid.workspace import check_out_folder, check_run_folder, run_path, write_atomic
 
 

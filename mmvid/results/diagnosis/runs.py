@@ -18,8 +18,8 @@ from mmvid.config import resolve_config
 from mmvid.engine.loaders import make_loader, make_splits
 from mmvid.engine.loop import build_training, train
 from mmvid.engine.step import train_step
-from mmvid.workspace import CKPT_LAST
 from mmvid.sweeps.state import folder_state
+from mmvid.workspace import CKPT_LAST
 
 
 def alone_config(cfg, m: str):
