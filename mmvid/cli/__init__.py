@@ -5,6 +5,6 @@
 """
 
 from mmvid.cli.app import app, main
-from mmvid.cli import data, training, results, demo  # noqa: F401,E402  (registers the commands, in this order)
+from mmvid.cli import data, training, results, demo, recipes  # noqa: F401,E402  (registers the commands, in this order)
 
 __all__ = ["app", "main"]
