@@ -12,7 +12,7 @@ The Python API (:mod:`mmvid.api`) is importable from here; torch and the rest lo
 from mmvid._version import __version__
 from mmvid.errors import MmvidError
 
-_API = ("Run", "prepare", "train", "evaluate", "robustness", "visualize", "report", "sweep", "diagnose")
+_API = ("Run", "prepare", "train", "evaluate", "robustness", "visualize", "report", "sweep", "diagnose", "recipes")
 __all__ = ["MmvidError", "__version__", *_API]
 
 

@@ -421,3 +421,21 @@ def diagnose(run: Run | str | Path | None = None, *, workspace: str | Path | Non
                           epochs=epochs, minutes=minutes, alone=alone, try_methods=tries, seeds=seeds,
                           checkpoint=checkpoint, device=device, out=Path(out) if out else None, cache=cache)
     return json.loads((result.out / "diagnosis.json").read_text())  # as written: numbers as JSON has them
+
+
+@_errors
+def recipes(name: str | None = None, *, copy: bool = False, to: str | Path | None = None,
+            workspace: str | Path | None = None) -> dict[str, str] | str | list[Path]:
+    """mmvid's own recipes (``mmvid recipes``), from a checkout or an installed wheel alike. No ``name``, or a
+    folder (``table1/cremad``): {recipe name: its first comment line}. A recipe's name (``demo``): its text.
+    ``copy``: copy the recipe or folder under ``to`` (default ``<workspace>/recipes``) for editing, keeping its
+    relative name; returns the files written (never overwriting a file mmvid did not write)."""
+    from mmvid.config import catalog
+
+    if copy:
+        if name is None:
+            raise MmvidError("recipes copy: name the recipe or folder to copy, e.g. demo or table1/cremad")
+        return catalog.copy_recipes(name, Path(to) if to is not None else _ws(workspace) / "recipes")
+    if name is not None and catalog.locate(name).is_file():
+        return catalog.locate(name).read_text(encoding="utf-8")
+    return catalog.listing(name)

@@ -3,6 +3,7 @@ first streams of multi-stream files, rotation metadata, variable frame rate, bad
 
 from __future__ import annotations
 
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -193,3 +194,18 @@ def test_bad_files_raise_decode_errors(shared_data, tmp_path):
             decode_frames(bad[name], 3, 1.0, 32, min_seconds=0.5)
     with pytest.raises(DecodeError, match="not found"):
         decode_frames(tmp_path / "missing.mp4", 3, 1.0, 32)
+
+
+def test_frames_decode_with_pyav_where_decord_cannot_be_imported(shared_data, monkeypatch):
+    """decord is installed under an environment marker (platforms with its wheels): where it is missing, decoding
+    asks for PyAV directly and gives PyAV's frames, while decord, where importable, is used as asked."""
+    from mmvid.data import decode
+
+    path = shared_data / CLIPS[0][0]
+    _, with_decord = decode_frames(path, 3, 1.0, 64, backend="decord")
+    assert decode.decord_available() and with_decord.backend == "decord"
+    pyav, _ = decode_frames(path, 3, 1.0, 64, backend="pyav")
+    monkeypatch.setitem(sys.modules, "decord", None)  # `import decord` now raises ImportError, as where it has no wheel
+    assert not decode.decord_available()
+    frames, info = decode_frames(path, 3, 1.0, 64, backend="decord")
+    assert info.backend == "pyav" and np.array_equal(frames, pyav)

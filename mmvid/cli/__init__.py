@@ -6,6 +6,6 @@
 
 from mmvid.cli.app import app, main
 
-from mmvid.cli import data, training, results, demo  # noqa: F401,E402  (registers the commands, in this order)  # isort: skip
+from mmvid.cli import data, training, results, demo, recipes  # noqa: F401,E402  (registers the commands, in this order)  # isort: skip
 
 __all__ = ["app", "main"]

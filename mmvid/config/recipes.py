@@ -1,9 +1,16 @@
 """Recipes: YAML files of config sections (``extends:`` other recipes, ``paper:`` the published figure, ``plugins:``
-the user's plug-in files), found by path or by name in recipes/."""
+the user's plug-in files), found by path or by name in recipes/.
+
+recipes/ sits at the top of the repository and ships in the wheel as the package data ``mmvid._recipes``; it is read
+through :mod:`importlib.resources` alike from a checkout (editable install), a wheel or a zip."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +19,35 @@ import yaml
 from mmvid.errors import MmvidError
 from mmvid.plugins import is_file_spec
 
-RECIPES = Path(__file__).resolve().parent.parent.parent / "recipes"
+
+
+def _copy_tree(src: Any, dest: Path) -> None:
+    """Copy a Traversable folder (a zip's) to ``dest``, YAML files only."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for child in src.iterdir():
+        if child.is_dir():
+            _copy_tree(child, dest / child.name)
+        elif child.name.endswith(".yaml"):
+            (dest / child.name).write_bytes(child.read_bytes())
+
+
+def _packaged_recipes() -> Path:
+    """The folder of mmvid's recipes as a real path: the package data ``mmvid._recipes`` (a checkout's recipes/
+    through an editable install, or the wheel's copy); from a zip, a private copy that lives for this process
+    (recipes name their bases by relative path, so they must sit in a real folder)."""
+    try:
+        root = resources.files("mmvid._recipes")
+    except ModuleNotFoundError:  # a checkout used without installing it (``python -m mmvid`` from the repository)
+        return Path(__file__).resolve().parent.parent.parent / "recipes"
+    if isinstance(root, Path):
+        return root.resolve()
+    tmp = Path(tempfile.mkdtemp(prefix="mmvid-recipes-"))
+    atexit.register(shutil.rmtree, tmp, True)
+    _copy_tree(root, tmp / "recipes")
+    return tmp / "recipes"
+
+
+RECIPES = _packaged_recipes()
 # What a recipe's ``paper:`` section may say: the published figure its runs are compared with (mmvid sweep).
 PAPER_KEYS = {"table": (int, str), "row": str, "column": str, "accuracy": (int, float), "note": str}
 PAPER_KINDS = {"table": "table number or name", "row": "text", "column": "text", "accuracy": "number", "note": "text"}
@@ -41,7 +76,7 @@ def find_recipe(path: str | Path, relative_to: Path | None = None) -> Path:
             return cand
     if found:
         raise MmvidError(f"recipe {found[0]} is not a file; give the path of a YAML recipe")
-    raise MmvidError(f"recipe {str(path)!r} not found; give a YAML path or a name from recipes/")
+    raise MmvidError(f"recipe {str(path)!r} not found; give a YAML path or a name that `mmvid recipes` lists")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -268,6 +268,16 @@ def _pyav_frames(path: Path, num_out: int, sample_fps: float | None, size: int |
     return frames, _info(n, fps, times, "pyav", idx)
 
 
+def decord_available() -> bool:
+    """Whether decord can be imported. It publishes wheels for some platforms only (pyproject.toml installs it
+    under an environment marker); where it is missing, frames decode with PyAV, which reads everything mmvid needs."""
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def decode_frames(path: str | Path, num_out: int, sample_fps: float | None, size: int | tuple[int, int] | None,
                   backend: str = "decord", offsets: tuple[int, ...] = (0,),
                   min_seconds: float = 0.0, select: str = "uniform", anchor: str = "centre") -> tuple[np.ndarray, VideoInfo]:
@@ -276,14 +286,14 @@ def decode_frames(path: str | Path, num_out: int, sample_fps: float | None, size
     The T chosen frames (``select``, ``anchor``: ``select_from_times``) come first; with ``offsets=(0, 1)``
     the T frames right after them follow (the pairs optical flow needs). ``size``: (H, W), an int for a
     square, or None to keep the native resolution. Falls back to PyAV
-    when decord fails, and uses PyAV directly for files with several video streams.
+    when decord fails or cannot be imported, and uses PyAV directly for files with several video streams.
     """
     path = Path(path)
     pr = probe(path)
     if pr.video_streams == 0:
         raise DecodeError("no video stream")
     order = [backend] + [b for b in ("decord", "pyav") if b != backend]
-    if pr.video_streams > 1:
+    if pr.video_streams > 1 or not decord_available():
         order = ["pyav"]
     errors = []
     for name in order:
