@@ -9,12 +9,12 @@ import re
 import subprocess
 import sys
 import sysconfig
-import tomllib
 import zipfile
 from importlib import resources
 from pathlib import Path
 
 import pytest
+import tomllib
 from typer.testing import CliRunner
 
 from mmvid.cli import app

@@ -20,7 +20,6 @@ from mmvid.errors import MmvidError
 from mmvid.plugins import is_file_spec
 
 
-
 def _copy_tree(src: Any, dest: Path) -> None:
     """Copy a Traversable folder (a zip's) to ``dest``, YAML files only."""
     dest.mkdir(parents=True, exist_ok=True)
