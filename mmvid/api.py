@@ -383,11 +383,14 @@ def sweep(targets: str | Path | list, *, workspace: str | Path | None = None, se
           gpus: int = 0, dry_run: bool = False, emit: str | None = None, task: int | None = None,
           collect: bool = False, keep: str = "all", baseline: str | None = None, protocol: str | None = None,
           logger: str | Iterable[str] | None = None, plugins: Iterable[str] | None = None, console=None,
-          quiet: bool = False, progress: bool = True, **sets) -> list[Path]:
+          quiet: bool = False, progress: bool = True, slurm: dict[str, Any] | None = None,
+          grid: dict[str, list[Any]] | None = None, **sets) -> list[Path]:
     """Train every recipe of ``targets`` (folders or files) at every seed and write the table (``mmvid
     sweep``); ``sets``: dotted config keys for every run (``--set``). Returns the files written (table.md,
     .csv, .png ...). ``logger``: loggers for every run (``--logger``), grouped under the sweep's name. Each run is
-    a process of its own: its plug-ins must come from files or modules."""
+    a process of its own: its plug-ins must come from files or modules. ``slurm``: with ``emit="slurm"``, the job
+    array's settings (``--slurm``: partition, account, time, mem, cpus, gres, qos, throttle, signal). ``grid``:
+    a config key -> its values (``--grid KEY=v1,v2``): every recipe at every point of their product."""
     from mmvid.sweeps.command import sweep_command
 
     _use(plugins)
@@ -395,7 +398,7 @@ def sweep(targets: str | Path | list, *, workspace: str | Path | None = None, se
     return sweep_command(_console(console, quiet), _ws(workspace), items, seeds=seeds, quick=quick, epochs=epochs,
                          dataset=dataset, sets=sets, only=only, jobs=jobs, gpus=gpus, dry_run=dry_run, emit=emit,
                          task=task, collect=collect, progress=progress, keep=keep, baseline=baseline, protocol=protocol,
-                         loggers=split_list(logger) or [])
+                         loggers=split_list(logger) or [], slurm=slurm, grid=grid)
 
 
 @_errors

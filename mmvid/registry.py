@@ -95,6 +95,17 @@ class Plugin:
         """Coefficients for this epoch's metrics.jsonl line: here the means of :attr:`stats` over the epoch."""
         return self.stats.means()
 
+    @classmethod
+    def never_acted(cls, settings: Any, records: list[dict[str, Any]]) -> str | None:
+        """Why a finished run of this plug-in shows, from its logged statistics, that the plug-in never acted
+        (B-MM whose warm-up outlasted the run, a window of epochs that never opened, a coefficient that stayed
+        0), in a few words for a results table; None when it acted or its log cannot tell.
+
+        ``settings``: the run's checked :attr:`Settings`; ``records``: the run's metrics.jsonl lines, one per
+        epoch, each holding what :meth:`log` returned. A plug-in that can go unused overrides this, so that a
+        sweep table does not report an untouched baseline as the method's result."""
+        return None
+
     def state_dict(self) -> dict:
         return {}
 

@@ -126,6 +126,16 @@ class BalancedMultimodalMixup(Augmentation):
         return {"bmm_rho": self.rho, **{f"lambda_{m}": lam for m, lam in self.lambdas.items()},
                 "bmm_stage_input": int(self.stage == "input"), "bmm_unimodal_head": int(self.settings.unimodal == "head")}
 
+    @classmethod
+    def never_acted(cls, settings, records: list[dict[str, Any]]) -> str | None:
+        """B-MM mixed in an epoch where a logged ``lambda_<modality>`` was above 0; else it trained as its
+        fusion alone (Eq. 7's lambda_weak stayed 0), most often because the warm-up outlasted the run."""
+        if not records or any(v > 0 for r in records for k, v in r.items() if k.startswith("lambda_")):
+            return None
+        if settings.warmup >= len(records):
+            return f"B-MM never mixed: warm-up {settings.warmup} >= {len(records)} epochs"
+        return "B-MM never mixed: lambda stayed 0 in every epoch"
+
     def state_dict(self) -> dict[str, Any]:
         return {"lambdas": dict(self.lambdas), "rho": self.rho}
 

@@ -24,6 +24,7 @@ hook                when / what it may change
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,6 +133,18 @@ class Balancer(Plugin):
     def active(self, epoch: int) -> bool:
         """Whether ``epoch`` lies in the method's window [start, end]."""
         return epoch >= self.start and (self.end is None or epoch <= int(self.end))
+
+    @classmethod
+    def never_acted(cls, settings, records: list[dict[str, Any]]) -> str | None:
+        """A method acting in a window of epochs (``start`` / ``end`` settings) never acted when no logged epoch
+        (records: one per epoch, 0-based) lay in that window."""
+        start, end = getattr(settings, "start", None), getattr(settings, "end", None)
+        if start is None or not records:
+            return None
+        epochs = [int(r.get("epoch", i)) for i, r in enumerate(records)]
+        if any(e >= start and (end is None or e <= int(end)) for e in epochs):
+            return None
+        return f"its window of epochs [{start}, {'end' if end is None else end}] never opened in {len(records)} epochs"
 
     def check(self, model_cfg, augment_name: str) -> None:
         """Raise MmvidError when this balancer cannot work with the fusion / augmentation / modalities."""

@@ -92,6 +92,8 @@ def sweep(
     baseline: Annotated[Optional[str], typer.Option(help="Add each row's per-seed difference to this row (e.g. concat) with its 95 % CI.")] = None,
     protocol: Annotated[Optional[str], typer.Option(help="clean | reference | clean,reference (or both): every run under each (default: each recipe's own).")] = None,
     logger: Annotated[Optional[list[str]], typer.Option(help="Log every run to tensorboard | wandb | csv (repeatable), grouped under the sweep.")] = None,
+    grid: Annotated[Optional[list[str]], typer.Option(help="A config key and its values KEY=v1,v2,... (repeatable): every recipe at every point of the grid, each point a row.")] = None,
+    slurm: Annotated[Optional[list[str]], typer.Option(help="With --emit slurm: a job-array setting KEY=VALUE (repeatable): partition, account, time, mem, cpus, gres, qos, throttle (%N), signal.")] = None,
 ):
     """Train every recipe of a table at every seed (resuming what an earlier sweep left), then write the
     table in the paper's layout: mean ± std and 95 % CI of last-epoch and best-epoch accuracy (best-validation
@@ -103,6 +105,8 @@ def sweep(
       mmvid sweep recipes/table2 --gpus 4
       mmvid sweep recipes/table1/cremad --dry-run
       mmvid sweep recipes/table1 --emit slurm
+      mmvid sweep recipes/table1/cremad --only concat-bmm --grid augment.beta=0.2,0.4 --grid augment.warmup=0,5
+      mmvid sweep recipes/table1 --emit slurm --slurm partition=gpu --slurm time=4:00:00 --slurm throttle=8
       mmvid sweep recipes/table1/cremad --quick --dataset demo --set model.encoder=small
       mmvid sweep recipes/table1/cremad --protocol both   (clean and reference columns beside the paper's)
       mmvid sweep recipes/table1/cremad --logger wandb   (one W&B group, one TensorBoard folder per sweep)
@@ -111,4 +115,5 @@ def sweep(
 
     api.sweep(targets, workspace=_ws(workspace), seeds=seeds, quick=quick, epochs=epochs, dataset=dataset, only=only,
               jobs=jobs, gpus=gpus, dry_run=dry_run, emit=emit, task=task, collect=collect, keep=keep,
-              baseline=baseline, protocol=protocol, logger=logger, console=console, **_parse_sets(set_))
+              baseline=baseline, protocol=protocol, logger=logger, console=console,
+              slurm=_parse_sets(slurm, "--slurm", "partition=gpu") or None, grid=grid, **_parse_sets(set_))

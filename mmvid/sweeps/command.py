@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from mmvid.errors import MmvidError
-from mmvid.sweeps.plan import plan_sweep, write_plan
+from mmvid.sweeps.plan import parse_grid, plan_sweep, write_plan
 from mmvid.sweeps.running import KEEP, run_sweep
-from mmvid.sweeps.slurm import emit_slurm
+from mmvid.sweeps.slurm import emit_slurm, slurm_settings
 from mmvid.sweeps.stats import aggregate, sweep_setups
 from mmvid.sweeps.tables import print_summary, write_tables
 
@@ -19,15 +19,22 @@ def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: 
                   jobs: int = 1, gpus: int = 0, dry_run: bool = False, emit: str | None = None,
                   task: int | None = None, collect: bool = False, progress: bool = True, keep: str = "all",
                   baseline: str | None = None, protocol: str | None = None,
-                  loggers: list[str] | None = None) -> list[Path]:
+                  loggers: list[str] | None = None, slurm: dict[str, Any] | None = None,
+                  grid: dict[str, list[Any]] | list[str] | None = None) -> list[Path]:
     """Plan, then one of: print the commands (``dry_run``), write a Slurm script (``emit``), run one task
     (``task``, for a job array), or run what is not done; then aggregate and write the tables (unless a
     single task ran). ``protocol``: see :func:`plan_sweep`. ``loggers``: ``--logger`` for every run; the runs
-    with loggers are grouped under the sweep's name (:func:`track_runs`). Returns the files written."""
+    with loggers are grouped under the sweep's name (:func:`track_runs`). ``slurm``: the job array's settings
+    (``--slurm KEY=VALUE``, :class:`SlurmSettings`; they override the recipes' ``slurm:`` section), checked
+    before anything is planned. ``grid``: ``--grid KEY=v1,v2`` items, or key -> its values (:func:`plan_sweep`).
+    Returns the files written."""
     if emit not in (None, "slurm"):
         raise MmvidError(f"--emit {emit!r} is not supported; choose: slurm")
+    if slurm and not emit:
+        raise MmvidError("--slurm sets the job array of --emit slurm; add --emit slurm, or leave --slurm out")
+    slurm_settings(slurm)  # a bad --slurm value fails before the recipes are read
     sweep = plan_sweep(targets, seeds=seeds, quick=quick, epochs=epochs, dataset=dataset, sets=sets, only=only,
-                       protocol=protocol)
+                       protocol=protocol, grid=_grid(grid))
     track_runs(sweep, loggers or [])
     for line in sweep.skipped:
         console.print(f"[yellow]note:[/] {line}", soft_wrap=True, highlight=False)
@@ -39,7 +46,8 @@ def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: 
     if emit:
         if keep not in KEEP:
             raise MmvidError(f"--keep {keep!r} is not valid; choose one of: {', '.join(KEEP)}")
-        script = emit_slurm(ws, sweep, keep=keep, baseline=baseline)
+        settings = slurm_settings(slurm, sweep.slurm, sweep.slurm_source)
+        script = emit_slurm(ws, sweep, keep=keep, baseline=baseline, settings=settings)
         write_plan(out, sweep)
         console.print(f"wrote {script}: a job array of {n_runs} runs ({n_rows} recipes x {seeds} seeds{shared})",
                       soft_wrap=True, highlight=False)
@@ -79,6 +87,14 @@ def sweep_command(console, ws: Path, targets: list[str], seeds: int = 3, quick: 
     if missing:
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
     return files
+
+
+def _grid(grid: dict[str, list[Any]] | list[str] | None) -> dict[str, list[str]] | None:
+    """``--grid`` items (``KEY=v1,v2``) or a mapping key -> values (the Python API) as key -> value texts."""
+    if isinstance(grid, dict):
+        return parse_grid([f"{k}={','.join(map(str, vs if isinstance(vs, (list, tuple)) else [vs]))}"
+                           for k, vs in grid.items()])
+    return parse_grid(grid)
 
 
 def track_runs(sweep, loggers: list[str]) -> None:

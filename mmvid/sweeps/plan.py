@@ -5,6 +5,7 @@ finds its runs; and ``sweep.json``, which traces a table back to its runs."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ class RunSpec:
     config: TrainConfig = field(repr=False, default=None)  # the resolved config this run trains with
     loggers: list[str] = field(default_factory=list)  # ``mmvid sweep --logger``: given to its ``mmvid train``
     group: str | None = None  # track.group of a run with loggers: the sweep's name (a W&B group, a TensorBoard folder)
+    # the data set (cache name) of the published figure: the recipe's own data.dataset, before --dataset / --set
+    paper_dataset: str | None = None
 
 
 @dataclass
@@ -48,6 +51,9 @@ class Sweep:
     # runs --protocol asked for that cannot be trained under it (a method that needs a validation split under
     # protocol reference): "recipe id under reference: why", for the table's note
     skipped: list[str] = field(default_factory=list)
+    # the recipes' ``slurm:`` section (the job array's resources, mmvid.sweeps.slurm) and the recipe it came from
+    slurm: dict[str, Any] | None = None
+    slurm_source: str = ""
 
     @property
     def unique(self) -> list[RunSpec]:
@@ -117,7 +123,7 @@ def parse_protocols(protocol: str | None) -> list[str] | None:
 
 def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: int | None = None,
                dataset: str | None = None, sets: dict[str, Any] | None = None, only: str | None = None,
-               protocol: str | None = None) -> Sweep:
+               protocol: str | None = None, grid: dict[str, list[str]] | None = None) -> Sweep:
     """Every recipe under ``targets`` at seeds 0..seeds-1, each config resolved and checked now.
 
     ``quick`` trains ``epochs`` (default 2) epochs per run and keeps every row; ``dataset`` and ``sets``
@@ -127,6 +133,9 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
     recipe's own); a run under protocol reference has ``-reference`` in its name, a clean run the name it
     always had, so that runs trained before are reused. A run a protocol cannot train (a method with a
     validation split of its own, under reference) is left out and listed in ``Sweep.skipped``.
+    ``grid`` (``--grid KEY=v1,v2``, :func:`parse_grid`): every recipe runs at every point of the product of the
+    keys' values, each point a row of its own named by its values (``Concat + B-MM [augment.beta=0.4]``); every
+    point's config is resolved, so checked by the typed settings, here, before any run starts.
     """
     check_option("--seeds", seeds, ge=1, le=1000)
     protocols = parse_protocols(protocol)
@@ -137,17 +146,23 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
         overrides["data.dataset"] = dataset
     if quick or epochs is not None:
         overrides["epochs"] = epochs or QUICK_EPOCHS
-    sources = {**{k: f"--set {k}" for k in sets or {}}, "data.dataset": "--dataset", "epochs": "--epochs"}  # for errors
+    sources = {**{k: f"--set {k}" for k in sets or {}}, "data.dataset": "--dataset", "epochs": "--epochs",
+               **{k: f"--grid {k}" for k in grid or {}}}  # for errors
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
     # (recipe, the table a row falls in without paper.table: the target's name; "." and ".." by their folder's)
     files = [(f, Path(t).resolve().stem or str(t)) for t in targets for f in _recipe_files(t)]
     patterns = [p.strip() for p in (only or "").split(",") if p.strip()]
-    tag = ""
-    if overrides:
-        digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:6]
-        tag = f"-quick{digest}" if quick else f"-{digest}"
+    def tag_of(over: dict[str, Any]) -> str:
+        if not over:
+            return ""
+        digest = hashlib.sha1(json.dumps(over, sort_keys=True, default=str).encode()).hexdigest()[:6]
+        return f"-quick{digest}" if quick else f"-{digest}"
+
+    tag = tag_of({**overrides, **({"grid": grid} if grid else {})})
     runs: list[RunSpec] = []
     sweep_skipped: list[str] = []
     seen: dict[str, Path] = {}
+    slurm: tuple[dict[str, Any], str] | None = None
     by_config: dict[str, str] = {}  # resolved config -> the run name that trains it
     for f, target in files:
         rid = _recipe_id(f)
@@ -160,11 +175,23 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
             continue
         seen[rid] = f
         recipe = read_recipe(f)
-        for proto in protocols or [None]:
-            over_p = {**overrides, **({"protocol": proto} if proto else {})}
-            why = _recipe_runs(f, recipe, target, rid, short, seeds, over_p, sources, tag, by_config, runs)
-            if why:
-                sweep_skipped.append(f"{rid} has no protocol reference run: {why}")
+        section = recipe.config.pop("slurm", None)  # the job array's, not a run's: kept out of the run's config
+        if section is not None:
+            if not isinstance(section, dict):
+                raise MmvidError(f"recipe {f}: slurm must be a mapping of the job array's settings, e.g. "
+                                 f"slurm: {{partition: gpu, time: '4:00:00'}}")
+            if slurm is not None and section != slurm[0]:
+                raise MmvidError(f"recipes {slurm[1]} and {f} ask for different slurm: sections; give them the "
+                                 f"same one, or the job array's settings with --slurm KEY=VALUE")
+            slurm = (section, str(f))
+        for point in points:
+            label = ", ".join(f"{k}={v}" for k, v in point.items())
+            for proto in protocols or [None]:
+                over_p = {**overrides, **point, **({"protocol": proto} if proto else {})}
+                why = _recipe_runs(f, recipe, target, rid, short, seeds, over_p, sources, tag_of({**overrides, **point}),
+                                   by_config, runs, label)
+                if why:
+                    sweep_skipped.append(f"{rid}{f' [{label}]' if label else ''} has no protocol reference run: {why}")
     if not runs and sweep_skipped:
         raise MmvidError(f"nothing to train: {'; '.join(sweep_skipped[:3])}")
     if not runs:
@@ -173,13 +200,16 @@ def plan_sweep(targets: list[str], seeds: int = 3, quick: bool = False, epochs: 
     mark = f"-{'_'.join(protocols)}" if protocols else ""
     # The folder sweeps/<name>: a plain name, as every name that becomes a path (mmvid.schema)
     return Sweep(name=check_name("the sweep's name", f"{base}{tag}{mark}"), targets=list(targets), runs=runs,
-                 options=_sweep_options(seeds, quick, epochs, dataset, sets, only, protocols), skipped=sweep_skipped)
+                 options=_sweep_options(seeds, quick, epochs, dataset, sets, only, protocols, grid), skipped=sweep_skipped,
+                 slurm=slurm[0] if slurm else None, slurm_source=slurm[1] if slurm else "")
 
 
 def _recipe_runs(f: Path, recipe: Recipe, target: str, rid: str, short: str, seeds: int, over_p: dict[str, Any],
-                 sources: dict[str, str], tag: str, by_config: dict[str, str], runs: list[RunSpec]) -> str | None:
+                 sources: dict[str, str], tag: str, by_config: dict[str, str], runs: list[RunSpec],
+                 point: str = "") -> str | None:
     """Append to ``runs`` the runs of ``recipe`` (the file ``f``) at seeds 0..seeds-1 with the overrides ``over_p``
     (one protocol's); a run whose resolved config another cell already trains takes that run's name (``by_config``).
+    ``point``: the grid point's name (``augment.beta=0.4, augment.warmup=5``), which names its row.
     Returns why the recipe has no run under protocol reference, or None."""
     paper = recipe.paper or {}
     try:  # a bad recipe, --set or plug-in setting fails before anything runs, naming the recipe
@@ -195,23 +225,43 @@ def _recipe_runs(f: Path, recipe: Recipe, target: str, rid: str, short: str, see
         mark = "-reference" if cfg.protocol == "reference" else ""
         name = by_config.setdefault(key, f"sweep-{rid}{tag}{mark}-s{seed}")
         cfg.run_name = check_name("the run name of a sweep", name)
-        runs.append(RunSpec(name=name, row_id=rid, recipe=f, seed=seed,
+        runs.append(RunSpec(name=name, row_id=f"{rid} [{point}]" if point else rid, recipe=f, seed=seed,
                             table=str(paper.get("table", target)),
-                            row=paper.get("row", short),
+                            row=paper.get("row", short) + (f" [{point}]" if point else ""),
                             column=paper.get("column", cfg.data.dataset or f.parent.name),
                             paper=float(paper["accuracy"]) if "accuracy" in paper else None,
+                            paper_dataset=(recipe.config.get("data") or {}).get("dataset"),
                             overrides={**over_p, "seed": seed}, config=cfg))
     return None
 
 
 def _sweep_options(seeds: int, quick: bool, epochs: int | None, dataset: str | None, sets: dict[str, Any] | None,
-                   only: str | None, protocols: list[str] | None) -> list[str]:
+                   only: str | None, protocols: list[str] | None, grid: dict[str, list[str]] | None = None) -> list[str]:
     """The sweep's own flags that shape its plan, as the command line gives them (sweep.json, the Slurm script)."""
     options = [f"--seeds {seeds}"] + (["--quick"] if quick else []) + ([f"--epochs {epochs}"] if epochs else [])
     options += [f"--dataset {dataset}"] if dataset else []
     options += [f"--set {k}={v}" for k, v in (sets or {}).items()] + ([f"--only {only}"] if only else [])
     options += [f"--protocol {','.join(protocols)}"] if protocols else []
+    options += [f"--grid {k}={','.join(map(str, vs))}" for k, vs in (grid or {}).items()]
     return options
+
+
+def parse_grid(items: list[str] | None) -> dict[str, list[str]] | None:
+    """``--grid KEY=v1,v2,...`` (repeatable) -> key -> its values, in the order given; a key given twice, or
+    without values, is one line. The values are checked when each point's config is resolved (:func:`plan_sweep`)."""
+    grid: dict[str, list[str]] = {}
+    for item in items or []:
+        key, _, values = item.partition("=")
+        key = key.strip()
+        vs = [v.strip() for v in values.split(",")]
+        if not key or not _ or not all(vs):
+            raise MmvidError(f"--grid {item!r} must look like KEY=v1,v2,..., e.g. --grid augment.args.beta=0.2,0.4")
+        if key in grid:
+            raise MmvidError(f"--grid {key} is given twice; give its values once: --grid {key}=v1,v2,...")
+        if len(set(vs)) < len(vs):
+            raise MmvidError(f"--grid {item!r} repeats a value; give each once")
+        grid[key] = vs
+    return grid or None
 
 
 def write_plan(out: Path, sweep: Sweep) -> Path:
@@ -220,7 +270,8 @@ def write_plan(out: Path, sweep: Sweep) -> Path:
             "runs": [{"index": i, "name": r.name, "recipe": str(r.recipe), "seed": r.seed}
                      for i, r in enumerate(sweep.unique)],
             "cells": [{"table": r.table, "row": r.row, "column": r.column, "protocol": r.config.protocol,
-                       "seed": r.seed, "run": r.name, "recipe": str(r.recipe), "paper": r.paper} for r in sweep.runs],
+                       "seed": r.seed, "run": r.name, "recipe": str(r.recipe), "paper": r.paper,
+                       "dataset": r.config.data.dataset, "paper_dataset": r.paper_dataset} for r in sweep.runs],
             "skipped": sweep.skipped}
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "sweep.json", json.dumps(plan, indent=2))

@@ -28,6 +28,13 @@ class Cell:
     last: list[float]  # test accuracy % at the last epoch, per seed
     best: list[float]  # test accuracy % at the best epoch (best-validation; best-test under reference), per seed
     paper: float | None
+    dataset: str = ""  # the data set (cache name) the runs trained and were tested on
+    # the data set of the published figure (the recipe's own data.dataset); when it is not ``dataset`` the
+    # table prints the figure but no difference to it (:func:`paper_comparable`)
+    paper_dataset: str | None = None
+    # why the cell's method never acted in some of its runs (:func:`never_acted`) -> the number of those runs:
+    # the cell is that method's configuration, not its result
+    idle: dict[str, int] = field(default_factory=dict)
     name: str = ""  # the recipe's own name (its file name without the order prefix), for --baseline
     protocol: str = "clean"  # the runs' protocol (mmvid.config.PROTOCOLS)
     # what each seed's best epoch was chosen on (summary.json): "val", or "test" (protocol reference, or a
@@ -36,6 +43,32 @@ class Cell:
     stats: dict[str, dict[str, float]] = field(default_factory=dict)  # last|best -> mean, std, ci_lo, ci_hi
     # last|best -> the same statistics of (this cell - the baseline's) per seed, over the seeds both have
     versus: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def never_acted(run: Path, cfg) -> list[str]:
+    """Why the run's augmentation or balancer never acted, each in a few words, as the plug-in tells from the
+    statistics it logged in the run's metrics.jsonl (:meth:`mmvid.registry.Plugin.never_acted`); ``cfg``: the
+    run's resolved config. Empty when each acted, is ``none``, or cannot tell."""
+    from mmvid.plugins import load_plugins
+    from mmvid.registry import AUGMENTS, BALANCERS, check_plugin_settings
+    from mmvid.runfiles import read_metrics
+
+    load_plugins()
+    records = read_metrics(run)
+    found = []
+    for family, section in ((AUGMENTS, cfg.augment), (BALANCERS, cfg.balance)):
+        if section.name == "none":
+            continue
+        settings = check_plugin_settings(family, section.name, section.args)
+        why = family.get(section.name).never_acted(settings, records)
+        found += [why] if why else []
+    return found
+
+
+def paper_comparable(cell: Cell) -> bool:
+    """Whether a difference to the paper's figure means anything: the cell has one and its runs used the data
+    set the figure was published on (a recipe without data.dataset of its own publishes none to compare)."""
+    return cell.paper is not None and cell.paper_dataset is not None and cell.dataset == cell.paper_dataset
 
 
 def summarize(values: list[float], level: float = 0.95) -> dict[str, float]:
@@ -68,7 +101,9 @@ def aggregate(ws: Path, sweep: Sweep, baseline: str | None = None) -> tuple[list
     for r in sweep.runs:
         protocol = r.config.protocol
         cell = cells.setdefault((r.row_id, protocol), Cell(r.table, r.row, r.column, str(r.recipe), [], [], [], r.paper,
-                                                           re.sub(r"^\d+-", "", r.recipe.stem), protocol))
+                                                           dataset=r.config.data.dataset,
+                                                           paper_dataset=r.paper_dataset,
+                                                           name=re.sub(r"^\d+-", "", r.recipe.stem), protocol=protocol))
         if run_state(ws, r) != "done":
             missing += [r.name] if r.name not in missing else []
             continue
@@ -82,21 +117,54 @@ def aggregate(ws: Path, sweep: Sweep, baseline: str | None = None) -> tuple[list
         cell.last.append(100.0 * float(accs[0]))
         cell.best.append(100.0 * float(accs[1]))
         cell.selected_on.append(best_selected_on(s))
+        for why in never_acted(runs_dir(ws) / r.name, r.config):
+            cell.idle[why] = cell.idle.get(why, 0) + 1
     for cell in cells.values():
         cell.stats = {"last": summarize(cell.last), "best": summarize(cell.best)}
     if baseline:
-        bases = {(c.table, c.column, c.protocol): c for c in cells.values() if baseline in (c.name, c.row)}
-        if not bases:
-            raise MmvidError(f"--baseline {baseline!r} is no row of this sweep; choose a recipe name or row label: "
-                             + ", ".join(dict.fromkeys(c.name for c in cells.values())))
-        for cell in cells.values():
-            base = bases.get((cell.table, cell.column, cell.protocol))
-            if base is None or base is cell:
-                continue
-            for which in ("last", "best"):
-                mine, theirs = (dict(zip(c.seeds, getattr(c, which))) for c in (cell, base))
-                cell.versus[which] = summarize([mine[s] - theirs[s] for s in mine if s in theirs])
+        versus_baseline(list(cells.values()), baseline)
     return list(cells.values()), missing
+
+
+def versus_baseline(cells: list[Cell], baseline: str, alpha: float = 0.05) -> None:
+    """Fill each cell's ``versus``: against the ``baseline`` cell of the same table, column and protocol, the
+    per-seed differences (paired by seed: the same seed gives both runs the same split and initialisation)
+    summarised by :func:`summarize`, their paired t-test p-value ``p`` (``scipy.stats.ttest_rel``, two-sided;
+    NaN under two common seeds or when every difference is equal) and ``p_adj``, the Benjamini-Hochberg
+    adjusted value (``scipy.stats.false_discovery_control``) over every comparison of the same paper table,
+    protocol and epoch (last / best), the family a reader scans for marked rows. ``beyond`` is 1.0 when the
+    difference stays significant after adjustment (``p_adj < alpha``), else 0.0.
+
+    The unadjusted interval excludes 0 exactly when ``p < alpha`` (the same t statistic), so a row marked
+    only by its interval but not ``beyond`` is one the many comparisons can explain."""
+    from scipy.stats import false_discovery_control, ttest_rel  # scipy: see summarize
+
+    bases = {(c.table, c.column, c.protocol): c for c in cells if baseline in (c.name, c.row)}
+    if not bases:
+        raise MmvidError(f"--baseline {baseline!r} is no row of this sweep; choose a recipe name or row label: "
+                         + ", ".join(dict.fromkeys(c.name for c in cells)))
+    for cell in cells:
+        base = bases.get((cell.table, cell.column, cell.protocol))
+        if base is None or base is cell:
+            continue
+        for which in ("last", "best"):
+            mine, theirs = (dict(zip(c.seeds, getattr(c, which))) for c in (cell, base))
+            common = [s for s in mine if s in theirs]
+            cell.versus[which] = summarize([mine[s] - theirs[s] for s in common])
+            p = math.nan
+            if len(common) >= 2 and len({mine[s] - theirs[s] for s in common}) > 1:
+                p = float(ttest_rel([mine[s] for s in common], [theirs[s] for s in common]).pvalue)
+            cell.versus[which]["p"] = p
+    families: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    for cell in cells:
+        for which, st in cell.versus.items():
+            st["p_adj"], st["beyond"] = math.nan, 0.0
+            if not math.isnan(st["p"]):
+                families.setdefault((cell.table, cell.protocol, which), []).append(st)
+    for family in families.values():
+        adjusted = false_discovery_control([st["p"] for st in family], method="bh")
+        for st, q in zip(family, adjusted):
+            st["p_adj"], st["beyond"] = float(q), float(q < alpha)
 
 
 def sweep_setups(ws: Path, sweep: Sweep) -> dict[str, int]:

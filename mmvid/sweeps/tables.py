@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.table import Table
 
 from mmvid.config import PROTOCOLS, SELECTED_ON_TEST
-from mmvid.sweeps.stats import Cell
+from mmvid.sweeps.stats import Cell, paper_comparable
 
 
 def _fmt(st: dict[str, float]) -> str:
@@ -26,6 +26,8 @@ def _paper(cell: Cell, which: str) -> str:
     if cell.paper is None:
         return ""
     st = cell.stats[which]
+    if not paper_comparable(cell):
+        return f" · paper {cell.paper:.2f} on {cell.paper_dataset or 'its own data set'} (no Δ: runs on {cell.dataset})"
     if not st["n"]:
         return f" · paper {cell.paper:.2f}"
     inside = "" if math.isnan(st["ci_lo"]) else (" in CI" if st["ci_lo"] <= cell.paper <= st["ci_hi"] else " outside CI")
@@ -85,7 +87,7 @@ def table_markdown(cells: list[Cell], title: str, note: str = "", baseline: str 
     for c in cells:
         tables.setdefault(c.table, []).append(c)
     protocols = [p for p in PROTOCOLS if any(c.protocol == p for c in cells)]
-    md = [f"# {title}", ""] + ([note, ""] if note else [])
+    md = [f"# {title}", ""] + ([note, ""] if note else []) + _dataset_note(cells) + _idle_note(cells)
     md += ["Each cell: test accuracy %, mean ± std over seeds [95 % confidence interval, Student's t]; "
            "the paper's figure and the difference (Δ = ours − paper).", "",
            "Protocols: **clean** holds a validation split out of the training clips and reports the last epoch and "
@@ -101,6 +103,33 @@ def table_markdown(cells: list[Cell], title: str, note: str = "", baseline: str 
     return "\n".join(md) + "\n"
 
 
+def _dataset_note(cells: list[Cell]) -> list[str]:
+    """Why some rows have no Δ against the paper: their runs used another data set than the published figure."""
+    other = {(c.dataset, c.paper_dataset) for c in cells if c.paper is not None and not paper_comparable(c)}
+    if not other:
+        return []
+    pairs = "; ".join(f"runs on `{d}`, figure on `{p or 'a data set the recipe does not name'}`"
+                      for d, p in sorted(other, key=str))
+    return [f"**No Δ against the paper** where the runs did not use the data set of the published figure ({pairs}): "
+            "accuracies on different data are not comparable, so those rows print the paper's figure alone.", ""]
+
+
+def _label(cell: Cell | None, row: str) -> str:
+    """A row's label, flagged ``⚑ never acted`` when its method never acted in a run (:func:`_idle_note`)."""
+    return f"{row} ⚑ never acted" if cell is not None and cell.idle else row
+
+
+def _idle_note(cells: list[Cell]) -> list[str]:
+    """The rows whose method never acted in some run: their figures are the unchanged baseline's, not the method's."""
+    lines = [f"- {c.row} ({c.column}, protocol {c.protocol}): "
+             + "; ".join(f"{why} ({n} of {len(c.last)} runs)" for why, n in c.idle.items()) for c in cells if c.idle]
+    if not lines:
+        return []
+    return ["**⚑ never acted**: in these rows the method never acted, as its own logged statistics show, so their "
+            "figures are those of the model without it, not the method's result (train more epochs, or a shorter "
+            "warm-up or window):", "", *lines, ""]
+
+
 def _table_sections(table: str, cs: list[Cell], here: list[str], baseline: str | None) -> list[str]:
     """One paper table's sections: its rows beside the paper's figure, one column per protocol; then the paper's
     layout, a grid per protocol and epoch (last, then best), and the differences to ``baseline``."""
@@ -110,8 +139,8 @@ def _table_sections(table: str, cs: list[Cell], here: list[str], baseline: str |
     by = {(c.row, c.column, c.protocol): c for c in cs}
     labels = [protocol_column([c for c in cs if c.protocol == p], p) for p in here]
     md = [f"## {name}: beside the paper", "",
-          "| " + " | ".join(["", "column", "paper", *labels, "Δ vs paper (from)"]) + " |",
-          "|" + "---|" * (4 + len(here))]
+          "| " + " | ".join(["", "column", "data set", "paper", *labels, "Δ vs paper (from)"]) + " |",
+          "|" + "---|" * (5 + len(here))]
     for row in rows:
         for col in columns:
             mine = {p: by[row, col, p] for p in here if (row, col, p) in by}
@@ -127,55 +156,77 @@ def _table_sections(table: str, cs: list[Cell], here: list[str], baseline: str |
                 c_ = [by.get((row, col, protocol)) for col in columns]
                 cells_ = ["" if c is None else _fmt(c.stats[which]) + (_dagger(c, mine) if which == "best" else "")
                           + _paper(c, which) for c in c_]
-                md.append("| " + " | ".join([row, *cells_]) + " |")
+                md.append("| " + " | ".join([_label(next((c for c in c_ if c is not None and c.idle), None), row),
+                                             *cells_]) + " |")
             md.append("")
         if baseline:
             md += [f"## {name}: difference to {baseline}, paired by seed (protocol {protocol})", "",
                    "Each cell: mean difference (test accuracy points) [95 % CI, Student's t over the per-seed "
-                   f"differences], last epoch; then {best_label(mine, protocol)}. **Bold**: the interval "
-                   "excludes 0.", "",
+                   f"differences], last epoch; then {best_label(mine, protocol)}; p: paired t-test, "
+                   "q: its Benjamini-Hochberg adjusted value over every comparison of this table, protocol and "
+                   "epoch. **Bold**: the interval excludes 0 (p < 0.05); **★**: beyond the interval after "
+                   "adjustment too (q < 0.05). A bold cell without ★ is a difference the number of comparisons "
+                   "can explain.", "",
                    "| " + " | ".join(["", *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
             for row in rows:
                 c_ = [by.get((row, col, protocol)) for col in columns]
                 cells_ = [" / ".join(_versus(c.versus[w]) for w in ("last", "best")) if c is not None and c.versus
                           else "" for c in c_]
-                md.append("| " + " | ".join([row, *cells_]) + " |")
+                md.append("| " + " | ".join([_label(next((c for c in c_ if c is not None and c.idle), None), row),
+                                             *cells_]) + " |")
             md.append("")
     return md
 
 
 def _beside_paper_row(row: str, col: str, mine: dict[str, Cell], cs: list[Cell], here: list[str]) -> str:
     """A row of the table beside the paper: each protocol's last / best figures and the Δ of the headline one."""
-    paper = next(iter(mine.values())).paper
+    first = next(iter(mine.values()))
+    paper = first.paper
+    datasets = ", ".join(dict.fromkeys(c.dataset for c in mine.values()))
     figures = [" / ".join(_short(mine[p].stats[w]) for w in ("last", "best"))
                + _dagger(mine[p], [c for c in cs if c.protocol == p]) if p in mine else "" for p in here]
     head, src = headline(mine)
-    delta = ("" if paper is None or head is None else
-             f"{head.stats['best']['mean'] - paper:+.2f}{_inside(head.stats['best'], paper)} "
-             f"({src} {'best-test' if 'test' in head.selected_on else 'best-val'})")
-    return "| " + " | ".join([row, col, "" if paper is None else f"{paper:.2f}", *figures, delta]) + " |"
+    if paper is not None and not all(paper_comparable(c) for c in mine.values()):
+        delta = f"none: the figure is on {first.paper_dataset or 'another data set'}"
+    else:
+        delta = ("" if paper is None or head is None else
+                 f"{head.stats['best']['mean'] - paper:+.2f}{_inside(head.stats['best'], paper)} "
+                 f"({src} {'best-test' if 'test' in head.selected_on else 'best-val'})")
+    label = _label(next((c for c in mine.values() if c.idle), None), row)
+    return "| " + " | ".join([label, col, datasets, "" if paper is None else f"{paper:.2f}", *figures, delta]) + " |"
 
 
 def write_csv(cells: list[Cell], path: Path) -> Path:
     """table.csv: one line per cell and protocol with every number."""
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["table", "row", "column", "protocol", "best_selected_on", "recipe", "n_seeds", "seeds",
+        w.writerow(["table", "row", "column", "dataset", "paper_dataset", "protocol", "best_selected_on", "recipe", "n_seeds", "seeds",
                     *[f"{which}_{k}" for which in ("last", "best") for k in ("mean", "std", "ci95_lo", "ci95_hi")],
-                    "paper", "diff_last", "diff_best", "last_per_seed", "best_per_seed",
-                    *[f"vs_baseline_{which}_{k}" for which in ("last", "best") for k in ("mean", "ci95_lo", "ci95_hi")]])
+                    "paper", "diff_last", "diff_best", "last_per_seed", "best_per_seed", "never_acted",
+                    *[f"vs_baseline_{which}_{k}" for which in ("last", "best")
+                      for k in ("mean", "ci95_lo", "ci95_hi", "p", "p_bh", "beyond_after_bh")]])
         for c in cells:
             sl, sb = c.stats["last"], c.stats["best"]
-            w.writerow([c.table, c.row, c.column, c.protocol, " ".join(dict.fromkeys(c.selected_on)), c.recipe,
+            comparable = paper_comparable(c)
+            w.writerow([c.table, c.row, c.column, c.dataset, c.paper_dataset or "", c.protocol, " ".join(dict.fromkeys(c.selected_on)), c.recipe,
                         len(c.last), " ".join(map(str, c.seeds)),
                         *[_num(st[k]) for st in (sl, sb) for k in ("mean", "std", "ci_lo", "ci_hi")],
                         "" if c.paper is None else c.paper,
-                        "" if c.paper is None or not c.last else _num(sl["mean"] - c.paper),
-                        "" if c.paper is None or not c.best else _num(sb["mean"] - c.paper),
+                        "" if not comparable or not c.last else _num(sl["mean"] - c.paper),
+                        "" if not comparable or not c.best else _num(sb["mean"] - c.paper),
                         " ".join(f"{v:.4f}" for v in c.last), " ".join(f"{v:.4f}" for v in c.best),
-                        *[_num(c.versus[which][k]) if which in c.versus else "" for which in ("last", "best")
-                          for k in ("mean", "ci_lo", "ci_hi")]])
+                        "; ".join(f"{why} ({n} of {len(c.last)} runs)" for why, n in c.idle.items()),
+                        *[_versus_csv(c.versus.get(which), k) for which in ("last", "best")
+                          for k in ("mean", "ci_lo", "ci_hi", "p", "p_adj", "beyond")]])
     return path
+
+
+def _versus_csv(st: dict[str, float] | None, key: str) -> str:
+    if st is None or key not in st:
+        return ""
+    if key == "beyond":
+        return "" if math.isnan(st["p_adj"]) else str(int(st["beyond"]))
+    return _num(st[key]) if key in ("mean", "ci_lo", "ci_hi") else ("" if math.isnan(st[key]) else f"{st[key]:.6g}")
 
 
 def _short(st: dict[str, float]) -> str:
@@ -191,10 +242,20 @@ def _inside(st: dict[str, float], paper: float) -> str:
 
 
 def _versus(st: dict[str, float]) -> str:
+    """A difference to the baseline: mean [95 % CI] p, q; bold where the interval excludes 0, ★ where the
+    Benjamini-Hochberg adjusted q is below 0.05 as well."""
     if st["n"] < 2:
         return f"{st['mean']:+.2f} ({st['n']} seed)"
     text = f"{st['mean']:+.2f} [{st['ci_lo']:+.2f}, {st['ci_hi']:+.2f}]"
-    return f"**{text}**" if st["ci_lo"] > 0 or st["ci_hi"] < 0 else text
+    text = f"**{text}**" if st["ci_lo"] > 0 or st["ci_hi"] < 0 else text
+    p, q = st.get("p", math.nan), st.get("p_adj", math.nan)
+    if not math.isnan(p):
+        text += f" p {_pval(p)}, q {_pval(q)}" + (" **★**" if st.get("beyond") else "")
+    return text
+
+
+def _pval(p: float) -> str:
+    return "–" if math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def _num(x: float) -> str:
@@ -261,7 +322,7 @@ def _draw_panel(ax, title: str, cs: list[Cell], series: list[tuple[str, str]], c
                 [0 if math.isnan(c.stats[which]["ci_hi"]) else c.stats[which]["ci_hi"] - c.stats[which]["mean"] for c in mine]]
         ax.errorbar(means, [ys[c.row] + dy for c in mine], xerr=errs, fmt="o" if protocol == "clean" else "s",
                     color=colors.get((protocol, which)), capsize=3, label=labels[protocol, which])
-    paper = {c.row: c.paper for c in cs if c.paper is not None}
+    paper = {c.row: c.paper for c in cs if paper_comparable(c)}  # a figure on other data would mislead
     if paper:
         ax.scatter(list(paper.values()), [ys[r] for r in paper], marker="D", color="black", zorder=3, label="paper")
     ax.set_yticks(list(ys.values()), rows)
@@ -275,10 +336,12 @@ def print_summary(console, cells: list[Cell]) -> None:
     """The Rich table of each paper table: per cell its seeds, last and best epoch, and the figure the paper gives."""
     for name in dict.fromkeys(c.table for c in cells):
         table = Table(title=f"{'Table ' if name.isdigit() else ''}{name}: test accuracy %, mean ± std [95 % CI] over seeds")
-        for col in ("row", "column", "protocol", "seeds", "last epoch", "best epoch", "chosen on", "paper (Δ best)"):
+        for col in ("row", "column", "data set", "protocol", "seeds", "last epoch", "best epoch", "chosen on", "paper (Δ best)"):
             table.add_column(col)
         for c in (c for c in cells if c.table == name):
-            paper = "" if c.paper is None else f"{c.paper:.2f}" + (f" ({c.stats['best']['mean'] - c.paper:+.2f})" if c.best else "")
-            table.add_row(c.row, c.column, c.protocol, str(len(c.last)), _fmt(c.stats["last"]), _fmt(c.stats["best"]),
+            paper = "" if c.paper is None else f"{c.paper:.2f}" + (
+                f" ({c.stats['best']['mean'] - c.paper:+.2f})" if c.best and paper_comparable(c)
+                else "" if paper_comparable(c) else f" on {c.paper_dataset}: no Δ")
+            table.add_row(_label(c, c.row), c.column, c.dataset, c.protocol, str(len(c.last)), _fmt(c.stats["last"]), _fmt(c.stats["best"]),
                           "/".join(dict.fromkeys(c.selected_on)), paper)
         console.print(table)
