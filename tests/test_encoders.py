@@ -6,6 +6,7 @@ from randomly initialised torchvision networks."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -164,9 +165,23 @@ class TinyMean(Encoder):
 '''
 
 
-def test_a_users_encoder_registers_from_a_plugin_file_and_trains(tiny_ws, tmp_path):
+@pytest.fixture
+def plugins_undone(monkeypatch):
+    """What a plug-in imported here registers is gone after the test (the registry, the plug-ins loaded and
+    MMVID_PLUGINS), so that later tests see mmvid's own entries only (docs tables, the settings walk, sweeps'
+    commands)."""
     from mmvid import plugins
 
+    for obj, names in ((ENCODERS, ("_entries", "_docs")), (plugins, ("_LOADED", "_MODULES_OF"))):
+        for name in names:
+            monkeypatch.setattr(obj, name, dict(getattr(obj, name)))
+    monkeypatch.setattr(plugins, "_IMPORTED", set(plugins._IMPORTED))
+    monkeypatch.setenv(plugins.ENV, os.environ.get(plugins.ENV, ""))
+    return plugins
+
+
+def test_a_users_encoder_registers_from_a_plugin_file_and_trains(tiny_ws, tmp_path, plugins_undone):
+    plugins = plugins_undone
     path = tmp_path / "tiny_encoder.py"
     path.write_text(PLUGIN)
     plugins.use([str(path)])
