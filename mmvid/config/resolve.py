@@ -99,20 +99,22 @@ def _import_plugins(cfg: TrainConfig, saved: bool, notes: list[str] | None) -> N
         _note(text, notes)
     given = [plugins.resolve(s) for s in cfg.plugins]
     loaded = plugins.loaded()
-    cfg.plugins = list(dict.fromkeys(given + plugins.providers(_used_entries(cfg))))
+    cfg.plugins = list(dict.fromkeys(given + plugins.providers([cls for _, _, cls in plugin_entries(cfg, known_only=True)])))
     cfg.plugin_sha256 = {s: loaded[s] for s in cfg.plugins if loaded.get(s)}
 
 
-def _used_entries(cfg: TrainConfig) -> list[Any]:
-    """The registered classes of the plug-ins ``cfg`` names (unknown names are left to the settings check)."""
+def plugin_entries(cfg: TrainConfig, known_only: bool = False) -> list[tuple[str, str, Any]]:
+    """(kind, name, registered class) of every plug-in ``cfg`` uses: fusion, augmentation, balancer, calibration,
+    encoders. An unknown name is the registry's one-line error, or, with ``known_only``, left out (for the
+    plug-ins' recording, which runs before the settings check names it)."""
     from mmvid.plugins import load_plugins
     from mmvid.registry import AUGMENTS, BALANCERS, CALIBRATIONS, FUSIONS
 
     load_plugins()
-    named = [(FUSIONS, cfg.model.fusion), (AUGMENTS, cfg.augment.name), (BALANCERS, cfg.balance.name),
-             (CALIBRATIONS, CALIBRATION if cfg.model.calibrate else None)]
-    return [reg.get(name) for reg, name in named if name is not None and name in reg] + \
-        [cls for _, cls in encoder_entries(cfg)]
+    named = [(FUSIONS, cfg.model.fusion), (AUGMENTS, cfg.augment.name), (BALANCERS, cfg.balance.name)]
+    named += [(CALIBRATIONS, CALIBRATION)] if cfg.model.calibrate else []
+    return [(reg.kind, name, reg.get(name)) for reg, name in named if not known_only or name in reg] + \
+        [("encoder", name, cls) for name, cls in encoder_entries(cfg)]
 
 
 PLUGIN_SECTIONS = ("augment", "balance")  # config sections whose plug-ins may be given settings by name

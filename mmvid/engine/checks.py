@@ -6,23 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmvid.config import CALIBRATION
-from mmvid.config.encoders import encoder_entries
 from mmvid.engine.evaluation import monitor_plan
 from mmvid.errors import MmvidError
 from mmvid.models.classifier import check_calibration
 from mmvid.plugins import load_plugins
-from mmvid.registry import AUGMENTS, BALANCERS, CALIBRATIONS, FUSIONS
-
-
-def plugin_entries(cfg) -> list[tuple[str, str, Any]]:
-    """(kind, name, registered class) of every plug-in ``cfg`` uses: fusion, calibration, augmentation, balancer,
-    encoders."""
-    load_plugins()
-    used = [(FUSIONS, cfg.model.fusion), (AUGMENTS, cfg.augment.name), (BALANCERS, cfg.balance.name)]
-    used += [(CALIBRATIONS, CALIBRATION)] if cfg.model.calibrate else []
-    return [(reg.kind, name, reg.get(name)) for reg, name in used] + \
-        [("encoder", name, cls) for name, cls in encoder_entries(cfg)]
+from mmvid.registry import AUGMENTS, BALANCERS, FUSIONS
 
 
 def check_plugins(cfg, console=None) -> None:

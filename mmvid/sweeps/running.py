@@ -17,8 +17,9 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from mmvid.config.resolve import plugin_entries
 from mmvid.data.cache_lookup import resolve_cache
-from mmvid.engine.checks import check_plugins, plugin_entries
+from mmvid.engine.checks import check_plugins
 from mmvid.errors import Interrupted, MmvidError
 from mmvid.plugins import check_reachable, loaded
 from mmvid.schema import check_option

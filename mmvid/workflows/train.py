@@ -63,9 +63,10 @@ def run_train(console, ws: Path, recipe: str | None, overrides: dict[str, Any], 
 
     notes: list[str] = []
     cfg = None if resume is not None else resolve_config(recipe, overrides, sources, notes)  # "" is refused by resolve_run
+    from mmvid.config.resolve import plugin_entries
     from mmvid.data.cache_lookup import resolve_cache
     from mmvid.engine.checkpoints import load_checkpoint
-    from mmvid.engine.checks import check_plugins, plugin_entries
+    from mmvid.engine.checks import check_plugins
     from mmvid.engine.loop import default_run_name, train
     from mmvid.plugins import load_plugins
     from mmvid.workspace import CKPT_LAST, check_run_folder, resolve_run, run_path
